@@ -1,0 +1,465 @@
+//! The deployment's configuration: the raw form read from `config.toml` (plus `DML_*`
+//! environment variables and flags) and the validated, typed form every layer uses.
+//!
+//! Validation happens once, at start: every bad value is a one-line error that names the
+//! key, so a deployment never runs half-configured.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::types::NodeAddr;
+
+/// A configuration error; `key` is the dotted config key at fault.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("config: {key}: {msg}")]
+pub struct ConfigError {
+    pub key: String,
+    pub msg: String,
+}
+
+fn err(key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        msg: msg.into(),
+    }
+}
+
+/// `config.toml` as written, before validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub cluster: RawCluster,
+    #[serde(default)]
+    pub introducer: RawIntroducer,
+    #[serde(default)]
+    pub nodes: Vec<RawNode>,
+    #[serde(default)]
+    pub failure_detector: RawFailureDetector,
+    /// Optional explicit monitor table: node name -> names it monitors.
+    #[serde(default)]
+    pub topology: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub inference: RawInference,
+    #[serde(default)]
+    pub sdfs: RawSdfs,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub secret: Option<String>,
+    pub secret_file: Option<String>,
+    pub data_dir: Option<String>,
+    pub log_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntroducer {
+    pub host: Option<String>,
+    pub port: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub name: String,
+    pub host: String,
+    pub port: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailureDetector {
+    pub m: Option<i64>,
+    pub ping_timeout: Option<f64>,
+    pub ping_duration: Option<f64>,
+    pub cleanup_time: Option<f64>,
+    /// Fraction of outgoing pings/acks to drop on purpose (loss experiments only).
+    pub drop_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInference {
+    pub threads: Option<i64>,
+    pub weights_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSdfs {
+    pub transfer: Option<String>,
+    pub credentials: Option<String>,
+    pub ssh_key: Option<String>,
+    pub ssh_user: Option<String>,
+    pub ssh_port: Option<i64>,
+    pub versions_kept: Option<i64>,
+}
+
+/// One node of the deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    pub addr: NodeAddr,
+}
+
+/// Failure-detector timings and completeness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureDetectorConfig {
+    /// How many simultaneous failures the detector stays complete under (monitors per node).
+    pub m: usize,
+    pub ping_timeout: Duration,
+    pub ping_duration: Duration,
+    pub cleanup_time: Duration,
+    pub drop_rate: f64,
+}
+
+/// How SDFS moves file data between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transfer {
+    Native,
+    Scp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdfsConfig {
+    pub transfer: Transfer,
+    /// The seed's `password.txt` (`username,password`).
+    pub credentials: Option<PathBuf>,
+    pub ssh_key: Option<PathBuf>,
+    pub ssh_user: Option<String>,
+    pub ssh_port: u16,
+    pub versions_kept: usize,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub secret: Vec<u8>,
+    pub data_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub introducer: NodeAddr,
+    /// Ring order: the order of `[[nodes]]`.
+    pub nodes: Vec<NodeSpec>,
+    pub fd: FailureDetectorConfig,
+    /// Explicit monitor table by address, when given.
+    pub topology: Option<BTreeMap<NodeAddr, Vec<NodeAddr>>>,
+    pub threads: usize,
+    pub weights_dir: PathBuf,
+    pub sdfs: SdfsConfig,
+}
+
+impl Config {
+    /// The node with this address, if it is part of the deployment.
+    pub fn node(&self, addr: &NodeAddr) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| &n.addr == addr)
+    }
+
+    /// Ring order of all configured nodes.
+    pub fn ring(&self) -> Vec<NodeAddr> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Data directory of one node (`data_dir/<name>`).
+    pub fn node_data_dir(&self, spec: &NodeSpec) -> PathBuf {
+        self.data_dir.join(&spec.name)
+    }
+
+    /// Replicas per SDFS file: enough to survive `m` simultaneous failures.
+    pub fn replicas(&self) -> usize {
+        self.fd.m + 1
+    }
+}
+
+fn port(key: &str, v: i64) -> Result<u16, ConfigError> {
+    u16::try_from(v)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| err(key, format!("port {v} is out of range 1..=65535")))
+}
+
+fn seconds(key: &str, v: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
+    let v = v.unwrap_or(default);
+    if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
+        return Err(err(
+            key,
+            format!("must be a positive number of seconds, got {v}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn host(key: &str, h: &str) -> Result<String, ConfigError> {
+    let h = h.trim();
+    if h.is_empty() || h.contains(char::is_whitespace) || h.contains('/') {
+        return Err(err(key, format!("invalid host {h:?}")));
+    }
+    Ok(h.to_string())
+}
+
+/// Resolves relative paths against the config file's directory, so `dml` behaves the same
+/// whatever directory it is started from.
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl RawConfig {
+    /// Validates into a [`Config`]. `base` is the directory relative paths are taken from.
+    pub fn validate(self, base: &Path) -> Result<Config, ConfigError> {
+        let secret = match (&self.cluster.secret, &self.cluster.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "cluster.secret",
+                    "give either cluster.secret or cluster.secret_file, not both",
+                ))
+            }
+            (Some(s), None) => s.as_bytes().to_vec(),
+            (None, Some(f)) => {
+                let path = resolve(base, f);
+                let s = std::fs::read(&path).map_err(|e| {
+                    err("cluster.secret_file", format!("cannot read {}: {e}", path.display()))
+                })?;
+                let trimmed = String::from_utf8_lossy(&s).trim().as_bytes().to_vec();
+                trimmed
+            }
+            (None, None) => {
+                return Err(err(
+                    "cluster.secret",
+                    "missing: set cluster.secret or cluster.secret_file (every node needs the same one)",
+                ))
+            }
+        };
+        if secret.len() < 16 {
+            return Err(err(
+                "cluster.secret",
+                "must be at least 16 bytes long",
+            ));
+        }
+
+        let ihost = host(
+            "introducer.host",
+            self.introducer.host.as_deref().unwrap_or("127.0.0.1"),
+        )?;
+        let iport = port("introducer.port", self.introducer.port.unwrap_or(8888))?;
+        let introducer = NodeAddr::new(&ihost, iport);
+
+        if self.nodes.is_empty() {
+            return Err(err("nodes", "no [[nodes]] configured"));
+        }
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let name = n.name.trim().to_string();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(err(
+                    format!("nodes[{i}].name"),
+                    format!("invalid name {:?} (letters, digits, - and _)", n.name),
+                ));
+            }
+            let h = host(&format!("nodes[{i}].host"), &n.host)?;
+            let p = port(&format!("nodes[{i}].port"), n.port)?;
+            let addr = NodeAddr::new(&h, p);
+            if !names.insert(name.clone()) {
+                return Err(err(format!("nodes[{i}].name"), format!("duplicate node name {name}")));
+            }
+            if !addrs.insert(addr.clone()) || addr == introducer {
+                return Err(err(format!("nodes[{i}].port"), format!("address {addr} is used twice")));
+            }
+            nodes.push(NodeSpec { name, addr });
+        }
+
+        let fd = &self.failure_detector;
+        let m = fd.m.unwrap_or(3);
+        if m < 1 {
+            return Err(err("failure_detector.m", format!("must be at least 1, got {m}")));
+        }
+        let m = m as usize;
+        let ping_timeout = seconds("failure_detector.ping_timeout", fd.ping_timeout, 2.0)?;
+        let ping_duration = seconds("failure_detector.ping_duration", fd.ping_duration, 2.5)?;
+        let cleanup_time = seconds("failure_detector.cleanup_time", fd.cleanup_time, 10.0)?;
+        if ping_timeout > ping_duration {
+            return Err(err(
+                "failure_detector.ping_timeout",
+                "must not exceed failure_detector.ping_duration (one probe at a time)",
+            ));
+        }
+        let drop_rate = fd.drop_rate.unwrap_or(0.0);
+        if !(0.0..1.0).contains(&drop_rate) {
+            return Err(err("failure_detector.drop_rate", "must be in [0, 1)"));
+        }
+
+        let by_name = |key: &str, name: &str| -> Result<NodeAddr, ConfigError> {
+            nodes
+                .iter()
+                .find(|n| n.name == name)
+                .map(|n| n.addr.clone())
+                .ok_or_else(|| err(key, format!("unknown node {name}")))
+        };
+        let topology = if self.topology.is_empty() {
+            None
+        } else {
+            let mut t = BTreeMap::new();
+            for (from, tos) in &self.topology {
+                let key = format!("topology.{from}");
+                let f = by_name(&key, from)?;
+                let mut v = Vec::new();
+                for to in tos {
+                    let a = by_name(&key, to)?;
+                    if a == f {
+                        return Err(err(key, format!("{from} cannot monitor itself")));
+                    }
+                    v.push(a);
+                }
+                t.insert(f, v);
+            }
+            Some(t)
+        };
+
+        let threads = self.inference.threads.unwrap_or(2);
+        if !(1..=256).contains(&threads) {
+            return Err(err("inference.threads", format!("must be in 1..=256, got {threads}")));
+        }
+
+        let s = &self.sdfs;
+        let transfer = match s.transfer.as_deref().unwrap_or("native") {
+            "native" => Transfer::Native,
+            "scp" => Transfer::Scp,
+            other => {
+                return Err(err(
+                    "sdfs.transfer",
+                    format!("must be \"native\" or \"scp\", got {other:?}"),
+                ))
+            }
+        };
+        let versions_kept = s.versions_kept.unwrap_or(5);
+        if !(1..=1000).contains(&versions_kept) {
+            return Err(err("sdfs.versions_kept", "must be in 1..=1000"));
+        }
+        let sdfs = SdfsConfig {
+            transfer,
+            credentials: s.credentials.as_deref().map(|p| resolve(base, p)),
+            ssh_key: s.ssh_key.as_deref().map(|p| resolve(base, p)),
+            ssh_user: s.ssh_user.clone(),
+            ssh_port: port("sdfs.ssh_port", s.ssh_port.unwrap_or(22))?,
+            versions_kept: versions_kept as usize,
+        };
+        if sdfs.transfer == Transfer::Scp && sdfs.credentials.is_none() && sdfs.ssh_key.is_none() {
+            return Err(err(
+                "sdfs.credentials",
+                "transfer = \"scp\" needs sdfs.credentials (password.txt) or sdfs.ssh_key",
+            ));
+        }
+
+        Ok(Config {
+            secret,
+            data_dir: resolve(base, self.cluster.data_dir.as_deref().unwrap_or("data")),
+            log_dir: resolve(base, self.cluster.log_dir.as_deref().unwrap_or("logs")),
+            introducer,
+            nodes,
+            fd: FailureDetectorConfig {
+                m,
+                ping_timeout,
+                ping_duration,
+                cleanup_time,
+                drop_rate,
+            },
+            topology,
+            threads: threads as usize,
+            weights_dir: resolve(base, self.inference.weights_dir.as_deref().unwrap_or("weights")),
+            sdfs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawConfig {
+        RawConfig {
+            cluster: RawCluster {
+                secret: Some("0123456789abcdef-test".into()),
+                ..Default::default()
+            },
+            nodes: (1..=4)
+                .map(|i| RawNode {
+                    name: format!("H{i}"),
+                    host: "127.0.0.1".into(),
+                    port: 8000 + i,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn key_of(r: RawConfig) -> String {
+        r.validate(Path::new(".")).unwrap_err().key
+    }
+
+    #[test]
+    fn defaults_are_the_seed_timings() {
+        let c = raw().validate(Path::new("/x")).unwrap();
+        assert_eq!(c.fd.m, 3);
+        assert_eq!(c.fd.ping_timeout, Duration::from_secs(2));
+        assert_eq!(c.fd.ping_duration, Duration::from_millis(2500));
+        assert_eq!(c.fd.cleanup_time, Duration::from_secs(10));
+        assert_eq!(c.introducer.as_str(), "127.0.0.1:8888");
+        assert_eq!(c.replicas(), 4);
+        assert_eq!(c.data_dir, Path::new("/x/data"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut r = raw();
+        r.failure_detector.m = Some(0);
+        assert_eq!(key_of(r), "failure_detector.m");
+        let mut r = raw();
+        r.failure_detector.ping_timeout = Some(-1.0);
+        assert_eq!(key_of(r), "failure_detector.ping_timeout");
+        let mut r = raw();
+        r.failure_detector.cleanup_time = Some(f64::NAN);
+        assert_eq!(key_of(r), "failure_detector.cleanup_time");
+        let mut r = raw();
+        r.nodes[2].port = 70000;
+        assert_eq!(key_of(r), "nodes[2].port");
+        let mut r = raw();
+        r.cluster.secret = None;
+        assert_eq!(key_of(r), "cluster.secret");
+        let mut r = raw();
+        r.topology.insert("H1".into(), vec!["H9".into()]);
+        assert_eq!(key_of(r), "topology.H1");
+        let mut r = raw();
+        r.nodes[1].port = r.nodes[0].port;
+        assert_eq!(key_of(r), "nodes[1].port");
+        let mut r = raw();
+        r.sdfs.transfer = Some("ftp".into());
+        assert_eq!(key_of(r), "sdfs.transfer");
+        let mut r = raw();
+        r.inference.threads = Some(0);
+        assert_eq!(key_of(r), "inference.threads");
+    }
+
+    #[test]
+    fn topology_is_resolved_to_addresses() {
+        let mut r = raw();
+        r.topology.insert("H1".into(), vec!["H2".into(), "H4".into()]);
+        let c = r.validate(Path::new(".")).unwrap();
+        let t = c.topology.unwrap();
+        assert_eq!(
+            t[&NodeAddr::from("127.0.0.1:8001")],
+            vec![NodeAddr::from("127.0.0.1:8002"), NodeAddr::from("127.0.0.1:8004")]
+        );
+    }
+}

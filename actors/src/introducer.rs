@@ -1,0 +1,441 @@
+//! Introducer core: admits joiners, hands them the member list, and relearns the
+//! membership after a restart. A pure state machine like the membership core.
+//!
+//! The introducer is not a member (nobody pings it) and holds no authority: members
+//! keep working while it is down. Its view is kept cheaply: members copy every
+//! broadcast update to it, announce themselves every `announce_interval` (one small
+//! message), and answer the [`Msg::IntroducerHello`] it sends to every configured node
+//! when it starts, so a restarted introducer knows the live members after one round trip.
+//! Entries not heard from within `member_ttl` are forgotten.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::membership::{supersedes, Member, MemberState, Msg, Update, UpdateState};
+use crate::types::{Incarnation, Millis, NodeAddr};
+
+/// Errors of the introducer core; nothing is created when one is returned.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum IntroducerError {
+    /// A setting is out of range.
+    #[error("invalid introducer setting `{key}`: must be positive")]
+    InvalidSetting { key: &'static str },
+}
+
+/// Settings of the introducer (times in ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntroducerSettings {
+    /// Every configured node: told to announce itself when the introducer starts.
+    pub ring: Vec<NodeAddr>,
+    /// A member not heard from for this long is forgotten (a few announce intervals).
+    pub member_ttl: Millis,
+    /// How often forgotten members are swept.
+    pub reap_interval: Millis,
+}
+
+/// The introducer's only timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IntroducerTimer {
+    /// Sweep members not heard from within `member_ttl`.
+    Reap,
+}
+
+/// What happened, for logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntroducerEvent {
+    /// A joiner was admitted with `incarnation`.
+    Admitted {
+        addr: NodeAddr,
+        incarnation: Incarnation,
+    },
+    /// A member it did not list made itself known (after a restart, typically).
+    Learned {
+        addr: NodeAddr,
+        incarnation: Incarnation,
+    },
+    /// A member was reported failed or departed.
+    Removed { addr: NodeAddr, state: UpdateState },
+    /// A member went silent for `member_ttl` and was dropped.
+    Forgot { addr: NodeAddr },
+}
+
+/// Output of the introducer, drained by the caller in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntroducerEffect {
+    Send { to: NodeAddr, msg: Msg },
+    SetTimer { at: Millis, timer: IntroducerTimer },
+    Event(IntroducerEvent),
+}
+
+/// The introducer state machine.
+#[derive(Debug)]
+pub struct Introducer {
+    settings: IntroducerSettings,
+    /// Known members (live and buried), with when each was last heard of.
+    entries: BTreeMap<NodeAddr, (Update, Millis)>,
+    effects: Vec<IntroducerEffect>,
+}
+
+impl Introducer {
+    /// A fresh introducer that knows nobody yet.
+    pub fn new(settings: IntroducerSettings) -> Result<Self, IntroducerError> {
+        if settings.member_ttl == 0 {
+            return Err(IntroducerError::InvalidSetting { key: "member_ttl" });
+        }
+        if settings.reap_interval == 0 {
+            return Err(IntroducerError::InvalidSetting {
+                key: "reap_interval",
+            });
+        }
+        Ok(Introducer {
+            settings,
+            entries: BTreeMap::new(),
+            effects: Vec::new(),
+        })
+    }
+
+    /// Start: ask every configured node to announce itself, and start sweeping.
+    pub fn start(&mut self, now: Millis) {
+        for to in self.settings.ring.clone() {
+            self.effects.push(IntroducerEffect::Send {
+                to,
+                msg: Msg::IntroducerHello,
+            });
+        }
+        self.set_reap(now);
+    }
+
+    /// Members it would hand a joiner now.
+    pub fn members(&self) -> Vec<Member> {
+        self.entries
+            .values()
+            .filter_map(|(u, _)| {
+                let state = match u.state {
+                    UpdateState::Alive => MemberState::Alive,
+                    UpdateState::Suspect => MemberState::Suspect,
+                    UpdateState::Failed | UpdateState::Left => return None,
+                };
+                Some(Member {
+                    addr: u.addr.clone(),
+                    incarnation: u.incarnation,
+                    joined: u.joined,
+                    state,
+                })
+            })
+            .collect()
+    }
+
+    /// Effects produced since the last call, in order.
+    pub fn take_effects(&mut self) -> Vec<IntroducerEffect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// A message from `from` (the sender's node address).
+    pub fn handle_msg(&mut self, now: Millis, from: &NodeAddr, msg: Msg) {
+        match msg {
+            Msg::JoinRequest { incarnation } => self.admit(now, from, incarnation),
+            Msg::Announce {
+                incarnation,
+                joined,
+            } => {
+                let u = Update {
+                    addr: from.clone(),
+                    incarnation,
+                    joined,
+                    state: UpdateState::Alive,
+                };
+                match self.entries.get_mut(from) {
+                    Some((old, heard)) if !supersedes(&u, old) => {
+                        if old.state.is_tombstone() {
+                            // The cluster buried this life: tell it, so it rejoins.
+                            let tomb = old.clone();
+                            self.send(from.clone(), Msg::Updates(vec![tomb]));
+                        } else {
+                            *heard = now;
+                        }
+                    }
+                    _ => {
+                        self.learn(now, u);
+                    }
+                }
+            }
+            Msg::Updates(updates) | Msg::SyncReply { members: updates } => {
+                for u in updates
+                    .into_iter()
+                    .take(crate::membership::MAX_UPDATES_PER_MSG)
+                {
+                    let newer = self
+                        .entries
+                        .get(&u.addr)
+                        .is_none_or(|(old, _)| supersedes(&u, old));
+                    if newer {
+                        self.learn(now, u);
+                    }
+                }
+            }
+            // A stray probe: answer so the prober does not suspect the introducer's address.
+            Msg::Ping { seq, .. } => self.send(
+                from.clone(),
+                Msg::Ack {
+                    seq,
+                    incarnation: 0,
+                    joined: 0,
+                    updates: Vec::new(),
+                },
+            ),
+            Msg::Ack { .. } | Msg::JoinReply { .. } | Msg::SyncRequest | Msg::IntroducerHello => {}
+        }
+    }
+
+    /// A timer it set has fired.
+    pub fn handle_timer(&mut self, now: Millis, timer: IntroducerTimer) {
+        match timer {
+            IntroducerTimer::Reap => {
+                let ttl = self.settings.member_ttl;
+                let silent: Vec<NodeAddr> = self
+                    .entries
+                    .iter()
+                    .filter(|(_, (u, heard))| {
+                        !u.state.is_tombstone() && now.saturating_sub(*heard) > ttl
+                    })
+                    .map(|(a, _)| a.clone())
+                    .collect();
+                for addr in silent {
+                    self.entries.remove(&addr);
+                    self.effects
+                        .push(IntroducerEffect::Event(IntroducerEvent::Forgot { addr }));
+                }
+                self.set_reap(now);
+            }
+        }
+    }
+
+    fn admit(&mut self, now: Millis, from: &NodeAddr, requested: Incarnation) {
+        // Above anything known for this address, so the joiner's word wins everywhere:
+        // a buried life stays buried, a live stale entry (restart before detection) is replaced.
+        let floor = self
+            .entries
+            .get(from)
+            .map_or(0, |(u, _)| u.incarnation.saturating_add(1));
+        let incarnation = requested.max(floor);
+        let members: Vec<Update> = self
+            .entries
+            .values()
+            .filter(|(u, _)| !u.state.is_tombstone() && u.addr != *from)
+            .map(|(u, _)| u.clone())
+            .collect();
+        self.entries.insert(
+            from.clone(),
+            (
+                Update {
+                    addr: from.clone(),
+                    incarnation,
+                    joined: incarnation,
+                    state: UpdateState::Alive,
+                },
+                now,
+            ),
+        );
+        self.send(
+            from.clone(),
+            Msg::JoinReply {
+                incarnation,
+                members,
+            },
+        );
+        self.effects
+            .push(IntroducerEffect::Event(IntroducerEvent::Admitted {
+                addr: from.clone(),
+                incarnation,
+            }));
+    }
+
+    fn learn(&mut self, now: Millis, u: Update) {
+        let was_live = self
+            .entries
+            .get(&u.addr)
+            .is_some_and(|(old, _)| !old.state.is_tombstone());
+        if u.state.is_tombstone() {
+            if was_live {
+                self.effects
+                    .push(IntroducerEffect::Event(IntroducerEvent::Removed {
+                        addr: u.addr.clone(),
+                        state: u.state,
+                    }));
+            }
+        } else if !was_live {
+            self.effects
+                .push(IntroducerEffect::Event(IntroducerEvent::Learned {
+                    addr: u.addr.clone(),
+                    incarnation: u.incarnation,
+                }));
+        }
+        self.entries.insert(u.addr.clone(), (u, now));
+    }
+
+    fn set_reap(&mut self, now: Millis) {
+        self.effects.push(IntroducerEffect::SetTimer {
+            at: now.saturating_add(self.settings.reap_interval),
+            timer: IntroducerTimer::Reap,
+        });
+    }
+
+    fn send(&mut self, to: NodeAddr, msg: Msg) {
+        self.effects.push(IntroducerEffect::Send { to, msg });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(i: usize) -> NodeAddr {
+        NodeAddr(format!("127.0.0.1:{}", 8000 + i))
+    }
+
+    fn intro() -> Introducer {
+        Introducer::new(IntroducerSettings {
+            ring: (1..=3).map(h).collect(),
+            member_ttl: 10_000,
+            reap_interval: 1000,
+        })
+        .unwrap()
+    }
+
+    fn reply(fx: &[IntroducerEffect]) -> (Incarnation, Vec<Update>) {
+        fx.iter()
+            .find_map(|e| match e {
+                IntroducerEffect::Send {
+                    msg:
+                        Msg::JoinReply {
+                            incarnation,
+                            members,
+                        },
+                    ..
+                } => Some((*incarnation, members.clone())),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn start_says_hello_to_every_configured_node() {
+        let mut i = intro();
+        i.start(0);
+        let hellos = i
+            .take_effects()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    IntroducerEffect::Send {
+                        msg: Msg::IntroducerHello,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(hellos, 3);
+    }
+
+    #[test]
+    fn joiners_get_the_others_and_a_safe_incarnation() {
+        let mut i = intro();
+        i.handle_msg(0, &h(1), Msg::JoinRequest { incarnation: 5 });
+        let (inc, members) = reply(&i.take_effects());
+        assert_eq!((inc, members.len()), (5, 0));
+        i.handle_msg(1, &h(2), Msg::JoinRequest { incarnation: 7 });
+        let (_, members) = reply(&i.take_effects());
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].addr, h(1));
+        // h(1) is buried at 9; a restart asking for 6 must come back above 9.
+        i.handle_msg(
+            2,
+            &h(2),
+            Msg::Updates(vec![Update {
+                addr: h(1),
+                incarnation: 9,
+                joined: 5,
+                state: UpdateState::Failed,
+            }]),
+        );
+        assert_eq!(i.members().len(), 1);
+        i.handle_msg(3, &h(1), Msg::JoinRequest { incarnation: 6 });
+        let (inc, members) = reply(&i.take_effects());
+        assert_eq!(inc, 10);
+        assert_eq!(members.len(), 1);
+    }
+
+    #[test]
+    fn announces_relearn_and_buried_announcers_are_told() {
+        let mut i = intro();
+        i.handle_msg(
+            0,
+            &h(3),
+            Msg::Announce {
+                incarnation: 4,
+                joined: 2,
+            },
+        );
+        assert_eq!(i.members().len(), 1);
+        i.handle_msg(
+            1,
+            &h(1),
+            Msg::Updates(vec![Update {
+                addr: h(3),
+                incarnation: 4,
+                joined: 2,
+                state: UpdateState::Failed,
+            }]),
+        );
+        assert!(i.members().is_empty());
+        i.take_effects();
+        i.handle_msg(
+            2,
+            &h(3),
+            Msg::Announce {
+                incarnation: 5,
+                joined: 2,
+            },
+        );
+        assert!(i.members().is_empty());
+        assert!(i.take_effects().iter().any(|e| matches!(
+            e,
+            IntroducerEffect::Send { to, msg: Msg::Updates(u) }
+                if *to == h(3) && u[0].state == UpdateState::Failed
+        )));
+    }
+
+    #[test]
+    fn silent_members_are_forgotten_after_ttl() {
+        let mut i = intro();
+        i.handle_msg(
+            0,
+            &h(1),
+            Msg::Announce {
+                incarnation: 1,
+                joined: 1,
+            },
+        );
+        i.handle_msg(
+            0,
+            &h(2),
+            Msg::Announce {
+                incarnation: 1,
+                joined: 1,
+            },
+        );
+        i.handle_msg(
+            9_000,
+            &h(2),
+            Msg::Announce {
+                incarnation: 1,
+                joined: 1,
+            },
+        );
+        i.handle_timer(10_500, IntroducerTimer::Reap);
+        let left: Vec<NodeAddr> = i.members().into_iter().map(|m| m.addr).collect();
+        assert_eq!(left, vec![h(2)]);
+    }
+}

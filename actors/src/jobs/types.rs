@@ -1,0 +1,278 @@
+//! Identifiers, fencing terms, job manifests and the configuration of the job layer.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ConfigError;
+use crate::types::{Millis, NodeAddr};
+
+/// One query = one input file in SDFS, named by its SDFS name.
+pub type QueryId = String;
+
+/// A job's id. The epoch of the reign that accepted it is part of the id, so a
+/// coordinator of a later reign can never hand out an id that a dead coordinator
+/// already used (perhaps for a manifest or results the standby never heard of).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobId {
+    /// Epoch of the reign that accepted the job.
+    pub epoch: u64,
+    /// Order of acceptance within that reign, from 1.
+    pub seq: u32,
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (e, n) = s.split_once('-').ok_or(())?;
+        Ok(JobId {
+            epoch: e.parse().map_err(|_| ())?,
+            seq: n.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// One dispatch of a batch. A re-issued batch gets a new id: the two runs are told
+/// apart, and whichever reports first commits the queries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BatchId {
+    /// Epoch of the reign that dispatched it.
+    pub epoch: u64,
+    /// Dispatch order within that reign.
+    pub seq: u64,
+}
+
+impl fmt::Display for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.epoch, self.seq)
+    }
+}
+
+/// The fencing token of a reign. Ordered by epoch, then by coordinator address: two
+/// nodes that claim the same epoch from inconsistent membership views are still
+/// totally ordered, so exactly one of them wins everywhere.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Term {
+    /// Raised by one at every takeover.
+    pub epoch: u64,
+    /// The coordinator of this reign.
+    pub coordinator: NodeAddr,
+}
+
+/// What every node knows about the current reign: who coordinates, who stands by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reign {
+    /// The fencing token.
+    pub term: Term,
+    /// The hot standby, if the cluster has a second live node.
+    pub standby: Option<NodeAddr>,
+    /// Raised when the coordinator picks a new standby without a new epoch.
+    pub view: u64,
+}
+
+impl Reign {
+    /// Whether `self` is newer news than `other`.
+    pub fn supersedes(&self, other: &Reign) -> bool {
+        (&self.term, self.view) > (&other.term, other.view)
+    }
+}
+
+/// What the coordinator writes to SDFS when it accepts a job: enough to rebuild the
+/// job table from SDFS alone if coordinator and standby die together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobManifest {
+    /// The job's id.
+    pub id: JobId,
+    /// The model that runs every query.
+    pub model: String,
+    /// The SDFS prefix (or folder) the client named.
+    pub input: String,
+    /// The queries, sorted and without duplicates.
+    pub queries: Vec<QueryId>,
+    /// Who submitted it (gets the acceptance and completion messages).
+    pub client: NodeAddr,
+    /// The client's id for the submission, so a resubmission is recognised.
+    pub request_id: u64,
+    /// Coordinator clock at acceptance.
+    pub submitted_at: Millis,
+}
+
+/// SDFS name of a job's manifest.
+pub fn manifest_name(job: JobId) -> String {
+    format!("jobs/{job}.manifest")
+}
+
+/// SDFS name of the result of one query. One name per (job, query): a query that runs
+/// twice writes the same name twice, which is why results count exactly once.
+pub fn result_name(job: JobId, query: &str) -> String {
+    format!("results/{job}/{query}")
+}
+
+/// The inverse of [`result_name`]; `None` for a name that is not a result.
+pub fn parse_result_name(name: &str) -> Option<(JobId, QueryId)> {
+    let rest = name.strip_prefix("results/")?;
+    let (job, query) = rest.split_once('/')?;
+    if query.is_empty() {
+        return None;
+    }
+    Some((job.parse().ok()?, query.to_string()))
+}
+
+/// A model the cluster can run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Name used by clients (`C3 resnet50 8`).
+    pub name: String,
+    /// Batch size until C3 changes it.
+    pub batch_size: u32,
+    /// Per-query time assumed before anything was measured (ms).
+    pub prior_query_ms: f64,
+}
+
+/// Tunables of the job layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobsConfig {
+    /// The models that can be run.
+    pub models: Vec<ModelSpec>,
+    /// k: a batch not done within k times its expected time is re-issued elsewhere.
+    pub slow_factor: f64,
+    /// Lower bound of that deadline, so a tiny batch is not re-issued for jitter.
+    pub slow_floor_ms: Millis,
+    /// Window of the C1 query rate.
+    pub rate_window_ms: Millis,
+    /// A worker leaves its job only when that job is ahead of the most behind job by
+    /// more than this many of its batches (hysteresis against flapping).
+    pub hysteresis_batches: f64,
+    /// A query whose batch failed this many times is committed as failed.
+    pub max_attempts: u32,
+    /// Upper bound for C3.
+    pub max_batch_size: u32,
+    /// How many recent per-query compute times per model the time estimate uses.
+    pub time_samples: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            models: vec![
+                ModelSpec {
+                    name: "resnet50".into(),
+                    batch_size: 8,
+                    prior_query_ms: 100.0,
+                },
+                ModelSpec {
+                    name: "inception_v3".into(),
+                    batch_size: 8,
+                    prior_query_ms: 170.0,
+                },
+            ],
+            slow_factor: 4.0,
+            slow_floor_ms: 2_000,
+            rate_window_ms: 10_000,
+            hysteresis_batches: 1.0,
+            max_attempts: 4,
+            max_batch_size: 256,
+            time_samples: 32,
+        }
+    }
+}
+
+impl JobsConfig {
+    /// Checks the settings once, so the cores never meet a nonsensical value.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        if self.models.is_empty() {
+            return Err(ConfigError::NoModels);
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if self.models.iter().skip(i + 1).any(|o| o.name == m.name) {
+                return Err(ConfigError::DuplicateModel(m.name.clone()));
+            }
+            if m.batch_size == 0 || m.batch_size > self.max_batch_size {
+                return Err(ConfigError::BadBatchSize(m.name.clone(), m.batch_size));
+            }
+            if !(m.prior_query_ms.is_finite() && m.prior_query_ms > 0.0) {
+                return Err(ConfigError::BadPrior(m.name.clone()));
+            }
+        }
+        if !(self.slow_factor.is_finite() && self.slow_factor > 1.0) {
+            return Err(ConfigError::BadSlowFactor);
+        }
+        if !(self.hysteresis_batches.is_finite() && self.hysteresis_batches >= 0.0) {
+            return Err(ConfigError::BadHysteresis);
+        }
+        if self.rate_window_ms == 0 || self.max_attempts == 0 || self.time_samples == 0 {
+            return Err(ConfigError::Zero);
+        }
+        Ok(self)
+    }
+
+    /// The spec of a model, if it is known.
+    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// Names of the known models, for error messages.
+    pub fn model_names(&self) -> String {
+        let names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_names_round_trip_with_slashes_in_queries() {
+        let job = JobId { epoch: 3, seq: 12 };
+        let name = result_name(job, "images/cat.jpg");
+        assert_eq!(name, "results/3-12/images/cat.jpg");
+        assert_eq!(
+            parse_result_name(&name),
+            Some((job, "images/cat.jpg".to_string()))
+        );
+        assert_eq!(parse_result_name("results/3-12/"), None);
+        assert_eq!(parse_result_name("results/x/y"), None);
+        assert_eq!(parse_result_name("jobs/3-12.manifest"), None);
+    }
+
+    #[test]
+    fn terms_order_by_epoch_then_address() {
+        let a = Term {
+            epoch: 2,
+            coordinator: "b:1".into(),
+        };
+        let b = Term {
+            epoch: 3,
+            coordinator: "a:1".into(),
+        };
+        let c = Term {
+            epoch: 3,
+            coordinator: "c:1".into(),
+        };
+        assert!(a < b && b < c);
+    }
+
+    #[test]
+    fn config_validation_rejects_nonsense() {
+        assert!(JobsConfig::default().validate().is_ok());
+        let mut c = JobsConfig::default();
+        c.models[0].batch_size = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::BadBatchSize(..))));
+        let mut c = JobsConfig::default();
+        c.models.push(c.models[0].clone());
+        assert!(matches!(c.validate(), Err(ConfigError::DuplicateModel(_))));
+        let c = JobsConfig {
+            slow_factor: 0.5,
+            ..JobsConfig::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::BadSlowFactor));
+    }
+}

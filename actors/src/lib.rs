@@ -1,0 +1,30 @@
+//! Everything that runs inside a dml node: the wire format, the protocol cores
+//! (pure state machines: no sockets, no clock) and the actix actors that execute them.
+//!
+//! Map:
+//! - [`types`]: identifiers shared by every layer (`NodeAddr`, `Incarnation`).
+//! - [`wire`]: the versioned envelope, frame codec and handshake; all bytes live here.
+//! - [`transport`]: authenticated, persistent TCP connections (control and bulk lanes).
+//! - [`ping`], [`membership`]: failure-detector and membership cores.
+//! - [`sdfs`]: replicated versioned file store (core, local store).
+//! - [`jobs`]: inference-job coordinator core (scheduling, epochs, statistics).
+//! - `*_actor`: thin actix shells around the cores.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod jobs;
+pub mod membership;
+pub mod msg;
+pub mod ping;
+pub mod sdfs;
+pub mod transport;
+pub mod types;
+pub mod wire;
+pub mod introducer;
+pub mod introducer_actor;
+pub mod membership_actor;
+pub mod node;
+pub mod ping_actor;
+pub mod transport_actor;

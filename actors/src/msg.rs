@@ -1,0 +1,29 @@
+//! The cluster's message body: every protocol's messages under one enum, carried in the
+//! versioned [`crate::wire::Envelope`]. Adding a protocol adds a variant here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::{Command, Outcome};
+use crate::membership;
+
+/// Everything one node (or `dml ctl`) can say to another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Body {
+    /// Failure detector, dissemination, joins (control lane).
+    Membership(membership::Msg),
+    /// A console command from `dml ctl` or the local console (a request).
+    Command(Command),
+    /// The answer to a [`Body::Command`].
+    Outcome(Outcome),
+}
+
+impl Body {
+    /// A short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Membership(_) => "membership",
+            Body::Command(_) => "command",
+            Body::Outcome(_) => "outcome",
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Node assembly: binds the listener, starts the transport and the node's actors on one
+//! actix system, and runs until Ctrl-C or SIGTERM (a node leaves the cluster first).
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use thiserror::Error;
+use tracing::info;
+
+use crate::config::Config;
+use crate::introducer::{Introducer, IntroducerSettings};
+use crate::membership::{Membership, Settings};
+use crate::membership_actor::{Exec, MembershipActor};
+use crate::msg::Body;
+use crate::ping::ProbeSettings;
+use crate::transport::{Transport, TransportConfig};
+use crate::transport_actor::{Routes, TransportActor};
+use crate::types::NodeAddr;
+
+/// Why a node or the introducer could not run.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: NodeAddr, source: std::io::Error },
+    #[error("transport: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("membership: {0}")]
+    Membership(#[from] crate::membership::MembershipError),
+    #[error("introducer: {0}")]
+    Introducer(#[from] crate::introducer::IntroducerError),
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().max(1) as u64
+}
+
+fn transport_config(config: &Config, me: &NodeAddr) -> TransportConfig {
+    let mut t = TransportConfig::new(me.clone(), config.secret.clone());
+    t.drop_rate = config.fd.drop_rate;
+    t.drop_seed = crate::clock::wall_ms();
+    t
+}
+
+async fn bind(addr: &NodeAddr) -> Result<tokio::net::TcpListener, NodeError> {
+    tokio::net::TcpListener::bind(addr.as_str())
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: addr.clone(),
+            source,
+        })
+}
+
+/// Settings of the membership core from the config.
+pub fn membership_settings(config: &Config) -> Settings {
+    let mut s = Settings::new(
+        config.ring(),
+        config.fd.m,
+        ms(config.fd.ping_duration),
+        ms(config.fd.cleanup_time),
+        Some(config.introducer.clone()),
+    );
+    s.topology = config.topology.clone();
+    s
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// Runs the node `me` until a shutdown signal.
+pub fn run_node(config: Config, me: NodeAddr) -> Result<(), NodeError> {
+    let system = System::new();
+    system.block_on(async move {
+        let listener = bind(&me).await?;
+        let (transport, inbound) = Transport::<Body>::start(listener, transport_config(&config, &me))?;
+        let core = Membership::new(me.clone(), membership_settings(&config), crate::clock::wall_ms())?;
+        let probe = ProbeSettings {
+            ping_duration: ms(config.fd.ping_duration),
+            ping_timeout: ms(config.fd.ping_timeout),
+        };
+        let t = transport.clone();
+        let membership = Supervisor::start(move |_| MembershipActor::new(core, t, probe, true));
+        let routes = Routes {
+            membership: membership.clone(),
+        };
+        TransportActor::new(inbound, routes).start();
+        info!(node = %me, "node started");
+
+        shutdown_signal().await;
+        info!(node = %me, "shutting down: leaving the cluster");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        membership.do_send(Exec {
+            cmd: crate::control::Command::Leave,
+            reply: tx,
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(500), rx).await;
+        // Give the leave broadcast a moment on the wire.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        transport.shutdown();
+        Ok::<(), NodeError>(())
+    })
+}
+
+/// Runs the introducer until a shutdown signal.
+pub fn run_introducer(config: Config) -> Result<(), NodeError> {
+    let system = System::new();
+    system.block_on(async move {
+        let me = config.introducer.clone();
+        let listener = bind(&me).await?;
+        let (transport, inbound) = Transport::<Body>::start(listener, transport_config(&config, &me))?;
+        let announce = ms(config.fd.ping_duration) * 4;
+        let core = Introducer::new(IntroducerSettings {
+            ring: config.ring(),
+            member_ttl: announce * 3 + ms(config.fd.cleanup_time),
+            reap_interval: announce,
+        })?;
+        crate::introducer_actor::IntroducerActor::new(core, transport.clone(), inbound).start();
+        info!(introducer = %me, "introducer started");
+        shutdown_signal().await;
+        transport.shutdown();
+        Ok::<(), NodeError>(())
+    })
+}

@@ -1,0 +1,23 @@
+//! SDFS, the replicated versioned file store: validated names ([`name`]), a node's
+//! durable local store ([`store`]), and the cluster protocol as a pure state machine
+//! ([`core`]) that an actor shell drives. Design and consistency rules:
+//! docs/ARCHITECTURE-sdfs.md.
+
+pub mod name;
+pub mod store;
+
+pub use name::{NameError, SdfsName, MAX_NAME_LEN};
+pub use store::{
+    Corruption, Holding, LocalStore, StoreConfig, StoreError, Version, VersionReader,
+    VersionWriter, MAX_CHUNK,
+};
+
+pub mod core;
+pub mod msg;
+pub mod ring;
+
+pub use self::core::{
+    Command, Delivery, Effect, Event, Input, Reply, SdfsConfig, SdfsCore, SdfsError, Timer,
+};
+pub use msg::{Lane, Msg, OpId, RemoteError, VersionInfo};
+pub use ring::Ring;

@@ -1,0 +1,106 @@
+//! TransportActor: the session actor between the transport and the node's actors. It
+//! consumes the authenticated inbound stream and routes each message by protocol:
+//! membership to the MembershipActor, console commands to their executor, and so on.
+//! It makes no decisions of its own.
+
+use actix::prelude::*;
+use futures_util::stream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::control::{Command, Outcome};
+use crate::membership_actor::{Exec, FromPeer, MembershipActor};
+use crate::msg::Body;
+use crate::transport::{Inbound, Responder};
+
+/// Where the messages of each protocol go.
+#[derive(Clone)]
+pub struct Routes {
+    pub membership: Addr<MembershipActor>,
+}
+
+pub struct TransportActor {
+    inbound: Option<mpsc::Receiver<Inbound<Body>>>,
+    routes: Routes,
+}
+
+impl TransportActor {
+    pub fn new(inbound: mpsc::Receiver<Inbound<Body>>, routes: Routes) -> Self {
+        TransportActor {
+            inbound: Some(inbound),
+            routes,
+        }
+    }
+}
+
+impl Actor for TransportActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(rx) = self.inbound.take() {
+            ctx.add_stream(stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|m| (m, rx))
+            }));
+        }
+    }
+}
+
+/// Answers a request once its executor is done, without blocking the router.
+fn answer(responder: Option<Responder<Body>>, rx: oneshot::Receiver<Outcome>) {
+    actix::spawn(async move {
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| Err("the node dropped the command (shutting down?)".into()));
+        if let Some(r) = responder {
+            if let Err(e) = r.respond(Body::Outcome(outcome)) {
+                debug!("reply not delivered: {e}");
+            }
+        }
+    });
+}
+
+impl StreamHandler<Inbound<Body>> for TransportActor {
+    fn handle(&mut self, m: Inbound<Body>, _ctx: &mut Context<Self>) {
+        let Inbound {
+            from,
+            body,
+            responder,
+            ..
+        } = m;
+        match body {
+            Body::Membership(msg) => self.routes.membership.do_send(FromPeer { from, msg }),
+            Body::Command(cmd) => {
+                let (tx, rx) = oneshot::channel();
+                match cmd {
+                    Command::Join | Command::Leave | Command::ListMem | Command::ListSelf => {
+                        self.routes.membership.do_send(Exec { cmd, reply: tx });
+                    }
+                    Command::Help => {
+                        let _ = tx.send(Ok(crate::control::Reply::new(
+                            crate::control::help_text(),
+                            serde_json::json!({"help": crate::control::HELP.iter().map(|(u, d)| serde_json::json!({"usage": u, "what": d})).collect::<Vec<_>>()}),
+                        )));
+                    }
+                    other => {
+                        let _ = tx.send(Err(format!(
+                            "{} is not available on this node yet",
+                            command_name(&other)
+                        )));
+                    }
+                }
+                answer(responder, rx);
+            }
+            Body::Outcome(_) => warn!(peer = %from, "unexpected outcome message"),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        // The transport shut down: the node is going away.
+        ctx.stop();
+    }
+}
+
+fn command_name(cmd: &Command) -> String {
+    let s = format!("{cmd:?}");
+    s.split([' ', '{', '(']).next().unwrap_or("command").to_string()
+}

@@ -1,0 +1,720 @@
+//! SDFS cores on a simulated cluster: real stores in temp dirs, per-lane FIFO links
+//! interleaved by a seeded RNG, virtual time, and crashes that drop a node mid-protocol.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use dml_actors::sdfs::store::{flip_byte, FIRST_DATA_OFFSET};
+use dml_actors::sdfs::{
+    Command, Delivery, Effect, Event, Input, Lane, LocalStore, Msg, OpId, Reply, SdfsConfig,
+    SdfsCore, SdfsError, SdfsName, StoreConfig, Timer,
+};
+use dml_actors::types::{Millis, NodeAddr};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const CHUNK: usize = 1024;
+/// Each scenario runs under several message interleavings.
+const SEEDS: u64 = 6;
+
+struct Node {
+    core: Option<SdfsCore>,
+    store: LocalStore,
+    _dir: tempfile::TempDir,
+}
+
+struct Sim {
+    nodes: BTreeMap<NodeAddr, Node>,
+    now: Millis,
+    links: BTreeMap<(NodeAddr, NodeAddr, u8), VecDeque<Msg>>,
+    local: VecDeque<(NodeAddr, Input)>,
+    timers: Vec<(Millis, NodeAddr)>,
+    sources: HashMap<(NodeAddr, OpId), Vec<u8>>,
+    sinks: HashMap<(NodeAddr, OpId), Vec<Delivery>>,
+    replies: HashMap<(NodeAddr, OpId), Result<Reply, SdfsError>>,
+    events: Vec<(NodeAddr, Event)>,
+    rng: ChaCha8Rng,
+    next_op: OpId,
+}
+
+fn addr(i: usize) -> NodeAddr {
+    NodeAddr::new("127.0.0.1", 9000 + i as u16)
+}
+
+fn name(s: &str) -> SdfsName {
+    SdfsName::parse(s).unwrap()
+}
+
+fn data(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+impl Sim {
+    fn new(n: usize, seed: u64) -> Sim {
+        let mut sim = Sim {
+            nodes: BTreeMap::new(),
+            now: 0,
+            links: BTreeMap::new(),
+            local: VecDeque::new(),
+            timers: Vec::new(),
+            sources: HashMap::new(),
+            sinks: HashMap::new(),
+            replies: HashMap::new(),
+            events: Vec::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            next_op: 0,
+        };
+        for i in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalStore::open(dir.path(), StoreConfig { keep_versions: 5 }).unwrap();
+            let mut cfg = SdfsConfig::new(addr(i));
+            cfg.chunk_size = CHUNK;
+            cfg.window = 2;
+            cfg.id_seed = i as u32;
+            let mut core = SdfsCore::new(cfg, store.clone());
+            let fx = core.start(0);
+            sim.nodes.insert(
+                addr(i),
+                Node {
+                    core: Some(core),
+                    store,
+                    _dir: dir,
+                },
+            );
+            sim.apply(&addr(i), fx);
+        }
+        sim.announce();
+        sim
+    }
+
+    fn live(&self) -> Vec<NodeAddr> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.core.is_some())
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    fn announce(&mut self) {
+        let live = self.live();
+        for a in &live {
+            self.local
+                .push_back((a.clone(), Input::Members { live: live.clone() }));
+        }
+    }
+
+    fn store(&self, a: &NodeAddr) -> &LocalStore {
+        &self.nodes[a].store
+    }
+
+    fn apply(&mut self, at: &NodeAddr, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Send { to, msg } => {
+                    let lane = match msg.lane() {
+                        Lane::Control => 0,
+                        Lane::Bulk => 1,
+                    };
+                    if self.nodes.get(&to).is_some_and(|n| n.core.is_some()) {
+                        self.links
+                            .entry((at.clone(), to, lane))
+                            .or_default()
+                            .push_back(msg);
+                    }
+                }
+                Effect::ReadSource { op, offset, len } => {
+                    let src = &self.sources[&(at.clone(), op)];
+                    let start = (offset as usize).min(src.len());
+                    let end = (start + len).min(src.len());
+                    let data = src[start..end].to_vec();
+                    self.local
+                        .push_back((at.clone(), Input::Source { op, offset, data }));
+                }
+                Effect::Deliver { op, item } => {
+                    self.sinks.entry((at.clone(), op)).or_default().push(item)
+                }
+                Effect::Reply { op, result } => {
+                    self.replies.insert((at.clone(), op), result);
+                }
+                Effect::SetTimer { after, timer } => {
+                    assert_eq!(timer, Timer::Sweep);
+                    self.timers.push((self.now + after, at.clone()));
+                }
+                Effect::Log(ev) => self.events.push((at.clone(), ev)),
+            }
+        }
+    }
+
+    fn input(&mut self, at: &NodeAddr, input: Input) {
+        let now = self.now;
+        let Some(core) = self.nodes.get_mut(at).and_then(|n| n.core.as_mut()) else {
+            return;
+        };
+        let fx = core.handle(now, input);
+        self.apply(at, fx);
+    }
+
+    /// One event: a local input, else a message from a random non-empty lane, else the
+    /// next timer (advancing virtual time). False when nothing is left but timers and
+    /// every core is idle.
+    fn step(&mut self) -> bool {
+        if let Some((at, input)) = self.local.pop_front() {
+            self.input(&at, input);
+            return true;
+        }
+        self.links.retain(|_, q| !q.is_empty());
+        if !self.links.is_empty() {
+            let i = self.rng.gen_range(0..self.links.len());
+            let key = self.links.keys().nth(i).unwrap().clone();
+            let msg = self.links.get_mut(&key).unwrap().pop_front().unwrap();
+            self.input(&key.1.clone(), Input::Peer { from: key.0, msg });
+            return true;
+        }
+        let busy = self
+            .nodes
+            .values()
+            .any(|n| n.core.as_ref().is_some_and(|c| !c.is_idle()));
+        if !busy {
+            return false;
+        }
+        self.timers.sort();
+        if self.timers.is_empty() {
+            return false;
+        }
+        let (t, at) = self.timers.remove(0);
+        self.now = self.now.max(t);
+        self.input(&at, Input::Timer(Timer::Sweep));
+        true
+    }
+
+    fn run(&mut self) {
+        for _ in 0..2_000_000 {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("simulation did not settle");
+    }
+
+    fn steps(&mut self, n: usize) {
+        for _ in 0..n {
+            if !self.step() {
+                return;
+            }
+        }
+    }
+
+    fn command(&mut self, at: &NodeAddr, cmd: Command) -> OpId {
+        self.next_op += 1;
+        let op = self.next_op;
+        self.local
+            .push_back((at.clone(), Input::Command { op, cmd }));
+        op
+    }
+
+    fn put(&mut self, at: &NodeAddr, n: &str, bytes: Vec<u8>) -> OpId {
+        self.next_op += 1;
+        let op = self.next_op;
+        self.sources.insert((at.clone(), op), bytes);
+        let cmd = Command::Put { name: name(n) };
+        self.local
+            .push_back((at.clone(), Input::Command { op, cmd }));
+        op
+    }
+
+    fn reply(&self, at: &NodeAddr, op: OpId) -> Result<Reply, SdfsError> {
+        self.replies
+            .get(&(at.clone(), op))
+            .cloned()
+            .unwrap_or_else(|| panic!("no reply for op {op} at {at}"))
+    }
+
+    fn put_ok(&mut self, at: &NodeAddr, n: &str, bytes: Vec<u8>) -> u64 {
+        let op = self.put(at, n, bytes);
+        self.run();
+        match self.reply(at, op) {
+            Ok(Reply::Put { version, .. }) => version,
+            other => panic!("put failed: {other:?}"),
+        }
+    }
+
+    /// Versions and their bytes as delivered to op's sink.
+    fn fetched(&self, at: &NodeAddr, op: OpId) -> Vec<(u64, Vec<u8>)> {
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        for d in self.sinks.get(&(at.clone(), op)).into_iter().flatten() {
+            match d {
+                Delivery::Begin { version } => out.push((*version, Vec::new())),
+                Delivery::Chunk(c) => out.last_mut().unwrap().1.extend_from_slice(c),
+                Delivery::End { version, bytes } => {
+                    let last = out.last().unwrap();
+                    assert_eq!((last.0, last.1.len() as u64), (*version, *bytes));
+                }
+            }
+        }
+        out
+    }
+
+    fn get(&mut self, at: &NodeAddr, n: &str) -> (u64, Vec<u8>) {
+        let op = self.command(at, Command::Get { name: name(n) });
+        self.run();
+        let Ok(Reply::Get { version, .. }) = self.reply(at, op) else {
+            panic!("get failed: {:?}", self.reply(at, op));
+        };
+        let mut got = self.fetched(at, op);
+        assert_eq!(got.len(), 1);
+        let (v, bytes) = got.remove(0);
+        assert_eq!(v, version);
+        (v, bytes)
+    }
+
+    fn holders(&self, n: &str, version: u64) -> Vec<NodeAddr> {
+        self.live()
+            .into_iter()
+            .filter(|a| self.store(a).versions(&name(n)).unwrap().contains(&version))
+            .collect()
+    }
+
+    /// Crash: the core vanishes without running any destructor (open temp files stay,
+    /// as after kill -9), its links are cut, and the survivors learn of it.
+    fn kill(&mut self, victims: &[NodeAddr]) {
+        for v in victims {
+            if let Some(core) = self.nodes.get_mut(v).and_then(|n| n.core.take()) {
+                std::mem::forget(core);
+            }
+            self.links.retain(|k, _| k.0 != *v && k.1 != *v);
+            self.local.retain(|(a, _)| a != v);
+            self.timers.retain(|(_, a)| a != v);
+        }
+        self.announce();
+    }
+
+    fn logged(&self, f: impl Fn(&Event) -> bool) -> Vec<(NodeAddr, Event)> {
+        self.events.iter().filter(|(_, e)| f(e)).cloned().collect()
+    }
+
+    fn assert_no_temp_files(&self) {
+        for a in self.live() {
+            assert!(
+                self.store(&a).temp_files().unwrap().is_empty(),
+                "temp files left on {a}"
+            );
+        }
+    }
+}
+
+#[test]
+fn put_then_kill_three_holders_returns_the_acknowledged_bytes_and_restores_four_copies() {
+    for seed in 1..=SEEDS {
+        put_then_kill_three_holders_returns_the_acknowledged_bytes_and_restores_four_copies_seed(
+            seed,
+        );
+    }
+}
+
+fn put_then_kill_three_holders_returns_the_acknowledged_bytes_and_restores_four_copies_seed(
+    seed: u64,
+) {
+    let mut sim = Sim::new(8, seed);
+    let bytes = data(7, 10 * CHUNK + 123);
+    let v = sim.put_ok(&addr(0), "big/file.bin", bytes.clone());
+    assert_eq!(v, 1);
+    let holders = sim.holders("big/file.bin", v);
+    assert_eq!(holders.len(), 4, "acknowledged only when on m + 1 nodes");
+
+    // Three holders at once, the primary among them.
+    let primary = holders[0].clone();
+    let mut victims: Vec<NodeAddr> = holders.iter().take(3).cloned().collect();
+    if !victims.contains(&primary) {
+        victims[0] = primary;
+    }
+    sim.kill(&victims);
+    sim.run();
+
+    let reader = sim
+        .live()
+        .into_iter()
+        .find(|a| !holders.contains(a))
+        .unwrap();
+    let (gv, got) = sim.get(&reader, "big/file.bin");
+    assert_eq!(gv, v);
+    assert!(got == bytes, "bytes differ after failures");
+    assert_eq!(
+        sim.holders("big/file.bin", v).len(),
+        4,
+        "re-replicated to m + 1 live nodes"
+    );
+    for h in sim.holders("big/file.bin", v) {
+        assert_eq!(
+            sim.store(&h).read_all(&name("big/file.bin"), v).unwrap(),
+            bytes
+        );
+    }
+    let logs = sim.logged(|e| matches!(e, Event::ReReplicated { .. }));
+    assert!(!logs.is_empty(), "re-replication time is logged");
+}
+
+#[test]
+fn flipped_byte_is_served_correctly_and_the_copy_is_repaired() {
+    for seed in 1..=SEEDS {
+        flipped_byte_is_served_correctly_and_the_copy_is_repaired_seed(seed);
+    }
+}
+
+fn flipped_byte_is_served_correctly_and_the_copy_is_repaired_seed(seed: u64) {
+    let mut sim = Sim::new(6, seed);
+    let bytes = data(3, 5 * CHUNK);
+    let v = sim.put_ok(&addr(1), "rot", bytes.clone());
+    let holders = sim.holders("rot", v);
+    // The reader holds a copy and prefers it, so it meets the bad chunk first.
+    let bad = holders[1].clone();
+    let path = sim.store(&bad).version_path(&name("rot"), v);
+    let chunk2 = FIRST_DATA_OFFSET + 2 * (CHUNK as u64 + 8) + 17;
+    flip_byte(&path, chunk2).unwrap();
+
+    let (gv, got) = sim.get(&bad, "rot");
+    assert_eq!(gv, v);
+    assert!(got == bytes, "corrupt data returned");
+    let mism = sim.logged(|e| matches!(e, Event::ChecksumMismatch { chunk: 2, .. }));
+    assert_eq!(mism.len(), 1);
+    assert_eq!(mism[0].0, bad);
+    assert!(!sim
+        .logged(|e| matches!(e, Event::Repaired { node, .. } if *node == bad))
+        .is_empty());
+    assert_eq!(
+        sim.store(&bad).read_all(&name("rot"), v).unwrap(),
+        bytes,
+        "copy repaired"
+    );
+    assert_eq!(sim.holders("rot", v).len(), 4);
+}
+
+#[test]
+fn writer_crash_mid_put_leaves_no_torn_or_phantom_version() {
+    for seed in 1..=SEEDS {
+        writer_crash_mid_put_leaves_no_torn_or_phantom_version_seed(seed);
+    }
+}
+
+fn writer_crash_mid_put_leaves_no_torn_or_phantom_version_seed(seed: u64) {
+    let mut sim = Sim::new(6, seed);
+    let v1 = sim.put_ok(&addr(0), "w", data(1, 100));
+    let placement = sim.holders("w", v1);
+    let writer = sim
+        .live()
+        .into_iter()
+        .find(|a| !placement.contains(a))
+        .unwrap();
+    let op = sim.put(&writer, "w", data(2, 40 * CHUNK));
+    // Run until some replicas hold part of the stream, then crash the writer.
+    let mut partial_seen = false;
+    for _ in 0..200_000 {
+        sim.steps(1);
+        let partial = sim
+            .live()
+            .iter()
+            .any(|a| !sim.store(a).temp_files().unwrap().is_empty());
+        if partial {
+            partial_seen = true;
+            sim.steps(30);
+            break;
+        }
+    }
+    assert!(partial_seen, "the crash must hit the middle of the stream");
+    assert!(!sim.replies.contains_key(&(writer.clone(), op)));
+    sim.kill(std::slice::from_ref(&writer));
+    sim.run();
+    let other = sim.live().into_iter().next().unwrap();
+
+    sim.assert_no_temp_files();
+    for a in sim.live() {
+        let vs = sim.store(&a).versions(&name("w")).unwrap();
+        assert!(vs.is_empty() || vs == vec![v1], "phantom on {a}: {vs:?}");
+    }
+    assert_eq!(sim.holders("w", v1).len(), 4);
+    let gv = sim.command(
+        &other,
+        Command::GetVersions {
+            name: name("w"),
+            k: 5,
+        },
+    );
+    sim.run();
+    assert!(
+        matches!(sim.reply(&other, gv), Ok(Reply::GetVersions { ref versions, .. }) if *versions == vec![v1])
+    );
+    // The next version still sorts after every version ever granted.
+    let v3 = sim.put_ok(&other, "w", data(3, 10));
+    assert!(
+        v3 > v1 + 1,
+        "granted-then-dropped version is not reused: {v3}"
+    );
+    let reader = sim.live().into_iter().last().unwrap();
+    let (gv, got) = sim.get(&reader, "w");
+    assert_eq!((gv, got), (v3, data(3, 10)));
+}
+
+#[test]
+fn replica_crash_mid_put_retries_on_the_next_node() {
+    for seed in 1..=SEEDS {
+        replica_crash_mid_put_retries_on_the_next_node_seed(seed);
+    }
+}
+
+fn replica_crash_mid_put_retries_on_the_next_node_seed(seed: u64) {
+    let mut sim = Sim::new(7, seed);
+    let v1 = sim.put_ok(&addr(0), "r", data(1, 10));
+    let placement = sim.holders("r", v1);
+    let writer = sim
+        .live()
+        .into_iter()
+        .find(|a| !placement.contains(a))
+        .unwrap();
+    let victim = placement[2].clone();
+    let bytes = data(9, 30 * CHUNK);
+    let op = sim.put(&writer, "r", bytes.clone());
+    let mut partial_seen = false;
+    for _ in 0..200_000 {
+        sim.steps(1);
+        if !sim.store(&victim).temp_files().unwrap().is_empty() {
+            partial_seen = true;
+            sim.steps(20);
+            break;
+        }
+    }
+    assert!(partial_seen, "the crash must hit the middle of the stream");
+    assert!(!sim.replies.contains_key(&(writer.clone(), op)));
+    sim.kill(std::slice::from_ref(&victim));
+    sim.run();
+    let Ok(Reply::Put { version, .. }) = sim.reply(&writer, op) else {
+        panic!("put failed: {:?}", sim.reply(&writer, op));
+    };
+    assert_eq!(version, v1 + 1);
+    assert_eq!(sim.holders("r", version).len(), 4);
+    assert!(!sim
+        .logged(|e| matches!(e, Event::ReplicaLostMidPut { .. }))
+        .is_empty());
+    sim.assert_no_temp_files();
+    for a in sim.live() {
+        let vs = sim.store(&a).versions(&name("r")).unwrap();
+        assert!(vs.iter().all(|v| *v == v1 || *v == version), "{a}: {vs:?}");
+        if vs.contains(&version) {
+            assert_eq!(sim.store(&a).read_all(&name("r"), version).unwrap(), bytes);
+        }
+    }
+    assert_eq!(sim.get(&writer, "r"), (version, bytes));
+}
+
+#[test]
+fn concurrent_puts_from_different_nodes_get_distinct_ordered_versions() {
+    for seed in 1..=SEEDS {
+        concurrent_puts_from_different_nodes_get_distinct_ordered_versions_seed(seed);
+    }
+}
+
+fn concurrent_puts_from_different_nodes_get_distinct_ordered_versions_seed(seed: u64) {
+    let mut sim = Sim::new(6, seed);
+    let writers: Vec<NodeAddr> = (0..4).map(addr).collect();
+    let ops: Vec<OpId> = writers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| sim.put(w, "c", data(i as u8 * 40, 3 * CHUNK + i)))
+        .collect();
+    sim.run();
+    let mut by_version = BTreeMap::new();
+    for (i, (w, op)) in writers.iter().zip(&ops).enumerate() {
+        let Ok(Reply::Put { version, .. }) = sim.reply(w, *op) else {
+            panic!("put {i} failed");
+        };
+        assert!(
+            by_version.insert(version, i).is_none(),
+            "version {version} given twice"
+        );
+    }
+    assert_eq!(
+        by_version.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+
+    let op = sim.command(
+        &addr(5),
+        Command::GetVersions {
+            name: name("c"),
+            k: 3,
+        },
+    );
+    sim.run();
+    let got = sim.fetched(&addr(5), op);
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![4, 3, 2]);
+    for (v, bytes) in got {
+        let i = by_version[&v];
+        assert_eq!(bytes, data(i as u8 * 40, 3 * CHUNK + i), "v{v}");
+    }
+}
+
+#[test]
+fn get_versions_ls_delete_and_listing() {
+    let mut sim = Sim::new(5, 6);
+    for i in 1..=7u8 {
+        assert_eq!(
+            sim.put_ok(&addr(i as usize % 5), "dir/v", data(i, 50 + i as usize)),
+            i as u64
+        );
+    }
+    sim.put_ok(&addr(0), "dir/other", data(0, 10));
+    sim.put_ok(&addr(0), "elsewhere", data(0, 10));
+
+    let op = sim.command(
+        &addr(2),
+        Command::GetVersions {
+            name: name("dir/v"),
+            k: 10,
+        },
+    );
+    sim.run();
+    let got = sim.fetched(&addr(2), op);
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        vec![7, 6, 5, 4, 3],
+        "last K = 5 kept"
+    );
+    for (v, bytes) in got {
+        assert_eq!(bytes, data(v as u8, 50 + v as usize));
+    }
+
+    let op = sim.command(
+        &addr(3),
+        Command::Ls {
+            name: name("dir/v"),
+        },
+    );
+    sim.run();
+    let Ok(Reply::Ls { versions, .. }) = sim.reply(&addr(3), op) else {
+        panic!()
+    };
+    assert_eq!(versions[0].version, 7);
+    assert_eq!(versions[0].holders.len(), 4);
+
+    let op = sim.command(
+        &addr(4),
+        Command::LsPrefix {
+            prefix: "dir/".into(),
+        },
+    );
+    sim.run();
+    assert_eq!(
+        sim.reply(&addr(4), op),
+        Ok(Reply::Names(vec![name("dir/other"), name("dir/v")]))
+    );
+
+    let op = sim.command(
+        &addr(1),
+        Command::Delete {
+            name: name("dir/v"),
+        },
+    );
+    sim.run();
+    assert!(matches!(
+        sim.reply(&addr(1), op),
+        Ok(Reply::Deleted { tombstone: 7, .. })
+    ));
+    let op = sim.command(
+        &addr(0),
+        Command::Get {
+            name: name("dir/v"),
+        },
+    );
+    sim.run();
+    assert!(matches!(
+        sim.reply(&addr(0), op),
+        Err(SdfsError::NoSuchFile(_))
+    ));
+    for a in sim.live() {
+        assert!(sim.store(&a).versions(&name("dir/v")).unwrap().is_empty());
+    }
+    // A new put after the delete starts above the tombstone.
+    assert_eq!(sim.put_ok(&addr(2), "dir/v", data(99, 5)), 8);
+    assert_eq!(sim.get(&addr(3), "dir/v"), (8, data(99, 5)));
+
+    let op = sim.command(&addr(0), Command::Store);
+    sim.run();
+    let Ok(Reply::Store(held)) = sim.reply(&addr(0), op) else {
+        panic!()
+    };
+    let expect = sim.store(&addr(0)).names().unwrap();
+    assert_eq!(held.into_iter().map(|h| h.name).collect::<Vec<_>>(), expect);
+}
+
+#[test]
+fn get_of_a_missing_name_fails_cleanly() {
+    let mut sim = Sim::new(4, 7);
+    let op = sim.command(&addr(0), Command::Get { name: name("nope") });
+    sim.run();
+    assert!(matches!(
+        sim.reply(&addr(0), op),
+        Err(SdfsError::NoSuchFile(_))
+    ));
+    let op = sim.command(&addr(1), Command::Delete { name: name("nope") });
+    sim.run();
+    assert!(matches!(
+        sim.reply(&addr(1), op),
+        Err(SdfsError::NoSuchFile(_))
+    ));
+}
+
+#[test]
+fn primary_crash_mid_put_keeps_versions_unique_and_monotonic() {
+    for seed in 1..=SEEDS {
+        primary_crash_mid_put_seed(seed);
+    }
+}
+
+fn primary_crash_mid_put_seed(seed: u64) {
+    let mut sim = Sim::new(7, seed);
+    let v1 = sim.put_ok(&addr(0), "p", data(1, 10));
+    let placement = sim.holders("p", v1);
+    let primary = placement[0].clone();
+    let writer = sim
+        .live()
+        .into_iter()
+        .find(|a| !placement.contains(a))
+        .unwrap();
+    let bytes = data(5, 20 * CHUNK);
+    let op = sim.put(&writer, "p", bytes.clone());
+    let mut partial_seen = false;
+    for _ in 0..200_000 {
+        sim.steps(1);
+        if !sim.store(&placement[1]).temp_files().unwrap().is_empty() {
+            partial_seen = true;
+            break;
+        }
+    }
+    assert!(partial_seen);
+    sim.kill(std::slice::from_ref(&primary));
+    sim.run();
+    let Ok(Reply::Put { version, .. }) = sim.reply(&writer, op) else {
+        panic!("seed {seed}: put failed: {:?}", sim.reply(&writer, op));
+    };
+    assert!(version > v1);
+    // A later put from elsewhere, sequenced by the new primary, sorts after it.
+    let other = sim.live().into_iter().find(|a| *a != writer).unwrap();
+    let v3 = sim.put_ok(&other, "p", data(6, 10));
+    assert!(v3 > version, "seed {seed}: {v3} after {version}");
+    assert_eq!(sim.get(&other, "p"), (v3, data(6, 10)));
+    let gv = sim.command(
+        &other,
+        Command::GetVersions {
+            name: name("p"),
+            k: 5,
+        },
+    );
+    sim.run();
+    let got = sim.fetched(&other, gv);
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        vec![v3, version, v1]
+    );
+    assert_eq!(got[1].1, bytes);
+    assert_eq!(sim.holders("p", version).len(), 4);
+    sim.assert_no_temp_files();
+}

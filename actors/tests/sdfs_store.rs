@@ -1,0 +1,211 @@
+//! Durability semantics of the SDFS local store, on real temp directories.
+
+use dml_actors::sdfs::store::{flip_byte, FIRST_DATA_OFFSET};
+use dml_actors::sdfs::{Corruption, LocalStore, SdfsName, StoreConfig, StoreError, MAX_CHUNK};
+
+fn name(s: &str) -> SdfsName {
+    SdfsName::parse(s).unwrap()
+}
+
+fn open(dir: &std::path::Path, keep: usize) -> LocalStore {
+    LocalStore::open(
+        dir,
+        StoreConfig {
+            keep_versions: keep,
+        },
+    )
+    .unwrap()
+}
+
+fn write(store: &LocalStore, n: &SdfsName, v: u64, chunks: &[&[u8]]) {
+    let mut w = store.begin_write(n, v).unwrap();
+    for c in chunks {
+        w.append(c).unwrap();
+    }
+    w.commit().unwrap();
+}
+
+#[test]
+fn chunks_round_trip_and_versions_are_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 5);
+    let n = name("images/cat.jpg");
+    write(&s, &n, 2, &[b"hello ", b"world"]);
+    write(&s, &n, 1, &[b"old"]);
+    write(&s, &n, 7, &[]);
+    assert_eq!(s.versions(&n).unwrap(), vec![7, 2, 1]);
+    assert_eq!(s.latest(&n).unwrap(), Some(7));
+    assert_eq!(s.read_all(&n, 2).unwrap(), b"hello world");
+    assert_eq!(s.read_all(&n, 7).unwrap(), b"");
+    let mut r = s.open_read(&n, 2).unwrap();
+    r.seek_chunk(1).unwrap();
+    assert_eq!(r.next_chunk().unwrap().unwrap(), b"world");
+    assert_eq!(r.next_chunk().unwrap(), None);
+    assert!(matches!(
+        s.open_read(&n, 3),
+        Err(StoreError::NotFound { version: 3, .. })
+    ));
+    assert!(s.total_bytes().unwrap() > 14);
+}
+
+#[test]
+fn uncommitted_versions_are_never_visible_and_temp_files_are_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 5);
+    let n = name("a");
+    write(&s, &n, 1, &[b"one"]);
+
+    // Aborted by drop: nothing visible, no temp file.
+    let mut w = s.begin_write(&n, 2).unwrap();
+    w.append(b"partial").unwrap();
+    drop(w);
+    assert_eq!(s.versions(&n).unwrap(), vec![1]);
+    assert!(s.temp_files().unwrap().is_empty());
+
+    // A crash (no destructor runs): the temp file stays but is not a version, and the
+    // next open removes it.
+    let mut w = s.begin_write(&n, 3).unwrap();
+    w.append(b"torn").unwrap();
+    std::mem::forget(w);
+    assert_eq!(s.versions(&n).unwrap(), vec![1]);
+    assert_eq!(s.temp_files().unwrap().len(), 1);
+    let s = open(dir.path(), 5);
+    assert!(s.temp_files().unwrap().is_empty());
+    assert_eq!(s.versions(&n).unwrap(), vec![1]);
+    assert_eq!(s.read_all(&n, 1).unwrap(), b"one");
+}
+
+#[test]
+fn flipped_byte_is_detected_and_names_the_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 5);
+    let n = name("f");
+    let c0 = vec![1u8; 100];
+    let c1 = vec![2u8; 100];
+    write(&s, &n, 1, &[&c0, &c1]);
+    // A data byte of chunk 1: past chunk 0 (100 bytes) and chunk 1's 8-byte frame header.
+    flip_byte(&s.version_path(&n, 1), FIRST_DATA_OFFSET + 100 + 8 + 5).unwrap();
+    let mut r = s.open_read(&n, 1).unwrap();
+    assert_eq!(r.next_chunk().unwrap().unwrap(), c0);
+    match r.next_chunk() {
+        Err(StoreError::Corrupt {
+            chunk: 1,
+            what: Corruption::Checksum { .. },
+            ..
+        }) => {}
+        other => panic!("expected checksum error at chunk 1, got {other:?}"),
+    }
+    // A flipped byte in a length field is caught too, never a huge allocation.
+    write(&s, &n, 2, &[&c0]);
+    flip_byte(&s.version_path(&n, 2), FIRST_DATA_OFFSET - 5).unwrap();
+    assert!(matches!(
+        s.read_all(&n, 2),
+        Err(StoreError::Corrupt { chunk: 0, .. })
+    ));
+}
+
+#[test]
+fn truncated_file_is_corrupt_not_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 5);
+    let n = name("t");
+    write(&s, &n, 1, &[b"abcdef", b"ghijkl"]);
+    let p = s.version_path(&n, 1);
+    let len = std::fs::metadata(&p).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(len - 24).unwrap(); // drop the trailer: all chunks intact
+    assert!(matches!(
+        s.read_all(&n, 1),
+        Err(StoreError::Corrupt {
+            what: Corruption::Truncated,
+            chunk: 2,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn keeps_only_the_newest_k_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 3);
+    let n = name("p");
+    for v in 1..=6 {
+        write(&s, &n, v, &[format!("v{v}").as_bytes()]);
+    }
+    assert_eq!(s.versions(&n).unwrap(), vec![6, 5, 4]);
+    // A late copy of an old version is pruned on arrival.
+    write(&s, &n, 2, &[b"late"]);
+    assert_eq!(s.versions(&n).unwrap(), vec![6, 5, 4]);
+}
+
+#[test]
+fn delete_leaves_a_tombstone_that_blocks_resurrection() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 5);
+    let n = name("d");
+    write(&s, &n, 1, &[b"1"]);
+    write(&s, &n, 2, &[b"2"]);
+    let late = s.begin_write(&n, 2).unwrap(); // a replica's write racing the delete
+    s.delete(&n, 2).unwrap();
+    assert!(s.versions(&n).unwrap().is_empty());
+    assert!(s.names().unwrap().is_empty());
+    assert!(matches!(
+        late.commit(),
+        Err(StoreError::Tombstoned { tombstone: 2, .. })
+    ));
+    assert!(matches!(
+        s.begin_write(&n, 1),
+        Err(StoreError::Tombstoned { .. })
+    ));
+    assert!(s.versions(&n).unwrap().is_empty());
+    // The name can live again above the tombstone, and the tombstone survives a restart.
+    write(&s, &n, 3, &[b"3"]);
+    let s = open(dir.path(), 5);
+    assert_eq!(s.versions(&n).unwrap(), vec![3]);
+    assert_eq!(s.tombstone(&n).unwrap(), 2);
+    assert!(s.begin_write(&n, 2).is_err());
+}
+
+#[test]
+fn names_are_keys_and_nothing_leaves_the_data_dir() {
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("data");
+    let s = open(&root, 5);
+    for bad in ["../escape", "/abs", "a/../../b", "", "nul\0", "ctl\x07"] {
+        assert!(SdfsName::parse(bad).is_err(), "{bad:?}");
+    }
+    let names = ["x/y/z.jpg", "x/y2", "..x", "weird name ~!@#$%^&*()", "x"];
+    for n in names {
+        write(&s, &name(n), 1, &[n.as_bytes()]);
+    }
+    // Everything created lies under the data dir; nothing else appeared beside it.
+    let beside: Vec<_> = std::fs::read_dir(outer.path()).unwrap().collect();
+    assert_eq!(beside.len(), 1);
+    let listed: Vec<String> = s.names().unwrap().iter().map(|n| n.to_string()).collect();
+    let mut expect: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    expect.sort();
+    assert_eq!(listed, expect);
+    let pre: Vec<String> = s
+        .names_with_prefix("x/")
+        .unwrap()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(pre, vec!["x/y/z.jpg", "x/y2"]);
+}
+
+#[test]
+fn rejects_oversized_chunks_and_version_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 5);
+    let n = name("big");
+    let mut w = s.begin_write(&n, 1).unwrap();
+    assert!(matches!(
+        w.append(&vec![0u8; MAX_CHUNK + 1]),
+        Err(StoreError::ChunkTooLarge { .. })
+    ));
+    w.append(&vec![0u8; MAX_CHUNK]).unwrap();
+    w.commit().unwrap();
+    assert_eq!(s.read_all(&n, 1).unwrap().len(), MAX_CHUNK);
+    assert!(matches!(s.begin_write(&n, 0), Err(StoreError::ZeroVersion)));
+}

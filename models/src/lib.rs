@@ -1,0 +1,25 @@
+//! dml-models: the two image classifiers a dml node serves, in pure Rust on candle.
+//!
+//! Map of the crate:
+//! - [`weights`]: which networks exist ([`Network`]), their tensor lists, loading and
+//!   validating `.safetensors` / `.pth` files, synthetic weights, fetching from the Hub.
+//! - [`resnet50`], [`inception_v3`]: the networks, built from validated weights with
+//!   BatchNorm folded into the convolutions. They do no file or device work.
+//! - [`preprocess`]: bytes -> normalised CHW tensor, the way torchvision does it.
+//! - [`labels`]: the 1000 ImageNet class names.
+//! - [`classifier`]: a loaded network plus a thread pool; batches in, top-5 out.
+//! - [`error`]: [`ModelError`], the one error type of this layer.
+#![forbid(unsafe_code)]
+
+pub mod classifier;
+pub mod error;
+pub mod inception_v3;
+pub mod labels;
+mod layers;
+pub mod preprocess;
+pub mod resnet50;
+pub mod weights;
+
+pub use classifier::{BatchOutput, Classifier, Prediction, TopClass};
+pub use error::ModelError;
+pub use weights::{Network, Weights};

@@ -1,0 +1,222 @@
+//! `dml`: the command line of the distributed inference cluster. Every subcommand is a
+//! thin edge over the `dml-actors` and `dml-models` crates; errors become one line on
+//! stderr and a non-zero exit code (2 for configuration errors).
+
+mod config_load;
+mod console;
+mod ctl;
+mod models_cli;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dml_actors::config::ConfigError;
+
+#[derive(Parser)]
+#[command(name = "dml", version, about = "Distributed ML inference cluster (ResNet50, InceptionV3)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArgs {
+    /// Deployment configuration file.
+    #[arg(long, default_value = "config.toml", global = true)]
+    config: PathBuf,
+    /// Override a config key, e.g. --set failure_detector.ping_timeout=0.5 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the introducer (admits joiners, hands out the member list).
+    Introducer {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Run one node in the foreground (interactive console when stdin is a terminal).
+    Node {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long)]
+        hostname: String,
+        #[arg(long)]
+        port: u16,
+        /// Never start the interactive console.
+        #[arg(long)]
+        no_console: bool,
+    },
+    /// Start the introducer and every node of the config on this machine; Ctrl-C stops all.
+    Up {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Run one console command against a running node.
+    Ctl {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// The node to ask, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        node: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        /// The command and its arguments (see `dml ctl help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Fetch or synthesise model weights.
+    Weights {
+        #[command(subcommand)]
+        what: WeightsCmd,
+        #[arg(long, default_value = "weights", global = true)]
+        dir: PathBuf,
+    },
+    /// Classify every image in a directory in this process.
+    Classify {
+        #[arg(long, default_value = "resnet50")]
+        model: String,
+        #[arg(long, default_value = "weights")]
+        weights: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum WeightsCmd {
+    /// Download torchvision's ImageNet weights from the Hugging Face Hub (needs internet).
+    Fetch,
+    /// Write deterministic synthetic weights (labels are meaningless).
+    Synth {
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Forward-pass speed of both networks at batch 1, 8, 32.
+    Models {
+        #[arg(long, default_value = "weights")]
+        weights: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        batches: Vec<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = if e.downcast_ref::<ConfigError>().is_some() { 2 } else { 1 };
+            eprintln!("dml: {}", one_line(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}
+
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Introducer { cfg } => {
+            let config = config_load::load(&cfg.config, &cfg.set)?;
+            init_logs();
+            dml_actors::node::run_introducer(config)?;
+        }
+        Cmd::Node {
+            cfg,
+            hostname,
+            port,
+            no_console,
+        } => {
+            let config = config_load::load(&cfg.config, &cfg.set)?;
+            let addr = dml_actors::types::NodeAddr::new(&hostname, port);
+            if config.node(&addr).is_none() {
+                return Err(ConfigError {
+                    key: "--hostname/--port".into(),
+                    msg: format!("unknown node {addr}: not in [[nodes]] of {}", cfg.config.display()),
+                }
+                .into());
+            }
+            init_logs();
+            let interactive = !no_console && console::stdin_is_terminal();
+            let console = interactive.then(|| console::spawn(config.clone(), addr.clone()));
+            dml_actors::node::run_node(config, addr)?;
+            drop(console);
+        }
+        Cmd::Up { cfg } => {
+            init_logs();
+            let config = config_load::load(&cfg.config, &cfg.set)?;
+            up::run(&cfg.config, &cfg.set, &config)?;
+        }
+        Cmd::Ctl {
+            cfg,
+            node,
+            json,
+            timeout,
+            command,
+        } => {
+            let config = config_load::load(&cfg.config, &cfg.set)?;
+            return ctl::run(&config, &node, json, timeout, &command);
+        }
+        Cmd::Weights { what, dir } => match what {
+            WeightsCmd::Fetch => models_cli::weights_fetch(&dir)?,
+            WeightsCmd::Synth { seed } => models_cli::weights_synth(&dir, seed)?,
+        },
+        Cmd::Classify {
+            model,
+            weights,
+            threads,
+            json,
+            dir,
+        } => {
+            init_logs();
+            models_cli::classify(&model, &weights, &dir, threads, json)?
+        }
+        Cmd::Bench { what } => match what {
+            BenchCmd::Models {
+                weights,
+                threads,
+                batches,
+            } => models_cli::bench_models(&weights, threads, &batches)?,
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,265 @@
+//! Test harness: a real local cluster of `dml` processes on loopback ports, with a
+//! config written to a temporary directory, per-process logs, and an in-process client.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dml_actors::control::{self, Command as Cmd, Outcome};
+use dml_actors::msg::Body;
+use dml_actors::transport::Client;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+pub fn dml_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dml")
+}
+
+/// Free loopback ports (bound once and released; collisions are unlikely, not impossible).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+pub struct Timings {
+    pub ping_duration: f64,
+    pub ping_timeout: f64,
+    pub cleanup_time: f64,
+}
+
+impl Timings {
+    pub fn fast() -> Self {
+        Timings {
+            ping_duration: 0.5,
+            ping_timeout: 0.3,
+            cleanup_time: 1.5,
+        }
+    }
+    pub fn bound(&self) -> Duration {
+        Duration::from_secs_f64(self.ping_duration + self.ping_timeout + self.cleanup_time)
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub introducer: String,
+    pub nodes: Vec<(String, String)>,
+    pub procs: BTreeMap<String, Child>,
+}
+
+impl Cluster {
+    /// Writes a config for `n` nodes and starts the introducer and every node.
+    pub fn start(name: &str, n: usize, t: &Timings, extra: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("dml-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let ports = free_ports(n + 1);
+        let mut toml = format!(
+            "[cluster]\nsecret = \"{SECRET}\"\ndata_dir = \"data\"\nlog_dir = \"logs\"\n\n\
+             [introducer]\nhost = \"127.0.0.1\"\nport = {}\n\n\
+             [failure_detector]\nm = 3\nping_duration = {}\nping_timeout = {}\ncleanup_time = {}\n\n{extra}\n",
+            ports[0], t.ping_duration, t.ping_timeout, t.cleanup_time
+        );
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"H{i}\"\nhost = \"127.0.0.1\"\nport = {}\n\n",
+                ports[i]
+            ));
+            nodes.push((format!("H{i}"), format!("127.0.0.1:{}", ports[i])));
+        }
+        let config = dir.join("config.toml");
+        fs::write(&config, toml).unwrap();
+        fs::create_dir_all(dir.join("logs")).unwrap();
+        let mut c = Cluster {
+            dir,
+            config,
+            introducer: format!("127.0.0.1:{}", ports[0]),
+            nodes,
+            procs: BTreeMap::new(),
+        };
+        c.spawn("introducer", &["introducer"]);
+        wait_port(&c.introducer);
+        for (name, addr) in c.nodes.clone() {
+            c.start_node(&name, &addr);
+        }
+        c
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .unwrap();
+        let child = Command::new(dml_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dml");
+        self.procs.insert(name.to_string(), child);
+    }
+
+    pub fn start_node(&mut self, name: &str, addr: &str) {
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        self.spawn(name, &["node", "--no-console", "--hostname", host, "--port", port]);
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{name}.log"))
+    }
+
+    pub fn addr(&self, name: &str) -> String {
+        self.nodes.iter().find(|(n, _)| n == name).unwrap().1.clone()
+    }
+
+    pub fn pid(&self, name: &str) -> u32 {
+        self.procs[name].id()
+    }
+
+    pub fn signal(&self, name: &str, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.pid(name).to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig} {name}");
+    }
+
+    pub fn kill9(&mut self, name: &str) {
+        self.signal(name, "-KILL");
+        if let Some(mut c) = self.procs.remove(name) {
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs a console command on a node, in process.
+    pub fn ctl(&self, addr: &str, cmd: Cmd) -> Result<Outcome, String> {
+        ctl(addr, cmd)
+    }
+
+    /// `list_mem --json` of a node: (addr, incarnation, state).
+    pub fn members(&self, addr: &str) -> Option<Vec<(String, u64, String)>> {
+        let reply = ctl(addr, Cmd::ListMem).ok()?.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&reply.json).ok()?;
+        Some(
+            v.as_array()?
+                .iter()
+                .map(|m| {
+                    (
+                        m["addr"].as_str().unwrap_or("").to_string(),
+                        m["incarnation"].as_u64().unwrap_or(0),
+                        m["state"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits until `pred` holds for every node in `on`, polling; returns the time it took.
+    pub fn wait_views(
+        &self,
+        on: &[String],
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&[(String, u64, String)]) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let ok = on.iter().all(|a| self.members(a).is_some_and(|m| pred(&m)));
+            if ok {
+                return start.elapsed();
+            }
+            if start.elapsed() > within {
+                let views: Vec<_> = on.iter().map(|a| (a, self.members(a))).collect();
+                panic!("{what}: not reached within {within:?}; views: {views:#?}; logs in {}", self.dir.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// Wall-clock ms of every `event=<kind>` line about `peer` in a node's log.
+    pub fn event_times(&self, name: &str, kind: &str, peer: &str) -> Vec<u64> {
+        let needle = format!("event={kind}");
+        let peer_kv = format!("peer={peer}");
+        self.log(name)
+            .lines()
+            .filter(|l| l.contains(&needle) && l.contains(&peer_kv))
+            .filter_map(|l| {
+                l.split("wall=")
+                    .nth(1)
+                    .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|s| s.parse().ok())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, c) in self.procs.iter_mut() {
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn ctl(addr: &str, cmd: Cmd) -> Result<Outcome, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = Client::<Body>::connect(addr, SECRET.as_bytes(), Duration::from_secs(2))
+            .await
+            .map_err(|e| e.to_string())?;
+        match c.request(Body::Command(cmd), Duration::from_secs(60)).await {
+            Ok(Body::Outcome(o)) => Ok(o),
+            Ok(other) => Err(format!("unexpected {}", other.kind())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+}
+
+pub fn parse(line: &str) -> Cmd {
+    control::parse(&control::split_line(line).unwrap()).unwrap()
+}
+
+pub fn wait_port(addr: &str) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn wall_ms() -> u64 {
+    dml_actors::clock::wall_ms()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
