@@ -39,7 +39,7 @@ pub fn alive_count(config: &Config, node: &str) -> anyhow::Result<usize> {
 }
 
 pub fn run(config: &Config, node: &str, json: bool, timeout: f64, words: &[String]) -> anyhow::Result<ExitCode> {
-    let cmd = control::parse(words).map_err(|e| anyhow!(e))?;
+    let cmd = absolute_locals(control::parse(words).map_err(|e| anyhow!(e))?);
     if cmd == Command::Help {
         println!("{}", control::help_text());
         return Ok(ExitCode::SUCCESS);
@@ -61,5 +61,21 @@ pub fn run(config: &Config, node: &str, json: bool, timeout: f64, words: &[Strin
             eprintln!("dml: {e}");
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// The node resolves local paths against its own working directory, which is not the
+/// caller's: send `put`/`get`/`get-versions` paths as absolute paths.
+pub fn absolute_locals(cmd: Command) -> Command {
+    let abs = |p: String| {
+        std::path::absolute(&p)
+            .map(|a| a.display().to_string())
+            .unwrap_or(p)
+    };
+    match cmd {
+        Command::Put { local, name } => Command::Put { local: abs(local), name },
+        Command::Get { name, local } => Command::Get { name, local: abs(local) },
+        Command::GetVersions { name, k, local } => Command::GetVersions { name, k, local: abs(local) },
+        other => other,
     }
 }

@@ -2,6 +2,7 @@
 //! thin edge over the `dml-actors` and `dml-models` crates; errors become one line on
 //! stderr and a non-zero exit code (2 for configuration errors).
 
+mod bench_cluster;
 mod config_load;
 mod console;
 mod ctl;
@@ -120,6 +121,11 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
         batches: Vec<usize>,
     },
+    /// Failure detection and removal times, and background bytes per node.
+    Cluster {
+        #[command(flatten)]
+        args: bench_cluster::Args,
+    },
 }
 
 fn main() -> ExitCode {
@@ -216,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads,
                 batches,
             } => models_cli::bench_models(&weights, threads, &batches)?,
+            BenchCmd::Cluster { args } => bench_cluster::run(&args)?,
         },
     }
     Ok(ExitCode::SUCCESS)

@@ -82,6 +82,9 @@ pub struct RawFailureDetector {
     pub cleanup_time: Option<f64>,
     /// Fraction of outgoing pings/acks to drop on purpose (loss experiments only).
     pub drop_rate: Option<f64>,
+    /// `false` removes a peer at its first missed ack (no suspect phase); only to measure
+    /// what suspicion buys.
+    pub suspicion: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -118,6 +121,8 @@ pub struct FailureDetectorConfig {
     pub ping_duration: Duration,
     pub cleanup_time: Duration,
     pub drop_rate: f64,
+    /// Suspect before removing (the normal detector); `false` only for experiments.
+    pub suspicion: bool,
 }
 
 /// How SDFS moves file data between nodes.
@@ -374,6 +379,7 @@ impl RawConfig {
                 ping_duration,
                 cleanup_time,
                 drop_rate,
+                suspicion: fd.suspicion.unwrap_or(true),
             },
             topology,
             threads: threads as usize,

@@ -30,6 +30,8 @@ pub enum Command {
     C4Results { job: String },
     /// C5: the current assignment of nodes to jobs.
     C5,
+    /// Traffic and probe counters of this node (bytes per lane, uptime, probes).
+    Stats,
 }
 
 /// A node's answer: human text plus the same content as JSON for `--json`.
@@ -70,6 +72,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("C3 MODEL N", "set the batch size of MODEL for subsequent batches"),
     ("C4 MODEL PREFIX_OR_DIR", "submit a job; C4 --results JOB prints a job's outputs"),
     ("C5", "current assignment: which job/model each node runs"),
+    ("stats", "bytes sent/received per lane, uptime, probes sent/acked/missed"),
     ("help", "this list"),
 ];
 
@@ -165,6 +168,7 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
             }
         }
         "C5" | "c5" => want(0, "C5").map(|_| Command::C5)?,
+        "stats" => want(0, "stats").map(|_| Command::Stats)?,
         other => return Err(format!("unknown command {other:?}; type `help`")),
     };
     Ok(cmd)

@@ -174,17 +174,12 @@ impl Introducer {
                     }
                 }
             }
-            // A stray probe: answer so the prober does not suspect the introducer's address.
-            Msg::Ping { seq, .. } => self.send(
-                from.clone(),
-                Msg::Ack {
-                    seq,
-                    incarnation: 0,
-                    joined: 0,
-                    updates: Vec::new(),
-                },
-            ),
-            Msg::Ack { .. } | Msg::JoinReply { .. } | Msg::SyncRequest | Msg::IntroducerHello => {}
+            // Not a member: nobody should probe it, and answering would make it look like one.
+            Msg::Ping { .. }
+            | Msg::Ack { .. }
+            | Msg::JoinReply { .. }
+            | Msg::SyncRequest
+            | Msg::IntroducerHello => {}
         }
     }
 

@@ -28,3 +28,4 @@ pub mod membership_actor;
 pub mod node;
 pub mod ping_actor;
 pub mod transport_actor;
+pub mod sdfs_actor;

@@ -753,6 +753,10 @@ impl Membership {
         incarnation: Incarnation,
         members: Vec<Update>,
     ) {
+        // Only the configured introducer admits; anything else is a confused peer.
+        if self.settings.introducer.as_ref() != Some(from) {
+            return;
+        }
         let first = match self.status {
             Status::Joining => true,
             Status::Member if self.rejoin_pending => false,
@@ -1160,6 +1164,8 @@ impl Membership {
 /// explicit topology when it names `me` (dead entries skipped), otherwise
 /// [`ring_monitors`] over the live nodes in ring order.
 pub fn compute_monitors(settings: &Settings, me: &NodeAddr, live: &[NodeAddr]) -> Vec<NodeAddr> {
+    // Called after every message: keep it O(n log n).
+    let live: BTreeSet<&NodeAddr> = live.iter().collect();
     if let Some(list) = settings.topology.as_ref().and_then(|t| t.get(me)) {
         let mut out: Vec<NodeAddr> = Vec::new();
         for a in list {
@@ -1169,21 +1175,20 @@ pub fn compute_monitors(settings: &Settings, me: &NodeAddr, live: &[NodeAddr]) -
         }
         return out;
     }
+    let mut seen: BTreeSet<&NodeAddr> = BTreeSet::new();
     let mut order: Vec<NodeAddr> = settings
         .ring
         .iter()
-        .filter(|a| live.contains(a))
+        .filter(|a| live.contains(a) && seen.insert(*a))
         .cloned()
         .collect();
-    order.dedup();
-    let mut extra: Vec<NodeAddr> = live
-        .iter()
-        .filter(|a| !settings.ring.contains(a))
-        .cloned()
-        .collect();
-    extra.sort();
-    extra.dedup();
-    order.extend(extra);
+    let ring: BTreeSet<&NodeAddr> = settings.ring.iter().collect();
+    // A BTreeSet iterates sorted and without duplicates.
+    order.extend(
+        live.iter()
+            .filter(|a| !ring.contains(*a))
+            .map(|a| (*a).clone()),
+    );
     ring_monitors(&order, me, settings.m)
 }
 

@@ -75,6 +75,17 @@ pub struct MembershipActor {
     subscribers: Vec<Recipient<View>>,
     /// Join as soon as the actor starts (a node process does; tests may not).
     auto_join: bool,
+    /// Probe counters and start time, for the `stats` command.
+    probes: ProbeCounts,
+    started: std::time::Instant,
+}
+
+/// Probes this node's PingActors sent, saw answered and gave up on.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+struct ProbeCounts {
+    sent: u64,
+    acked: u64,
+    missed: u64,
 }
 
 impl MembershipActor {
@@ -88,6 +99,8 @@ impl MembershipActor {
             pending_join: Vec::new(),
             subscribers: Vec::new(),
             auto_join,
+            probes: ProbeCounts::default(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -109,6 +122,7 @@ impl MembershipActor {
                     ctx.run_later(clock::until(at), move |act, ctx| act.on_timer(timer, ctx));
                 }
                 Effect::Acked { peer, seq } => {
+                    self.probes.acked += 1;
                     if let Some(p) = self.pingers.get(&peer) {
                         p.do_send(crate::ping_actor::Acked { seq });
                     }
@@ -229,6 +243,38 @@ impl MembershipActor {
     }
 }
 
+impl MembershipActor {
+    /// Traffic between nodes (frame bytes, tools' connections excluded), uptime and
+    /// probe counts: what the background-traffic benchmark reads.
+    fn stats_reply(&self) -> Reply {
+        let t = self.transport.stats();
+        let uptime_ms = self.started.elapsed().as_millis() as u64;
+        let sent = t.control.bytes_sent + t.bulk.bytes_sent;
+        let received = t.control.bytes_received + t.bulk.bytes_received;
+        Reply::new(
+            format!(
+                "uptime {:.1} s; sent {sent} B (control {}, bulk {}); received {received} B \
+                 (control {}, bulk {}); probes sent {}, acked {}, missed {}",
+                uptime_ms as f64 / 1000.0,
+                t.control.bytes_sent,
+                t.bulk.bytes_sent,
+                t.control.bytes_received,
+                t.bulk.bytes_received,
+                self.probes.sent,
+                self.probes.acked,
+                self.probes.missed,
+            ),
+            serde_json::json!({
+                "uptime_ms": uptime_ms,
+                "bytes_sent": sent,
+                "bytes_received": received,
+                "lanes": {"control": t.control, "bulk": t.bulk},
+                "probes": self.probes,
+            }),
+        )
+    }
+}
+
 fn member_json(m: &Member) -> serde_json::Value {
     serde_json::json!({
         "id": format!("{}#{}", m.addr, m.joined),
@@ -272,6 +318,7 @@ impl Handler<FromPeer> for MembershipActor {
 impl Handler<SendPing> for MembershipActor {
     type Result = ();
     fn handle(&mut self, m: SendPing, ctx: &mut Context<Self>) {
+        self.probes.sent += 1;
         let now = self.now();
         self.core.send_ping(now, &m.peer, m.seq);
         self.drain(ctx);
@@ -281,6 +328,7 @@ impl Handler<SendPing> for MembershipActor {
 impl Handler<Unresponsive> for MembershipActor {
     type Result = ();
     fn handle(&mut self, m: Unresponsive, ctx: &mut Context<Self>) {
+        self.probes.missed += 1;
         let now = self.now();
         self.core.report_unresponsive(now, &m.peer);
         self.drain(ctx);
@@ -304,6 +352,7 @@ impl Handler<Exec> for MembershipActor {
         let now = self.now();
         let outcome = match m.cmd {
             Command::ListMem => Ok(self.members_reply()),
+            Command::Stats => Ok(self.stats_reply()),
             Command::ListSelf => {
                 let me = self.core.self_member();
                 let status = self.core.status();

@@ -15,6 +15,8 @@ pub enum Body {
     Command(Command),
     /// The answer to a [`Body::Command`].
     Outcome(Outcome),
+    /// SDFS metadata (control lane) and file chunks (bulk lane).
+    Sdfs(crate::sdfs::Msg),
 }
 
 impl Body {
@@ -24,6 +26,7 @@ impl Body {
             Body::Membership(_) => "membership",
             Body::Command(_) => "command",
             Body::Outcome(_) => "outcome",
+            Body::Sdfs(_) => "sdfs",
         }
     }
 }

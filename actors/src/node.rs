@@ -10,7 +10,8 @@ use tracing::info;
 use crate::config::Config;
 use crate::introducer::{Introducer, IntroducerSettings};
 use crate::membership::{Membership, Settings};
-use crate::membership_actor::{Exec, MembershipActor};
+use crate::membership_actor::{Exec, MembershipActor, Subscribe};
+use crate::sdfs_actor::SdfsActor;
 use crate::msg::Body;
 use crate::ping::ProbeSettings;
 use crate::transport::{Transport, TransportConfig};
@@ -28,6 +29,8 @@ pub enum NodeError {
     Membership(#[from] crate::membership::MembershipError),
     #[error("introducer: {0}")]
     Introducer(#[from] crate::introducer::IntroducerError),
+    #[error("sdfs: {0}")]
+    Sdfs(String),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -62,6 +65,7 @@ pub fn membership_settings(config: &Config) -> Settings {
         Some(config.introducer.clone()),
     );
     s.topology = config.topology.clone();
+    s.suspicion = config.fd.suspicion;
     s
 }
 
@@ -90,10 +94,16 @@ pub fn run_node(config: Config, me: NodeAddr) -> Result<(), NodeError> {
             ping_duration: ms(config.fd.ping_duration),
             ping_timeout: ms(config.fd.ping_timeout),
         };
+        // SDFS blocks on fsync: it gets its own thread so pings are never queued behind it.
+        let sdfs_actor = SdfsActor::new(&config, me.clone(), transport.clone()).map_err(NodeError::Sdfs)?;
+        let sdfs_arbiter = Arbiter::new();
+        let sdfs = SdfsActor::start_in_arbiter(&sdfs_arbiter.handle(), move |_| sdfs_actor);
         let t = transport.clone();
         let membership = Supervisor::start(move |_| MembershipActor::new(core, t, probe, true));
+        membership.do_send(Subscribe(sdfs.clone().recipient()));
         let routes = Routes {
             membership: membership.clone(),
+            sdfs: sdfs.clone(),
         };
         TransportActor::new(inbound, routes).start();
         info!(node = %me, "node started");

@@ -338,12 +338,78 @@ struct Outgoing {
     frame: Vec<u8>,
 }
 
+/// Bytes and frames moved between nodes, per lane (for the `stats` command and the
+/// background-traffic benchmark).
+///
+/// Counted after the handshake, frame bytes only (no TCP/IP headers). Connections of
+/// tools (`dml ctl`) are left out, so that asking a node for its figures does not change
+/// them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LaneStats {
+    /// Frame bytes written to peers.
+    pub bytes_sent: u64,
+    /// Bytes read from peers.
+    pub bytes_received: u64,
+    /// Frames written to peers.
+    pub frames_sent: u64,
+    /// Frames decoded from peers.
+    pub frames_received: u64,
+}
+
+/// [`LaneStats`] of both lanes, as returned by [`Transport::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TransportStats {
+    /// Pings, acks, membership and small commands.
+    pub control: LaneStats,
+    /// Large transfers.
+    pub bulk: LaneStats,
+}
+
+/// Lock-free counters behind [`TransportStats`]: index 0 is the control lane, 1 bulk.
+#[derive(Default)]
+struct Counters {
+    bytes_sent: [AtomicU64; 2],
+    bytes_received: [AtomicU64; 2],
+    frames_sent: [AtomicU64; 2],
+    frames_received: [AtomicU64; 2],
+}
+
+impl Counters {
+    fn slot(lane: Lane) -> usize {
+        match lane {
+            Lane::Control => 0,
+            Lane::Bulk => 1,
+        }
+    }
+
+    fn add(counter: &[AtomicU64; 2], lane: Lane, n: usize) {
+        if let Some(c) = counter.get(Self::slot(lane)) {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn lane(&self, lane: Lane) -> LaneStats {
+        let get = |c: &[AtomicU64; 2]| {
+            c.get(Self::slot(lane))
+                .map_or(0, |v| v.load(Ordering::Relaxed))
+        };
+        LaneStats {
+            bytes_sent: get(&self.bytes_sent),
+            bytes_received: get(&self.bytes_received),
+            frames_sent: get(&self.frames_sent),
+            frames_received: get(&self.frames_received),
+        }
+    }
+}
+
 /// State that responders need too, so it is not generic over the body.
 struct Shared {
     next_id: AtomicU64,
     max_frame: usize,
     /// Drop rate and its seeded generator.
     loss: Mutex<(f64, ChaCha8Rng)>,
+    /// Traffic between nodes.
+    counters: Counters,
 }
 
 impl Shared {
@@ -574,6 +640,7 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> Transport<B> {
             next_id: AtomicU64::new(1),
             max_frame: cfg.max_frame,
             loss: Mutex::new((cfg.drop_rate, ChaCha8Rng::seed_from_u64(cfg.drop_seed))),
+            counters: Counters::default(),
         });
         let inner = Arc::new(Inner {
             bulk_slots: Arc::new(Semaphore::new(cfg.inbound_cap / 2)),
@@ -682,6 +749,15 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> Transport<B> {
         lock(&self.inner().shared.loss).0 = rate;
     }
 
+    /// Bytes and frames moved to and from other nodes since the transport started.
+    pub fn stats(&self) -> TransportStats {
+        let c = &self.inner().shared.counters;
+        TransportStats {
+            control: c.lane(Lane::Control),
+            bulk: c.lane(Lane::Bulk),
+        }
+    }
+
     /// Stops listening, closes every connection and fails pending requests. Idempotent.
     pub fn shutdown(&self) {
         self.inner().shutdown();
@@ -719,6 +795,8 @@ struct ConnCtx<B: Serialize + DeserializeOwned + Send + 'static> {
     /// Replies to requests read here are queued on this connection's writer.
     reply_tx: mpsc::Sender<Outgoing>,
     inbound: mpsc::Sender<Inbound<B>>,
+    /// Whether this connection's traffic counts in [`TransportStats`] (tools' does not).
+    counted: bool,
 }
 
 impl<B: Serialize + DeserializeOwned + Send + 'static> ConnCtx<B> {
@@ -731,12 +809,28 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> ConnCtx<B> {
             .clone()
             .ok_or(TransportError::Shutdown)?;
         Ok(ConnCtx {
+            counted: est.role == Role::Node,
             inner,
             peer: est.peer,
             lane: est.lane,
             reply_tx,
             inbound,
         })
+    }
+
+    /// Adds to the traffic counters (frames written or read, bytes) of this lane.
+    fn count(&self, sent: bool, frames: usize, bytes: usize) {
+        if !self.counted {
+            return;
+        }
+        let c = &self.inner.shared.counters;
+        let (f, b) = if sent {
+            (&c.frames_sent, &c.bytes_sent)
+        } else {
+            (&c.frames_received, &c.bytes_received)
+        };
+        Counters::add(f, self.lane, frames);
+        Counters::add(b, self.lane, bytes);
     }
 
     async fn dispatch(&self, env: Envelope<B>) -> Result<(), TransportError> {
@@ -1036,12 +1130,14 @@ async fn run_conn<B: Serialize + DeserializeOwned + Send + 'static>(
                 ctx.inner.fail_pending(out.id);
                 return Err(TransportError::Io(e));
             }
+            ctx.count(true, 1, out.frame.len());
         }
         while let Some(out) = rx.recv().await {
             if let Err(e) = wr.write_all(&out.frame).await {
                 ctx.inner.fail_pending(out.id);
                 return Err(TransportError::Io(e));
             }
+            ctx.count(true, 1, out.frame.len());
         }
         Ok(())
     };
@@ -1060,6 +1156,7 @@ async fn read_loop<B: Serialize + DeserializeOwned + Send + 'static>(
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         while let Some(env) = dec.next_envelope::<B>()? {
+            ctx.count(false, 1, 0);
             ctx.dispatch(env).await?;
         }
         let n = rd.read(&mut chunk).await?;
@@ -1069,6 +1166,7 @@ async fn read_loop<B: Serialize + DeserializeOwned + Send + 'static>(
                 buffered => Err(TransportError::Truncated { buffered }),
             };
         }
+        ctx.count(false, 0, n);
         dec.push(chunk.get(..n).unwrap_or_default());
     }
 }
@@ -1181,5 +1279,61 @@ impl<B: Serialize + DeserializeOwned> Client<B> {
         // A protocol error also leaves the stream in an unknown state.
         self.broken = res.is_err();
         res
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    //! The traffic counters: both ends agree on what crossed, per lane, and a tool's
+    //! connection is not counted.
+
+    use super::*;
+
+    const SECRET: &[u8] = b"stats test secret";
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    async fn start() -> (Transport<String>, mpsc::Receiver<Inbound<String>>, NodeAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = NodeAddr(listener.local_addr().unwrap().to_string());
+        let (t, rx) = Transport::start(listener, TransportConfig::new(addr.clone(), SECRET)).unwrap();
+        (t, rx, addr)
+    }
+
+    #[tokio::test]
+    async fn counts_node_traffic_per_lane_and_not_tools() {
+        let (a, _rx_a, _) = start().await;
+        let (b, mut rx_b, b_addr) = start().await;
+        assert_eq!(a.stats(), TransportStats::default());
+
+        a.send(&b_addr, Lane::Control, "ping".to_string()).unwrap();
+        a.send(&b_addr, Lane::Bulk, "x".repeat(10_000)).unwrap();
+        for _ in 0..2 {
+            tokio::time::timeout(DEADLINE, rx_b.recv()).await.unwrap().unwrap();
+        }
+        // The writer counts right after its write returns, which may be just after the
+        // reader saw the bytes.
+        let start = tokio::time::Instant::now();
+        while a.stats().bulk.frames_sent + a.stats().control.frames_sent < 2 {
+            assert!(start.elapsed() < DEADLINE, "{:?}", a.stats());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sent = a.stats();
+        assert_eq!(sent.control.frames_sent, 1);
+        assert_eq!(sent.bulk.frames_sent, 1);
+        assert!(sent.bulk.bytes_sent > 10_000, "{sent:?}");
+        assert!(sent.control.bytes_sent > 0 && sent.control.bytes_sent < 100, "{sent:?}");
+        let got = b.stats();
+        assert_eq!(got.control.frames_received, 1);
+        assert_eq!(got.bulk.frames_received, 1);
+        assert_eq!(got.control.bytes_received, sent.control.bytes_sent);
+        assert_eq!(got.bulk.bytes_received, sent.bulk.bytes_sent);
+
+        // A tool's request and its reply leave the counters alone.
+        let mut tool = Client::<String>::connect(b_addr.as_str(), SECRET, DEADLINE).await.unwrap();
+        let ask = tokio::spawn(async move { tool.request("stats".to_string(), DEADLINE).await });
+        let m = tokio::time::timeout(DEADLINE, rx_b.recv()).await.unwrap().unwrap();
+        m.responder.unwrap().respond("figures".to_string()).unwrap();
+        assert_eq!(ask.await.unwrap().unwrap(), "figures");
+        assert_eq!(b.stats(), got);
     }
 }

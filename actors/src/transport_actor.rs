@@ -11,12 +11,14 @@ use tracing::{debug, warn};
 use crate::control::{Command, Outcome};
 use crate::membership_actor::{Exec, FromPeer, MembershipActor};
 use crate::msg::Body;
+use crate::sdfs_actor::{self, SdfsActor};
 use crate::transport::{Inbound, Responder};
 
 /// Where the messages of each protocol go.
 #[derive(Clone)]
 pub struct Routes {
     pub membership: Addr<MembershipActor>,
+    pub sdfs: Addr<SdfsActor>,
 }
 
 pub struct TransportActor {
@@ -69,11 +71,25 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
         } = m;
         match body {
             Body::Membership(msg) => self.routes.membership.do_send(FromPeer { from, msg }),
+            Body::Sdfs(msg) => self.routes.sdfs.do_send(sdfs_actor::FromPeer { from, msg }),
             Body::Command(cmd) => {
                 let (tx, rx) = oneshot::channel();
                 match cmd {
-                    Command::Join | Command::Leave | Command::ListMem | Command::ListSelf => {
+                    Command::Join
+                    | Command::Leave
+                    | Command::ListMem
+                    | Command::ListSelf
+                    | Command::Stats => {
                         self.routes.membership.do_send(Exec { cmd, reply: tx });
+                    }
+                    Command::Put { .. }
+                    | Command::Get { .. }
+                    | Command::Delete { .. }
+                    | Command::Ls { .. }
+                    | Command::LsPrefix { .. }
+                    | Command::Store
+                    | Command::GetVersions { .. } => {
+                        self.routes.sdfs.do_send(sdfs_actor::Exec { cmd, reply: tx });
                     }
                     Command::Help => {
                         let _ = tx.send(Ok(crate::control::Reply::new(

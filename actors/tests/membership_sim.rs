@@ -6,18 +6,6 @@
 //! the MembershipActor/PingActor shells do. Every scenario prints its seed; rerun one
 //! with `DML_SIM_SEED=<seed>`.
 
-// The introducer core is compiled from its source here, so this test does not depend
-// on lib.rs exposing it; `crate::membership`/`crate::types` resolve to the shims below.
-#[path = "../src/introducer.rs"]
-#[allow(dead_code)]
-mod introducer;
-mod membership {
-    pub use dml_actors::membership::*;
-}
-mod types {
-    pub use dml_actors::types::*;
-}
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use dml_actors::membership::{
@@ -26,7 +14,7 @@ use dml_actors::membership::{
 };
 use dml_actors::ping::{ProbeEffect, ProbeSettings, ProbeTimer, Prober};
 use dml_actors::types::{Incarnation, Millis, NodeAddr};
-use introducer::{Introducer, IntroducerEffect, IntroducerSettings, IntroducerTimer};
+use dml_actors::introducer::{Introducer, IntroducerEffect, IntroducerSettings, IntroducerTimer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -569,8 +569,8 @@ impl Coordinator {
         let Some(r) = self.reign.as_mut() else {
             return;
         };
-        let current = r.standby.as_ref().filter(|s| self.members.contains(*s));
-        if current.is_some() && current == new.as_ref() {
+        // `new` is live, so equality also means the current standby is alive.
+        if r.standby == new {
             return;
         }
         r.standby = new.clone();

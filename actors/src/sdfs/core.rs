@@ -15,6 +15,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::io::Read;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +56,10 @@ pub struct SdfsConfig {
     /// High bits of this run's ids, so ids of a restarted node do not collide with
     /// the ones peers may still remember (the shell passes something random).
     pub id_seed: u32,
+    /// Puts move their data by staging (scp): the shell copies the source into each
+    /// replica's staging directory ([`Effect::Stage`]) and the replica commits it from
+    /// there; see the staged-transfer section at the end of this file.
+    pub staged: bool,
 }
 
 impl SdfsConfig {
@@ -71,6 +77,7 @@ impl SdfsConfig {
             max_attempts: 5,
             repair_parallelism: 4,
             id_seed: 0,
+            staged: false,
         }
     }
 }
@@ -138,6 +145,13 @@ pub enum Input {
         op: OpId,
         error: String,
     },
+    /// Answer to [`Effect::Stage`]: the source's byte count and CRC-32 as sent, or why
+    /// the copy failed.
+    Staged {
+        xfer: XferId,
+        to: NodeAddr,
+        result: Result<(u64, u32), String>,
+    },
 }
 
 /// Pieces of a fetched file, in order, for the op's sink.
@@ -200,6 +214,8 @@ pub enum SdfsError {
     Source(String),
     #[error("operation id {0} is already in use")]
     DuplicateOp(OpId),
+    #[error("transfer: {0}")]
+    Transfer(String),
 }
 
 /// Things worth a log line.
@@ -358,6 +374,13 @@ pub enum Effect {
         timer: Timer,
     },
     Log(Event),
+    /// Staged transfer only: copy op's source into `to`'s staging file for
+    /// (this node, `xfer`) ([`staging_file_name`]) and answer [`Input::Staged`].
+    Stage {
+        op: OpId,
+        xfer: XferId,
+        to: NodeAddr,
+    },
 }
 
 impl Effect {
@@ -629,6 +652,8 @@ pub struct SdfsCore {
     uploads: HashMap<XferId, Upload>,
     incoming: HashMap<(NodeAddr, XferId), Incoming>,
     serving: HashMap<(NodeAddr, XferId), Serving>,
+    /// Staged puts: targets whose staging copy has not been reported yet.
+    staging: HashMap<XferId, BTreeSet<NodeAddr>>,
 }
 
 fn store_err(e: &StoreError) -> RemoteError {
@@ -671,6 +696,7 @@ impl SdfsCore {
             uploads: HashMap::new(),
             incoming: HashMap::new(),
             serving: HashMap::new(),
+            staging: HashMap::new(),
         }
     }
 
@@ -718,6 +744,7 @@ impl SdfsCore {
             Input::Timer(Timer::Sweep) => self.on_sweep(),
             Input::Source { op, offset, data } => self.on_source(op, offset, data),
             Input::SourceFailed { op, error } => self.fail_put(op, SdfsError::Source(error)),
+            Input::Staged { xfer, to, result } => self.on_staged(xfer, to, result),
         }
         std::mem::take(&mut self.out)
     }
@@ -1010,7 +1037,11 @@ impl SdfsCore {
             p.stage = PutStage::Uploading { xfer };
             p.ctl = None;
         }
-        self.pump_upload(xfer);
+        if self.cfg.staged {
+            self.stage_upload(op, xfer);
+        } else {
+            self.pump_upload(xfer);
+        }
     }
 
     /// A put's upload lost a target: place the put again (same version, from the first
@@ -2674,6 +2705,13 @@ impl SdfsCore {
             Msg::ReadCancel { xfer } => {
                 self.serving.remove(&(from, xfer));
             }
+            Msg::WriteStaged {
+                xfer,
+                name,
+                version,
+                bytes,
+                crc,
+            } => self.on_write_staged(from, xfer, name, version, bytes, crc),
         }
     }
 
@@ -3022,4 +3060,180 @@ fn merge_reply(
     q.acc.tombstone = q.acc.tombstone.max(tombstone);
     q.acc.seen = q.acc.seen.max(tombstone);
     q.node_tombstones.insert(from.clone(), tombstone);
+}
+
+// ------------------------------------------------------------------------------------
+// Staged transfer (`[sdfs] transfer = "scp"`). Added by the SdfsActor work; the native
+// stream above is untouched. A put's upload does not stream chunks: the shell copies the
+// whole source into every target's staging directory (over SSH), reports its size and
+// CRC-32, and the core tells each target to commit the staged file (`WriteStaged`). The
+// target re-chunks it exactly as a native stream would (same chunk size, so chunk
+// boundaries match on every copy), checks size and CRC, and commits through the same
+// durable path (temp file, fsync, rename, dir fsync) before `WriteDone`. Everything after
+// that (commit at the primary, ack) is the native path, so the guarantees are the same.
+
+/// Directory, under a store's root, where staged copies arrive.
+pub const STAGING_DIR: &str = "staging";
+
+/// File name of the staged copy sent by `from` for transfer `xfer`. The sender is an
+/// authenticated member address; characters outside `[A-Za-z0-9.-]` become `_`, so the
+/// name is one plain path component.
+pub fn staging_file_name(from: &NodeAddr, xfer: XferId) -> String {
+    let safe: String = from
+        .as_str()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}-{xfer:016x}.stage")
+}
+
+impl SdfsCore {
+    /// Path of the staged copy from `from` for `xfer` in this node's store.
+    pub fn staging_path(&self, from: &NodeAddr, xfer: XferId) -> PathBuf {
+        self.store
+            .root()
+            .join(STAGING_DIR)
+            .join(staging_file_name(from, xfer))
+    }
+
+    fn stage_upload(&mut self, op: OpId, xfer: XferId) {
+        let Some(u) = self.uploads.get_mut(&xfer) else {
+            return;
+        };
+        // `reading` keeps the sweep from declaring the upload stalled while copies run;
+        // the copy itself has its own (SSH) timeouts.
+        u.reading = true;
+        let targets: Vec<NodeAddr> = u.targets.keys().cloned().collect();
+        self.staging.insert(xfer, targets.iter().cloned().collect());
+        for to in targets {
+            self.out.push(Effect::Stage { op, xfer, to });
+        }
+    }
+
+    fn on_staged(&mut self, xfer: XferId, to: NodeAddr, result: Result<(u64, u32), String>) {
+        let Some(pending) = self.staging.get_mut(&xfer) else {
+            return;
+        };
+        if !pending.remove(&to) {
+            return;
+        }
+        if pending.is_empty() {
+            self.staging.remove(&xfer);
+        }
+        let now = self.now;
+        let Some(u) = self.uploads.get_mut(&xfer) else {
+            // The attempt was cancelled; a retry stages again under a new xfer.
+            self.staging.remove(&xfer);
+            return;
+        };
+        u.last = now;
+        let (bytes, crc) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                // Credentials or SSH failures are not a property of one replica: the put
+                // fails with the reason instead of being re-placed on other nodes.
+                let op = match u.purpose {
+                    UploadFor::Put(op) => Some(op),
+                    UploadFor::Repair { .. } => None,
+                };
+                self.staging.remove(&xfer);
+                if let Some(op) = op {
+                    self.fail_put(op, SdfsError::Transfer(format!("copy to {to}: {e}")));
+                }
+                return;
+            }
+        };
+        let msg = Msg::WriteStaged {
+            xfer,
+            name: u.name.clone(),
+            version: u.version,
+            bytes,
+            crc,
+        };
+        self.send(&to, msg);
+    }
+
+    fn on_write_staged(
+        &mut self,
+        from: NodeAddr,
+        xfer: XferId,
+        name: SdfsName,
+        version: Version,
+        bytes: u64,
+        crc: u32,
+    ) {
+        let path = self.staging_path(&from, xfer);
+        let result = self.commit_staged(&path, &name, version, bytes, crc);
+        // The staged copy is never needed again, whatever happened.
+        let _ = std::fs::remove_file(&path);
+        match result {
+            Ok(()) => self.send(&from, Msg::WriteDone { xfer }),
+            Err(error) => {
+                self.log(Event::WriteAborted {
+                    name,
+                    version,
+                    from: from.clone(),
+                    reason: format!("staged copy rejected: {error}"),
+                });
+                self.send(&from, Msg::WriteFailed { xfer, error });
+            }
+        }
+    }
+
+    fn commit_staged(
+        &mut self,
+        path: &std::path::Path,
+        name: &SdfsName,
+        version: Version,
+        bytes: u64,
+        crc: u32,
+    ) -> Result<(), RemoteError> {
+        let mut file = std::fs::File::open(path).map_err(|_| RemoteError::BadTransfer)?;
+        let mut writer = self
+            .store
+            .begin_write(name, version)
+            .map_err(|e| store_err(&e))?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; self.cfg.chunk_size];
+        let mut total = 0u64;
+        loop {
+            let n = read_full(&mut file, &mut buf).map_err(|e| RemoteError::Store(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            let chunk = buf.get(..n).unwrap_or_default();
+            hasher.update(chunk);
+            total += n as u64;
+            if total > bytes {
+                return Err(RemoteError::BadTransfer);
+            }
+            writer.append(chunk).map_err(|e| store_err(&e))?;
+        }
+        if total != bytes || hasher.finalize() != crc {
+            // Dropping the writer removes its temp file: nothing becomes visible.
+            return Err(RemoteError::BadTransfer);
+        }
+        writer.commit().map_err(|e| store_err(&e))
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let Some(rest) = buf.get_mut(n..) else { break };
+        match r.read(rest) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }

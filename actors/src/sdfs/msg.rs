@@ -199,6 +199,16 @@ pub enum Msg {
     WriteAbort {
         xfer: XferId,
     },
+    /// Staged transfer (scp): the put's bytes are in the receiver's staging file for
+    /// (sender, `xfer`); commit them as `version` if they match `bytes` and `crc`
+    /// (CRC-32 of the whole file). Answered with `WriteDone` or `WriteFailed`.
+    WriteStaged {
+        xfer: XferId,
+        name: SdfsName,
+        version: Version,
+        bytes: u64,
+        crc: u32,
+    },
 
     // ---- read stream: reader asks, holder streams chunks (bulk) ----
     ReadReq {
