@@ -313,11 +313,18 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 impl LocalCluster {
     /// Writes a config (`extra` goes into `[failure_detector]`) and starts the introducer
     /// and `n` nodes.
-    fn start(label: &str, n: usize, p: &Profile, extra_fd: &str, keep: bool) -> anyhow::Result<Self> {
+    fn start(
+        label: &str,
+        n: usize,
+        p: &Profile,
+        extra_fd: &str,
+        keep: bool,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the dml executable")?;
         let dir = std::env::temp_dir().join(format!("dml-bench-{}-{label}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
+        fs::create_dir_all(dir.join("logs"))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let ports = free_ports(n + 1)?;
         let intro_port = ports.first().copied().context("no port")?;
         let mut toml = format!(
@@ -329,7 +336,9 @@ impl LocalCluster {
         let mut nodes = Vec::new();
         for (i, port) in ports.iter().skip(1).enumerate() {
             let name = format!("H{}", i + 1);
-            toml.push_str(&format!("[[nodes]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\n\n"));
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\n\n"
+            ));
             nodes.push(NodeInfo {
                 log: dir.join("logs").join(format!("{name}.log")),
                 name,
@@ -354,8 +363,10 @@ impl LocalCluster {
         };
         let intro_log = c.dir.join("logs").join("introducer.log");
         c.spawn("introducer", &["introducer".to_string()], &intro_log)?;
-        wait_until(Duration::from_secs(10), || Ok(std::net::TcpStream::connect(&c.introducer).is_ok()))
-            .context("the introducer did not start listening")?;
+        wait_until(Duration::from_secs(10), || {
+            Ok(std::net::TcpStream::connect(&c.introducer).is_ok())
+        })
+        .context("the introducer did not start listening")?;
         for i in 0..c.nodes.len() {
             c.start_node(i)?;
         }
@@ -406,8 +417,11 @@ impl LocalCluster {
         let mut last = anyhow!("no attempt");
         for _ in 0..8 {
             let once = self.rt.block_on(async {
-                let mut c = Client::<Body>::connect(addr, SECRET.as_bytes(), Duration::from_secs(2)).await?;
-                c.request(Body::Command(cmd.clone()), Duration::from_secs(1)).await
+                let mut c =
+                    Client::<Body>::connect(addr, SECRET.as_bytes(), Duration::from_secs(2))
+                        .await?;
+                c.request(Body::Command(cmd.clone()), Duration::from_secs(1))
+                    .await
             });
             match once {
                 Ok(Body::Outcome(Ok(reply))) => return Ok(serde_json::from_str(&reply.json)?),
@@ -436,9 +450,17 @@ impl LocalCluster {
         let all: BTreeSet<String> = self.nodes.iter().map(|n| n.addr.clone()).collect();
         let start = Instant::now();
         wait_until(within, || {
-            Ok(self.nodes.iter().all(|n| self.alive(&n.addr).as_ref() == Some(&all)))
+            Ok(self
+                .nodes
+                .iter()
+                .all(|n| self.alive(&n.addr).as_ref() == Some(&all)))
         })
-        .with_context(|| format!("the cluster did not form within {within:?}; logs in {}", self.dir.display()))?;
+        .with_context(|| {
+            format!(
+                "the cluster did not form within {within:?}; logs in {}",
+                self.dir.display()
+            )
+        })?;
         Ok(start.elapsed())
     }
 
@@ -465,7 +487,9 @@ impl LocalCluster {
     }
 
     fn all_events(&self) -> Vec<Vec<Event>> {
-        (0..self.nodes.len()).map(|i| self.events_from(i, 0)).collect()
+        (0..self.nodes.len())
+            .map(|i| self.events_from(i, 0))
+            .collect()
     }
 }
 
@@ -484,7 +508,10 @@ impl Drop for LocalCluster {
 }
 
 /// Polls `cond` until it holds; an error once `within` has passed.
-fn wait_until(within: Duration, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+fn wait_until(
+    within: Duration,
+    mut cond: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         if cond()? {
@@ -503,7 +530,13 @@ fn wait_until(within: Duration, mut cond: impl FnMut() -> anyhow::Result<bool>) 
 
 /// Kill trials at one profile: one cluster, `trials` rounds of kill -9, wait for removal
 /// everywhere, restart, wait for the rejoin.
-fn detection(p: &Profile, n: usize, trials: usize, rng: &mut SplitMix, keep: bool) -> anyhow::Result<Vec<Trial>> {
+fn detection(
+    p: &Profile,
+    n: usize,
+    trials: usize,
+    rng: &mut SplitMix,
+    keep: bool,
+) -> anyhow::Result<Vec<Trial>> {
     let c = &mut LocalCluster::start(&format!("detect-{}", p.name), n, p, "", keep)?;
     let formed = c.wait_formed(Duration::from_secs(60))?;
     println!("  {n} nodes formed in {:.1} s", formed.as_secs_f64());
@@ -518,10 +551,15 @@ fn detection(p: &Profile, n: usize, trials: usize, rng: &mut SplitMix, keep: boo
         let kill_ms = wall_ms();
         c.kill9(v)?;
         let events = |c: &LocalCluster| -> Vec<Vec<Event>> {
-            live.iter().zip(&offsets).map(|(&i, &o)| c.events_from(i, o)).collect()
+            live.iter()
+                .zip(&offsets)
+                .map(|(&i, &o)| c.events_from(i, o))
+                .collect()
         };
         let waited = wait_until(removal_wait, || {
-            Ok(trial_figures(&events(c), &victim.addr, kill_ms).removed_ms.is_some())
+            Ok(trial_figures(&events(c), &victim.addr, kill_ms)
+                .removed_ms
+                .is_some())
         });
         let trial = trial_figures(&events(c), &victim.addr, kill_ms);
         println!(
@@ -529,11 +567,16 @@ fn detection(p: &Profile, n: usize, trials: usize, rng: &mut SplitMix, keep: boo
             victim.name,
             secs(trial.detect_ms),
             secs(trial.removed_ms),
-            if waited.is_err() { "  (NOT removed everywhere in time)" } else { "" }
+            if waited.is_err() {
+                "  (NOT removed everywhere in time)"
+            } else {
+                ""
+            }
         );
         out.push(trial);
         c.start_node(v)?;
-        c.wait_formed(Duration::from_secs(60)).context("the restarted node did not rejoin")?;
+        c.wait_formed(Duration::from_secs(60))
+            .context("the restarted node did not rejoin")?;
         // Let the monitor sets settle and every prober run once before the next kill.
         std::thread::sleep(settle);
     }
@@ -554,14 +597,29 @@ struct Traffic {
 fn stats_of(c: &LocalCluster, addr: &str) -> anyhow::Result<(f64, f64, f64, f64)> {
     let s = c.ask(addr, Command::Stats)?;
     let num = |v: &serde_json::Value| v.as_f64().ok_or_else(|| anyhow!("{addr}: bad stats {s}"));
-    let frames = num(&s["lanes"]["control"]["frames_sent"])? + num(&s["lanes"]["bulk"]["frames_sent"])?;
-    Ok((num(&s["uptime_ms"])?, num(&s["bytes_sent"])?, num(&s["bytes_received"])?, frames))
+    let frames =
+        num(&s["lanes"]["control"]["frames_sent"])? + num(&s["lanes"]["bulk"]["frames_sent"])?;
+    Ok((
+        num(&s["uptime_ms"])?,
+        num(&s["bytes_sent"])?,
+        num(&s["bytes_received"])?,
+        frames,
+    ))
 }
 
-fn background(p: &Profile, n: usize, settle: f64, window: f64, keep: bool) -> anyhow::Result<Traffic> {
+fn background(
+    p: &Profile,
+    n: usize,
+    settle: f64,
+    window: f64,
+    keep: bool,
+) -> anyhow::Result<Traffic> {
     let c = LocalCluster::start(&format!("bytes-{n}"), n, p, "", keep)?;
     let formed = c.wait_formed(Duration::from_secs(180))?;
-    println!("  {n} nodes formed in {:.1} s; settling {settle} s, measuring {window} s", formed.as_secs_f64());
+    println!(
+        "  {n} nodes formed in {:.1} s; settling {settle} s, measuring {window} s",
+        formed.as_secs_f64()
+    );
     std::thread::sleep(Duration::from_secs_f64(settle));
     let before = c
         .nodes
@@ -611,7 +669,14 @@ struct LossRun {
     refutations: usize,
 }
 
-fn loss_run(p: &Profile, n: usize, rate: f64, suspicion: bool, secs: f64, keep: bool) -> anyhow::Result<LossRun> {
+fn loss_run(
+    p: &Profile,
+    n: usize,
+    rate: f64,
+    suspicion: bool,
+    secs: f64,
+    keep: bool,
+) -> anyhow::Result<LossRun> {
     let extra = format!("drop_rate = {rate}\nsuspicion = {suspicion}");
     let label = format!("loss-{rate}-{}", if suspicion { "susp" } else { "nosusp" });
     let c = LocalCluster::start(&label, n, p, &extra, keep)?;
@@ -668,7 +733,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let missing = t.len() - rem.len();
             let fmt = |s: Option<Summary>| {
                 s.map_or("-".into(), |s| {
-                    format!("{:.2} / {:.2} / {:.2}", s.p50 / 1000.0, s.p99 / 1000.0, s.max / 1000.0)
+                    format!(
+                        "{:.2} / {:.2} / {:.2}",
+                        s.p50 / 1000.0,
+                        s.p99 / 1000.0,
+                        s.max / 1000.0
+                    )
                 })
             };
             let rs = summarize(&rem);
@@ -680,7 +750,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 p.ping_timeout,
                 p.cleanup_time,
                 t.len(),
-                if missing > 0 { format!(" ({missing} not removed everywhere)") } else { String::new() },
+                if missing > 0 {
+                    format!(" ({missing} not removed everywhere)")
+                } else {
+                    String::new()
+                },
                 fmt(summarize(&det)),
                 fmt(rs),
                 p.goal_ms() / 1000.0,
@@ -719,7 +793,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ));
         for &rate in &args.loss_rates {
             for suspicion in [true, false] {
-                println!("\n== loss {rate}, suspicion {}", if suspicion { "on" } else { "off" });
+                println!(
+                    "\n== loss {rate}, suspicion {}",
+                    if suspicion { "on" } else { "off" }
+                );
                 let r = loss_run(&p, args.nodes, rate, suspicion, args.loss_secs, args.keep)?;
                 let line = format!(
                     "| {} | {} | {:.3} | {} ({} removal lines) | {:.1} | {} | {} |",
@@ -758,14 +835,24 @@ mod tests {
 
     #[test]
     fn parses_tracing_event_lines() {
-        let line = "2025-01-01T00:00:00.123456Z  WARN dml_actors::membership_actor: event=suspected \
+        let line =
+            "2025-01-01T00:00:00.123456Z  WARN dml_actors::membership_actor: event=suspected \
                     wall=1700000000123 peer=127.0.0.1:8003 incarnation=7 by_me=true";
-        assert_eq!(parse_event(line), Some(ev("suspected", 1_700_000_000_123, "127.0.0.1:8003", 7)));
-        let own = "INFO dml_actors::membership_actor: event=rejoin (this node was declared failed) \
+        assert_eq!(
+            parse_event(line),
+            Some(ev("suspected", 1_700_000_000_123, "127.0.0.1:8003", 7))
+        );
+        let own =
+            "INFO dml_actors::membership_actor: event=rejoin (this node was declared failed) \
                    wall=5 old_incarnation=1 new_incarnation=2";
         let e = parse_event(own).unwrap();
         assert_eq!((e.kind.as_str(), e.wall, e.peer), ("rejoin", 5, None));
-        for not_event in ["", "INFO node started", "event=failed peer=x", "wall=12 peer=x"] {
+        for not_event in [
+            "",
+            "INFO node started",
+            "event=failed peer=x",
+            "wall=12 peer=x",
+        ] {
             assert_eq!(parse_event(not_event), None, "{not_event}");
         }
     }
@@ -775,9 +862,20 @@ mod tests {
         let v = "127.0.0.1:9";
         let live = vec![
             // An old removal of the victim (before the kill) is ignored.
-            vec![ev("failed", 50, v, 1), ev("suspected", 1_300, v, 2), ev("failed", 3_000, v, 2)],
-            vec![ev("suspected", 1_200, v, 2), ev("failed", 2_900, v, 2), ev("failed", 2_950, v, 2)],
-            vec![ev("suspected", 900, "127.0.0.1:8", 1), ev("failed", 3_400, v, 2)],
+            vec![
+                ev("failed", 50, v, 1),
+                ev("suspected", 1_300, v, 2),
+                ev("failed", 3_000, v, 2),
+            ],
+            vec![
+                ev("suspected", 1_200, v, 2),
+                ev("failed", 2_900, v, 2),
+                ev("failed", 2_950, v, 2),
+            ],
+            vec![
+                ev("suspected", 900, "127.0.0.1:8", 1),
+                ev("failed", 3_400, v, 2),
+            ],
         ];
         let t = trial_figures(&live, v, 1_000);
         assert_eq!(t.detect_ms, Some(200.0));
@@ -793,7 +891,11 @@ mod tests {
     fn removals_are_counted_once_per_peer_and_incarnation() {
         let a = "127.0.0.1:1";
         let per_node = vec![
-            vec![ev("failed", 10, a, 1), ev("failed", 20, a, 2), ev("suspected", 5, a, 1)],
+            vec![
+                ev("failed", 10, a, 1),
+                ev("failed", 20, a, 2),
+                ev("suspected", 5, a, 1),
+            ],
             vec![ev("failed", 11, a, 1), ev("failed", 99, a, 3)],
         ];
         assert_eq!(count_removals(&per_node, 0, 50), (2, 3));

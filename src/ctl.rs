@@ -38,13 +38,23 @@ pub fn alive_count(config: &Config, node: &str) -> anyhow::Result<usize> {
         .unwrap_or(0))
 }
 
-pub fn run(config: &Config, node: &str, json: bool, timeout: f64, words: &[String]) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config: &Config,
+    node: &str,
+    json: bool,
+    timeout: f64,
+    detach: bool,
+    words: &[String],
+) -> anyhow::Result<ExitCode> {
     let cmd = absolute_locals(control::parse(words).map_err(|e| anyhow!(e))?);
     if cmd == Command::Help {
         println!("{}", control::help_text());
         return Ok(ExitCode::SUCCESS);
     }
     let timeout = Duration::from_secs_f64(timeout.clamp(0.1, 86_400.0));
+    if matches!(cmd, Command::C4 { .. }) && !detach {
+        return submit_and_wait(config, node, json, timeout, cmd);
+    }
     match call(config, node, cmd, timeout)? {
         Ok(reply) => {
             if json {
@@ -76,6 +86,69 @@ pub fn absolute_locals(cmd: Command) -> Command {
         Command::Put { local, name } => Command::Put { local: abs(local), name },
         Command::Get { name, local } => Command::Get { name, local: abs(local) },
         Command::GetVersions { name, k, local } => Command::GetVersions { name, k, local: abs(local) },
+        // A local folder is read by the node; an SDFS prefix is passed as is.
+        Command::C4 { model, input } if std::path::Path::new(&input).is_dir() => {
+            Command::C4 { model, input: abs(input) }
+        }
         other => other,
+    }
+}
+
+/// C4 as a user expects it: submit, print the job id, follow its progress (a bar on a
+/// terminal), then print the outputs read back from SDFS.
+fn submit_and_wait(config: &Config, node: &str, json: bool, timeout: Duration, cmd: Command) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let accepted = match call(config, node, cmd, timeout)? {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dml: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&accepted.json)?;
+    let job = v["job"].as_str().unwrap_or_default().to_string();
+    if !json {
+        println!("{}", accepted.text);
+    }
+    let tty = std::io::stdout().is_terminal() && !json;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        // The coordinator may be changing hands: keep asking.
+        let Ok(Ok(rates)) = call(config, node, Command::C1, Duration::from_secs(10)) else {
+            continue;
+        };
+        let rows: serde_json::Value = serde_json::from_str(&rates.json).unwrap_or_default();
+        let Some(row) = rows.as_array().and_then(|a| a.iter().find(|r| r["job"] == job.as_str())) else {
+            continue;
+        };
+        let done = row["processed"].as_u64().unwrap_or(0) + row["failed"].as_u64().unwrap_or(0);
+        let total = row["total"].as_u64().unwrap_or(0).max(1);
+        if tty {
+            let width = 40;
+            let filled = (done * width / total) as usize;
+            print!(
+                "\r[{}{}] {done}/{total} queries, {:.1} q/s ",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled),
+                row["rate_qps"].as_f64().unwrap_or(0.0)
+            );
+            let _ = std::io::stdout().flush();
+        }
+        if row["complete"].as_bool().unwrap_or(false) {
+            if tty {
+                println!();
+            }
+            break;
+        }
+    }
+    match call(config, node, Command::C4Results { job }, timeout)? {
+        Ok(r) => {
+            println!("{}", if json { r.json } else { r.text });
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("dml: {e}");
+            Ok(ExitCode::from(1))
+        }
     }
 }

@@ -69,6 +69,9 @@ enum Cmd {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
+        /// C4: return once the job is accepted instead of following it to the end.
+        #[arg(long)]
+        detach: bool,
         /// The command and its arguments (see `dml ctl help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
@@ -197,10 +200,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node,
             json,
             timeout,
+            detach,
             command,
         } => {
             let config = config_load::load(&cfg.config, &cfg.set)?;
-            return ctl::run(&config, &node, json, timeout, &command);
+            return ctl::run(&config, &node, json, timeout, detach, &command);
         }
         Cmd::Weights { what, dir } => match what {
             WeightsCmd::Fetch => models_cli::weights_fetch(&dir)?,

@@ -72,7 +72,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("C3 MODEL N", "set the batch size of MODEL for subsequent batches"),
     ("C4 MODEL PREFIX_OR_DIR", "submit a job; C4 --results JOB prints a job's outputs"),
     ("C5", "current assignment: which job/model each node runs"),
-    ("stats", "bytes sent/received per lane, uptime, probes sent/acked/missed"),
+    ("stats", "traffic per lane, uptime, probes sent/acked/missed"),
     ("help", "this list"),
 ];
 

@@ -112,7 +112,7 @@ impl StreamHandler<Inbound<Body>> for IntroducerActor {
                     let _ = r.respond(Body::Outcome(outcome));
                 }
             }
-            Body::Outcome(_) | Body::Sdfs(_) => {}
+            Body::Outcome(_) | Body::Sdfs(_) | Body::Jobs(_) => {}
         }
     }
 

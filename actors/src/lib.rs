@@ -29,3 +29,6 @@ pub mod node;
 pub mod ping_actor;
 pub mod transport_actor;
 pub mod sdfs_actor;
+pub mod model_actor;
+pub mod coordinator_actor;
+pub mod worker_actor;

@@ -17,6 +17,8 @@ pub enum Body {
     Outcome(Outcome),
     /// SDFS metadata (control lane) and file chunks (bulk lane).
     Sdfs(crate::sdfs::Msg),
+    /// Inference jobs: coordinator, standby, workers, clients (control lane).
+    Jobs(crate::jobs::Msg),
 }
 
 impl Body {
@@ -27,6 +29,7 @@ impl Body {
             Body::Command(_) => "command",
             Body::Outcome(_) => "outcome",
             Body::Sdfs(_) => "sdfs",
+            Body::Jobs(_) => "jobs",
         }
     }
 }

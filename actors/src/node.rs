@@ -1,7 +1,10 @@
 //! Node assembly: binds the listener, starts the transport and the node's actors on one
 //! actix system, and runs until Ctrl-C or SIGTERM (a node leaves the cluster first).
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use dml_models::Network;
 
 use actix::prelude::*;
 use thiserror::Error;
@@ -11,7 +14,11 @@ use crate::config::Config;
 use crate::introducer::{Introducer, IntroducerSettings};
 use crate::membership::{Membership, Settings};
 use crate::membership_actor::{Exec, MembershipActor, Subscribe};
+use crate::coordinator_actor::CoordinatorActor;
+use crate::jobs::JobsConfig;
+use crate::model_actor::ModelActor;
 use crate::sdfs_actor::SdfsActor;
+use crate::worker_actor::WorkerActor;
 use crate::msg::Body;
 use crate::ping::ProbeSettings;
 use crate::transport::{Transport, TransportConfig};
@@ -29,6 +36,8 @@ pub enum NodeError {
     Membership(#[from] crate::membership::MembershipError),
     #[error("introducer: {0}")]
     Introducer(#[from] crate::introducer::IntroducerError),
+    #[error("model: {0}")]
+    Model(String),
     #[error("sdfs: {0}")]
     Sdfs(String),
     #[error("runtime: {0}")]
@@ -83,6 +92,19 @@ async fn shutdown_signal() {
     }
 }
 
+/// Loads both networks (the node never starts half-loaded) and starts one ModelActor per
+/// network on its own SyncArbiter thread.
+fn start_models(config: &Config) -> Result<HashMap<String, Addr<ModelActor>>, NodeError> {
+    let mut models = HashMap::new();
+    for network in Network::ALL {
+        let source = ModelActor::source_for(network, &config.weights_dir);
+        let actor = ModelActor::load(network, &source, config.threads).map_err(NodeError::Model)?;
+        let addr = SyncArbiter::start(1, move || actor.clone());
+        models.insert(network.name().to_string(), addr);
+    }
+    Ok(models)
+}
+
 /// Runs the node `me` until a shutdown signal.
 pub fn run_node(config: Config, me: NodeAddr) -> Result<(), NodeError> {
     let system = System::new();
@@ -98,12 +120,30 @@ pub fn run_node(config: Config, me: NodeAddr) -> Result<(), NodeError> {
         let sdfs_actor = SdfsActor::new(&config, me.clone(), transport.clone()).map_err(NodeError::Sdfs)?;
         let sdfs_arbiter = Arbiter::new();
         let sdfs = SdfsActor::start_in_arbiter(&sdfs_arbiter.handle(), move |_| sdfs_actor);
+        let models = start_models(&config)?;
+        // The coordinator and the worker each need the other's address.
+        let coord_ctx = Context::<CoordinatorActor>::new();
+        let coordinator = coord_ctx.address();
+        let worker = WorkerActor::new(me.clone(), transport.clone(), sdfs.clone(), models, coordinator.clone()).start();
+        let mut coord = CoordinatorActor::new(
+            me.clone(),
+            JobsConfig::default(),
+            transport.clone(),
+            sdfs.clone(),
+            config.ring(),
+            config.fd.ping_duration * 2 + Duration::from_millis(500),
+        );
+        coord.set_worker(worker.clone());
+        coord_ctx.run(coord);
         let t = transport.clone();
         let membership = Supervisor::start(move |_| MembershipActor::new(core, t, probe, true));
         membership.do_send(Subscribe(sdfs.clone().recipient()));
+        membership.do_send(Subscribe(coordinator.clone().recipient()));
         let routes = Routes {
             membership: membership.clone(),
             sdfs: sdfs.clone(),
+            coordinator,
+            worker,
         };
         TransportActor::new(inbound, routes).start();
         info!(node = %me, "node started");

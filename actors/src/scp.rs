@@ -113,7 +113,10 @@ pub fn load(cfg: &SdfsConfig) -> Result<Credentials, ScpError> {
                 msg: "expected one line `username,password`".into(),
             });
         };
-        let user = cfg.ssh_user.clone().unwrap_or_else(|| user.trim().to_string());
+        let user = cfg
+            .ssh_user
+            .clone()
+            .unwrap_or_else(|| user.trim().to_string());
         if user.is_empty() {
             return Err(ScpError::Credentials {
                 path: path.clone(),
@@ -196,11 +199,18 @@ pub fn push(
     let mut buf = vec![0u8; COPY_BUF];
     let mut sent = 0u64;
     while sent < size {
-        let want = usize::try_from(size - sent).unwrap_or(COPY_BUF).min(COPY_BUF);
-        let Some(slot) = buf.get_mut(..want) else { break };
+        let want = usize::try_from(size - sent)
+            .unwrap_or(COPY_BUF)
+            .min(COPY_BUF);
+        let Some(slot) = buf.get_mut(..want) else {
+            break;
+        };
         let n = source.read(slot).map_err(ScpError::Source)?;
         if n == 0 {
-            return Err(ScpError::Short { got: sent, want: size });
+            return Err(ScpError::Short {
+                got: sent,
+                want: size,
+            });
         }
         let data = slot.get(..n).unwrap_or_default();
         hasher.update(data);
@@ -210,6 +220,12 @@ pub fn push(
         })?;
         sent += n as u64;
     }
+    // The scp protocol's end-of-file status byte; without it the remote `scp -t` sees
+    // EOF where it expects the status and exits 1 although the file is complete.
+    chan.write_all(&[0]).map_err(|source| ScpError::Write {
+        addr: addr.clone(),
+        source,
+    })?;
     chan.send_eof().map_err(ssh("eof"))?;
     chan.wait_eof().map_err(ssh("eof"))?;
     chan.close().map_err(ssh("close"))?;

@@ -131,7 +131,10 @@ enum Done {
     GetBytes(oneshot::Sender<Result<Vec<u8>, String>>),
     List(oneshot::Sender<Result<Vec<String>, String>>),
     /// One file of a directory put.
-    DirFile { dir: u64, name: String },
+    DirFile {
+        dir: u64,
+        name: String,
+    },
 }
 
 struct OpState {
@@ -330,7 +333,12 @@ impl SdfsActor {
             .join("sdfs")
             .join(crate::sdfs::core::STAGING_DIR)
             .join(staging_file_name(&self.me, xfer));
-        let host = to.as_str().rsplit_once(':').map(|(h, _)| h).unwrap_or("").to_string();
+        let host = to
+            .as_str()
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or("")
+            .to_string();
         let source = match self.ops.get(&op).map(|s| &s.source) {
             Some(Source::File { path, .. }) => StageSource::File(path.clone()),
             Some(Source::Bytes(b)) => StageSource::Bytes(b.clone()),
@@ -428,7 +436,11 @@ impl SdfsActor {
             }),
             Command::GetVersions { name: n, k, local } => name(&n).and_then(|sdfs| {
                 let sink = open_sink(&local, &n, true)?;
-                Ok((Source::None, sink, SdfsCommand::GetVersions { name: sdfs, k }))
+                Ok((
+                    Source::None,
+                    sink,
+                    SdfsCommand::GetVersions { name: sdfs, k },
+                ))
             }),
             Command::Delete { name: n } => {
                 name(&n).map(|sdfs| (Source::None, Sink::None, SdfsCommand::Delete { name: sdfs }))
@@ -505,7 +517,9 @@ impl SdfsActor {
         let mut starts = Vec::new();
         if let Some(d) = self.dirs.get_mut(&dir) {
             while d.running < DIR_PARALLELISM {
-                let Some(next) = d.queue.pop_front() else { break };
+                let Some(next) = d.queue.pop_front() else {
+                    break;
+                };
                 d.running += 1;
                 starts.push(next);
             }
@@ -569,7 +583,12 @@ enum StageSource {
 }
 
 impl StageSource {
-    fn push(&self, creds: &scp::Credentials, host: &str, remote: &Path) -> Result<(u64, u32), scp::ScpError> {
+    fn push(
+        &self,
+        creds: &scp::Credentials,
+        host: &str,
+        remote: &Path,
+    ) -> Result<(u64, u32), scp::ScpError> {
         match self {
             StageSource::File(p) => {
                 let f = File::open(p).map_err(scp::ScpError::Source)?;
@@ -630,7 +649,8 @@ fn dir_files(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, SdfsName)>, Stri
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let entries =
+            fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         for entry in entries {
             let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
             let path = entry.path();
@@ -744,7 +764,11 @@ fn deliver_file(f: &mut FileSink, item: Delivery) -> io::Result<()> {
             if let Some((path, w)) = f.part.take() {
                 let file = w.into_inner().map_err(|e| e.into_error())?;
                 drop(file);
-                writeln!(f.out, "==== {} version {version} ({bytes} bytes) ====", f.name)?;
+                writeln!(
+                    f.out,
+                    "==== {} version {version} ({bytes} bytes) ====",
+                    f.name
+                )?;
                 let mut r = File::open(&path)?;
                 io::copy(&mut r, &mut f.out)?;
                 f.out.write_all(b"\n")?;
@@ -779,7 +803,9 @@ fn close_sink(f: FileSink, commit: bool) -> Result<(), String> {
         (None, Ok(())) => Ok(()),
     };
     match result {
-        Ok(()) if commit => fs::rename(&tmp, &dest).map_err(|e| format!("cannot write {}: {e}", dest.display())),
+        Ok(()) if commit => {
+            fs::rename(&tmp, &dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))
+        }
         Ok(()) => {
             let _ = fs::remove_file(&tmp);
             Ok(())
@@ -803,14 +829,21 @@ fn ctl_reply(r: &Reply, local: Option<&str>) -> CtlReply {
             version,
             bytes,
         } => CtlReply::new(
-            format!("got {name} version {version} ({bytes} bytes) into {}", local.unwrap_or("-")),
+            format!(
+                "got {name} version {version} ({bytes} bytes) into {}",
+                local.unwrap_or("-")
+            ),
             json!({"name": name.as_str(), "version": version, "bytes": bytes, "local": local}),
         ),
         Reply::GetVersions { name, versions } => CtlReply::new(
             format!(
                 "got {} versions of {name} ({}) into {}",
                 versions.len(),
-                versions.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "),
+                versions
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 local.unwrap_or("-")
             ),
             json!({"name": name.as_str(), "versions": versions, "local": local}),
@@ -936,7 +969,9 @@ impl Handler<PutBytes> for SdfsActor {
                 self.start(op, SdfsCommand::Put { name }, ctx);
             }
             Err(e) => {
-                let _ = m.reply.send(Err(format!("bad SDFS name {:?}: {e}", m.name)));
+                let _ = m
+                    .reply
+                    .send(Err(format!("bad SDFS name {:?}: {e}", m.name)));
             }
         }
     }
@@ -947,11 +982,17 @@ impl Handler<GetBytes> for SdfsActor {
     fn handle(&mut self, m: GetBytes, ctx: &mut Context<Self>) {
         match SdfsName::parse(&m.name) {
             Ok(name) => {
-                let op = self.new_op(Source::None, Sink::Memory(Vec::new()), Done::GetBytes(m.reply));
+                let op = self.new_op(
+                    Source::None,
+                    Sink::Memory(Vec::new()),
+                    Done::GetBytes(m.reply),
+                );
                 self.start(op, SdfsCommand::Get { name }, ctx);
             }
             Err(e) => {
-                let _ = m.reply.send(Err(format!("bad SDFS name {:?}: {e}", m.name)));
+                let _ = m
+                    .reply
+                    .send(Err(format!("bad SDFS name {:?}: {e}", m.name)));
             }
         }
     }

@@ -1155,8 +1155,14 @@ async fn read_loop<B: Serialize + DeserializeOwned + Send + 'static>(
 ) -> Result<(), TransportError> {
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
-        while let Some(env) = dec.next_envelope::<B>()? {
-            ctx.count(false, 1, 0);
+        loop {
+            // Counted by frame, not by socket read: the first frames may have arrived
+            // in the same read as the handshake.
+            let before = dec.buffered();
+            let Some(env) = dec.next_envelope::<B>()? else {
+                break;
+            };
+            ctx.count(false, 1, before.saturating_sub(dec.buffered()));
             ctx.dispatch(env).await?;
         }
         let n = rd.read(&mut chunk).await?;
@@ -1166,7 +1172,6 @@ async fn read_loop<B: Serialize + DeserializeOwned + Send + 'static>(
                 buffered => Err(TransportError::Truncated { buffered }),
             };
         }
-        ctx.count(false, 0, n);
         dec.push(chunk.get(..n).unwrap_or_default());
     }
 }
@@ -1295,7 +1300,8 @@ mod stats_tests {
     async fn start() -> (Transport<String>, mpsc::Receiver<Inbound<String>>, NodeAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = NodeAddr(listener.local_addr().unwrap().to_string());
-        let (t, rx) = Transport::start(listener, TransportConfig::new(addr.clone(), SECRET)).unwrap();
+        let (t, rx) =
+            Transport::start(listener, TransportConfig::new(addr.clone(), SECRET)).unwrap();
         (t, rx, addr)
     }
 
@@ -1308,7 +1314,10 @@ mod stats_tests {
         a.send(&b_addr, Lane::Control, "ping".to_string()).unwrap();
         a.send(&b_addr, Lane::Bulk, "x".repeat(10_000)).unwrap();
         for _ in 0..2 {
-            tokio::time::timeout(DEADLINE, rx_b.recv()).await.unwrap().unwrap();
+            tokio::time::timeout(DEADLINE, rx_b.recv())
+                .await
+                .unwrap()
+                .unwrap();
         }
         // The writer counts right after its write returns, which may be just after the
         // reader saw the bytes.
@@ -1321,7 +1330,10 @@ mod stats_tests {
         assert_eq!(sent.control.frames_sent, 1);
         assert_eq!(sent.bulk.frames_sent, 1);
         assert!(sent.bulk.bytes_sent > 10_000, "{sent:?}");
-        assert!(sent.control.bytes_sent > 0 && sent.control.bytes_sent < 100, "{sent:?}");
+        assert!(
+            sent.control.bytes_sent > 0 && sent.control.bytes_sent < 100,
+            "{sent:?}"
+        );
         let got = b.stats();
         assert_eq!(got.control.frames_received, 1);
         assert_eq!(got.bulk.frames_received, 1);
@@ -1329,9 +1341,14 @@ mod stats_tests {
         assert_eq!(got.bulk.bytes_received, sent.bulk.bytes_sent);
 
         // A tool's request and its reply leave the counters alone.
-        let mut tool = Client::<String>::connect(b_addr.as_str(), SECRET, DEADLINE).await.unwrap();
+        let mut tool = Client::<String>::connect(b_addr.as_str(), SECRET, DEADLINE)
+            .await
+            .unwrap();
         let ask = tokio::spawn(async move { tool.request("stats".to_string(), DEADLINE).await });
-        let m = tokio::time::timeout(DEADLINE, rx_b.recv()).await.unwrap().unwrap();
+        let m = tokio::time::timeout(DEADLINE, rx_b.recv())
+            .await
+            .unwrap()
+            .unwrap();
         m.responder.unwrap().respond("figures".to_string()).unwrap();
         assert_eq!(ask.await.unwrap().unwrap(), "figures");
         assert_eq!(b.stats(), got);

@@ -11,7 +11,9 @@ use tracing::{debug, warn};
 use crate::control::{Command, Outcome};
 use crate::membership_actor::{Exec, FromPeer, MembershipActor};
 use crate::msg::Body;
+use crate::coordinator_actor::{self, CoordinatorActor};
 use crate::sdfs_actor::{self, SdfsActor};
+use crate::worker_actor::{self, WorkerActor};
 use crate::transport::{Inbound, Responder};
 
 /// Where the messages of each protocol go.
@@ -19,6 +21,8 @@ use crate::transport::{Inbound, Responder};
 pub struct Routes {
     pub membership: Addr<MembershipActor>,
     pub sdfs: Addr<SdfsActor>,
+    pub coordinator: Addr<CoordinatorActor>,
+    pub worker: Addr<WorkerActor>,
 }
 
 pub struct TransportActor {
@@ -72,6 +76,18 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
         match body {
             Body::Membership(msg) => self.routes.membership.do_send(FromPeer { from, msg }),
             Body::Sdfs(msg) => self.routes.sdfs.do_send(sdfs_actor::FromPeer { from, msg }),
+            Body::Jobs(msg) => {
+                if msg.is_for_worker() {
+                    self.routes.worker.do_send(worker_actor::FromPeer {
+                        from: from.clone(),
+                        msg: msg.clone(),
+                    });
+                }
+                // Coordinator-bound messages, and answers to this node's client requests.
+                if !msg.is_for_worker() || msg.is_for_coordinator() {
+                    self.routes.coordinator.do_send(coordinator_actor::FromPeer { from, msg });
+                }
+            }
             Body::Command(cmd) => {
                 let (tx, rx) = oneshot::channel();
                 match cmd {
@@ -91,16 +107,18 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
                     | Command::GetVersions { .. } => {
                         self.routes.sdfs.do_send(sdfs_actor::Exec { cmd, reply: tx });
                     }
+                    Command::C1
+                    | Command::C2
+                    | Command::C3 { .. }
+                    | Command::C4 { .. }
+                    | Command::C4Results { .. }
+                    | Command::C5 => {
+                        self.routes.coordinator.do_send(coordinator_actor::Exec { cmd, reply: tx });
+                    }
                     Command::Help => {
                         let _ = tx.send(Ok(crate::control::Reply::new(
                             crate::control::help_text(),
                             serde_json::json!({"help": crate::control::HELP.iter().map(|(u, d)| serde_json::json!({"usage": u, "what": d})).collect::<Vec<_>>()}),
-                        )));
-                    }
-                    other => {
-                        let _ = tx.send(Err(format!(
-                            "{} is not available on this node yet",
-                            command_name(&other)
                         )));
                     }
                 }
@@ -114,9 +132,4 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
         // The transport shut down: the node is going away.
         ctx.stop();
     }
-}
-
-fn command_name(cmd: &Command) -> String {
-    let s = format!("{cmd:?}");
-    s.split([' ', '{', '(']).next().unwrap_or("command").to_string()
 }

@@ -766,7 +766,9 @@ fn staged_puts_commit_exact_bytes_and_reject_damaged_copies() {
             assert_eq!(sim.store(&a).read_all(&name("staged/a"), 1).unwrap(), bytes);
         }
         assert!(!sim
-            .logged(|e| matches!(e, Event::WriteAborted { reason, .. } if reason.contains("staged")))
+            .logged(
+                |e| matches!(e, Event::WriteAborted { reason, .. } if reason.contains("staged"))
+            )
             .is_empty());
         sim.assert_no_temp_files();
         for a in sim.live() {

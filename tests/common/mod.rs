@@ -118,7 +118,10 @@ impl Cluster {
 
     pub fn start_node(&mut self, name: &str, addr: &str) {
         let (host, port) = addr.rsplit_once(':').unwrap();
-        self.spawn(name, &["node", "--no-console", "--hostname", host, "--port", port]);
+        self.spawn(
+            name,
+            &["node", "--no-console", "--hostname", host, "--port", port],
+        );
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
@@ -126,7 +129,12 @@ impl Cluster {
     }
 
     pub fn addr(&self, name: &str) -> String {
-        self.nodes.iter().find(|(n, _)| n == name).unwrap().1.clone()
+        self.nodes
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .clone()
     }
 
     pub fn pid(&self, name: &str) -> u32 {
@@ -187,7 +195,10 @@ impl Cluster {
             }
             if start.elapsed() > within {
                 let views: Vec<_> = on.iter().map(|a| (a, self.members(a))).collect();
-                panic!("{what}: not reached within {within:?}; views: {views:#?}; logs in {}", self.dir.display());
+                panic!(
+                    "{what}: not reached within {within:?}; views: {views:#?}; logs in {}",
+                    self.dir.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -217,7 +228,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for (_, c) in self.procs.iter_mut() {
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -251,7 +264,10 @@ pub fn parse(line: &str) -> Cmd {
 pub fn wait_port(addr: &str) {
     let start = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "nothing listens on {addr}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing listens on {addr}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -262,4 +278,160 @@ pub fn wall_ms() -> u64 {
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+// ---- SDFS helpers (added for tests/cluster_sdfs.rs and tests/scp.rs) ----
+
+/// Deterministic pseudo-random bytes (splitmix64), so a failing run can be replayed.
+pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+impl Cluster {
+    /// A node's data directory (`data/<name>` next to the config).
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("data").join(name)
+    }
+
+    /// The node name of an address.
+    pub fn name_of(&self, addr: &str) -> String {
+        self.nodes
+            .iter()
+            .find(|(_, a)| a == addr)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default()
+    }
+
+    /// Runs a command line on a node; the reply's JSON, or the node's one-line error.
+    pub fn sdfs(&self, addr: &str, line: &str) -> Result<serde_json::Value, String> {
+        let words = control::split_line(line)?;
+        let cmd = control::parse(&words)?;
+        match ctl(addr, cmd)? {
+            Ok(reply) => serde_json::from_str(&reply.json).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Path of `name`'s stored version file on node `node`, found through the NAME files
+    /// of the store (names are hashed on disk).
+    pub fn version_file(&self, node: &str, name: &str, version: u64) -> Option<PathBuf> {
+        let names = self.data_dir(node).join("sdfs").join("names");
+        for entry in fs::read_dir(names).ok()? {
+            let dir = entry.ok()?.path();
+            if fs::read_to_string(dir.join("NAME")).ok().as_deref() == Some(name) {
+                let p = dir.join(format!("{version:020}.v"));
+                return p.exists().then_some(p);
+            }
+        }
+        None
+    }
+}
+
+// ---- a real sshd for the scp tests (tests/scp.rs, the SDFS benchmark) ----
+
+pub const SSHD: &str = "/usr/sbin/sshd";
+/// The account the scp tests log in as.
+pub const SSH_USER: &str = "dmlscp";
+
+fn run_quiet(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn set_ssh_password(pw: &str) {
+    let mut child = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("chpasswd");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{SSH_USER}:{pw}\n").as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "chpasswd failed (run as root)"
+    );
+}
+
+/// A running sshd; killed (and its user removed) on drop.
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = run_quiet("userdel", &[SSH_USER]);
+    }
+}
+
+pub fn start_sshd(dir: &Path) -> Sshd {
+    if !Path::new(SSHD).exists() {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "openssh-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    }
+    assert!(
+        Path::new(SSHD).exists(),
+        "{SSHD} is missing and apt-get could not install openssh-server"
+    );
+    if !run_quiet("id", &[SSH_USER]) {
+        assert!(
+            run_quiet("useradd", &["-M", "-s", "/bin/sh", SSH_USER]),
+            "useradd failed (run as root)"
+        );
+    }
+    let key = dir.join("host_key");
+    assert!(
+        run_quiet(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]
+        ),
+        "ssh-keygen failed"
+    );
+    fs::create_dir_all("/run/sshd").unwrap();
+    let port = free_ports(1)[0];
+    let config = dir.join("sshd_config");
+    fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\n\
+             PasswordAuthentication yes\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             PubkeyAuthentication no\nStrictModes no\nAllowUsers {SSH_USER}\nLogLevel VERBOSE\n",
+            key.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("sshd.log");
+    let child = Command::new(SSHD)
+        .args(["-D", "-e", "-f", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start sshd");
+    let sshd = Sshd { child, port, log };
+    wait_port(&format!("127.0.0.1:{port}"));
+    sshd
 }

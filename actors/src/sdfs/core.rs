@@ -2666,6 +2666,10 @@ impl SdfsCore {
                 }
             }
             Msg::WriteAbort { xfer } => {
+                // A staged copy of an abandoned put is never committed.
+                if self.cfg.staged {
+                    let _ = std::fs::remove_file(self.staging_path(&from, xfer));
+                }
                 if let Some(inc) = self.incoming.remove(&(from, xfer)) {
                     drop(inc);
                 }
@@ -3203,7 +3207,8 @@ impl SdfsCore {
         let mut buf = vec![0u8; self.cfg.chunk_size];
         let mut total = 0u64;
         loop {
-            let n = read_full(&mut file, &mut buf).map_err(|e| RemoteError::Store(e.to_string()))?;
+            let n =
+                read_full(&mut file, &mut buf).map_err(|e| RemoteError::Store(e.to_string()))?;
             if n == 0 {
                 break;
             }

@@ -1,0 +1,94 @@
+//! ModelActor: one per network, on its own SyncArbiter thread (inference is CPU-bound and
+//! must never run on the arbiter that answers pings). It loads the weights once and
+//! classifies batches of encoded images.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use dml_models::{Classifier, Network, Prediction, Weights};
+use tracing::{info, warn};
+
+/// Classify a batch of encoded images (JPEG, PNG, ...).
+#[derive(Message)]
+#[rtype(result = "Result<BatchResult, String>")]
+pub struct ClassifyBatch {
+    pub images: Vec<Vec<u8>>,
+}
+
+/// Per-image results in input order, and the batch's compute time.
+#[derive(Debug, Clone)]
+pub struct BatchResult {
+    pub results: Vec<Result<Prediction, String>>,
+    pub compute_ms: f64,
+    pub synthetic: bool,
+}
+
+/// Where a ModelActor gets its weights.
+#[derive(Debug, Clone)]
+pub enum WeightSource {
+    /// `weights_dir/<network>.safetensors` (or `.pth`); a bad file is an error.
+    Dir(PathBuf),
+    /// Deterministic synthetic weights (no file): labels mean nothing.
+    Synthetic(u64),
+}
+
+/// Cheap to clone: SyncArbiter builds its actor from a factory in the new thread.
+#[derive(Clone)]
+pub struct ModelActor {
+    classifier: Arc<Classifier>,
+}
+
+impl ModelActor {
+    /// Loads the network. Runs on the SyncArbiter thread, so a slow load never blocks pings.
+    pub fn load(network: Network, source: &WeightSource, threads: usize) -> Result<Self, String> {
+        let classifier = match source {
+            WeightSource::Dir(dir) => Classifier::load(network, dir, threads),
+            WeightSource::Synthetic(seed) => {
+                Weights::synthetic(network, *seed).and_then(|w| Classifier::new(&w, threads))
+            }
+        }
+        .map_err(|e| format!("{}: {e}", network.name()))?;
+        info!(network = network.name(), synthetic = classifier.is_synthetic(), threads, "model loaded");
+        Ok(ModelActor {
+            classifier: Arc::new(classifier),
+        })
+    }
+
+    /// Picks the weights: the file in `dir` when there is one, synthetic otherwise (loudly).
+    pub fn source_for(network: Network, dir: &std::path::Path) -> WeightSource {
+        match dml_models::weights::find_weight_file(network, dir) {
+            Ok(_) => WeightSource::Dir(dir.to_path_buf()),
+            Err(_) => {
+                warn!(
+                    network = network.name(),
+                    dir = %dir.display(),
+                    "no weight file: using SYNTHETIC weights (seed 0); predictions are meaningless. \
+                     Run `dml weights fetch` or copy the files (see weights/README.md)"
+                );
+                WeightSource::Synthetic(0)
+            }
+        }
+    }
+}
+
+impl Actor for ModelActor {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<ClassifyBatch> for ModelActor {
+    type Result = Result<BatchResult, String>;
+
+    fn handle(&mut self, m: ClassifyBatch, _ctx: &mut SyncContext<Self>) -> Self::Result {
+        let out = self.classifier.classify_batch(&m.images);
+        Ok(BatchResult {
+            results: out
+                .results
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect(),
+            compute_ms: out.compute_time.as_secs_f64() * 1000.0,
+            synthetic: self.classifier.is_synthetic(),
+        })
+    }
+}

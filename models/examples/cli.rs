@@ -1,0 +1,31 @@
+//! Runs the root crate's `src/models_cli.rs` without the rest of `dml` (handy while the
+//! other crates are being built, and for benchmarks):
+//!   cli synth DIR [SEED] | fetch DIR | classify MODEL WEIGHTS DIR [--json] | bench WEIGHTS [BATCH..]
+//! Threads come from DML_THREADS (default 2).
+
+#[path = "../../src/models_cli.rs"]
+mod models_cli;
+
+use std::path::Path;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let threads: usize = std::env::var("DML_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    match arg(0) {
+        "synth" => models_cli::weights_synth(Path::new(arg(1)), arg(2).parse().unwrap_or(0)),
+        "fetch" => models_cli::weights_fetch(Path::new(arg(1))),
+        "classify" => models_cli::classify(
+            arg(1),
+            Path::new(arg(2)),
+            Path::new(arg(3)),
+            threads,
+            arg(4) == "--json",
+        ),
+        "bench" => {
+            let batches: Vec<usize> = args.iter().skip(2).filter_map(|b| b.parse().ok()).collect();
+            models_cli::bench_models(Path::new(arg(1)), threads, &batches)
+        }
+        _ => anyhow::bail!("usage: cli synth DIR [SEED] | fetch DIR | classify MODEL WEIGHTS DIR [--json] | bench WEIGHTS [BATCH..]"),
+    }
+}
