@@ -19,11 +19,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
+use actix::{Actor, Addr};
 use anyhow::{anyhow, bail, Context};
 use dml_actors::clock::wall_ms;
+use dml_actors::config::Config;
 use dml_actors::control::Command;
+use dml_actors::membership::Membership;
+use dml_actors::membership_actor::{Exec, FromPeer, MembershipActor};
 use dml_actors::msg::Body;
-use dml_actors::transport::Client;
+use dml_actors::node::membership_settings;
+use dml_actors::ping::ProbeSettings;
+use dml_actors::transport::{Client, Inbound, Transport, TransportConfig};
+use dml_actors::types::NodeAddr;
+use tokio::sync::mpsc;
 
 /// The secret of the throw-away benchmark clusters (their config lives in a temp dir).
 const SECRET: &str = "dml-bench-cluster-secret-0123456789";
@@ -48,9 +56,14 @@ pub struct Args {
     /// Parts to run: detect, bytes, loss.
     #[arg(long, value_delimiter = ',', default_value = "detect,bytes,loss")]
     pub only: Vec<String>,
-    /// Cluster sizes for the background-traffic measurement.
-    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    /// Cluster sizes for the background-traffic measurement with one process per node.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
     pub bytes_sizes: Vec<usize>,
+    /// Cluster sizes for the same measurement with the nodes' membership and transport
+    /// hosted in this process (a full node process loads both networks, about 400 MB
+    /// each, so 50 of them do not fit a small machine).
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    pub bytes_inproc_sizes: Vec<usize>,
     /// Seconds of quiet before traffic is measured (piggybacked join news dies out).
     #[arg(long, default_value_t = 20.0)]
     pub settle_secs: f64,
@@ -189,28 +202,19 @@ pub fn trial_figures(live_events: &[Vec<Event>], victim: &str, kill_ms: u64) -> 
     }
 }
 
-/// Removals of live nodes in `[from, to]`: distinct (peer, incarnation) declared failed
-/// by anyone (one removal spreads to every node but is one false positive), and the
-/// removal lines summed over observers.
-pub fn count_removals(per_node: &[Vec<Event>], from: u64, to: u64) -> (usize, usize) {
+/// `kind` events in `[from, to]`: distinct (peer, incarnation) pairs (a removal or a
+/// suspicion spreads to every node but is one episode), and the lines summed over
+/// observers.
+pub fn count_distinct(per_node: &[Vec<Event>], kind: &str, from: u64, to: u64) -> (usize, usize) {
     let mut distinct = BTreeSet::new();
     let mut lines = 0;
     for ev in per_node.iter().flatten() {
-        if ev.kind == "failed" && (from..=to).contains(&ev.wall) {
+        if ev.kind == kind && (from..=to).contains(&ev.wall) {
             lines += 1;
             distinct.insert((ev.peer.clone(), ev.incarnation));
         }
     }
     (distinct.len(), lines)
-}
-
-/// Events of one kind in `[from, to]`, over all nodes.
-fn count_kind(per_node: &[Vec<Event>], kind: &str, from: u64, to: u64) -> usize {
-    per_node
-        .iter()
-        .flatten()
-        .filter(|e| e.kind == kind && (from..=to).contains(&e.wall))
-        .count()
 }
 
 /// p50, p99 and max of a sample.
@@ -311,14 +315,15 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 }
 
 impl LocalCluster {
-    /// Writes a config (`extra` goes into `[failure_detector]`) and starts the introducer
-    /// and `n` nodes.
+    /// Writes a config for `n` nodes (`extra_fd` goes into `[failure_detector]`) and
+    /// starts the introducer, and the nodes as processes if `spawn_nodes`.
     fn start(
         label: &str,
         n: usize,
         p: &Profile,
         extra_fd: &str,
         keep: bool,
+        spawn_nodes: bool,
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the dml executable")?;
         let dir = std::env::temp_dir().join(format!("dml-bench-{}-{label}", std::process::id()));
@@ -367,8 +372,10 @@ impl LocalCluster {
             Ok(std::net::TcpStream::connect(&c.introducer).is_ok())
         })
         .context("the introducer did not start listening")?;
-        for i in 0..c.nodes.len() {
-            c.start_node(i)?;
+        if spawn_nodes {
+            for i in 0..c.nodes.len() {
+                c.start_node(i)?;
+            }
         }
         Ok(c)
     }
@@ -433,13 +440,14 @@ impl LocalCluster {
         Err(last)
     }
 
-    /// Alive members in a node's view, or `None` if it does not answer.
-    fn alive(&self, addr: &str) -> Option<BTreeSet<String>> {
+    /// Members in a node's view (only the alive ones if `alive_only`), or `None` if it
+    /// does not answer.
+    fn members(&self, addr: &str, alive_only: bool) -> Option<BTreeSet<String>> {
         let v = self.ask(addr, Command::ListMem).ok()?;
         Some(
             v.as_array()?
                 .iter()
-                .filter(|m| m["state"] == "alive")
+                .filter(|m| !alive_only || m["state"] == "alive")
                 .filter_map(|m| m["addr"].as_str().map(String::from))
                 .collect(),
         )
@@ -447,13 +455,19 @@ impl LocalCluster {
 
     /// Waits until every node lists every node alive.
     fn wait_formed(&self, within: Duration) -> anyhow::Result<Duration> {
+        self.wait_members(within, true)
+    }
+
+    /// Waits until every node lists every node (alive, or suspect too unless
+    /// `alive_only`: under loss some suspicion is always in flight).
+    fn wait_members(&self, within: Duration, alive_only: bool) -> anyhow::Result<Duration> {
         let all: BTreeSet<String> = self.nodes.iter().map(|n| n.addr.clone()).collect();
         let start = Instant::now();
         wait_until(within, || {
             Ok(self
                 .nodes
                 .iter()
-                .all(|n| self.alive(&n.addr).as_ref() == Some(&all)))
+                .all(|n| self.members(&n.addr, alive_only).as_ref() == Some(&all)))
         })
         .with_context(|| {
             format!(
@@ -525,6 +539,129 @@ fn wait_until(
 }
 
 // ------------------------------------------------------------------------------------
+// In-process nodes: membership and transport only, for cluster sizes whose full node
+// processes (each with both networks loaded) would not fit in memory.
+// ------------------------------------------------------------------------------------
+
+/// The nodes of a [`LocalCluster`] started with `spawn_nodes = false`, hosted on one
+/// actix system in a thread of this process. Each node has its own transport (its own
+/// listening port and loopback connections) and its own MembershipActor with its
+/// PingActors, so pings, acks, gossip and announces cross the wire exactly as between
+/// processes; what is missing is SDFS, the models and the jobs, which send nothing in a
+/// quiet cluster. Dropping it stops the nodes.
+struct InProcNodes {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcNodes {
+    fn start(c: &LocalCluster) -> anyhow::Result<Self> {
+        let config = crate::config_load::load(&c.config, &[])?;
+        let addrs: Vec<NodeAddr> = c.nodes.iter().map(|n| NodeAddr(n.addr.clone())).collect();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("bench-nodes".into())
+            .spawn(move || {
+                actix::System::new().block_on(host_nodes(config, addrs, ready_tx, stop_rx));
+            })
+            .context("cannot start the node thread")?;
+        let nodes = InProcNodes {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => Ok(nodes),
+            Ok(Err(e)) => Err(anyhow!("in-process nodes: {e}")),
+            Err(_) => Err(anyhow!("in-process nodes did not start")),
+        }
+    }
+}
+
+impl Drop for InProcNodes {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().max(1) as u64
+}
+
+/// Starts every node, reports readiness (or the first error), runs until `stop`.
+async fn host_nodes(
+    config: Config,
+    addrs: Vec<NodeAddr>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut transports = Vec::new();
+    for me in addrs {
+        match host_one(&config, me).await {
+            Ok(t) => transports.push(t),
+            Err(e) => {
+                let _ = ready.send(Err(format!("{e:#}")));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    let _ = stop.await;
+    for t in &transports {
+        t.shutdown();
+    }
+}
+
+/// One node as `dml node` assembles it, minus SDFS, models and jobs.
+async fn host_one(config: &Config, me: NodeAddr) -> anyhow::Result<Transport<Body>> {
+    let listener = tokio::net::TcpListener::bind(me.as_str())
+        .await
+        .with_context(|| format!("cannot listen on {me}"))?;
+    let tcfg = TransportConfig::new(me.clone(), config.secret.clone());
+    let (transport, inbound) = Transport::<Body>::start(listener, tcfg)?;
+    let core = Membership::new(me.clone(), membership_settings(config), wall_ms())?;
+    let probe = ProbeSettings {
+        ping_duration: millis(config.fd.ping_duration),
+        ping_timeout: millis(config.fd.ping_timeout),
+    };
+    let membership = MembershipActor::new(core, transport.clone(), probe, true).start();
+    actix::spawn(route(inbound, membership));
+    Ok(transport)
+}
+
+/// The part of the TransportActor these nodes need: membership messages to the
+/// MembershipActor, console commands (`list_mem`, `stats`) to it and the answer back.
+async fn route(mut inbound: mpsc::Receiver<Inbound<Body>>, membership: Addr<MembershipActor>) {
+    while let Some(m) = inbound.recv().await {
+        let Inbound {
+            from,
+            body,
+            responder,
+            ..
+        } = m;
+        match body {
+            Body::Membership(msg) => membership.do_send(FromPeer { from, msg }),
+            Body::Command(cmd) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                membership.do_send(Exec { cmd, reply: tx });
+                actix::spawn(async move {
+                    let outcome = rx.await.unwrap_or_else(|_| Err("node stopped".into()));
+                    if let Some(r) = responder {
+                        let _ = r.respond(Body::Outcome(outcome));
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
 // The three experiments.
 // ------------------------------------------------------------------------------------
 
@@ -537,7 +674,7 @@ fn detection(
     rng: &mut SplitMix,
     keep: bool,
 ) -> anyhow::Result<Vec<Trial>> {
-    let c = &mut LocalCluster::start(&format!("detect-{}", p.name), n, p, "", keep)?;
+    let c = &mut LocalCluster::start(&format!("detect-{}", p.name), n, p, "", keep, true)?;
     let formed = c.wait_formed(Duration::from_secs(60))?;
     println!("  {n} nodes formed in {:.1} s", formed.as_secs_f64());
     let removal_wait = Duration::from_secs_f64(p.goal_ms() / 1000.0 + 15.0);
@@ -613,8 +750,16 @@ fn background(
     settle: f64,
     window: f64,
     keep: bool,
+    inproc: bool,
 ) -> anyhow::Result<Traffic> {
-    let c = LocalCluster::start(&format!("bytes-{n}"), n, p, "", keep)?;
+    let label = format!("bytes-{n}{}", if inproc { "-inproc" } else { "" });
+    let c = LocalCluster::start(&label, n, p, "", keep, !inproc)?;
+    // Declared after the cluster, so dropped (stopped) before its introducer.
+    let _hosted = if inproc {
+        Some(InProcNodes::start(&c)?)
+    } else {
+        None
+    };
     let formed = c.wait_formed(Duration::from_secs(180))?;
     println!(
         "  {n} nodes formed in {:.1} s; settling {settle} s, measuring {window} s",
@@ -642,9 +787,10 @@ fn background(
         frames.push((a.3 - b.3) / dt);
     }
     // No removal may happen in a quiet cluster; a removal would also skew the figure.
-    let (removals, _) = count_removals(&c.all_events(), 0, u64::MAX);
-    if removals > 0 {
-        println!("  WARNING: {removals} removal(s) during the quiet run");
+    // (In-process nodes log nowhere: their views must still be complete.)
+    let (removals, _) = count_distinct(&c.all_events(), "failed", 0, u64::MAX);
+    if removals > 0 || c.wait_formed(Duration::from_secs(5)).is_err() {
+        println!("  WARNING: removals during the quiet run");
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(Traffic {
@@ -665,8 +811,11 @@ struct LossRun {
     node_hours: f64,
     removals: usize,
     removal_lines: usize,
+    /// Distinct (peer, incarnation) suspicions and refutations.
     suspicions: usize,
     refutations: usize,
+    /// Nodes that found themselves removed and rejoined.
+    rejoins: usize,
 }
 
 fn loss_run(
@@ -679,25 +828,26 @@ fn loss_run(
 ) -> anyhow::Result<LossRun> {
     let extra = format!("drop_rate = {rate}\nsuspicion = {suspicion}");
     let label = format!("loss-{rate}-{}", if suspicion { "susp" } else { "nosusp" });
-    let c = LocalCluster::start(&label, n, p, &extra, keep)?;
+    let c = LocalCluster::start(&label, n, p, &extra, keep, true)?;
     // Under loss the cluster may never look complete from every node at once (that is
     // what is measured); start the clock once it did or after a bounded wait.
-    if let Err(e) = c.wait_formed(Duration::from_secs(30)) {
+    if let Err(e) = c.wait_members(Duration::from_secs(60), false) {
         println!("  note: {e:#}; measuring anyway");
     }
     let from = wall_ms();
     std::thread::sleep(Duration::from_secs_f64(secs));
     let to = wall_ms();
     let events = c.all_events();
-    let (removals, removal_lines) = count_removals(&events, from, to);
+    let (removals, removal_lines) = count_distinct(&events, "failed", from, to);
     Ok(LossRun {
         rate,
         suspicion,
         node_hours: n as f64 * (to.saturating_sub(from)) as f64 / 3_600_000.0,
         removals,
         removal_lines,
-        suspicions: count_kind(&events, "suspected", from, to),
-        refutations: count_kind(&events, "refuted", from, to),
+        suspicions: count_distinct(&events, "suspected", from, to).0,
+        refutations: count_distinct(&events, "refuted", from, to).0,
+        rejoins: count_distinct(&events, "rejoin", from, to).1,
     })
 }
 
@@ -769,14 +919,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let p = Profile::SEED;
         report.push(
             "\n### Background traffic in a quiet cluster (seed timings)\n\n\
-             | nodes | sent B/s per node (mean, min-max) | received B/s per node | frames/s per node |\n|---|---|---|---|"
+             | nodes | hosted as | sent B/s per node (mean, min-max) | received B/s per node | frames sent/s per node |\n|---|---|---|---|---|"
                 .into(),
         );
-        for &n in &args.bytes_sizes {
-            println!("\n== background traffic, {n} nodes, {} timings", p.name);
-            let t = background(&p, n, args.settle_secs, args.bytes_secs, args.keep)?;
+        let runs = args.bytes_sizes.iter().map(|&n| (n, false));
+        for (n, inproc) in runs.chain(args.bytes_inproc_sizes.iter().map(|&n| (n, true))) {
+            let how = if inproc {
+                "in-process nodes"
+            } else {
+                "node processes"
+            };
+            println!("\n== background traffic, {n} {how}, {} timings", p.name);
+            let t = background(&p, n, args.settle_secs, args.bytes_secs, args.keep, inproc)?;
             let line = format!(
-                "| {} | {:.0} ({:.0}-{:.0}) | {:.0} | {:.1} |",
+                "| {} | {how} | {:.0} ({:.0}-{:.0}) | {:.0} | {:.2} |",
                 t.nodes, t.sent_mean, t.sent_min, t.sent_max, t.recv_mean, t.frames_mean
             );
             println!("{line}");
@@ -788,7 +944,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let p = Profile::FAST;
         report.push(format!(
             "\n### False removals under loss ({} nodes, fast timings, {} s per run)\n\n\
-             | drop rate | suspicion | node-hours | removals (distinct) | removals per node-hour | suspicions | refutations |\n|---|---|---|---|---|---|---|",
+             | drop rate | suspicion | node-hours | false removals | per node-hour | suspicions | refutations | rejoins |\n|---|---|---|---|---|---|---|---|",
             args.nodes, args.loss_secs
         ));
         for &rate in &args.loss_rates {
@@ -799,7 +955,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 );
                 let r = loss_run(&p, args.nodes, rate, suspicion, args.loss_secs, args.keep)?;
                 let line = format!(
-                    "| {} | {} | {:.3} | {} ({} removal lines) | {:.1} | {} | {} |",
+                    "| {} | {} | {:.3} | {} ({} log lines) | {:.1} | {} | {} | {} |",
                     r.rate,
                     if r.suspicion { "on" } else { "off" },
                     r.node_hours,
@@ -807,7 +963,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     r.removal_lines,
                     r.removals as f64 / r.node_hours.max(f64::MIN_POSITIVE),
                     r.suspicions,
-                    r.refutations
+                    r.refutations,
+                    r.rejoins
                 );
                 println!("{line}");
                 report.push(line);
@@ -898,9 +1055,10 @@ mod tests {
             ],
             vec![ev("failed", 11, a, 1), ev("failed", 99, a, 3)],
         ];
-        assert_eq!(count_removals(&per_node, 0, 50), (2, 3));
-        assert_eq!(count_removals(&per_node, 0, 100), (3, 4));
-        assert_eq!(count_kind(&per_node, "suspected", 0, 100), 1);
+        assert_eq!(count_distinct(&per_node, "failed", 0, 50), (2, 3));
+        assert_eq!(count_distinct(&per_node, "failed", 0, 100), (3, 4));
+        assert_eq!(count_distinct(&per_node, "suspected", 0, 100), (1, 1));
+        assert_eq!(count_distinct(&per_node, "suspected", 6, 100), (0, 0));
     }
 
     #[test]

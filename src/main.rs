@@ -6,6 +6,7 @@ mod bench_cluster;
 mod config_load;
 mod console;
 mod ctl;
+mod demo;
 mod models_cli;
 mod up;
 
@@ -50,6 +51,14 @@ enum Cmd {
         /// Never start the interactive console.
         #[arg(long)]
         no_console: bool,
+    },
+    /// The main job in one command: local cluster, sample images into SDFS, a ResNet50
+    /// and an InceptionV3 job side by side with live C1/C2/C5, the results, shutdown.
+    Demo {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[command(flatten)]
+        args: demo::Args,
     },
     /// Start the introducer and every node of the config on this machine; Ctrl-C stops all.
     Up {
@@ -189,6 +198,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let console = interactive.then(|| console::spawn(config.clone(), addr.clone()));
             dml_actors::node::run_node(config, addr)?;
             drop(console);
+        }
+        Cmd::Demo { cfg, args } => {
+            init_logs();
+            let config = config_load::load(&cfg.config, &cfg.set)?;
+            demo::run(&cfg.config, &cfg.set, &config, &args)?;
         }
         Cmd::Up { cfg } => {
             init_logs();

@@ -26,7 +26,10 @@ pub fn weights_synth(dir: &Path, seed: u64) -> anyhow::Result<()> {
         let w = Weights::synthetic(net, seed)?;
         w.save_safetensors(&path)?;
         let sha = weights::sha256_file(&path)?;
-        println!("{net}: wrote SYNTHETIC weights (seed {seed}) to {} (sha256 {sha})", path.display());
+        println!(
+            "{net}: wrote SYNTHETIC weights (seed {seed}) to {} (sha256 {sha})",
+            path.display()
+        );
     }
     println!("note: synthetic weights make every part of dml run, but their labels mean nothing");
     Ok(())
@@ -129,7 +132,11 @@ fn print_result(
     }
     match result {
         Ok(p) => {
-            let tag = if p.synthetic { " [synthetic weights]" } else { "" };
+            let tag = if p.synthetic {
+                " [synthetic weights]"
+            } else {
+                ""
+            };
             writeln!(out, "{name}{tag}")?;
             for (rank, c) in p.top5.iter().enumerate() {
                 writeln!(
@@ -179,7 +186,10 @@ pub fn bench_models(weights_dir: &Path, threads: usize, batches: &[usize]) -> an
         "threads {threads}; both networks loaded, peak RSS {}",
         fmt_mib(loaded_rss)
     );
-    println!("{:<13} {:>5} {:>10} {:>10} {:>9}", "network", "batch", "img/s", "ms/batch", "GFLOP/s");
+    println!(
+        "{:<13} {:>5} {:>10} {:>10} {:>9}",
+        "network", "batch", "img/s", "ms/batch", "GFLOP/s"
+    );
     for c in &classifiers {
         let net = c.network();
         for &n in &batches {

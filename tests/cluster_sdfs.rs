@@ -320,6 +320,10 @@ fn sdfs_on_a_real_cluster() {
         first.iter().all(|v| later.contains(v)),
         "{first:?} then {later:?}"
     );
+    eprintln!(
+        "writer killed {:?} into a {put_time:?} put; versions then {first:?}, later {later:?}",
+        put_time / 3
+    );
     for x in &rest {
         let tmp = c.data_dir(&c.name_of(x)).join("sdfs").join("tmp");
         let left = fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);

@@ -78,6 +78,8 @@ pub struct CoordinatorActor {
     /// How long the first live node waits for news of a reign before starting one.
     bootstrap_grace: Duration,
     bootstrap_armed: bool,
+    /// Client requests waiting for a coordinator to be known.
+    deferred: Vec<Msg>,
 }
 
 impl CoordinatorActor {
@@ -102,6 +104,7 @@ impl CoordinatorActor {
             live: Vec::new(),
             bootstrap_grace,
             bootstrap_armed: false,
+            deferred: Vec::new(),
         }
     }
 
@@ -125,6 +128,7 @@ impl CoordinatorActor {
     }
 
     fn exec(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        self.flush_deferred(ctx);
         for effect in effects {
             match effect {
                 Effect::Send { to, msg } => self.send(&to, msg, ctx),
@@ -160,6 +164,7 @@ impl CoordinatorActor {
                     ));
                 }
                 Effect::RoleChanged { role, reign } => {
+                    ctx.notify(Flush);
                     info!(
                         wall = clock::wall_ms(),
                         ?role,
@@ -225,17 +230,25 @@ impl CoordinatorActor {
         let id = self.next_request;
         self.next_request += 1;
         let (tx, rx) = oneshot::channel();
-        match self.core.reign().map(|r| r.term.coordinator.clone()) {
-            Some(coordinator) => {
-                self.pending.insert(id, tx);
-                self.send(&coordinator, make(id), ctx);
-                ctx.run_later(REQUEST_TIMEOUT, move |act, _| {
-                    act.pending.remove(&id);
-                });
-            }
-            None => drop(tx),
-        }
+        self.pending.insert(id, tx);
+        // Until a reign is known (cluster just formed) requests wait, then go out.
+        self.deferred.push(make(id));
+        self.flush_deferred(ctx);
+        ctx.run_later(REQUEST_TIMEOUT, move |act, _| {
+            act.pending.remove(&id);
+        });
         rx
+    }
+
+    fn flush_deferred(&mut self, ctx: &mut Context<Self>) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        if let Some(coordinator) = self.core.reign().map(|r| r.term.coordinator.clone()) {
+            for msg in std::mem::take(&mut self.deferred) {
+                self.send(&coordinator, msg, ctx);
+            }
+        }
     }
 
     fn coordinator_name(&self) -> String {
@@ -398,6 +411,18 @@ impl Actor for CoordinatorActor {
     type Context = Context<Self>;
 }
 
+/// Re-check deferred client requests (a reign became known).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for CoordinatorActor {
+    type Result = ();
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
+        self.flush_deferred(ctx);
+    }
+}
+
 impl Handler<SetWorker> for CoordinatorActor {
     type Result = ();
     fn handle(&mut self, m: SetWorker, _ctx: &mut Context<Self>) {
@@ -450,6 +475,7 @@ impl Handler<FromPeer> for CoordinatorActor {
         }
         let fx = self.core.on_message(clock::now(), &m.from, m.msg);
         self.exec(fx, ctx);
+        self.flush_deferred(ctx);
     }
 }
 

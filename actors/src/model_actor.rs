@@ -49,7 +49,12 @@ impl ModelActor {
             }
         }
         .map_err(|e| format!("{}: {e}", network.name()))?;
-        info!(network = network.name(), synthetic = classifier.is_synthetic(), threads, "model loaded");
+        info!(
+            network = network.name(),
+            synthetic = classifier.is_synthetic(),
+            threads,
+            "model loaded"
+        );
         Ok(ModelActor {
             classifier: Arc::new(classifier),
         })
@@ -90,5 +95,74 @@ impl Handler<ClassifyBatch> for ModelActor {
             compute_ms: out.compute_time.as_secs_f64() * 1000.0,
             synthetic: self.classifier.is_synthetic(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rocket() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/tests/fixtures/rocket.jpg"
+        );
+        std::fs::read(path).expect("rocket.jpg fixture")
+    }
+
+    /// The actor answers from its SyncArbiter thread while the calling arbiter stays free:
+    /// a timer on the caller's arbiter fires while the batch is being computed.
+    #[test]
+    fn classifies_a_batch_off_the_calling_arbiter() {
+        let sys = actix::System::new();
+        sys.block_on(async {
+            let actor =
+                ModelActor::load(Network::ResNet50, &WeightSource::Synthetic(0), 1).expect("load");
+            let addr = SyncArbiter::start(1, move || actor.clone());
+            let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let t = ticks.clone();
+            let ticker = actix::spawn(async move {
+                loop {
+                    actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
+                    t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let images = vec![rocket(), b"not an image".to_vec(), rocket()];
+            let out = addr
+                .send(ClassifyBatch { images })
+                .await
+                .expect("mailbox")
+                .expect("batch");
+            ticker.abort();
+            assert!(out.synthetic);
+            assert_eq!(out.results.len(), 3);
+            assert!(out.results[1].is_err());
+            let (a, b) = (
+                out.results[0].as_ref().expect("first"),
+                out.results[2].as_ref().expect("third"),
+            );
+            assert_eq!(a.top5.len(), 5);
+            assert_eq!(a, b, "same image, same prediction");
+            assert!(out.compute_ms > 0.0);
+            // A forward pass takes far longer than 5 ms; had it blocked this arbiter the
+            // ticker could not have run during it.
+            assert!(ticks.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        });
+    }
+
+    #[test]
+    fn a_bad_weight_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("dml-model-actor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("resnet50.safetensors"),
+            b"\x08\0\0\0\0\0\0\0{}garbage",
+        )
+        .expect("write");
+        let err = ModelActor::load(Network::ResNet50, &WeightSource::Dir(dir.clone()), 1)
+            .err()
+            .expect("must refuse");
+        assert!(err.contains("resnet50.safetensors"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -131,7 +131,7 @@ pub fn run_node(config: Config, me: NodeAddr) -> Result<(), NodeError> {
             transport.clone(),
             sdfs.clone(),
             config.ring(),
-            config.fd.ping_duration * 2 + Duration::from_millis(500),
+            Duration::from_secs(2),
         );
         coord.set_worker(worker.clone());
         coord_ctx.run(coord);

@@ -11,7 +11,10 @@ use std::path::Path;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
-    let threads: usize = std::env::var("DML_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    let threads: usize = std::env::var("DML_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
     match arg(0) {
         "synth" => models_cli::weights_synth(Path::new(arg(1)), arg(2).parse().unwrap_or(0)),
         "fetch" => models_cli::weights_fetch(Path::new(arg(1))),

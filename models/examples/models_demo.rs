@@ -14,7 +14,9 @@ fn pattern(n: usize, size: usize) -> Vec<f32> {
         for c in 0..3 {
             for h in 0..size {
                 for w in 0..size {
-                    let x = 0.05 * ((h + 1) * (c + 1)) as f64 + 0.031 * (w * (b + 2)) as f64 + 0.5 * b as f64;
+                    let x = 0.05 * ((h + 1) * (c + 1)) as f64
+                        + 0.031 * (w * (b + 2)) as f64
+                        + 0.5 * b as f64;
                     v.push((2.0 * x.sin()) as f32);
                 }
             }
@@ -46,7 +48,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{net}: forward(2) {:?}", t.elapsed());
         for row in logits {
             let mean = row.iter().sum::<f32>() / row.len() as f32;
-            let std = (row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / row.len() as f32).sqrt();
+            let std =
+                (row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / row.len() as f32).sqrt();
             let mut s = row.clone();
             s.sort_by(|a, b| b.total_cmp(a));
             println!("  mean {mean:.3} std {std:.3} top {:?}", &s[..6]);

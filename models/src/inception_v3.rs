@@ -60,11 +60,25 @@ impl<C> Op<C> {
 }
 
 /// A BasicConv2d: `{name}.conv` + `{name}.bn`.
-fn bc(name: &str, cin: usize, cout: usize, k: (usize, usize), stride: usize, pad: (usize, usize)) -> Op<ConvSpec> {
+fn bc(
+    name: &str,
+    cin: usize,
+    cout: usize,
+    k: (usize, usize),
+    stride: usize,
+    pad: (usize, usize),
+) -> Op<ConvSpec> {
     Op::Conv(spec(name, cin, cout, k, stride, pad))
 }
 
-fn spec(name: &str, cin: usize, cout: usize, k: (usize, usize), stride: usize, pad: (usize, usize)) -> ConvSpec {
+fn spec(
+    name: &str,
+    cin: usize,
+    cout: usize,
+    k: (usize, usize),
+    stride: usize,
+    pad: (usize, usize),
+) -> ConvSpec {
     ConvSpec {
         conv_key: format!("{name}.conv"),
         bn_key: format!("{name}.bn"),
@@ -98,7 +112,10 @@ fn block_a(p: &str, cin: usize, pool_features: usize) -> Block<ConvSpec> {
                 bc(&n("branch3x3dbl_2"), 64, 96, K3, 1, P1),
                 bc(&n("branch3x3dbl_3"), 96, 96, K3, 1, P1),
             ],
-            vec![Op::AvgPool, bc(&n("branch_pool"), cin, pool_features, K1, 1, P0)],
+            vec![
+                Op::AvgPool,
+                bc(&n("branch_pool"), cin, pool_features, K1, 1, P0),
+            ],
         ],
     }
 }
@@ -282,7 +299,10 @@ fn run_op(op: &Op<FoldedConv>, x: &Tensor) -> candle_core::Result<Tensor> {
         Op::MaxPool => layers::max_pool_3s2(x),
         Op::AvgPool => layers::avg_pool_3s1p1(x),
         Op::Fork(cs) => {
-            let outs = cs.iter().map(|c| c.forward(x)).collect::<candle_core::Result<Vec<_>>>()?;
+            let outs = cs
+                .iter()
+                .map(|c| c.forward(x))
+                .collect::<candle_core::Result<Vec<_>>>()?;
             Tensor::cat(&outs, 1)
         }
     }

@@ -75,7 +75,9 @@ impl FoldedConv {
         input_affine: Option<(&[f64], &[f64])>,
     ) -> candle_core::Result<Self> {
         let get = |suffix: &str, key: &str| -> candle_core::Result<Vec<f32>> {
-            w.get(&format!("{key}.{suffix}"))?.flatten_all()?.to_vec1::<f32>()
+            w.get(&format!("{key}.{suffix}"))?
+                .flatten_all()?
+                .to_vec1::<f32>()
         };
         let kernel = get("weight", &spec.conv_key)?;
         let gamma = get("weight", &spec.bn_key)?;
@@ -90,7 +92,10 @@ impl FoldedConv {
         }
         if let Some((scale, shift)) = input_affine {
             if spec.ph != 0 || spec.pw != 0 || scale.len() != spec.cin || shift.len() != spec.cin {
-                candle_core::bail!("{}: input affine fold needs an unpadded conv", spec.conv_key);
+                candle_core::bail!(
+                    "{}: input affine fold needs an unpadded conv",
+                    spec.conv_key
+                );
             }
         }
         let mut new_w = Vec::with_capacity(kernel.len());
@@ -118,7 +123,8 @@ impl FoldedConv {
             }
             new_b.push(bias as f32);
         }
-        let weight = Tensor::from_vec(new_w, (spec.cout, spec.cin, spec.kh, spec.kw), &Device::Cpu)?;
+        let weight =
+            Tensor::from_vec(new_w, (spec.cout, spec.cin, spec.kh, spec.kw), &Device::Cpu)?;
         let bias = Tensor::from_vec(new_b, spec.cout, &Device::Cpu)?;
         let pad = spec.ph.min(spec.pw);
         Ok(Self {
@@ -261,7 +267,12 @@ impl InplaceOp3 for BiasResidualRelu {
         let residual = f32_slice(s3, l3, self.name())?;
         let plane = plane_geometry(l1, bias.len(), self.name())?;
         if l1.dims() != l3.dims() {
-            candle_core::bail!("{}: residual shape {:?} != {:?}", self.name(), l3.dims(), l1.dims());
+            candle_core::bail!(
+                "{}: residual shape {:?} != {:?}",
+                self.name(),
+                l3.dims(),
+                l1.dims()
+            );
         }
         let nb = bias.len();
         let x = f32_slice_mut(s1, l1, self.name())?;
@@ -323,6 +334,9 @@ pub(crate) fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
 pub(crate) fn check_input(x: &Tensor, size: usize, net: &str) -> candle_core::Result<()> {
     match x.dims() {
         [n, 3, h, w] if *n > 0 && *h == size && *w == size && x.dtype() == DType::F32 => Ok(()),
-        d => candle_core::bail!("{net} expects f32 [n, 3, {size}, {size}], got {d:?} {:?}", x.dtype()),
+        d => candle_core::bail!(
+            "{net} expects f32 [n, 3, {size}, {size}], got {d:?} {:?}",
+            x.dtype()
+        ),
     }
 }

@@ -197,7 +197,9 @@ pub fn normalize(img: &RgbImage) -> Vec<f32> {
     let mut out = vec![0f32; plane * 3];
     for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
         for (c, &v) in px.iter().enumerate() {
-            if let (Some(o), Some(m), Some(s)) = (out.get_mut(c * plane + i), MEAN.get(c), STD.get(c)) {
+            if let (Some(o), Some(m), Some(s)) =
+                (out.get_mut(c * plane + i), MEAN.get(c), STD.get(c))
+            {
                 *o = (f32::from(v) / 255.0 - m) / s;
             }
         }
@@ -234,7 +236,9 @@ mod tests {
 
     #[test]
     fn same_size_resize_is_identity() {
-        let img = RgbImage::from_fn(224, 224, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
+        let img = RgbImage::from_fn(224, 224, |x, y| {
+            image::Rgb([x as u8, y as u8, (x ^ y) as u8])
+        });
         let out = resize_and_crop(&img, 224, 224).expect("resize");
         assert_eq!(out.as_raw(), img.as_raw());
     }
@@ -248,7 +252,11 @@ mod tests {
 
     #[test]
     fn corrupt_bytes_are_an_error_not_a_panic() {
-        for bytes in [&b""[..], b"not an image", &[0xff, 0xd8, 0xff, 0xe0, 0, 0x10][..]] {
+        for bytes in [
+            &b""[..],
+            b"not an image",
+            &[0xff, 0xd8, 0xff, 0xe0, 0, 0x10][..],
+        ] {
             assert!(preprocess(bytes, Network::ResNet50).is_err());
         }
     }

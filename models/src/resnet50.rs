@@ -70,7 +70,14 @@ fn block_specs() -> Vec<BlockSpec> {
             });
             out.push(BlockSpec {
                 c1: conv(format!("{p}.conv1"), format!("{p}.bn1"), cin, width, 1, 1),
-                c2: conv(format!("{p}.conv2"), format!("{p}.bn2"), width, width, 3, stride),
+                c2: conv(
+                    format!("{p}.conv2"),
+                    format!("{p}.bn2"),
+                    width,
+                    width,
+                    3,
+                    stride,
+                ),
                 c3: conv(format!("{p}.conv3"), format!("{p}.bn3"), width, cout, 1, 1),
                 downsample,
             });
@@ -180,7 +187,14 @@ mod tests {
             .map(|(_, s)| s.iter().product::<usize>())
             .sum();
         assert_eq!(params, 25_557_032);
-        assert_eq!(spec.iter().filter(|(n, _)| n.ends_with("running_var")).count(), 53);
-        assert!(spec.iter().any(|(n, s)| n == "layer4.2.conv3.weight" && s == &[2048, 512, 1, 1]));
+        assert_eq!(
+            spec.iter()
+                .filter(|(n, _)| n.ends_with("running_var"))
+                .count(),
+            53
+        );
+        assert!(spec
+            .iter()
+            .any(|(n, s)| n == "layer4.2.conv3.weight" && s == &[2048, 512, 1, 1]));
     }
 }

@@ -147,7 +147,10 @@ impl Weights {
             if t.dims() != shape.as_slice() {
                 return Err(mismatch(name, shape, format!("{:?}", t.dims())));
             }
-            if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
+            if !matches!(
+                t.dtype(),
+                DType::F32 | DType::F16 | DType::BF16 | DType::F64
+            ) {
                 return Err(mismatch(name, shape, format!("dtype {:?}", t.dtype())));
             }
             out.insert(name.clone(), t.to_dtype(DType::F32)?);
@@ -227,9 +230,7 @@ impl Weights {
                 normal(&mut rng, n, (2.0 / fan_in.max(1) as f64).sqrt())
             } else if name.ends_with(".running_var") {
                 uniform(&mut rng, n, 0.5, 2.0)
-            } else if name.ends_with(".running_mean") {
-                uniform(&mut rng, n, -0.2, 0.2)
-            } else if name.ends_with(".bias") {
+            } else if name.ends_with(".running_mean") || name.ends_with(".bias") {
                 uniform(&mut rng, n, -0.2, 0.2)
             } else {
                 // BatchNorm gamma. A ResNet's last BN in a block is damped so the residual
@@ -320,10 +321,12 @@ fn read_safetensors(data: &[u8], path: &Path) -> Result<(TensorMap, Option<u64>)
         .and_then(|(_, m)| m.metadata().as_ref()?.get(SYNTHETIC_KEY)?.parse().ok());
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
-        let t = view.load(&Device::Cpu).map_err(|e| ModelError::WeightFile {
-            path: path.to_path_buf(),
-            reason: format!("tensor `{name}`: {e}"),
-        })?;
+        let t = view
+            .load(&Device::Cpu)
+            .map_err(|e| ModelError::WeightFile {
+                path: path.to_path_buf(),
+                reason: format!("tensor `{name}`: {e}"),
+            })?;
         tensors.insert(name, t);
     }
     Ok((tensors, synthetic))
@@ -359,7 +362,11 @@ fn diagnose_bad_safetensors(data: &[u8], path: &Path, reason: &str) -> ModelErro
     let mut cut: Vec<(usize, String, HeaderEntry)> = entries
         .into_iter()
         .filter(|(k, _)| k != "__metadata__")
-        .filter_map(|(k, v)| serde_json::from_value::<HeaderEntry>(v).ok().map(|e| (k, e)))
+        .filter_map(|(k, v)| {
+            serde_json::from_value::<HeaderEntry>(v)
+                .ok()
+                .map(|e| (k, e))
+        })
         .filter(|(_, e)| e.data_offsets.1 > available)
         .map(|(k, e)| (e.data_offsets.0, k, e))
         .collect();

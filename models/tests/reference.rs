@@ -44,13 +44,21 @@ fn check_network(net: Network) {
     let mut input = common::pattern(2, s);
     input.extend(common::rocket_crop(net.name()).1);
     let x = Tensor::from_vec(input, (3, 3, s, s), &Device::Cpu).expect("input");
-    let ours = classifier.logits(&x).expect("forward").to_vec2::<f32>().expect("vec");
+    let ours = classifier
+        .logits(&x)
+        .expect("forward")
+        .to_vec2::<f32>()
+        .expect("vec");
 
     let theirs: Vec<Vec<f64>> = serde_json::from_value(r["logits"].clone()).expect("logits");
     let expected_top5: Vec<Vec<usize>> = serde_json::from_value(r["top5"].clone()).expect("top5");
     assert_eq!(ours.len(), theirs.len());
     for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
-        let diff: f64 = o.iter().zip(t).map(|(a, b)| (f64::from(*a) - b).powi(2)).sum();
+        let diff: f64 = o
+            .iter()
+            .zip(t)
+            .map(|(a, b)| (f64::from(*a) - b).powi(2))
+            .sum();
         let norm: f64 = t.iter().map(|b| b * b).sum();
         let rel = (diff / norm).sqrt();
         println!("{net} input {i}: relative error {rel:.2e}");
@@ -96,7 +104,10 @@ fn resize_and_crop_match_torchvision_exactly() {
             .expect("card fixture")
             .to_rgb8();
         let (max, _, max_u8) = compare_crops(&ours, &theirs);
-        assert_eq!(max_u8, 0, "{net}: resize differs from torchvision ({max} normalised)");
+        assert_eq!(
+            max_u8, 0,
+            "{net}: resize differs from torchvision ({max} normalised)"
+        );
     }
 }
 
@@ -125,8 +136,8 @@ fn jpeg_preprocessing_matches_torchvision() {
 #[test]
 fn batch_shapes() {
     for net in Network::ALL {
-        let classifier = Classifier::new(&Weights::synthetic(net, 1).expect("weights"), 2)
-            .expect("classifier");
+        let classifier =
+            Classifier::new(&Weights::synthetic(net, 1).expect("weights"), 2).expect("classifier");
         let s = net.input_size();
         let single = classifier
             .logits(&common::pattern_tensor(1, s))
@@ -135,15 +146,24 @@ fn batch_shapes() {
         let single = single.to_vec2::<f32>().expect("vec");
         for n in [3usize, 32] {
             let x = common::pattern_tensor(n, s);
-            let y = classifier.logits(&x).expect("forward").to_vec2::<f32>().expect("vec");
+            let y = classifier
+                .logits(&x)
+                .expect("forward")
+                .to_vec2::<f32>()
+                .expect("vec");
             assert_eq!(y.len(), n, "{net} batch {n}");
-            assert!(y.iter().all(|r| r.len() == 1000 && r.iter().all(|v| v.is_finite())));
+            assert!(y
+                .iter()
+                .all(|r| r.len() == 1000 && r.iter().all(|v| v.is_finite())));
             let max_diff = y[0]
                 .iter()
                 .zip(&single[0])
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(max_diff < 1e-3, "{net} batch {n}: image 0 changed by {max_diff}");
+            assert!(
+                max_diff < 1e-3,
+                "{net} batch {n}: image 0 changed by {max_diff}"
+            );
         }
     }
 }

@@ -27,7 +27,10 @@ fn missing_tensor_is_named() {
     let err = Weights::from_tensors(Network::ResNet50, m, None, "w.safetensors".as_ref())
         .expect_err("must refuse");
     let msg = err.to_string();
-    assert!(msg.contains("w.safetensors") && msg.contains("layer2.1.bn2.running_var"), "{msg}");
+    assert!(
+        msg.contains("w.safetensors") && msg.contains("layer2.1.bn2.running_var"),
+        "{msg}"
+    );
     assert!(msg.contains("[128]") && msg.contains("missing"), "{msg}");
 }
 
@@ -39,7 +42,12 @@ fn wrong_shape_is_named_with_both_shapes() {
     let err = Weights::from_tensors(Network::InceptionV3, m, None, "i.safetensors".as_ref())
         .expect_err("must refuse");
     match err {
-        ModelError::WeightMismatch { name, expected, found, .. } => {
+        ModelError::WeightMismatch {
+            name,
+            expected,
+            found,
+            ..
+        } => {
             assert_eq!(name, "Mixed_6b.branch7x7_2.conv.weight");
             assert_eq!(expected, vec![128, 128, 1, 7]);
             assert_eq!(found, "[128, 128, 7, 1]");
@@ -70,31 +78,52 @@ fn saved_synthetic_weights_round_trip_and_truncation_is_diagnosed() {
     w.save_safetensors(&path).expect("save");
     let back = Weights::load(Network::ResNet50, &path).expect("reload");
     assert_eq!(back.synthetic_seed(), Some(7));
-    assert_eq!(find_weight_file(Network::ResNet50, &dir).expect("found"), path);
+    assert_eq!(
+        find_weight_file(Network::ResNet50, &dir).expect("found"),
+        path
+    );
 
     let len = std::fs::metadata(&path).expect("meta").len();
-    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
     f.set_len(len / 2).expect("truncate");
-    let msg = Weights::load(Network::ResNet50, &path).expect_err("truncated").to_string();
+    let msg = Weights::load(Network::ResNet50, &path)
+        .expect_err("truncated")
+        .to_string();
     assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(msg.contains("truncated") && msg.contains("tensor `"), "{msg}");
+    assert!(
+        msg.contains("truncated") && msg.contains("tensor `"),
+        "{msg}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn pth_checkpoint_is_parsed_and_validated() {
     let path = common::fixture("resnet50_wrong_conv1.pth");
-    let msg = Weights::load(Network::ResNet50, &path).expect_err("3x3 conv1").to_string();
+    let msg = Weights::load(Network::ResNet50, &path)
+        .expect_err("3x3 conv1")
+        .to_string();
     assert!(msg.contains("resnet50_wrong_conv1.pth"), "{msg}");
-    assert!(msg.contains("`conv1.weight`") && msg.contains("[64, 3, 7, 7]"), "{msg}");
+    assert!(
+        msg.contains("`conv1.weight`") && msg.contains("[64, 3, 7, 7]"),
+        "{msg}"
+    );
     assert!(msg.contains("[64, 3, 3, 3]"), "{msg}");
 }
 
 #[test]
 fn missing_file_says_what_to_do() {
     let dir = common::scratch("missing");
-    let msg = find_weight_file(Network::InceptionV3, &dir).expect_err("none").to_string();
-    assert!(msg.contains("inception_v3.safetensors") && msg.contains("dml weights"), "{msg}");
+    let msg = find_weight_file(Network::InceptionV3, &dir)
+        .expect_err("none")
+        .to_string();
+    assert!(
+        msg.contains("inception_v3.safetensors") && msg.contains("dml weights"),
+        "{msg}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -102,12 +131,18 @@ fn missing_file_says_what_to_do() {
 fn fetch_offline_fails_with_one_clear_line() {
     let dir = common::scratch("fetch");
     // Port 9 (discard) on loopback: refused at once, the same path as "no internet".
-    let err = weights::fetch(Network::ResNet50, &dir, Some("http://127.0.0.1:9"))
-        .expect_err("offline");
+    let err =
+        weights::fetch(Network::ResNet50, &dir, Some("http://127.0.0.1:9")).expect_err("offline");
     let msg = err.to_string();
     assert!(!msg.contains('\n'), "{msg}");
-    assert!(msg.contains("timm/resnet50.tv_in1k/model.safetensors"), "{msg}");
-    assert!(msg.contains(&dir.join("resnet50.safetensors").display().to_string()), "{msg}");
+    assert!(
+        msg.contains("timm/resnet50.tv_in1k/model.safetensors"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&dir.join("resnet50.safetensors").display().to_string()),
+        "{msg}"
+    );
     assert!(!dir.join("resnet50.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -129,7 +164,14 @@ fn classify_batch_gives_one_result_per_image() {
         |x, y| image::Rgba([x as u8, y as u8, 7, 128]),
     )));
     let truncated = jpeg.get(..jpeg.len() / 3).expect("slice").to_vec();
-    let images = vec![jpeg, b"definitely not an image".to_vec(), gray, rgba, Vec::new(), truncated];
+    let images = vec![
+        jpeg,
+        b"definitely not an image".to_vec(),
+        gray,
+        rgba,
+        Vec::new(),
+        truncated,
+    ];
     let out = classifier.classify_batch(&images);
     assert_eq!(out.results.len(), images.len());
     for i in [0, 2, 3] {
@@ -150,7 +192,10 @@ fn classify_batch_gives_one_result_per_image() {
     }
     // The photo's result does not depend on its batch-mates.
     let alone = classifier.classify_batch(&images[..1]);
-    let (a, b) = (alone.results[0].as_ref().expect("ok"), out.results[0].as_ref().expect("ok"));
+    let (a, b) = (
+        alone.results[0].as_ref().expect("ok"),
+        out.results[0].as_ref().expect("ok"),
+    );
     assert_eq!(
         a.top5.iter().map(|c| c.index).collect::<Vec<_>>(),
         b.top5.iter().map(|c| c.index).collect::<Vec<_>>()

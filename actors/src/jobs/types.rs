@@ -15,6 +15,7 @@ pub type QueryId = String;
 /// coordinator of a later reign can never hand out an id that a dead coordinator
 /// already used (perhaps for a manifest or results the standby never heard of).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct JobId {
     /// Epoch of the reign that accepted the job.
     pub epoch: u64,
@@ -25,6 +26,19 @@ pub struct JobId {
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl From<JobId> for String {
+    fn from(j: JobId) -> String {
+        j.to_string()
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map_err(|_| format!("{s:?} is not a job id"))
     }
 }
 
@@ -165,16 +179,20 @@ impl Default for JobsConfig {
                 ModelSpec {
                     name: "resnet50".into(),
                     batch_size: 8,
-                    prior_query_ms: 100.0,
+                    // Measured on one 2-core node (docs/BENCHMARKS.md); replaced by the
+                    // median of measured times as soon as batches complete.
+                    prior_query_ms: 250.0,
                 },
                 ModelSpec {
                     name: "inception_v3".into(),
                     batch_size: 8,
-                    prior_query_ms: 170.0,
+                    prior_query_ms: 400.0,
                 },
             ],
             slow_factor: 4.0,
-            slow_floor_ms: 2_000,
+            // Generous: a batch on a busy machine can take tens of seconds, and a re-issue
+            // doubles the work of the batch.
+            slow_floor_ms: 30_000,
             rate_window_ms: 10_000,
             hysteresis_batches: 1.0,
             max_attempts: 4,

@@ -8,7 +8,9 @@ use candle_core::{Device, Tensor};
 use dml_models::preprocess;
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// x[b,c,h,w] = 2 sin(0.05 (h+1)(c+1) + 0.031 w (b+2) + 0.5 b), the formula in reference.py.
@@ -53,7 +55,8 @@ pub fn scratch(tag: &str) -> PathBuf {
 /// Encodes an image as PNG bytes.
 pub fn png_bytes(img: image::DynamicImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
     out.into_inner()
 }
 

@@ -1,0 +1,170 @@
+//! `dml demo`: the product's main job in one command, offline, on this machine. Starts
+//! the local cluster of the config, loads a sample image set into SDFS (the shipped
+//! photographs plus generated images), runs a ResNet50 job and an InceptionV3 job at
+//! the same time while printing C1, C2 and C5, prints the results, and stops the cluster.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use dml_actors::config::Config;
+use dml_actors::control::{Command, Reply};
+use dml_models::Network;
+
+use crate::ctl;
+use crate::up::{self, LocalCluster};
+
+/// Options of `dml demo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Images per job (the shipped photographs plus generated ones).
+    #[arg(long, default_value_t = 100)]
+    pub images: usize,
+    /// Folder of photographs to include.
+    #[arg(long, default_value = "samples/images")]
+    pub samples: PathBuf,
+    /// Seconds between status prints.
+    #[arg(long, default_value_t = 5.0)]
+    pub every: f64,
+}
+
+fn ask(config: &Config, node: &str, cmd: Command) -> anyhow::Result<Reply> {
+    ctl::call(config, node, cmd, Duration::from_secs(600))?.map_err(|e| anyhow!(e))
+}
+
+/// Writes the sample set: every photograph in `samples`, then generated images (smooth
+/// colour fields with shapes, deterministic) up to `n`.
+fn sample_set(samples: &Path, dir: &Path, n: usize) -> anyhow::Result<usize> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut count = 0;
+    if let Ok(entries) = fs::read_dir(samples) {
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for f in files {
+            let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            if ["png", "jpg", "jpeg"].contains(&ext.as_str()) && count < n {
+                if let Some(name) = f.file_name() {
+                    fs::copy(&f, dir.join(name))?;
+                    count += 1;
+                }
+            }
+        }
+    }
+    let mut i = 0u32;
+    while count < n {
+        let (w, h) = (160 + (i * 37) % 200, 120 + (i * 53) % 180);
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let (xf, yf) = (x as f32 / w as f32, y as f32 / h as f32);
+            let t = i as f32 * 0.37;
+            let inside = ((xf - 0.5).powi(2) + (yf - 0.5).powi(2)) < 0.04 + 0.02 * (t.sin() + 1.0);
+            let base = [
+                (255.0 * (0.5 + 0.5 * (t + xf * 6.0).sin())) as u8,
+                (255.0 * (0.5 + 0.5 * (t * 1.3 + yf * 5.0).cos())) as u8,
+                (255.0 * (0.5 + 0.5 * (t * 0.7 + (xf + yf) * 4.0).sin())) as u8,
+            ];
+            if inside {
+                image::Rgb([255 - base[0], 255 - base[1], base[2] / 2])
+            } else {
+                image::Rgb(base)
+            }
+        });
+        let path = dir.join(format!("generated-{i:04}.png"));
+        img.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        count += 1;
+        i += 1;
+    }
+    Ok(count)
+}
+
+pub fn run(config_path: &Path, overrides: &[String], config: &Config, args: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    for network in Network::ALL {
+        match dml_models::weights::find_weight_file(network, &config.weights_dir) {
+            Ok(p) => println!("demo: {} weights: {}", network.name(), p.display()),
+            Err(_) => println!(
+                "demo: {}: no weights in {} -> SYNTHETIC weights: the pipeline is real, the labels are meaningless \
+                 (`dml weights fetch` gets torchvision's weights where there is internet)",
+                network.name(),
+                config.weights_dir.display()
+            ),
+        }
+    }
+    println!("demo: starting the local cluster ({} nodes + introducer; logs in {})", config.nodes.len(), config.log_dir.display());
+    let cluster = LocalCluster::start(config_path, overrides, config)?;
+    let n = up::wait_formed(config, Duration::from_secs(120))?;
+    println!("demo: cluster formed: {n} nodes alive ({:.1} s)", started.elapsed().as_secs_f64());
+    let node = config.nodes[0].addr.to_string();
+
+    let images_dir = config.data_dir.join("demo-images");
+    let count = sample_set(&args.samples, &images_dir, args.images)?;
+    let abs = std::path::absolute(&images_dir)?;
+    let t = Instant::now();
+    let put = ask(
+        config,
+        &node,
+        Command::Put {
+            local: abs.display().to_string(),
+            name: "inputs/demo".into(),
+        },
+    )?;
+    println!("demo: {count} images stored in SDFS under inputs/demo in {:.1} s ({})", t.elapsed().as_secs_f64(), put.text.lines().next().unwrap_or(""));
+
+    let mut jobs = Vec::new();
+    for model in ["resnet50", "inception_v3"] {
+        let r = ask(
+            config,
+            &node,
+            Command::C4 {
+                model: model.into(),
+                input: "inputs/demo".into(),
+            },
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&r.json)?;
+        let job = v["job"].as_str().ok_or_else(|| anyhow!("no job id in {}", r.json))?.to_string();
+        println!("demo: {}", r.text);
+        jobs.push(job);
+    }
+
+    let every = Duration::from_secs_f64(args.every.clamp(0.5, 60.0));
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        std::thread::sleep(every);
+        let c1 = ask(config, &node, Command::C1);
+        let c5 = ask(config, &node, Command::C5);
+        println!("\n--- {:.0} s ---", started.elapsed().as_secs_f64());
+        match (&c1, &c5) {
+            (Ok(c1), Ok(c5)) => println!("C1 (query rates)\n{}\nC5 (assignment)\n{}", c1.text, c5.text),
+            _ => println!("(coordinator not answering; a takeover may be in progress)"),
+        }
+        if let Ok(c1) = c1 {
+            let rows: serde_json::Value = serde_json::from_str(&c1.json).unwrap_or_default();
+            let done = jobs.iter().all(|j| {
+                rows.as_array()
+                    .and_then(|a| a.iter().find(|r| r["job"] == j.as_str()))
+                    .is_some_and(|r| r["complete"].as_bool().unwrap_or(false))
+            });
+            if done {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the jobs did not finish within an hour; see {}", config.log_dir.display());
+        }
+    }
+    let c2 = ask(config, &node, Command::C2)?;
+    println!("\nC2 (query processing time)\n{}", c2.text);
+    for job in &jobs {
+        let r = ask(config, &node, Command::C4Results { job: job.clone() })?;
+        let mut lines = r.text.lines();
+        println!("\n{}", lines.next().unwrap_or(""));
+        for l in lines.by_ref().take(8) {
+            println!("  {l}");
+        }
+        println!("  ... (all results: dml ctl --node {node} C4 --results {job})");
+    }
+    println!("\ndemo: done in {:.1} s; stopping the cluster", started.elapsed().as_secs_f64());
+    drop(cluster);
+    Ok(())
+}
