@@ -80,17 +80,32 @@ fn sample_set(samples: &Path, dir: &Path, n: usize) -> anyhow::Result<usize> {
 
 pub fn run(config_path: &Path, overrides: &[String], config: &Config, args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    for network in Network::ALL {
-        match dml_models::weights::find_weight_file(network, &config.weights_dir) {
-            Ok(p) => println!("demo: {} weights: {}", network.name(), p.display()),
-            Err(_) => println!(
-                "demo: {}: no weights in {} -> SYNTHETIC weights: the pipeline is real, the labels are meaningless \
-                 (`dml weights fetch` gets torchvision's weights where there is internet)",
-                network.name(),
-                config.weights_dir.display()
-            ),
-        }
+    let mut overrides = overrides.to_vec();
+    let missing: Vec<&str> = Network::ALL
+        .iter()
+        .filter(|n| dml_models::weights::find_weight_file(**n, &config.weights_dir).is_err())
+        .map(|n| n.name())
+        .collect();
+    if missing.is_empty() {
+        println!("demo: using the weights in {}", config.weights_dir.display());
+    } else {
+        // Written once, so that ten nodes load a file instead of each generating them.
+        let dir = std::path::absolute(config.data_dir.join("synthetic-weights"))?;
+        println!(
+            "demo: no weights for {} in {} -> SYNTHETIC weights (seed 0) in {}: the pipeline is real, \
+             the labels are meaningless (`dml weights fetch` gets torchvision's weights where there is internet)",
+            missing.join(", "),
+            config.weights_dir.display(),
+            dir.display()
+        );
+        crate::models_cli::weights_synth(&dir, 0)?;
+        overrides.push(format!("inference.weights_dir={}", dir.display()));
     }
+    // Every node of the local cluster shares this machine's cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / config.nodes.len()).max(1);
+    overrides.push(format!("inference.threads={threads}"));
+    let overrides = &overrides[..];
     println!("demo: starting the local cluster ({} nodes + introducer; logs in {})", config.nodes.len(), config.log_dir.display());
     let cluster = LocalCluster::start(config_path, overrides, config)?;
     let n = up::wait_formed(config, Duration::from_secs(120))?;
