@@ -68,7 +68,11 @@ fn to_config_error(e: config::ConfigError) -> ConfigError {
         .split("key `")
         .nth(1)
         .and_then(|s| s.split('`').next())
-        .or_else(|| msg.split("unknown field `").nth(1).and_then(|s| s.split('`').next()))
+        .or_else(|| {
+            msg.split("unknown field `")
+                .nth(1)
+                .and_then(|s| s.split('`').next())
+        })
         .unwrap_or("config")
         .to_string();
     ConfigError { key, msg }

@@ -11,7 +11,12 @@ use dml_actors::msg::Body;
 use dml_actors::transport::Client;
 
 /// Sends one command and waits for the outcome.
-pub fn call(config: &Config, node: &str, cmd: Command, timeout: Duration) -> anyhow::Result<Outcome> {
+pub fn call(
+    config: &Config,
+    node: &str,
+    cmd: Command,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -22,7 +27,10 @@ pub fn call(config: &Config, node: &str, cmd: Command, timeout: Duration) -> any
             .with_context(|| format!("cannot reach node {node}"))?;
         match client.request(Body::Command(cmd), timeout).await {
             Ok(Body::Outcome(o)) => Ok(o),
-            Ok(other) => Err(anyhow!("node {node} sent an unexpected answer: {}", other.kind())),
+            Ok(other) => Err(anyhow!(
+                "node {node} sent an unexpected answer: {}",
+                other.kind()
+            )),
             Err(e) => Err(anyhow!("node {node}: {e}")),
         }
     })
@@ -30,8 +38,8 @@ pub fn call(config: &Config, node: &str, cmd: Command, timeout: Duration) -> any
 
 /// How many members the node lists as alive.
 pub fn alive_count(config: &Config, node: &str) -> anyhow::Result<usize> {
-    let reply = call(config, node, Command::ListMem, Duration::from_secs(2))?
-        .map_err(|e| anyhow!(e))?;
+    let reply =
+        call(config, node, Command::ListMem, Duration::from_secs(2))?.map_err(|e| anyhow!(e))?;
     let v: serde_json::Value = serde_json::from_str(&reply.json)?;
     Ok(v.as_array()
         .map(|a| a.iter().filter(|m| m["state"] == "alive").count())
@@ -83,20 +91,37 @@ pub fn absolute_locals(cmd: Command) -> Command {
             .unwrap_or(p)
     };
     match cmd {
-        Command::Put { local, name } => Command::Put { local: abs(local), name },
-        Command::Get { name, local } => Command::Get { name, local: abs(local) },
-        Command::GetVersions { name, k, local } => Command::GetVersions { name, k, local: abs(local) },
+        Command::Put { local, name } => Command::Put {
+            local: abs(local),
+            name,
+        },
+        Command::Get { name, local } => Command::Get {
+            name,
+            local: abs(local),
+        },
+        Command::GetVersions { name, k, local } => Command::GetVersions {
+            name,
+            k,
+            local: abs(local),
+        },
         // A local folder is read by the node; an SDFS prefix is passed as is.
-        Command::C4 { model, input } if std::path::Path::new(&input).is_dir() => {
-            Command::C4 { model, input: abs(input) }
-        }
+        Command::C4 { model, input } if std::path::Path::new(&input).is_dir() => Command::C4 {
+            model,
+            input: abs(input),
+        },
         other => other,
     }
 }
 
 /// C4 as a user expects it: submit, print the job id, follow its progress (a bar on a
 /// terminal), then print the outputs read back from SDFS.
-fn submit_and_wait(config: &Config, node: &str, json: bool, timeout: Duration, cmd: Command) -> anyhow::Result<ExitCode> {
+fn submit_and_wait(
+    config: &Config,
+    node: &str,
+    json: bool,
+    timeout: Duration,
+    cmd: Command,
+) -> anyhow::Result<ExitCode> {
     use std::io::{IsTerminal, Write};
     let accepted = match call(config, node, cmd, timeout)? {
         Ok(r) => r,
@@ -118,7 +143,10 @@ fn submit_and_wait(config: &Config, node: &str, json: bool, timeout: Duration, c
             continue;
         };
         let rows: serde_json::Value = serde_json::from_str(&rates.json).unwrap_or_default();
-        let Some(row) = rows.as_array().and_then(|a| a.iter().find(|r| r["job"] == job.as_str())) else {
+        let Some(row) = rows
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["job"] == job.as_str()))
+        else {
             continue;
         };
         let done = row["processed"].as_u64().unwrap_or(0) + row["failed"].as_u64().unwrap_or(0);

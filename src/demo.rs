@@ -43,7 +43,11 @@ fn sample_set(samples: &Path, dir: &Path, n: usize) -> anyhow::Result<usize> {
         let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
         for f in files {
-            let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            let ext = f
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
             if ["png", "jpg", "jpeg"].contains(&ext.as_str()) && count < n {
                 if let Some(name) = f.file_name() {
                     fs::copy(&f, dir.join(name))?;
@@ -71,14 +75,20 @@ fn sample_set(samples: &Path, dir: &Path, n: usize) -> anyhow::Result<usize> {
             }
         });
         let path = dir.join(format!("generated-{i:04}.png"));
-        img.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        img.save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         count += 1;
         i += 1;
     }
     Ok(count)
 }
 
-pub fn run(config_path: &Path, overrides: &[String], config: &Config, args: &Args) -> anyhow::Result<()> {
+pub fn run(
+    config_path: &Path,
+    overrides: &[String],
+    config: &Config,
+    args: &Args,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut overrides = overrides.to_vec();
     let missing: Vec<&str> = Network::ALL
@@ -87,7 +97,10 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config, args: &Arg
         .map(|n| n.name())
         .collect();
     if missing.is_empty() {
-        println!("demo: using the weights in {}", config.weights_dir.display());
+        println!(
+            "demo: using the weights in {}",
+            config.weights_dir.display()
+        );
     } else {
         // Written once, so that ten nodes load a file instead of each generating them.
         let dir = std::path::absolute(config.data_dir.join("synthetic-weights"))?;
@@ -106,10 +119,17 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config, args: &Arg
     let threads = (cores / config.nodes.len()).max(1);
     overrides.push(format!("inference.threads={threads}"));
     let overrides = &overrides[..];
-    println!("demo: starting the local cluster ({} nodes + introducer; logs in {})", config.nodes.len(), config.log_dir.display());
+    println!(
+        "demo: starting the local cluster ({} nodes + introducer; logs in {})",
+        config.nodes.len(),
+        config.log_dir.display()
+    );
     let cluster = LocalCluster::start(config_path, overrides, config)?;
     let n = up::wait_formed(config, Duration::from_secs(120))?;
-    println!("demo: cluster formed: {n} nodes alive ({:.1} s)", started.elapsed().as_secs_f64());
+    println!(
+        "demo: cluster formed: {n} nodes alive ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
     let node = config.nodes[0].addr.to_string();
 
     let images_dir = config.data_dir.join("demo-images");
@@ -124,7 +144,11 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config, args: &Arg
             name: "inputs/demo".into(),
         },
     )?;
-    println!("demo: {count} images stored in SDFS under inputs/demo in {:.1} s ({})", t.elapsed().as_secs_f64(), put.text.lines().next().unwrap_or(""));
+    println!(
+        "demo: {count} images stored in SDFS under inputs/demo in {:.1} s ({})",
+        t.elapsed().as_secs_f64(),
+        put.text.lines().next().unwrap_or("")
+    );
 
     let mut jobs = Vec::new();
     for model in ["resnet50", "inception_v3"] {
@@ -137,7 +161,10 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config, args: &Arg
             },
         )?;
         let v: serde_json::Value = serde_json::from_str(&r.json)?;
-        let job = v["job"].as_str().ok_or_else(|| anyhow!("no job id in {}", r.json))?.to_string();
+        let job = v["job"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no job id in {}", r.json))?
+            .to_string();
         println!("demo: {}", r.text);
         jobs.push(job);
     }
@@ -150,7 +177,10 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config, args: &Arg
         let c5 = ask(config, &node, Command::C5);
         println!("\n--- {:.0} s ---", started.elapsed().as_secs_f64());
         match (&c1, &c5) {
-            (Ok(c1), Ok(c5)) => println!("C1 (query rates)\n{}\nC5 (assignment)\n{}", c1.text, c5.text),
+            (Ok(c1), Ok(c5)) => println!(
+                "C1 (query rates)\n{}\nC5 (assignment)\n{}",
+                c1.text, c5.text
+            ),
             _ => println!("(coordinator not answering; a takeover may be in progress)"),
         }
         if let Ok(c1) = c1 {
@@ -165,7 +195,10 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config, args: &Arg
             }
         }
         if Instant::now() > deadline {
-            bail!("the jobs did not finish within an hour; see {}", config.log_dir.display());
+            bail!(
+                "the jobs did not finish within an hour; see {}",
+                config.log_dir.display()
+            );
         }
     }
     let c2 = ask(config, &node, Command::C2)?;
@@ -179,7 +212,10 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config, args: &Arg
         }
         println!("  ... (all results: dml ctl --node {node} C4 --results {job})");
     }
-    println!("\ndemo: done in {:.1} s; stopping the cluster", started.elapsed().as_secs_f64());
+    println!(
+        "\ndemo: done in {:.1} s; stopping the cluster",
+        started.elapsed().as_secs_f64()
+    );
     drop(cluster);
     Ok(())
 }

@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 use dml_actors::config::ConfigError;
 
 #[derive(Parser)]
-#[command(name = "dml", version, about = "Distributed ML inference cluster (ResNet50, InceptionV3)")]
+#[command(
+    name = "dml",
+    version,
+    about = "Distributed ML inference cluster (ResNet50, InceptionV3)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -145,7 +149,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let code = if e.downcast_ref::<ConfigError>().is_some() { 2 } else { 1 };
+            let code = if e.downcast_ref::<ConfigError>().is_some() {
+                2
+            } else {
+                1
+            };
             eprintln!("dml: {}", one_line(&e));
             ExitCode::from(code)
         }
@@ -189,7 +197,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if config.node(&addr).is_none() {
                 return Err(ConfigError {
                     key: "--hostname/--port".into(),
-                    msg: format!("unknown node {addr}: not in [[nodes]] of {}", cfg.config.display()),
+                    msg: format!(
+                        "unknown node {addr}: not in [[nodes]] of {}",
+                        cfg.config.display()
+                    ),
                 }
                 .into());
             }

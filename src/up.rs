@@ -19,12 +19,21 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Starts the introducer, then every node, each logging to `log_dir/<name>.log`.
-    pub fn start(config_path: &Path, overrides: &[String], config: &Config) -> anyhow::Result<Self> {
+    pub fn start(
+        config_path: &Path,
+        overrides: &[String],
+        config: &Config,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the dml executable")?;
         fs::create_dir_all(&config.log_dir)
             .with_context(|| format!("cannot create log dir {}", config.log_dir.display()))?;
-        let mut cluster = LocalCluster { children: Vec::new() };
-        let sets: Vec<String> = overrides.iter().flat_map(|s| ["--set".to_string(), s.clone()]).collect();
+        let mut cluster = LocalCluster {
+            children: Vec::new(),
+        };
+        let sets: Vec<String> = overrides
+            .iter()
+            .flat_map(|s| ["--set".to_string(), s.clone()])
+            .collect();
         let spawn = |name: &str, args: &[String]| -> anyhow::Result<Child> {
             let log_path = config.log_dir.join(format!("{name}.log"));
             let log = File::create(&log_path)
@@ -146,7 +155,10 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config) -> anyhow:
 }
 
 fn wait_for_signal(cluster: &mut LocalCluster) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(_) => return,
     };

@@ -38,11 +38,18 @@ fn ten_node_cluster_detects_failures_and_never_removes_live_nodes() {
     let out = c.ctl(&h10, Command::Leave).unwrap();
     assert!(out.is_ok(), "{out:?}");
     let rest: Vec<String> = all.iter().filter(|a| **a != h10).cloned().collect();
-    c.wait_views(&rest, Duration::from_secs(5), "leave spread", |v| !alive(v).contains(&h10));
+    c.wait_views(&rest, Duration::from_secs(5), "leave spread", |v| {
+        !alive(v).contains(&h10)
+    });
 
     // SIGSTOP shorter than cleanup_time: suspected perhaps, refuted, never removed.
     let h7 = c.addr("H7");
-    let inc_before = c.members(&h7).unwrap().iter().find(|m| m.0 == h7).map(|m| m.1);
+    let inc_before = c
+        .members(&h7)
+        .unwrap()
+        .iter()
+        .find(|m| m.0 == h7)
+        .map(|m| m.1);
     c.signal("H7", "-STOP");
     std::thread::sleep(Duration::from_secs_f64(t.ping_timeout + t.ping_duration));
     c.signal("H7", "-CONT");
@@ -50,23 +57,41 @@ fn ten_node_cluster_detects_failures_and_never_removes_live_nodes() {
         v.iter().any(|(a, _, s)| *a == h7 && s == "alive")
     });
     for (name, _) in c.nodes.iter().filter(|(n, _)| n != "H10") {
-        assert!(c.event_times(name, "failed", &h7).is_empty(), "{name} removed H7 after a short pause");
+        assert!(
+            c.event_times(name, "failed", &h7).is_empty(),
+            "{name} removed H7 after a short pause"
+        );
     }
     let _ = inc_before;
 
     // SIGSTOP longer than the cleanup time: removed everywhere, then a clean rejoin with a
     // new incarnation after SIGCONT.
     let h6 = c.addr("H6");
-    let old_inc = c.members(&c.addr("H1")).unwrap().iter().find(|m| m.0 == h6).unwrap().1;
+    let old_inc = c
+        .members(&c.addr("H1"))
+        .unwrap()
+        .iter()
+        .find(|m| m.0 == h6)
+        .unwrap()
+        .1;
     c.signal("H6", "-STOP");
     let others: Vec<String> = rest.iter().filter(|a| **a != h6).cloned().collect();
-    c.wait_views(&others, bound + Duration::from_secs(10), "long pause removes", |v| {
-        !alive(v).contains(&h6)
-    });
+    c.wait_views(
+        &others,
+        bound + Duration::from_secs(10),
+        "long pause removes",
+        |v| !alive(v).contains(&h6),
+    );
     c.signal("H6", "-CONT");
-    c.wait_views(&rest, Duration::from_secs(15), "rejoin after long pause", |v| {
-        v.iter().any(|(a, inc, s)| *a == h6 && *inc > old_inc && s == "alive")
-    });
+    c.wait_views(
+        &rest,
+        Duration::from_secs(15),
+        "rejoin after long pause",
+        |v| {
+            v.iter()
+                .any(|(a, inc, s)| *a == h6 && *inc > old_inc && s == "alive")
+        },
+    );
 
     // kill -9 of three ring neighbours at once.
     let victims = ["H2", "H3", "H4"];
@@ -75,10 +100,17 @@ fn ten_node_cluster_detects_failures_and_never_removes_live_nodes() {
     for v in victims {
         c.kill9(v);
     }
-    let live: Vec<String> = rest.iter().filter(|a| !victim_addrs.contains(a)).cloned().collect();
-    c.wait_views(&live, bound + Duration::from_secs(10), "three failures removed", |v| {
-        victim_addrs.iter().all(|x| !alive(v).contains(x)) && v.len() == live.len()
-    });
+    let live: Vec<String> = rest
+        .iter()
+        .filter(|a| !victim_addrs.contains(a))
+        .cloned()
+        .collect();
+    c.wait_views(
+        &live,
+        bound + Duration::from_secs(10),
+        "three failures removed",
+        |v| victim_addrs.iter().all(|x| !alive(v).contains(x)) && v.len() == live.len(),
+    );
     // Removal time from the nodes' own timestamped logs: within the bound + 1 s everywhere.
     let live_names: Vec<String> = c
         .nodes
@@ -95,7 +127,10 @@ fn ten_node_cluster_detects_failures_and_never_removes_live_nodes() {
             worst = worst.max(at - t0);
         }
     }
-    eprintln!("three simultaneous failures removed everywhere after {worst} ms (bound {} ms)", bound.as_millis() + 1000);
+    eprintln!(
+        "three simultaneous failures removed everywhere after {worst} ms (bound {} ms)",
+        bound.as_millis() + 1000
+    );
     assert!(
         worst <= bound.as_millis() as u64 + 1000,
         "removal took {worst} ms, over ping_duration + ping_timeout + cleanup_time + 1 s"
@@ -106,18 +141,28 @@ fn ten_node_cluster_detects_failures_and_never_removes_live_nodes() {
     c.kill9("H8");
     let h8 = c.addr("H8");
     let live2: Vec<String> = live.iter().filter(|a| **a != h8).cloned().collect();
-    c.wait_views(&live2, bound + Duration::from_secs(10), "fourth failure removed", |v| {
-        !alive(v).contains(&h8)
-    });
+    c.wait_views(
+        &live2,
+        bound + Duration::from_secs(10),
+        "fourth failure removed",
+        |v| !alive(v).contains(&h8),
+    );
 
     // No false removals: the only failures any node ever logged are the real ones.
-    let allowed: Vec<String> = victim_addrs.iter().cloned().chain([h6.clone(), h8.clone()]).collect();
+    let allowed: Vec<String> = victim_addrs
+        .iter()
+        .cloned()
+        .chain([h6.clone(), h8.clone()])
+        .collect();
     for (name, _) in c.nodes.clone() {
         for (_, a) in c.nodes.clone() {
             if allowed.contains(&a) {
                 continue;
             }
-            assert!(c.event_times(&name, "failed", &a).is_empty(), "{name} falsely removed {a}");
+            assert!(
+                c.event_times(&name, "failed", &a).is_empty(),
+                "{name} falsely removed {a}"
+            );
         }
     }
 }

@@ -246,10 +246,7 @@ impl RawConfig {
             }
         };
         if secret.len() < 16 {
-            return Err(err(
-                "cluster.secret",
-                "must be at least 16 bytes long",
-            ));
+            return Err(err("cluster.secret", "must be at least 16 bytes long"));
         }
 
         let ihost = host(
@@ -267,7 +264,11 @@ impl RawConfig {
         let mut addrs = HashSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let name = n.name.trim().to_string();
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(err(
                     format!("nodes[{i}].name"),
                     format!("invalid name {:?} (letters, digits, - and _)", n.name),
@@ -277,10 +278,16 @@ impl RawConfig {
             let p = port(&format!("nodes[{i}].port"), n.port)?;
             let addr = NodeAddr::new(&h, p);
             if !names.insert(name.clone()) {
-                return Err(err(format!("nodes[{i}].name"), format!("duplicate node name {name}")));
+                return Err(err(
+                    format!("nodes[{i}].name"),
+                    format!("duplicate node name {name}"),
+                ));
             }
             if !addrs.insert(addr.clone()) || addr == introducer {
-                return Err(err(format!("nodes[{i}].port"), format!("address {addr} is used twice")));
+                return Err(err(
+                    format!("nodes[{i}].port"),
+                    format!("address {addr} is used twice"),
+                ));
             }
             nodes.push(NodeSpec { name, addr });
         }
@@ -288,7 +295,10 @@ impl RawConfig {
         let fd = &self.failure_detector;
         let m = fd.m.unwrap_or(3);
         if m < 1 {
-            return Err(err("failure_detector.m", format!("must be at least 1, got {m}")));
+            return Err(err(
+                "failure_detector.m",
+                format!("must be at least 1, got {m}"),
+            ));
         }
         let m = m as usize;
         let ping_timeout = seconds("failure_detector.ping_timeout", fd.ping_timeout, 2.0)?;
@@ -334,7 +344,10 @@ impl RawConfig {
 
         let threads = self.inference.threads.unwrap_or(2);
         if !(1..=256).contains(&threads) {
-            return Err(err("inference.threads", format!("must be in 1..=256, got {threads}")));
+            return Err(err(
+                "inference.threads",
+                format!("must be in 1..=256, got {threads}"),
+            ));
         }
 
         let s = &self.sdfs;
@@ -383,7 +396,10 @@ impl RawConfig {
             },
             topology,
             threads: threads as usize,
-            weights_dir: resolve(base, self.inference.weights_dir.as_deref().unwrap_or("weights")),
+            weights_dir: resolve(
+                base,
+                self.inference.weights_dir.as_deref().unwrap_or("weights"),
+            ),
             sdfs,
         })
     }
@@ -460,12 +476,16 @@ mod tests {
     #[test]
     fn topology_is_resolved_to_addresses() {
         let mut r = raw();
-        r.topology.insert("H1".into(), vec!["H2".into(), "H4".into()]);
+        r.topology
+            .insert("H1".into(), vec!["H2".into(), "H4".into()]);
         let c = r.validate(Path::new(".")).unwrap();
         let t = c.topology.unwrap();
         assert_eq!(
             t[&NodeAddr::from("127.0.0.1:8001")],
-            vec![NodeAddr::from("127.0.0.1:8002"), NodeAddr::from("127.0.0.1:8004")]
+            vec![
+                NodeAddr::from("127.0.0.1:8002"),
+                NodeAddr::from("127.0.0.1:8004")
+            ]
         );
     }
 }

@@ -11,23 +11,47 @@ pub enum Command {
     ListMem,
     ListSelf,
     Help,
-    Put { local: String, name: String },
-    Get { name: String, local: String },
-    Delete { name: String },
-    Ls { name: String },
-    LsPrefix { prefix: String },
+    Put {
+        local: String,
+        name: String,
+    },
+    Get {
+        name: String,
+        local: String,
+    },
+    Delete {
+        name: String,
+    },
+    Ls {
+        name: String,
+    },
+    LsPrefix {
+        prefix: String,
+    },
     Store,
-    GetVersions { name: String, k: usize, local: String },
+    GetVersions {
+        name: String,
+        k: usize,
+        local: String,
+    },
     /// C1: query rate over the last 10 s and totals per job/model.
     C1,
     /// C2: processing-time statistics per job/model.
     C2,
     /// C3: batch size of a model for subsequent batches.
-    C3 { model: String, batch: usize },
+    C3 {
+        model: String,
+        batch: usize,
+    },
     /// C4: submit a job over an SDFS prefix or a local directory.
-    C4 { model: String, input: String },
+    C4 {
+        model: String,
+        input: String,
+    },
     /// `C4 --results JOB`: a finished job's outputs, read back from SDFS.
-    C4Results { job: String },
+    C4Results {
+        job: String,
+    },
     /// C5: the current assignment of nodes to jobs.
     C5,
     /// Traffic and probe counters of this node (bytes per lane, uptime, probes).
@@ -58,21 +82,45 @@ pub type Outcome = Result<Reply, String>;
 pub const HELP: &[(&str, &str)] = &[
     ("join", "join the cluster through the introducer"),
     ("leave", "leave the cluster voluntarily"),
-    ("list_mem", "list the live members (id, addr, incarnation, state)"),
+    (
+        "list_mem",
+        "list the live members (id, addr, incarnation, state)",
+    ),
     ("list_self", "show this node's id and incarnation"),
-    ("put LOCAL SDFS_NAME", "store a file (or a directory under SDFS_NAME/) in SDFS"),
+    (
+        "put LOCAL SDFS_NAME",
+        "store a file (or a directory under SDFS_NAME/) in SDFS",
+    ),
     ("get SDFS_NAME LOCAL", "fetch the latest version of a file"),
     ("delete SDFS_NAME", "delete a file (all versions)"),
     ("ls SDFS_NAME", "which nodes hold a file, with its version"),
     ("ls-prefix PREFIX", "names stored under a prefix"),
     ("store", "what this node holds"),
-    ("get-versions SDFS_NAME K LOCAL", "the last K versions, newest first, in one file"),
-    ("C1", "query rate (last 10 s) and total queries per job/model"),
-    ("C2", "query processing time: mean, std, median, p90, p95, p99"),
-    ("C3 MODEL N", "set the batch size of MODEL for subsequent batches"),
-    ("C4 MODEL PREFIX_OR_DIR", "submit a job; C4 --results JOB prints a job's outputs"),
+    (
+        "get-versions SDFS_NAME K LOCAL",
+        "the last K versions, newest first, in one file",
+    ),
+    (
+        "C1",
+        "query rate (last 10 s) and total queries per job/model",
+    ),
+    (
+        "C2",
+        "query processing time: mean, std, median, p90, p95, p99",
+    ),
+    (
+        "C3 MODEL N",
+        "set the batch size of MODEL for subsequent batches",
+    ),
+    (
+        "C4 MODEL PREFIX_OR_DIR",
+        "submit a job; C4 --results JOB prints a job's outputs",
+    ),
     ("C5", "current assignment: which job/model each node runs"),
-    ("stats", "traffic per lane, uptime, probes sent/acked/missed"),
+    (
+        "stats",
+        "traffic per lane, uptime, probes sent/acked/missed",
+    ),
     ("help", "this list"),
 ];
 
@@ -249,13 +297,21 @@ mod tests {
         );
         assert_eq!(
             p("C4 --results job-1"),
-            Ok(Command::C4Results { job: "job-1".into() })
+            Ok(Command::C4Results {
+                job: "job-1".into()
+            })
         );
         // Every command named in help parses with placeholder arguments.
         for (usage, _) in HELP {
             let words: Vec<String> = usage
                 .split_whitespace()
-                .map(|w| if w == "K" || w == "N" { "2".into() } else { w.to_string() })
+                .map(|w| {
+                    if w == "K" || w == "N" {
+                        "2".into()
+                    } else {
+                        w.to_string()
+                    }
+                })
                 .collect();
             assert!(parse(&words).is_ok(), "{usage}");
         }
@@ -263,7 +319,15 @@ mod tests {
 
     #[test]
     fn bad_input_is_one_line_error() {
-        for line in ["", "frobnicate", "put a", "C3 resnet50 zero", "C3 resnet50 0", "get-versions a -1 b", "list_mem extra"] {
+        for line in [
+            "",
+            "frobnicate",
+            "put a",
+            "C3 resnet50 zero",
+            "C3 resnet50 0",
+            "get-versions a -1 b",
+            "list_mem extra",
+        ] {
             let e = p(line).unwrap_err();
             assert!(!e.contains('\n'), "{e}");
         }

@@ -16,7 +16,8 @@ use crate::clock;
 use crate::control::{Command, Outcome, Reply};
 use crate::jobs::types::{manifest_name, parse_result_name};
 use crate::jobs::{
-    Coordinator, Effect, JobId, JobManifest, JobsConfig, Msg, ResultFound, StatusKind, StatusReport, Timer,
+    Coordinator, Effect, JobId, JobManifest, JobsConfig, Msg, ResultFound, StatusKind,
+    StatusReport, Timer,
 };
 use crate::membership::MemberState;
 use crate::membership_actor::View;
@@ -49,7 +50,12 @@ pub struct Exec {
 pub struct SetWorker(pub Addr<WorkerActor>);
 
 /// Routes a job message this node sent to itself, as if it had come over the wire.
-pub fn deliver_local(me: &NodeAddr, msg: Msg, coordinator: &Addr<CoordinatorActor>, worker: &Addr<WorkerActor>) {
+pub fn deliver_local(
+    me: &NodeAddr,
+    msg: Msg,
+    coordinator: &Addr<CoordinatorActor>,
+    worker: &Addr<WorkerActor>,
+) {
     if msg.is_for_worker() {
         worker.do_send(worker_actor::FromPeer {
             from: me.clone(),
@@ -57,7 +63,10 @@ pub fn deliver_local(me: &NodeAddr, msg: Msg, coordinator: &Addr<CoordinatorActo
         });
     }
     if !msg.is_for_worker() || msg.is_for_coordinator() {
-        coordinator.do_send(FromPeer { from: me.clone(), msg });
+        coordinator.do_send(FromPeer {
+            from: me.clone(),
+            msg,
+        });
     }
 }
 
@@ -147,7 +156,14 @@ impl CoordinatorActor {
                         async move { list_inputs(&sdfs, &prefix).await }
                             .into_actor(self)
                             .map(move |names, act, ctx| {
-                                let fx = act.core.submit(clock::now(), client, request_id, &model, &input, names);
+                                let fx = act.core.submit(
+                                    clock::now(),
+                                    client,
+                                    request_id,
+                                    &model,
+                                    &input,
+                                    names,
+                                );
                                 act.exec(fx, ctx);
                             }),
                     );
@@ -155,13 +171,22 @@ impl CoordinatorActor {
                 Effect::WriteManifest { manifest } => self.write_manifest(manifest, ctx),
                 Effect::LoadJobsFromSdfs { term } => {
                     let sdfs = self.sdfs.clone();
-                    ctx.spawn(async move { load_from_sdfs(&sdfs).await }.into_actor(self).map(
-                        move |(manifests, results), act, ctx| {
-                            info!(wall = clock::wall_ms(), manifests = manifests.len(), results = results.len(), "event=jobs_rebuilt_from_sdfs");
-                            let fx = act.core.on_sdfs_loaded(clock::now(), term, manifests, results);
-                            act.exec(fx, ctx);
-                        },
-                    ));
+                    ctx.spawn(
+                        async move { load_from_sdfs(&sdfs).await }
+                            .into_actor(self)
+                            .map(move |(manifests, results), act, ctx| {
+                                info!(
+                                    wall = clock::wall_ms(),
+                                    manifests = manifests.len(),
+                                    results = results.len(),
+                                    "event=jobs_rebuilt_from_sdfs"
+                                );
+                                let fx =
+                                    act.core
+                                        .on_sdfs_loaded(clock::now(), term, manifests, results);
+                                act.exec(fx, ctx);
+                            }),
+                    );
                 }
                 Effect::RoleChanged { role, reign } => {
                     ctx.notify(Flush);
@@ -192,7 +217,9 @@ impl CoordinatorActor {
                     }
                     Err(e) => {
                         warn!(job = %id, "manifest not written ({e}); retrying");
-                        ctx.run_later(Duration::from_secs(1), move |act, ctx| act.write_manifest(manifest, ctx));
+                        ctx.run_later(Duration::from_secs(1), move |act, ctx| {
+                            act.write_manifest(manifest, ctx)
+                        });
                     }
                 }),
         );
@@ -218,7 +245,10 @@ impl CoordinatorActor {
             act.bootstrap_armed = false;
             let first = act.ring.iter().find(|a| act.live.contains(a)).cloned();
             if act.core.reign().is_none() && first.as_ref() == Some(&act.me) {
-                info!(wall = clock::wall_ms(), "event=bootstrap (no coordinator known: starting the first reign)");
+                info!(
+                    wall = clock::wall_ms(),
+                    "event=bootstrap (no coordinator known: starting the first reign)"
+                );
                 let fx = act.core.bootstrap(clock::now(), &act.live.clone());
                 act.exec(fx, ctx);
             }
@@ -226,7 +256,11 @@ impl CoordinatorActor {
     }
 
     /// Sends a client request to the coordinator and waits for the answer.
-    fn request(&mut self, make: impl FnOnce(u64) -> Msg, ctx: &mut Context<Self>) -> oneshot::Receiver<Msg> {
+    fn request(
+        &mut self,
+        make: impl FnOnce(u64) -> Msg,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Msg> {
         let id = self.next_request;
         self.next_request += 1;
         let (tx, rx) = oneshot::channel();
@@ -252,9 +286,10 @@ impl CoordinatorActor {
     }
 
     fn coordinator_name(&self) -> String {
-        self.core
-            .reign()
-            .map_or_else(|| "none yet".to_string(), |r| r.term.coordinator.to_string())
+        self.core.reign().map_or_else(
+            || "none yet".to_string(),
+            |r| r.term.coordinator.to_string(),
+        )
     }
 }
 
@@ -262,21 +297,24 @@ impl CoordinatorActor {
 pub async fn put_bytes(sdfs: &Addr<SdfsActor>, name: String, data: Vec<u8>) -> Result<u64, String> {
     let (reply, rx) = oneshot::channel();
     sdfs.do_send(PutBytes { name, data, reply });
-    rx.await.map_err(|_| "sdfs dropped the request".to_string())?
+    rx.await
+        .map_err(|_| "sdfs dropped the request".to_string())?
 }
 
 /// The latest version of `name` from SDFS.
 pub async fn get_bytes(sdfs: &Addr<SdfsActor>, name: String) -> Result<Vec<u8>, String> {
     let (reply, rx) = oneshot::channel();
     sdfs.do_send(GetBytes { name, reply });
-    rx.await.map_err(|_| "sdfs dropped the request".to_string())?
+    rx.await
+        .map_err(|_| "sdfs dropped the request".to_string())?
 }
 
 /// SDFS names under a prefix.
 pub async fn list_prefix(sdfs: &Addr<SdfsActor>, prefix: String) -> Result<Vec<String>, String> {
     let (reply, rx) = oneshot::channel();
     sdfs.do_send(ListPrefix { prefix, reply });
-    rx.await.map_err(|_| "sdfs dropped the request".to_string())?
+    rx.await
+        .map_err(|_| "sdfs dropped the request".to_string())?
 }
 
 /// Names that are `input` itself or lie under `input/`.
@@ -304,7 +342,10 @@ async fn load_from_sdfs(sdfs: &Addr<SdfsActor>) -> (Vec<JobManifest>, Vec<Result
     )
     .await
     .into_iter()
-    .filter_map(|r| r.ok().and_then(|b| serde_json::from_slice::<JobManifest>(&b).ok()))
+    .filter_map(|r| {
+        r.ok()
+            .and_then(|b| serde_json::from_slice::<JobManifest>(&b).ok())
+    })
     .collect();
     let results = list_prefix(sdfs, "results/".into())
         .await
@@ -330,13 +371,17 @@ fn refusal(msg: Msg) -> String {
 }
 
 fn no_answer(coordinator: &str) -> String {
-    format!("the coordinator ({coordinator}) did not answer; try again (a takeover may be in progress)")
+    format!(
+        "the coordinator ({coordinator}) did not answer; try again (a takeover may be in progress)"
+    )
 }
 
 fn format_report(report: StatusReport) -> Reply {
     match report {
         StatusReport::Rates(rows) => {
-            let mut text = String::from("job      model          rate(q/s, 10 s)  processed/total  failed  state");
+            let mut text = String::from(
+                "job      model          rate(q/s, 10 s)  processed/total  failed  state",
+            );
             for r in &rows {
                 text.push_str(&format!(
                     "\n{:<8} {:<14} {:>15.2}  {:>7}/{:<7}  {:>6}  {}",
@@ -370,7 +415,11 @@ fn format_report(report: StatusReport) -> Reply {
                         s.p95_ms,
                         s.p99_ms
                     )),
-                    None => text.push_str(&format!("\n{:<8} {:<14} (no queries yet)", r.job.to_string(), r.model)),
+                    None => text.push_str(&format!(
+                        "\n{:<8} {:<14} (no queries yet)",
+                        r.job.to_string(),
+                        r.model
+                    )),
                 }
             }
             if rows.is_empty() {
@@ -379,14 +428,19 @@ fn format_report(report: StatusReport) -> Reply {
             Reply::new(text, serde_json::to_value(&rows).unwrap_or_default())
         }
         StatusReport::Assignment { nodes, shares } => {
-            let mut text = String::from("node                   job      model          batch queries");
+            let mut text =
+                String::from("node                   job      model          batch queries");
             for a in &nodes {
                 text.push_str(&format!(
                     "\n{:<22} {:<8} {:<14} {}",
                     a.node.to_string(),
                     a.job.map_or("-".into(), |j| j.to_string()),
                     a.model.clone().unwrap_or_else(|| "idle".into()),
-                    if a.queries > 0 { a.queries.to_string() } else { String::new() }
+                    if a.queries > 0 {
+                        a.queries.to_string()
+                    } else {
+                        String::new()
+                    }
                 ));
             }
             for s in &shares {
@@ -399,10 +453,7 @@ fn format_report(report: StatusReport) -> Reply {
                     s.workers_now
                 ));
             }
-            Reply::new(
-                text,
-                serde_json::json!({"nodes": nodes, "shares": shares}),
-            )
+            Reply::new(text, serde_json::json!({"nodes": nodes, "shares": shares}))
         }
     }
 }
@@ -514,7 +565,9 @@ impl Handler<Exec> for CoordinatorActor {
                 actix::spawn(async move {
                     let out = match rx.await {
                         Ok(Msg::BatchSizeSet { model, size, .. }) => Ok(Reply::new(
-                            format!("batch size of {model} is now {size} (applies to the next batches)"),
+                            format!(
+                                "batch size of {model} is now {size} (applies to the next batches)"
+                            ),
                             serde_json::json!({"model": model, "batch_size": size}),
                         )),
                         Ok(other) => Err(refusal(other)),
@@ -540,7 +593,13 @@ impl Handler<Exec> for CoordinatorActor {
 impl CoordinatorActor {
     /// C4: a local directory is first stored in SDFS under `inputs/<dir name>`; then the
     /// job is submitted to the coordinator, which acknowledges it once its standby has it.
-    fn submit(&mut self, model: String, input: String, reply: oneshot::Sender<Outcome>, ctx: &mut Context<Self>) {
+    fn submit(
+        &mut self,
+        model: String,
+        input: String,
+        reply: oneshot::Sender<Outcome>,
+        ctx: &mut Context<Self>,
+    ) {
         let path = Path::new(&input);
         if path.is_dir() {
             let base = path
@@ -556,7 +615,7 @@ impl CoordinatorActor {
                 },
                 reply: tx,
             });
-            ctx.spawn(async move { rx.await }.into_actor(self).map(move |r, act, ctx| match r {
+            ctx.spawn(rx.into_actor(self).map(move |r, act, ctx| match r {
                 Ok(Ok(_)) => act.submit_prefix(model, prefix, reply, ctx),
                 Ok(Err(e)) => {
                     let _ = reply.send(Err(format!("cannot store {input} in SDFS: {e}")));
@@ -570,7 +629,13 @@ impl CoordinatorActor {
         }
     }
 
-    fn submit_prefix(&mut self, model: String, input: String, reply: oneshot::Sender<Outcome>, ctx: &mut Context<Self>) {
+    fn submit_prefix(
+        &mut self,
+        model: String,
+        input: String,
+        reply: oneshot::Sender<Outcome>,
+        ctx: &mut Context<Self>,
+    ) {
         let coordinator = self.coordinator_name();
         let rx = self.request(
             |request_id| Msg::SubmitJob {
@@ -596,31 +661,51 @@ impl CoordinatorActor {
 
 /// C4 --results: every result of a job, read back from SDFS.
 async fn job_results(sdfs: &Addr<SdfsActor>, job: &str) -> Outcome {
-    let id: JobId = job.parse().map_err(|_| format!("{job:?} is not a job id (like 1-2)"))?;
+    let id: JobId = job
+        .parse()
+        .map_err(|_| format!("{job:?} is not a job id (like 1-2)"))?;
     let prefix = format!("results/{id}/");
     let names = list_prefix(sdfs, prefix.clone()).await?;
     if names.is_empty() {
-        return Err(format!("no results for job {id} in SDFS (unknown job, or none finished yet)"));
+        return Err(format!(
+            "no results for job {id} in SDFS (unknown job, or none finished yet)"
+        ));
     }
     let mut results = Vec::new();
     for chunk in names.chunks(16) {
         for r in join_all(chunk.iter().map(|n| get_bytes(sdfs, n.clone()))).await {
             let bytes = r?;
-            let q: QueryResult = serde_json::from_slice(&bytes).map_err(|e| format!("bad result file: {e}"))?;
+            let q: QueryResult =
+                serde_json::from_slice(&bytes).map_err(|e| format!("bad result file: {e}"))?;
             results.push(q);
         }
     }
     results.sort_by(|a, b| a.query.cmp(&b.query));
     let synthetic = results.iter().any(|r| r.synthetic);
-    let mut text = format!("job {id}: {} results{}", results.len(), if synthetic { " (SYNTHETIC weights: labels are meaningless)" } else { "" });
+    let mut text = format!(
+        "job {id}: {} results{}",
+        results.len(),
+        if synthetic {
+            " (SYNTHETIC weights: labels are meaningless)"
+        } else {
+            ""
+        }
+    );
     for r in &results {
         match &r.error {
             Some(e) => text.push_str(&format!("\n{}: error: {e}", r.query)),
             None => {
-                let tops: Vec<String> = r.top5.iter().map(|t| format!("{} ({:.3})", t.label, t.prob)).collect();
+                let tops: Vec<String> = r
+                    .top5
+                    .iter()
+                    .map(|t| format!("{} ({:.3})", t.label, t.prob))
+                    .collect();
                 text.push_str(&format!("\n{}: {}", r.query, tops.join(", ")));
             }
         }
     }
-    Ok(Reply::new(text, serde_json::to_value(&results).unwrap_or_default()))
+    Ok(Reply::new(
+        text,
+        serde_json::to_value(&results).unwrap_or_default(),
+    ))
 }

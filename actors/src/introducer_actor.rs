@@ -20,7 +20,11 @@ pub struct IntroducerActor {
 }
 
 impl IntroducerActor {
-    pub fn new(core: Introducer, transport: Transport<Body>, inbound: mpsc::Receiver<Inbound<Body>>) -> Self {
+    pub fn new(
+        core: Introducer,
+        transport: Transport<Body>,
+        inbound: mpsc::Receiver<Inbound<Body>>,
+    ) -> Self {
         IntroducerActor {
             core,
             transport,
@@ -32,7 +36,10 @@ impl IntroducerActor {
         for effect in self.core.take_effects() {
             match effect {
                 IntroducerEffect::Send { to, msg } => {
-                    if let Err(e) = self.transport.send(&to, Lane::Control, Body::Membership(msg)) {
+                    if let Err(e) = self
+                        .transport
+                        .send(&to, Lane::Control, Body::Membership(msg))
+                    {
                         warn!(peer = %to, "introducer send dropped: {e}");
                     }
                 }
@@ -51,7 +58,9 @@ impl IntroducerActor {
                         IntroducerEvent::Removed { addr, state } => {
                             info!(wall, peer = %addr, ?state, "event=removed")
                         }
-                        IntroducerEvent::Forgot { addr } => info!(wall, peer = %addr, "event=forgot"),
+                        IntroducerEvent::Forgot { addr } => {
+                            info!(wall, peer = %addr, "event=forgot")
+                        }
                     }
                 }
             }
@@ -91,7 +100,12 @@ impl StreamHandler<Inbound<Body>> for IntroducerActor {
                         let members = self.core.members();
                         let text = members
                             .iter()
-                            .map(|m| format!("  {}  incarnation {}  {:?}", m.addr, m.incarnation, m.state))
+                            .map(|m| {
+                                format!(
+                                    "  {}  incarnation {}  {:?}",
+                                    m.addr, m.incarnation, m.state
+                                )
+                            })
                             .collect::<Vec<_>>()
                             .join("\n");
                         let json: Vec<_> = members

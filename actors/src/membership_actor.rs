@@ -89,7 +89,12 @@ struct ProbeCounts {
 }
 
 impl MembershipActor {
-    pub fn new(core: Membership, transport: Transport<Body>, probe: ProbeSettings, auto_join: bool) -> Self {
+    pub fn new(
+        core: Membership,
+        transport: Transport<Body>,
+        probe: ProbeSettings,
+        auto_join: bool,
+    ) -> Self {
         MembershipActor {
             core,
             transport,
@@ -114,7 +119,10 @@ impl MembershipActor {
         for effect in self.core.take_effects() {
             match effect {
                 Effect::Send { to, msg } => {
-                    if let Err(e) = self.transport.send(&to, Lane::Control, Body::Membership(msg)) {
+                    if let Err(e) = self
+                        .transport
+                        .send(&to, Lane::Control, Body::Membership(msg))
+                    {
                         warn!(peer = %to, "membership send dropped: {e}");
                     }
                 }
@@ -138,7 +146,8 @@ impl MembershipActor {
                 me: self.core.me().clone(),
                 members: self.core.members(),
             };
-            self.subscribers.retain(|s| s.try_send(view.clone()).is_ok() || s.connected());
+            self.subscribers
+                .retain(|s| s.try_send(view.clone()).is_ok() || s.connected());
         }
     }
 
@@ -153,7 +162,10 @@ impl MembershipActor {
     fn on_event(&mut self, ev: MemberEvent, ctx: &mut Context<Self>) {
         let wall = clock::wall_ms();
         match ev {
-            MemberEvent::SelfJoined { incarnation, members } => {
+            MemberEvent::SelfJoined {
+                incarnation,
+                members,
+            } => {
                 info!(wall, incarnation, members, "event=self_joined");
                 self.auto_join = false;
                 for r in self.pending_join.drain(..) {
@@ -181,11 +193,19 @@ impl MembershipActor {
                     });
                 }
             }
-            MemberEvent::Joined { addr, incarnation } => info!(wall, peer = %addr, incarnation, "event=joined"),
-            MemberEvent::Suspected { addr, incarnation, by_me } => {
+            MemberEvent::Joined { addr, incarnation } => {
+                info!(wall, peer = %addr, incarnation, "event=joined")
+            }
+            MemberEvent::Suspected {
+                addr,
+                incarnation,
+                by_me,
+            } => {
                 warn!(wall, peer = %addr, incarnation, by_me, "event=suspected")
             }
-            MemberEvent::Refuted { addr, incarnation } => info!(wall, peer = %addr, incarnation, "event=refuted"),
+            MemberEvent::Refuted { addr, incarnation } => {
+                info!(wall, peer = %addr, incarnation, "event=refuted")
+            }
             MemberEvent::Failed { addr, incarnation } => {
                 warn!(wall, peer = %addr, incarnation, "event=failed");
                 self.transport.forget(&addr);
@@ -195,8 +215,16 @@ impl MembershipActor {
                 self.transport.forget(&addr);
             }
             MemberEvent::SelfLeft { incarnation } => info!(wall, incarnation, "event=self_left"),
-            MemberEvent::Rejoin { old_incarnation, new_incarnation } => {
-                warn!(wall, old_incarnation, new_incarnation, "event=rejoin (this node was declared failed)")
+            MemberEvent::Rejoin {
+                old_incarnation,
+                new_incarnation,
+            } => {
+                warn!(
+                    wall,
+                    old_incarnation,
+                    new_incarnation,
+                    "event=rejoin (this node was declared failed)"
+                )
             }
             MemberEvent::MonitorsChanged(monitors) => {
                 info!(wall, monitors = ?monitors.iter().map(|m| m.as_str()).collect::<Vec<_>>(), "event=monitors");
@@ -379,7 +407,10 @@ impl Handler<Exec> for MembershipActor {
             Command::Leave => match self.core.leave(now) {
                 Ok(()) => {
                     self.drain(ctx);
-                    Ok(Reply::new("left the cluster", serde_json::json!({"left": true})))
+                    Ok(Reply::new(
+                        "left the cluster",
+                        serde_json::json!({"left": true}),
+                    ))
                 }
                 Err(e) => Err(format!("leave: {e}")),
             },

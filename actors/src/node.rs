@@ -11,25 +11,28 @@ use thiserror::Error;
 use tracing::info;
 
 use crate::config::Config;
+use crate::coordinator_actor::CoordinatorActor;
 use crate::introducer::{Introducer, IntroducerSettings};
+use crate::jobs::JobsConfig;
 use crate::membership::{Membership, Settings};
 use crate::membership_actor::{Exec, MembershipActor, Subscribe};
-use crate::coordinator_actor::CoordinatorActor;
-use crate::jobs::JobsConfig;
 use crate::model_actor::ModelActor;
-use crate::sdfs_actor::SdfsActor;
-use crate::worker_actor::WorkerActor;
 use crate::msg::Body;
 use crate::ping::ProbeSettings;
+use crate::sdfs_actor::SdfsActor;
 use crate::transport::{Transport, TransportConfig};
 use crate::transport_actor::{Routes, TransportActor};
 use crate::types::NodeAddr;
+use crate::worker_actor::WorkerActor;
 
 /// Why a node or the introducer could not run.
 #[derive(Debug, Error)]
 pub enum NodeError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: NodeAddr, source: std::io::Error },
+    Bind {
+        addr: NodeAddr,
+        source: std::io::Error,
+    },
     #[error("transport: {0}")]
     Transport(#[from] crate::transport::TransportError),
     #[error("membership: {0}")]
@@ -110,21 +113,34 @@ pub fn run_node(config: Config, me: NodeAddr) -> Result<(), NodeError> {
     let system = System::new();
     system.block_on(async move {
         let listener = bind(&me).await?;
-        let (transport, inbound) = Transport::<Body>::start(listener, transport_config(&config, &me))?;
-        let core = Membership::new(me.clone(), membership_settings(&config), crate::clock::wall_ms())?;
+        let (transport, inbound) =
+            Transport::<Body>::start(listener, transport_config(&config, &me))?;
+        let core = Membership::new(
+            me.clone(),
+            membership_settings(&config),
+            crate::clock::wall_ms(),
+        )?;
         let probe = ProbeSettings {
             ping_duration: ms(config.fd.ping_duration),
             ping_timeout: ms(config.fd.ping_timeout),
         };
         // SDFS blocks on fsync: it gets its own thread so pings are never queued behind it.
-        let sdfs_actor = SdfsActor::new(&config, me.clone(), transport.clone()).map_err(NodeError::Sdfs)?;
+        let sdfs_actor =
+            SdfsActor::new(&config, me.clone(), transport.clone()).map_err(NodeError::Sdfs)?;
         let sdfs_arbiter = Arbiter::new();
         let sdfs = SdfsActor::start_in_arbiter(&sdfs_arbiter.handle(), move |_| sdfs_actor);
         let models = start_models(&config)?;
         // The coordinator and the worker each need the other's address.
         let coord_ctx = Context::<CoordinatorActor>::new();
         let coordinator = coord_ctx.address();
-        let worker = WorkerActor::new(me.clone(), transport.clone(), sdfs.clone(), models, coordinator.clone()).start();
+        let worker = WorkerActor::new(
+            me.clone(),
+            transport.clone(),
+            sdfs.clone(),
+            models,
+            coordinator.clone(),
+        )
+        .start();
         let mut coord = CoordinatorActor::new(
             me.clone(),
             JobsConfig::default(),
@@ -169,7 +185,8 @@ pub fn run_introducer(config: Config) -> Result<(), NodeError> {
     system.block_on(async move {
         let me = config.introducer.clone();
         let listener = bind(&me).await?;
-        let (transport, inbound) = Transport::<Body>::start(listener, transport_config(&config, &me))?;
+        let (transport, inbound) =
+            Transport::<Body>::start(listener, transport_config(&config, &me))?;
         let announce = ms(config.fd.ping_duration) * 4;
         let core = Introducer::new(IntroducerSettings {
             ring: config.ring(),

@@ -43,7 +43,9 @@ impl PingActor {
     fn drain(&mut self, ctx: &mut Context<Self>) {
         for effect in self.prober.take_effects() {
             match effect {
-                ProbeEffect::SendPing { peer, seq } => self.membership.do_send(SendPing { peer, seq }),
+                ProbeEffect::SendPing { peer, seq } => {
+                    self.membership.do_send(SendPing { peer, seq })
+                }
                 ProbeEffect::SetTimer { at, timer } => {
                     ctx.run_later(clock::until(at), move |act, ctx| act.on_timer(timer, ctx));
                 }

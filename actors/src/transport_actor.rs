@@ -9,12 +9,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::control::{Command, Outcome};
+use crate::coordinator_actor::{self, CoordinatorActor};
 use crate::membership_actor::{Exec, FromPeer, MembershipActor};
 use crate::msg::Body;
-use crate::coordinator_actor::{self, CoordinatorActor};
 use crate::sdfs_actor::{self, SdfsActor};
-use crate::worker_actor::{self, WorkerActor};
 use crate::transport::{Inbound, Responder};
+use crate::worker_actor::{self, WorkerActor};
 
 /// Where the messages of each protocol go.
 #[derive(Clone)]
@@ -85,7 +85,9 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
                 }
                 // Coordinator-bound messages, and answers to this node's client requests.
                 if !msg.is_for_worker() || msg.is_for_coordinator() {
-                    self.routes.coordinator.do_send(coordinator_actor::FromPeer { from, msg });
+                    self.routes
+                        .coordinator
+                        .do_send(coordinator_actor::FromPeer { from, msg });
                 }
             }
             Body::Command(cmd) => {
@@ -105,7 +107,9 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
                     | Command::LsPrefix { .. }
                     | Command::Store
                     | Command::GetVersions { .. } => {
-                        self.routes.sdfs.do_send(sdfs_actor::Exec { cmd, reply: tx });
+                        self.routes
+                            .sdfs
+                            .do_send(sdfs_actor::Exec { cmd, reply: tx });
                     }
                     Command::C1
                     | Command::C2
@@ -113,7 +117,9 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
                     | Command::C4 { .. }
                     | Command::C4Results { .. }
                     | Command::C5 => {
-                        self.routes.coordinator.do_send(coordinator_actor::Exec { cmd, reply: tx });
+                        self.routes
+                            .coordinator
+                            .do_send(coordinator_actor::Exec { cmd, reply: tx });
                     }
                     Command::Help => {
                         let _ = tx.send(Ok(crate::control::Reply::new(

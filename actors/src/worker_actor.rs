@@ -79,8 +79,14 @@ impl WorkerActor {
             match effect {
                 WorkerEffect::Send { to, msg } => {
                     if to == self.me {
-                        coordinator_actor::deliver_local(&self.me, msg, &self.coordinator, &ctx.address());
-                    } else if let Err(e) = self.transport.send(&to, Lane::Control, Body::Jobs(msg)) {
+                        coordinator_actor::deliver_local(
+                            &self.me,
+                            msg,
+                            &self.coordinator,
+                            &ctx.address(),
+                        );
+                    } else if let Err(e) = self.transport.send(&to, Lane::Control, Body::Jobs(msg))
+                    {
                         debug!(peer = %to, "job message dropped: {e}");
                     }
                 }

@@ -72,12 +72,11 @@ impl Cluster {
             ports[0], t.ping_duration, t.ping_timeout, t.cleanup_time
         );
         let mut nodes = Vec::new();
-        for i in 1..=n {
+        for (i, port) in ports.iter().enumerate().skip(1) {
             toml.push_str(&format!(
-                "[[nodes]]\nname = \"H{i}\"\nhost = \"127.0.0.1\"\nport = {}\n\n",
-                ports[i]
+                "[[nodes]]\nname = \"H{i}\"\nhost = \"127.0.0.1\"\nport = {port}\n\n"
             ));
-            nodes.push((format!("H{i}"), format!("127.0.0.1:{}", ports[i])));
+            nodes.push((format!("H{i}"), format!("127.0.0.1:{port}")));
         }
         let config = dir.join("config.toml");
         fs::write(&config, toml).unwrap();

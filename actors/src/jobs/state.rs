@@ -381,7 +381,12 @@ mod tests {
         }
         assert_eq!(st.expected_query_ms("resnet50", &cfg), 10.5);
         // A model with no samples yet falls back to its configured prior.
-        let prior = cfg.models.iter().find(|m| m.name == "inception_v3").unwrap().prior_query_ms;
+        let prior = cfg
+            .models
+            .iter()
+            .find(|m| m.name == "inception_v3")
+            .unwrap()
+            .prior_query_ms;
         assert_eq!(st.expected_query_ms("inception_v3", &cfg), prior);
     }
 }
