@@ -3,6 +3,7 @@
 //! stderr and a non-zero exit code (2 for configuration errors).
 
 mod bench_cluster;
+mod bench_idunno;
 mod config_load;
 mod console;
 mod ctl;
@@ -137,6 +138,12 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
         batches: Vec<usize>,
     },
+    /// The inference assignment's measurements: fair split, second-job start, recovery
+    /// after worker and coordinator crashes, cluster overhead.
+    Idunno {
+        #[command(flatten)]
+        args: bench_idunno::Args,
+    },
     /// Failure detection and removal times, and background bytes per node.
     Cluster {
         #[command(flatten)]
@@ -252,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 batches,
             } => models_cli::bench_models(&weights, threads, &batches)?,
             BenchCmd::Cluster { args } => bench_cluster::run(&args)?,
+            BenchCmd::Idunno { args } => bench_idunno::run(&args)?,
         },
     }
     Ok(ExitCode::SUCCESS)

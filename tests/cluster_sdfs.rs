@@ -477,6 +477,15 @@ fn sdfs_bench() {
                 mbs(get)
             );
         }
+        // Bulk transfers run on their own connections: with the shortest failure-detector
+        // timings, not one node was suspected while gigabytes moved.
+        let suspicions: usize = c
+            .nodes
+            .iter()
+            .map(|(n, _)| c.log(n).lines().filter(|l| l.contains("event=suspected")).count())
+            .sum();
+        eprintln!("BENCH transfer={transfer} suspicions during transfers: {suspicions}");
+        assert_eq!(suspicions, 0, "a bulk transfer caused a false suspicion");
         // Re-replication of the largest file after one holder (not the primary) is killed.
         let mb = sizes.iter().max().copied().unwrap_or(0);
         let name = format!("bench/{mb}");
