@@ -64,8 +64,9 @@ pub struct Args {
     /// each, so 50 of them do not fit a small machine).
     #[arg(long, value_delimiter = ',', default_value = "10,50")]
     pub bytes_inproc_sizes: Vec<usize>,
-    /// Seconds of quiet before traffic is measured (piggybacked join news dies out).
-    #[arg(long, default_value_t = 20.0)]
+    /// Longest wait for background traffic to become steady after formation (the
+    /// piggybacked news of the joins dies out first).
+    #[arg(long, default_value_t = 180.0)]
     pub settle_secs: f64,
     /// Seconds over which background traffic is measured.
     #[arg(long, default_value_t = 30.0)]
@@ -729,9 +730,15 @@ struct Traffic {
     sent_max: f64,
     recv_mean: f64,
     frames_mean: f64,
+    /// Seconds from formation until traffic was steady, and the first window's rate.
+    settled_s: f64,
+    first_window: f64,
 }
 
-fn stats_of(c: &LocalCluster, addr: &str) -> anyhow::Result<(f64, f64, f64, f64)> {
+/// One node's `stats`: (uptime ms, bytes sent, bytes received, frames sent).
+type Snapshot = (f64, f64, f64, f64);
+
+fn stats_of(c: &LocalCluster, addr: &str) -> anyhow::Result<Snapshot> {
     let s = c.ask(addr, Command::Stats)?;
     let num = |v: &serde_json::Value| v.as_f64().ok_or_else(|| anyhow!("{addr}: bad stats {s}"));
     let frames =
@@ -744,10 +751,41 @@ fn stats_of(c: &LocalCluster, addr: &str) -> anyhow::Result<(f64, f64, f64, f64)
     ))
 }
 
+fn snapshot(c: &LocalCluster) -> anyhow::Result<Vec<Snapshot>> {
+    c.nodes.iter().map(|x| stats_of(c, &x.addr)).collect()
+}
+
+/// Per-node rates between two snapshots: (sent B/s, received B/s, frames sent/s). Each
+/// node's own uptime clock times its own counters, so the order in which nodes were
+/// asked does not matter.
+pub fn rates(before: &[Snapshot], after: &[Snapshot]) -> Option<Vec<(f64, f64, f64)>> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let dt = (a.0 - b.0) / 1000.0;
+            (dt > 0.0).then(|| ((a.1 - b.1) / dt, (a.2 - b.2) / dt, (a.3 - b.3) / dt))
+        })
+        .collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Whether two consecutive windows' rates agree within `tol` (relative): the gossip of
+/// the joins has drained and what is left is the steady background.
+pub fn is_steady(prev: f64, cur: f64, tol: f64) -> bool {
+    prev > 0.0 && ((cur - prev) / prev).abs() <= tol
+}
+
+/// Length of the windows compared while waiting for steady traffic.
+const SETTLE_WINDOW: Duration = Duration::from_secs(10);
+
 fn background(
     p: &Profile,
     n: usize,
-    settle: f64,
+    max_settle: f64,
     window: f64,
     keep: bool,
     inproc: bool,
@@ -761,45 +799,54 @@ fn background(
         None
     };
     let formed = c.wait_formed(Duration::from_secs(180))?;
-    println!(
-        "  {n} nodes formed in {:.1} s; settling {settle} s, measuring {window} s",
-        formed.as_secs_f64()
-    );
-    std::thread::sleep(Duration::from_secs_f64(settle));
-    let before = c
-        .nodes
-        .iter()
-        .map(|x| stats_of(&c, &x.addr))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    std::thread::sleep(Duration::from_secs_f64(window));
-    let mut sent = Vec::new();
-    let mut recv = Vec::new();
-    let mut frames = Vec::new();
-    for (x, b) in c.nodes.iter().zip(&before) {
-        let a = stats_of(&c, &x.addr)?;
-        // Each node's own uptime clock times its own counters.
-        let dt = (a.0 - b.0) / 1000.0;
-        if dt <= 0.0 {
-            bail!("{}: uptime did not advance", x.addr);
+    println!("  {n} nodes formed in {:.1} s", formed.as_secs_f64());
+    // Right after formation every node still piggybacks the news of every join (each
+    // update about 3 log2(n+1) times), so early windows are larger, the more so the
+    // bigger the cluster. Wait until two consecutive windows agree.
+    let settle_start = Instant::now();
+    let mut prev = snapshot(&c)?;
+    let mut prev_rate: Option<f64> = None;
+    let mut first_rate = None;
+    loop {
+        std::thread::sleep(SETTLE_WINDOW);
+        let cur = snapshot(&c)?;
+        let r = rates(&prev, &cur).context("uptime did not advance")?;
+        let rate = mean(&r.iter().map(|x| x.0).collect::<Vec<_>>());
+        first_rate.get_or_insert(rate);
+        let steady = prev_rate.is_some_and(|p| is_steady(p, rate, 0.03));
+        prev = cur;
+        prev_rate = Some(rate);
+        if steady || settle_start.elapsed().as_secs_f64() >= max_settle {
+            println!(
+                "  {} after {:.0} s (first window {:.0} B/s per node, last {:.0}); measuring {window} s",
+                if steady { "steady" } else { "NOT steady" },
+                settle_start.elapsed().as_secs_f64(),
+                first_rate.unwrap_or(0.0),
+                rate
+            );
+            break;
         }
-        sent.push((a.1 - b.1) / dt);
-        recv.push((a.2 - b.2) / dt);
-        frames.push((a.3 - b.3) / dt);
     }
+    let before = snapshot(&c)?;
+    std::thread::sleep(Duration::from_secs_f64(window));
+    let after = snapshot(&c)?;
+    let r = rates(&before, &after).context("uptime did not advance")?;
+    let sent: Vec<f64> = r.iter().map(|x| x.0).collect();
     // No removal may happen in a quiet cluster; a removal would also skew the figure.
     // (In-process nodes log nowhere: their views must still be complete.)
     let (removals, _) = count_distinct(&c.all_events(), "failed", 0, u64::MAX);
     if removals > 0 || c.wait_formed(Duration::from_secs(5)).is_err() {
         println!("  WARNING: removals during the quiet run");
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(Traffic {
         nodes: n,
         sent_mean: mean(&sent),
         sent_min: sent.iter().copied().fold(f64::INFINITY, f64::min),
         sent_max: sent.iter().copied().fold(0.0, f64::max),
-        recv_mean: mean(&recv),
-        frames_mean: mean(&frames),
+        recv_mean: mean(&r.iter().map(|x| x.1).collect::<Vec<_>>()),
+        frames_mean: mean(&r.iter().map(|x| x.2).collect::<Vec<_>>()),
+        settled_s: settle_start.elapsed().as_secs_f64() - window,
+        first_window: first_rate.unwrap_or(0.0),
     })
 }
 
@@ -919,7 +966,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let p = Profile::SEED;
         report.push(
             "\n### Background traffic in a quiet cluster (seed timings)\n\n\
-             | nodes | hosted as | sent B/s per node (mean, min-max) | received B/s per node | frames sent/s per node |\n|---|---|---|---|---|"
+             | nodes | hosted as | sent B/s per node (mean, min-max) | received B/s per node | frames sent/s per node | steady after (s) | first 10 s window (B/s) |\n|---|---|---|---|---|---|---|"
                 .into(),
         );
         let runs = args.bytes_sizes.iter().map(|&n| (n, false));
@@ -932,8 +979,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             println!("\n== background traffic, {n} {how}, {} timings", p.name);
             let t = background(&p, n, args.settle_secs, args.bytes_secs, args.keep, inproc)?;
             let line = format!(
-                "| {} | {how} | {:.0} ({:.0}-{:.0}) | {:.0} | {:.2} |",
-                t.nodes, t.sent_mean, t.sent_min, t.sent_max, t.recv_mean, t.frames_mean
+                "| {} | {how} | {:.0} ({:.0}-{:.0}) | {:.0} | {:.2} | {:.0} | {:.0} |",
+                t.nodes,
+                t.sent_mean,
+                t.sent_min,
+                t.sent_max,
+                t.recv_mean,
+                t.frames_mean,
+                t.settled_s,
+                t.first_window
             );
             println!("{line}");
             report.push(line);
@@ -1085,6 +1139,19 @@ mod tests {
         assert!(a.iter().all(|&x| x < 10 && x == r.below(10)));
         // Not stuck on one value.
         assert!(a.iter().collect::<BTreeSet<_>>().len() > 5);
+    }
+
+    #[test]
+    fn rates_use_each_nodes_own_uptime() {
+        let before = [(1_000.0, 100.0, 50.0, 2.0), (5_000.0, 0.0, 0.0, 0.0)];
+        let after = [(3_000.0, 300.0, 250.0, 6.0), (6_000.0, 150.0, 30.0, 3.0)];
+        let r = rates(&before, &after).unwrap();
+        assert_eq!(r, vec![(100.0, 100.0, 2.0), (150.0, 30.0, 3.0)]);
+        // A clock that did not advance is no rate.
+        assert_eq!(rates(&before, &before), None);
+        assert!(is_steady(100.0, 102.0, 0.03));
+        assert!(!is_steady(100.0, 90.0, 0.03));
+        assert!(!is_steady(0.0, 0.0, 0.03));
     }
 
     #[test]

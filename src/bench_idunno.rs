@@ -1,13 +1,1003 @@
-//! `dml bench idunno` (SKELETON by the lead; being written).
+//! `dml bench idunno`: the inference assignment's measurements on real local clusters of
+//! `dml` child processes (this executable): (1a) the worker split and query-rate ratio
+//! chosen when a second job joins a running one, (1b) the time until the second job's
+//! first query is done, (2) the time from `kill -9` of a busy worker until the cluster's
+//! completion rate is back to normal, (3) the time from `kill -9` of the coordinator until
+//! batches flow again (detection, takeover, first new batch), and (4) the cluster's
+//! overhead against `dml classify` in one process with the same total thread count.
+//!
+//! One fresh cluster per trial runs all of (1)-(3) in sequence, because each trial kills
+//! nodes. Timestamps of failures and takeovers come from the nodes' own
+//! `event=... wall=<unix ms>` log lines; rates come from C1 polled every 100 ms. The pure
+//! parts (log and C1/C5 parsing, statistics, the recovery rule) are unit-tested.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use dml_actors::clock::wall_ms;
+use dml_actors::config::Config;
+use dml_actors::control::{Command, Reply};
+use dml_models::{Classifier, Network};
+
+use crate::ctl;
+use crate::up::{self, LocalCluster};
+
+/// The secret of the throw-away benchmark clusters (their config lives in a temp dir).
+const SECRET: &str = "dml-bench-idunno-secret-0123456789";
+/// C1 polling cadence.
+const POLL: Duration = Duration::from_millis(100);
+/// A poll waits at most this long: a request caught by a dead coordinator must not
+/// stall the sampling for the node's 20 s request timeout.
+const POLL_TIMEOUT: Duration = Duration::from_millis(1500);
+/// "Back to normal": this fraction of the completion rate before the crash.
+const NORMAL_FRACTION: f64 = 0.9;
 
 /// Options of `dml bench idunno`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Trials per measurement.
+    /// Trials per measurement (one fresh cluster each).
     #[arg(long, default_value_t = 5)]
     pub trials: usize,
+    /// Nodes per cluster.
+    #[arg(long, default_value_t = 8)]
+    pub nodes: usize,
+    /// Generated images; both jobs run over the same set (one query per image each).
+    #[arg(long, default_value_t = 240)]
+    pub images: usize,
+    /// Batch size set with C3 for both models (small batches keep commits frequent, so
+    /// rates are smooth enough to time a recovery).
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Seconds the first job runs alone (its images/s is the cluster side of (4)).
+    #[arg(long, default_value_t = 10.0)]
+    pub alone_secs: f64,
+    /// Seconds both jobs run before the split is read (C1's window is 10 s).
+    #[arg(long, default_value_t = 12.0)]
+    pub both_secs: f64,
+    /// Window (s) over which the completion rate after a crash is compared with before.
+    #[arg(long, default_value_t = 3.0)]
+    pub window_secs: f64,
+    /// Images classified in one process per trial for (4).
+    #[arg(long, default_value_t = 32)]
+    pub classify_images: usize,
+    /// Keep the temporary configs and logs (their directory is printed).
+    #[arg(long)]
+    pub keep: bool,
 }
 
-pub fn run(_args: &Args) -> anyhow::Result<()> {
-    anyhow::bail!("dml bench idunno is not written yet")
+// ------------------------------------------------------------------------------------
+// Pure part: statistics, log events, C1/C5 parsing, the recovery rule.
+// ------------------------------------------------------------------------------------
+
+/// Mean and sample standard deviation (n - 1; 0 for one value) of the finite values;
+/// `None` when there are none.
+pub fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
+    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let std = if v.len() < 2 {
+        0.0
+    } else {
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    };
+    Some((mean, std))
+}
+
+/// One `event=...` line of a node's log with its `key=value` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEvent {
+    pub kind: String,
+    pub wall: u64,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl LogEvent {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+}
+
+/// Parses a tracing line such as
+/// `... INFO dml_actors::coordinator_actor: event=role wall=17 role=Primary epoch=2
+/// coordinator=127.0.0.1:9001 standby=Some("127.0.0.1:9002")`. Quotes and `Some(..)` are
+/// stripped from values. Lines without `event=` and a numeric `wall=` are not events.
+pub fn parse_event(line: &str) -> Option<LogEvent> {
+    let mut kind = None;
+    let mut wall = None;
+    let mut fields = BTreeMap::new();
+    for word in line.split_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
+        let value = value
+            .strip_prefix("Some(")
+            .and_then(|v| v.strip_suffix(')'))
+            .unwrap_or(value)
+            .trim_matches('"');
+        match key {
+            "event" if kind.is_none() => kind = Some(value.to_string()),
+            "wall" => wall = value.parse().ok(),
+            _ => {
+                fields.insert(key.to_string(), value.to_string());
+            }
+        }
+    }
+    Some(LogEvent {
+        kind: kind?,
+        wall: wall?,
+        fields,
+    })
+}
+
+/// Every event in a log text, in order.
+pub fn parse_events(text: &str) -> Vec<LogEvent> {
+    text.lines().filter_map(parse_event).collect()
+}
+
+/// The coordinator and standby of the newest reign any node has announced.
+pub fn current_reign(events: &[LogEvent]) -> Option<(String, Option<String>)> {
+    events
+        .iter()
+        .filter(|e| e.kind == "role")
+        .filter_map(|e| {
+            let epoch: u64 = e.get("epoch")?.parse().ok()?;
+            Some((epoch, e.wall, e))
+        })
+        .max_by_key(|(epoch, wall, _)| (*epoch, *wall))
+        .and_then(|(_, _, e)| {
+            let coordinator = e.get("coordinator")?.to_string();
+            let standby = e
+                .get("standby")
+                .filter(|s| *s != "None")
+                .map(str::to_string);
+            Some((coordinator, standby))
+        })
+}
+
+/// The earliest `event=failed` about `peer` at or after `since`.
+pub fn first_failed(events: &[LogEvent], peer: &str, since: u64) -> Option<u64> {
+    events
+        .iter()
+        .filter(|e| e.kind == "failed" && e.get("peer") == Some(peer) && e.wall >= since)
+        .map(|e| e.wall)
+        .min()
+}
+
+/// The earliest `event=role role=Primary` at or after `since` (in one node's log).
+pub fn first_primary(events: &[LogEvent], since: u64) -> Option<u64> {
+    events
+        .iter()
+        .filter(|e| e.kind == "role" && e.get("role") == Some("Primary") && e.wall >= since)
+        .map(|e| e.wall)
+        .min()
+}
+
+/// One row of C1 (`--json`), the fields the benchmark reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rate {
+    pub job: String,
+    pub model: String,
+    pub rate_qps: f64,
+    pub processed: u64,
+    pub complete: bool,
+}
+
+/// Parses C1's JSON rows.
+pub fn parse_c1(json: &str) -> anyhow::Result<Vec<Rate>> {
+    let v: serde_json::Value = serde_json::from_str(json).context("C1 is not JSON")?;
+    let rows = v.as_array().context("C1 is not a list")?;
+    rows.iter()
+        .map(|r| {
+            Ok(Rate {
+                job: r["job"].as_str().context("C1 row without job")?.to_string(),
+                model: r["model"].as_str().unwrap_or_default().to_string(),
+                rate_qps: r["rate_qps"].as_f64().unwrap_or(0.0),
+                processed: r["processed"].as_u64().unwrap_or(0),
+                complete: r["complete"].as_bool().unwrap_or(false),
+            })
+        })
+        .collect()
+}
+
+/// Parses C5's JSON into (node, job of the batch it runs).
+pub fn parse_c5(json: &str) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let v: serde_json::Value = serde_json::from_str(json).context("C5 is not JSON")?;
+    let nodes = v["nodes"].as_array().context("C5 without nodes")?;
+    Ok(nodes
+        .iter()
+        .filter_map(|n| {
+            let node = n["node"].as_str()?.to_string();
+            Some((node, n["job"].as_str().map(str::to_string)))
+        })
+        .collect())
+}
+
+/// Workers running a batch of `job` in a C5 assignment.
+pub fn workers_of(assignment: &[(String, Option<String>)], job: &str) -> usize {
+    assignment
+        .iter()
+        .filter(|(_, j)| j.as_deref() == Some(job))
+        .count()
+}
+
+/// Relative gap between two rates: |a - b| / max(a, b) (0 when both are 0).
+pub fn rate_gap(a: f64, b: f64) -> f64 {
+    let hi = a.max(b);
+    if hi <= 0.0 {
+        0.0
+    } else {
+        (a - b).abs() / hi
+    }
+}
+
+/// Completed queries (all jobs) per second between two instants of a series of
+/// (wall ms, processed) samples: from the last sample at or before `from` to the last
+/// at or before `to`.
+pub fn rate_between(series: &[(u64, u64)], from: u64, to: u64) -> Option<f64> {
+    let at = |t: u64| series.iter().rev().find(|(w, _)| *w <= t).copied();
+    let (t0, p0) = at(from)?;
+    let (t1, p1) = at(to)?;
+    (t1 > t0).then(|| p1.saturating_sub(p0) as f64 * 1000.0 / (t1 - t0) as f64)
+}
+
+/// The recovery rule of (2): the earliest sample time `s` at or after the crash such that
+/// the completion rate over `[s, s + window]` is at least `fraction` of `normal`; the
+/// result is `s - crash` in ms. `None` while no full window after the crash qualifies.
+pub fn recovery_ms(
+    series: &[(u64, u64)],
+    crash: u64,
+    normal: f64,
+    window_ms: u64,
+    fraction: f64,
+) -> Option<u64> {
+    let window_ms = window_ms.max(1);
+    for (i, (t0, p0)) in series.iter().enumerate() {
+        if *t0 < crash {
+            continue;
+        }
+        let Some((t1, p1)) = series
+            .iter()
+            .skip(i + 1)
+            .find(|(t, _)| *t >= t0 + window_ms)
+        else {
+            return None;
+        };
+        let rate = p1.saturating_sub(*p0) as f64 * 1000.0 / (t1 - t0) as f64;
+        if rate >= fraction * normal {
+            return Some(t0 - crash);
+        }
+    }
+    None
+}
+
+/// The figures of one trial; `None` where a step did not happen in time.
+#[derive(Debug, Clone, Default)]
+pub struct Trial {
+    /// (4) images/s of the whole cluster running the first job alone.
+    pub cluster_ips: Option<f64>,
+    /// (4) images/s of one process classifying the same images.
+    pub classify_ips: Option<f64>,
+    /// (1a) workers of job A and job B in C5, averaged over a few samples.
+    pub workers: Option<(f64, f64)>,
+    /// (1a) C1 rates of job A and job B.
+    pub rates: Option<(f64, f64)>,
+    /// (1b) second job submitted -> its first query done (ms).
+    pub second_start_ms: Option<f64>,
+    /// (2) worker killed -> first `event=failed` of it (ms).
+    pub worker_detect_ms: Option<f64>,
+    /// (2) worker killed -> completion rate back to normal (ms).
+    pub worker_recovery_ms: Option<f64>,
+    /// (3) coordinator killed -> first `event=failed` of it (ms).
+    pub coord_detect_ms: Option<f64>,
+    /// (3) coordinator killed -> standby's `event=role role=Primary` (ms).
+    pub coord_takeover_ms: Option<f64>,
+    /// (3) coordinator killed -> processed count grows past its value at the kill (ms).
+    pub coord_first_batch_ms: Option<f64>,
+}
+
+fn fmt_ms(v: Option<(f64, f64)>) -> String {
+    v.map_or("-".into(), |(m, s)| {
+        format!("{:.2} ± {:.2} s", m / 1000.0, s / 1000.0)
+    })
+}
+
+fn fmt_num(v: Option<(f64, f64)>, digits: usize) -> String {
+    v.map_or("-".into(), |(m, s)| format!("{m:.digits$} ± {s:.digits$}"))
+}
+
+/// Mean ± std of one figure over the trials, with how many trials gave it.
+fn over(trials: &[Trial], f: impl Fn(&Trial) -> Option<f64>) -> (Option<(f64, f64)>, usize) {
+    let v: Vec<f64> = trials.iter().filter_map(f).collect();
+    (mean_std(&v), v.len())
+}
+
+/// The table of results with the published peer figures.
+pub fn render(trials: &[Trial]) -> String {
+    let n = trials.len();
+    let mut rows: Vec<(String, String, usize, String)> = Vec::new();
+    let mut push = |what: &str, (v, k): (Option<(f64, f64)>, usize), ms: bool, peer: &str| {
+        let value = if ms { fmt_ms(v) } else { fmt_num(v, 2) };
+        rows.push((what.to_string(), value, k, peer.to_string()));
+    };
+    push(
+        "(1a) workers on job A (resnet50)",
+        over(trials, |t| t.workers.map(|w| w.0)),
+        false,
+        "",
+    );
+    push(
+        "(1a) workers on job B (inception_v3)",
+        over(trials, |t| t.workers.map(|w| w.1)),
+        false,
+        "",
+    );
+    push(
+        "(1a) C1 rate A (q/s)",
+        over(trials, |t| t.rates.map(|r| r.0)),
+        false,
+        "",
+    );
+    push(
+        "(1a) C1 rate B (q/s)",
+        over(trials, |t| t.rates.map(|r| r.1)),
+        false,
+        "",
+    );
+    push(
+        "(1a) rate ratio A/B",
+        over(trials, |t| {
+            t.rates.and_then(|r| (r.1 > 0.0).then(|| r.0 / r.1))
+        }),
+        false,
+        "",
+    );
+    push(
+        "(1a) rate gap |A-B|/max (%)",
+        over(trials, |t| t.rates.map(|r| 100.0 * rate_gap(r.0, r.1))),
+        false,
+        "5.6% (goal <= 10%)",
+    );
+    push(
+        "(1b) second job: submit -> first query",
+        over(trials, |t| t.second_start_ms),
+        true,
+        "1.1-3 s (goal <= 3 s)",
+    );
+    push(
+        "(2) worker kill -> detected (event=failed)",
+        over(trials, |t| t.worker_detect_ms),
+        true,
+        "",
+    );
+    push(
+        "(2) worker kill -> rate >= 90% of before",
+        over(trials, |t| t.worker_recovery_ms),
+        true,
+        "0.6-5.4 s",
+    );
+    push(
+        "(3) coordinator kill -> detected",
+        over(trials, |t| t.coord_detect_ms),
+        true,
+        "",
+    );
+    push(
+        "(3) coordinator kill -> standby Primary",
+        over(trials, |t| t.coord_takeover_ms),
+        true,
+        "",
+    );
+    push(
+        "(3) coordinator kill -> first new batch",
+        over(trials, |t| t.coord_first_batch_ms),
+        true,
+        "1.05-8 s",
+    );
+    push(
+        "(4) cluster images/s, one job",
+        over(trials, |t| t.cluster_ips),
+        false,
+        "",
+    );
+    push(
+        "(4) one-process classify images/s",
+        over(trials, |t| t.classify_ips),
+        false,
+        "",
+    );
+    push(
+        "(4) cluster / classify (ratio)",
+        over(trials, |t| Some(t.cluster_ips? / t.classify_ips?)),
+        false,
+        "goal >= 0.95 (overhead < 5%)",
+    );
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let v = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(12);
+    let mut out = format!(
+        "{:w$}  {:v$}  {:>6}  peers / goal\n",
+        "measurement", "mean ± std", "trials"
+    );
+    for (what, value, k, peer) in rows {
+        out.push_str(&format!("{what:w$}  {value:v$}  {k:>3}/{n:<2}  {peer}\n"));
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------
+// Process shell: clusters, polling, kills.
+// ------------------------------------------------------------------------------------
+
+/// Free loopback ports: bound to port 0 together, then released.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot bind a loopback port")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// Writes the trial's config (fast failure-detector timings, one inference thread per
+/// node, the shared synthetic weights) and loads it as the nodes will.
+fn write_config(dir: &Path, nodes: usize, weights: &Path) -> anyhow::Result<(PathBuf, Config)> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ports = free_ports(nodes + 1)?;
+    let (intro, node_ports) = ports.split_first().context("no ports")?;
+    let mut toml = format!(
+        "[cluster]\nsecret = \"{SECRET}\"\ndata_dir = \"data\"\nlog_dir = \"logs\"\n\n\
+         [introducer]\nhost = \"127.0.0.1\"\nport = {intro}\n\n\
+         [failure_detector]\nm = 3\nping_duration = 0.5\nping_timeout = 0.3\ncleanup_time = 1.5\n\n\
+         [inference]\nthreads = 1\nweights_dir = \"{}\"\n\n",
+        weights.display()
+    );
+    for (i, port) in node_ports.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[nodes]]\nname = \"H{}\"\nhost = \"127.0.0.1\"\nport = {port}\n\n",
+            i + 1
+        ));
+    }
+    let path = dir.join("config.toml");
+    fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
+    let config = crate::config_load::load(&path, &[])?;
+    Ok((path, config))
+}
+
+/// Deterministic generated images (smooth colour fields with a disc), small so that
+/// storing a few hundred in SDFS is quick; the networks resize them anyway.
+fn write_images(dir: &Path, n: usize) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for i in 0..n {
+        let iu = i as u32;
+        let (w, h) = (96 + (iu * 37) % 64, 72 + (iu * 53) % 64);
+        let t = i as f32 * 0.37;
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let (xf, yf) = (x as f32 / w as f32, y as f32 / h as f32);
+            let inside = ((xf - 0.5).powi(2) + (yf - 0.5).powi(2)) < 0.04 + 0.02 * (t.sin() + 1.0);
+            let base = [
+                (255.0 * (0.5 + 0.5 * (t + xf * 6.0).sin())) as u8,
+                (255.0 * (0.5 + 0.5 * (t * 1.3 + yf * 5.0).cos())) as u8,
+                (255.0 * (0.5 + 0.5 * (t * 0.7 + (xf + yf) * 4.0).sin())) as u8,
+            ];
+            if inside {
+                image::Rgb([255 - base[0], 255 - base[1], base[2] / 2])
+            } else {
+                image::Rgb(base)
+            }
+        });
+        let path = dir.join(format!("bench-{i:04}.png"));
+        img.save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A running trial cluster and the node the benchmark talks to.
+struct Run {
+    config: Config,
+    cluster: LocalCluster,
+    /// Node name -> address, and back.
+    by_name: BTreeMap<String, String>,
+    /// Node the console commands go to; never killed.
+    console: String,
+    /// Nodes killed so far (their logs are no longer read for detection).
+    dead: Vec<String>,
+    /// (wall ms, processed summed over jobs) from every C1 poll.
+    series: Vec<(u64, u64)>,
+}
+
+impl Run {
+    fn ask(&self, cmd: Command, timeout: Duration) -> anyhow::Result<Reply> {
+        ctl::call(&self.config, &self.console, cmd, timeout)?.map_err(|e| anyhow!(e))
+    }
+
+    /// One C1 poll: the rows, also appended to the completion series.
+    fn c1(&mut self) -> Option<Vec<Rate>> {
+        let reply = self.ask(Command::C1, POLL_TIMEOUT).ok()?;
+        let rows = parse_c1(&reply.json).ok()?;
+        let total = rows.iter().map(|r| r.processed).sum();
+        self.series.push((wall_ms(), total));
+        Some(rows)
+    }
+
+    fn c5(&self) -> Option<Vec<(String, Option<String>)>> {
+        let reply = self.ask(Command::C5, POLL_TIMEOUT).ok()?;
+        parse_c5(&reply.json).ok()
+    }
+
+    /// Polls C1 every [`POLL`] until `done` says so or `within` passes.
+    fn poll_until(
+        &mut self,
+        within: Duration,
+        mut done: impl FnMut(&[Rate], &Self) -> bool,
+    ) -> Option<Vec<Rate>> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let tick = Instant::now();
+            if let Some(rows) = self.c1() {
+                if done(&rows, self) {
+                    return Some(rows);
+                }
+            }
+            std::thread::sleep(POLL.saturating_sub(tick.elapsed()));
+        }
+        None
+    }
+
+    /// Events of every node still alive (and of the dead ones if `all`).
+    fn events(&self, all: bool) -> Vec<(String, Vec<LogEvent>)> {
+        self.by_name
+            .keys()
+            .filter(|n| n.starts_with('H') && (all || !self.dead.contains(n)))
+            .map(|n| {
+                let path = self.config.log_dir.join(format!("{n}.log"));
+                let text = fs::read_to_string(path).unwrap_or_default();
+                (n.clone(), parse_events(&text))
+            })
+            .collect()
+    }
+
+    fn reign(&self) -> Option<(String, Option<String>)> {
+        let all: Vec<LogEvent> = self.events(true).into_iter().flat_map(|(_, e)| e).collect();
+        current_reign(&all)
+    }
+
+    fn name_of(&self, addr: &str) -> Option<String> {
+        self.by_name.get(addr).cloned()
+    }
+
+    fn kill(&mut self, name: &str) -> anyhow::Result<u64> {
+        let at = wall_ms();
+        self.cluster.kill9(name)?;
+        self.dead.push(name.to_string());
+        Ok(at)
+    }
+}
+
+fn processed_of(rows: &[Rate], job: &str) -> u64 {
+    rows.iter()
+        .find(|r| r.job == job)
+        .map_or(0, |r| r.processed)
+}
+
+fn submit(run: &Run, model: &str) -> anyhow::Result<String> {
+    let r = run.ask(
+        Command::C4 {
+            model: model.into(),
+            input: "inputs/bench".into(),
+        },
+        Duration::from_secs(60),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&r.json)?;
+    Ok(v["job"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no job id in {}", r.json))?
+        .to_string())
+}
+
+/// One trial: a fresh cluster, (1) to (3) in sequence, then (4)'s one-process side.
+fn trial(
+    k: usize,
+    args: &Args,
+    root: &Path,
+    weights: &Path,
+    images: &Path,
+) -> anyhow::Result<Trial> {
+    let mut out = Trial::default();
+    let dir = root.join(format!("trial-{k}"));
+    let (config_path, config) = write_config(&dir, args.nodes, weights)?;
+    let cluster = LocalCluster::start(&config_path, &[], &config)?;
+    let mut by_name = BTreeMap::new();
+    for n in &config.nodes {
+        by_name.insert(n.name.clone(), n.addr.to_string());
+        by_name.insert(n.addr.to_string(), n.name.clone());
+    }
+    let console = config.nodes.last().context("no nodes")?.addr.to_string();
+    let mut run = Run {
+        config,
+        cluster,
+        by_name,
+        console,
+        dead: Vec::new(),
+        series: Vec::new(),
+    };
+    up::wait_formed(&run.config, Duration::from_secs(120))?;
+    for model in ["resnet50", "inception_v3"] {
+        run.ask(
+            Command::C3 {
+                model: model.into(),
+                batch: args.batch,
+            },
+            Duration::from_secs(60),
+        )?;
+    }
+    let t = Instant::now();
+    run.ask(
+        Command::Put {
+            local: std::path::absolute(images)?.display().to_string(),
+            name: "inputs/bench".into(),
+        },
+        Duration::from_secs(600),
+    )?;
+    println!(
+        "  trial {k}: cluster of {} formed, {} images stored in {:.1} s",
+        args.nodes,
+        args.images,
+        t.elapsed().as_secs_f64()
+    );
+
+    // (4), cluster side: the first job alone, timed after its first results (start-up
+    // of the pipeline is not throughput).
+    let a = submit(&run, "resnet50")?;
+    run.poll_until(Duration::from_secs(60), |rows, _| {
+        processed_of(rows, &a) > 0
+    })
+    .context("job A did not start within 60 s")?;
+    let warm = wall_ms() + 2000;
+    let alone_end = warm + (args.alone_secs * 1000.0) as u64;
+    run.poll_until(Duration::from_secs_f64(args.alone_secs + 3.0), |_, _| {
+        wall_ms() >= alone_end
+    });
+    out.cluster_ips = rate_between(&run.series, warm, alone_end);
+
+    // (1b) and (1a).
+    let submitted = Instant::now();
+    let b = submit(&run, "inception_v3")?;
+    if run
+        .poll_until(Duration::from_secs(60), |rows, _| {
+            processed_of(rows, &b) > 0
+        })
+        .is_some()
+    {
+        out.second_start_ms = Some(submitted.elapsed().as_secs_f64() * 1000.0);
+    }
+    let split_at = Instant::now() + Duration::from_secs_f64(args.both_secs);
+    run.poll_until(Duration::from_secs_f64(args.both_secs + 3.0), |_, _| {
+        Instant::now() >= split_at
+    });
+    let (mut wa, mut wb, mut samples) = (0.0, 0.0, 0.0);
+    let mut rates = None;
+    for _ in 0..5 {
+        if let Some(c5) = run.c5() {
+            wa += workers_of(&c5, &a) as f64;
+            wb += workers_of(&c5, &b) as f64;
+            samples += 1.0;
+        }
+        if let Some(rows) = run.c1() {
+            let r = |j: &str| rows.iter().find(|r| r.job == j).map(|r| r.rate_qps);
+            if let (Some(ra), Some(rb)) = (r(&a), r(&b)) {
+                rates = Some((ra, rb));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if samples > 0.0 {
+        out.workers = Some((wa / samples, wb / samples));
+    }
+    out.rates = rates;
+
+    // (2): a worker running a batch, neither coordinator nor standby nor the console.
+    let reign = run.reign();
+    let busy = run.c5().unwrap_or_default();
+    let spare: Vec<&String> = [
+        reign.as_ref().map(|r| &r.0),
+        reign.as_ref().and_then(|r| r.1.as_ref()),
+        Some(&run.console),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let victim = busy
+        .iter()
+        .find(|(node, job)| job.is_some() && !spare.contains(&node))
+        .and_then(|(node, _)| run.name_of(node));
+    match victim {
+        Some(victim) => {
+            let now = wall_ms();
+            let normal = rate_between(&run.series, now.saturating_sub(8000), now).unwrap_or(0.0);
+            let addr = run.by_name.get(&victim).cloned().unwrap_or_default();
+            let crash = run.kill(&victim)?;
+            let window = (args.window_secs * 1000.0) as u64;
+            run.poll_until(Duration::from_secs(40), |_, run| {
+                recovery_ms(&run.series, crash, normal, window, NORMAL_FRACTION).is_some()
+            });
+            out.worker_recovery_ms =
+                recovery_ms(&run.series, crash, normal, window, NORMAL_FRACTION).map(|v| v as f64);
+            out.worker_detect_ms = run
+                .events(false)
+                .iter()
+                .filter_map(|(_, ev)| first_failed(ev, &addr, crash))
+                .min()
+                .map(|w| w.saturating_sub(crash) as f64);
+            println!(
+                "  trial {k}: worker {victim} killed; normal {normal:.2} q/s; back to normal after {}",
+                out.worker_recovery_ms
+                    .map_or("-".into(), |v| format!("{:.2} s", v / 1000.0))
+            );
+        }
+        None => println!("  trial {k}: no busy worker to kill (C5 {busy:?})"),
+    }
+
+    // (3): the coordinator; batches must still be flowing.
+    std::thread::sleep(Duration::from_secs(2));
+    let rows = run.c1().unwrap_or_default();
+    if rows.iter().any(|r| r.complete) {
+        println!("  trial {k}: a job finished before the coordinator kill: raise --images");
+    }
+    match run.reign() {
+        Some((coord, Some(standby))) if coord != run.console => {
+            let coord_name = run.name_of(&coord).context("unknown coordinator")?;
+            let standby_name = run.name_of(&standby).context("unknown standby")?;
+            let before: u64 = rows.iter().map(|r| r.processed).sum();
+            let crash = run.kill(&coord_name)?;
+            let mut first_batch = None;
+            run.poll_until(Duration::from_secs(40), |rows, run| {
+                let total: u64 = rows.iter().map(|r| r.processed).sum();
+                if total > before && first_batch.is_none() {
+                    first_batch = Some(wall_ms());
+                }
+                let took_over = run
+                    .events(false)
+                    .iter()
+                    .any(|(n, ev)| *n == standby_name && first_primary(ev, crash).is_some());
+                first_batch.is_some() && took_over
+            });
+            let events = run.events(false);
+            out.coord_detect_ms = events
+                .iter()
+                .filter_map(|(_, ev)| first_failed(ev, &coord, crash))
+                .min()
+                .map(|w| w.saturating_sub(crash) as f64);
+            out.coord_takeover_ms = events
+                .iter()
+                .filter(|(n, _)| *n == standby_name)
+                .find_map(|(_, ev)| first_primary(ev, crash))
+                .map(|w| w.saturating_sub(crash) as f64);
+            out.coord_first_batch_ms = first_batch.map(|w| w.saturating_sub(crash) as f64);
+            println!(
+                "  trial {k}: coordinator {coord_name} killed; standby {standby_name}: {:?}",
+                (
+                    out.coord_detect_ms,
+                    out.coord_takeover_ms,
+                    out.coord_first_batch_ms
+                )
+            );
+        }
+        other => println!("  trial {k}: no coordinator/standby pair to test ({other:?})"),
+    }
+    let logs = run.config.log_dir.clone();
+    drop(run);
+    if !args.keep {
+        let _ = fs::remove_dir_all(&dir);
+    } else {
+        println!("  trial {k}: logs in {}", logs.display());
+    }
+
+    // (4), one-process side, after the cluster is gone so both sides had the machine.
+    out.classify_ips = Some(classify_ips(
+        weights,
+        images,
+        args.nodes,
+        args.batch,
+        args.classify_images,
+    )?);
+    Ok(out)
+}
+
+/// Images/s of one in-process ResNet50 classifier with `threads` threads over the first
+/// `n` images, in batches of `batch`, after one warm-up batch; decoding included, as on
+/// a worker.
+fn classify_ips(
+    weights: &Path,
+    images: &Path,
+    threads: usize,
+    batch: usize,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let classifier = Classifier::load(Network::ResNet50, weights, threads)?;
+    let mut files: Vec<PathBuf> = fs::read_dir(images)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    let bytes: Vec<Vec<u8>> = files
+        .iter()
+        .take(n.max(batch))
+        .map(fs::read)
+        .collect::<Result<_, _>>()?;
+    let mut chunks = bytes.chunks(batch.max(1));
+    if let Some(first) = chunks.next() {
+        let _ = classifier.classify_batch(first);
+    }
+    let t = Instant::now();
+    let mut done = 0usize;
+    for chunk in chunks {
+        let out = classifier.classify_batch(chunk);
+        done += out.results.iter().filter(|r| r.is_ok()).count();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if done == 0 || secs <= 0.0 {
+        bail!("nothing classified");
+    }
+    Ok(done as f64 / secs)
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    if args.trials == 0 || args.nodes < 4 || args.batch == 0 {
+        bail!("need --trials >= 1, --nodes >= 4 (coordinator, standby, victim, console), --batch >= 1");
+    }
+    let started = Instant::now();
+    let root = std::env::temp_dir().join(format!("dml-bench-idunno-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let weights = root.join("weights");
+    // Written once: every node of every trial loads these files instead of generating.
+    crate::models_cli::weights_synth(&weights, 0)?;
+    let images = root.join("images");
+    write_images(&images, args.images)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "bench idunno: {} trials, {} nodes x 1 inference thread, {} images, batch {}, \
+         SYNTHETIC weights; CPU {} ({cores} cores); work in {}",
+        args.trials,
+        args.nodes,
+        args.images,
+        args.batch,
+        cpu_model(),
+        root.display()
+    );
+    let mut trials = Vec::new();
+    for k in 1..=args.trials {
+        match trial(k, args, &root, &weights, &images) {
+            Ok(t) => trials.push(t),
+            Err(e) => println!("  trial {k} failed: {e:#}"),
+        }
+    }
+    if !args.keep {
+        let _ = fs::remove_dir_all(&root);
+    }
+    println!(
+        "\nbench idunno: {} of {} trials completed in {:.0} s\n",
+        trials.len(),
+        args.trials,
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", render(&trials));
+    if trials.is_empty() {
+        bail!("no trial completed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_std() {
+        let (m, s) = mean_std(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).unwrap();
+        assert!((m - 5.0).abs() < 1e-12);
+        assert!((s - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+        assert_eq!(mean_std(&[3.0]), Some((3.0, 0.0)));
+        assert_eq!(mean_std(&[]), None);
+        assert_eq!(mean_std(&[f64::NAN]), None);
+    }
+
+    #[test]
+    fn parses_role_and_failed_lines() {
+        let log = "2026-01-01T00:00:00Z  INFO dml_actors::coordinator_actor: event=role wall=100 \
+                   role=Standby epoch=1 coordinator=127.0.0.1:9001 standby=Some(\"127.0.0.1:9002\")\n\
+                   noise without events\n\
+                   x WARN dml_actors::membership_actor: event=failed wall=250 peer=127.0.0.1:9001 incarnation=3\n\
+                   y INFO c: event=role wall=300 role=Primary epoch=2 coordinator=127.0.0.1:9002 standby=Some(\"127.0.0.1:9003\")\n\
+                   z INFO c: event=role wall=50 role=Primary epoch=1 coordinator=127.0.0.1:9001 standby=None\n";
+        let ev = parse_events(log);
+        assert_eq!(ev.len(), 4);
+        assert_eq!(ev[1].get("peer"), Some("127.0.0.1:9001"));
+        assert_eq!(
+            current_reign(&ev),
+            Some(("127.0.0.1:9002".into(), Some("127.0.0.1:9003".into())))
+        );
+        assert_eq!(first_failed(&ev, "127.0.0.1:9001", 200), Some(250));
+        assert_eq!(first_failed(&ev, "127.0.0.1:9001", 251), None);
+        assert_eq!(first_primary(&ev, 60), Some(300));
+        assert_eq!(first_primary(&ev, 0), Some(50));
+        assert!(parse_event("event=role wall=notanumber").is_none());
+    }
+
+    #[test]
+    fn parses_c1_and_c5() {
+        let c1 = r#"[{"job":"1-1","model":"resnet50","rate_qps":2.5,"processed":40,"failed":0,"total":100,"complete":false}]"#;
+        let rows = parse_c1(c1).unwrap();
+        assert_eq!(rows[0].job, "1-1");
+        assert_eq!(rows[0].processed, 40);
+        assert!((rows[0].rate_qps - 2.5).abs() < 1e-12);
+        assert!(parse_c1("{}").is_err());
+        let c5 = r#"{"nodes":[{"node":"a","job":"1-1","model":"resnet50","batch":3,"queries":2},
+                    {"node":"b","job":null,"model":null,"batch":null,"queries":0},
+                    {"node":"c","job":"1-2","model":"inception_v3","batch":4,"queries":2},
+                    {"node":"d","job":"1-1","model":"resnet50","batch":5,"queries":2}],"shares":[]}"#;
+        let a = parse_c5(c5).unwrap();
+        assert_eq!(workers_of(&a, "1-1"), 2);
+        assert_eq!(workers_of(&a, "1-2"), 1);
+        assert_eq!(a[1], ("b".to_string(), None));
+    }
+
+    #[test]
+    fn rates_and_recovery() {
+        // 10 q/s until the crash at 10 s, a stall of 2 s, then 10 q/s again.
+        let mut series = Vec::new();
+        let mut p = 0u64;
+        for t in (0..=20_000u64).step_by(100) {
+            series.push((t, p));
+            if !(10_000..12_000).contains(&t) {
+                p += 1;
+            }
+        }
+        let normal = rate_between(&series, 2000, 10_000).unwrap();
+        assert!((normal - 10.0).abs() < 1e-9);
+        // The first 3 s window at >= 9 q/s starts once at most 0.3 s of stall is in it.
+        assert_eq!(recovery_ms(&series, 10_000, normal, 3000, 0.9), Some(1700));
+        // Without a stall the rate never dropped.
+        let steady: Vec<(u64, u64)> = (0..200u64).map(|i| (i * 100, i)).collect();
+        assert_eq!(recovery_ms(&steady, 5000, 10.0, 3000, 0.9), Some(0));
+        // No full window after the crash yet.
+        assert_eq!(recovery_ms(&steady, 19_000, 10.0, 3000, 0.9), None);
+        assert!((rate_gap(10.0, 9.0) - 0.1).abs() < 1e-12);
+        assert_eq!(rate_gap(0.0, 0.0), 0.0);
+    }
+
+    #[test]
+    fn table_names_every_figure() {
+        let t = Trial {
+            cluster_ips: Some(8.0),
+            classify_ips: Some(10.0),
+            workers: Some((3.0, 4.0)),
+            rates: Some((2.0, 1.9)),
+            second_start_ms: Some(1500.0),
+            ..Trial::default()
+        };
+        let s = render(&[t.clone(), t]);
+        assert!(s.contains("0.80 ± 0.00"), "{s}");
+        assert!(s.contains("1.50 ± 0.00 s"), "{s}");
+        assert!(s.contains("  0/2"), "{s}");
+    }
 }

@@ -74,6 +74,21 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Kills one child with SIGKILL (a crash, no goodbye) and reaps it.
+    pub fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
+        let pos = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .with_context(|| format!("no running child named {name}"))?;
+        let (_, mut child) = self.children.remove(pos);
+        child
+            .kill()
+            .with_context(|| format!("cannot kill {name}"))?;
+        let _ = child.wait();
+        Ok(())
+    }
+
     /// Children that have exited since the last call, with their status.
     pub fn exited(&mut self) -> Vec<String> {
         let mut gone = Vec::new();

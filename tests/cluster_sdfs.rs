@@ -482,7 +482,12 @@ fn sdfs_bench() {
         let suspicions: usize = c
             .nodes
             .iter()
-            .map(|(n, _)| c.log(n).lines().filter(|l| l.contains("event=suspected")).count())
+            .map(|(n, _)| {
+                c.log(n)
+                    .lines()
+                    .filter(|l| l.contains("event=suspected"))
+                    .count()
+            })
             .sum();
         eprintln!("BENCH transfer={transfer} suspicions during transfers: {suspicions}");
         assert_eq!(suspicions, 0, "a bulk transfer caused a false suspicion");

@@ -434,3 +434,129 @@ pub fn start_sshd(dir: &Path) -> Sshd {
     wait_port(&format!("127.0.0.1:{port}"));
     sshd
 }
+
+// ---- inference-job helpers (added for tests/cluster_jobs.rs) ----
+
+/// Like [`ctl`], but gives up after `timeout` (a poll during a takeover must not hang on
+/// a coordinator that is gone).
+pub fn ctl_within(addr: &str, cmd: Cmd, timeout: Duration) -> Result<Outcome, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = Client::<Body>::connect(addr, SECRET.as_bytes(), Duration::from_secs(2))
+            .await
+            .map_err(|e| e.to_string())?;
+        match c.request(Body::Command(cmd), timeout).await {
+            Ok(Body::Outcome(o)) => Ok(o),
+            Ok(other) => Err(format!("unexpected {}", other.kind())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+}
+
+/// Delivers one message to a node as a tool connection and does not wait for an answer
+/// (the node answers protocol messages to their sender's node address, not to a tool).
+pub fn send_oneway(addr: &str, body: Body) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = Client::<Body>::connect(addr, SECRET.as_bytes(), Duration::from_secs(2))
+            .await
+            .map_err(|e| e.to_string())?;
+        // The frame is written before the wait starts; the timeout is the expected outcome.
+        match c.request(body, Duration::from_millis(300)).await {
+            Err(dml_actors::transport::TransportError::Timeout { .. }) | Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+}
+
+/// Writes deterministic synthetic weights for both networks into `dir` with the built
+/// binary, once, so that every node loads a file instead of generating them.
+pub fn synth_weights(dir: &Path) {
+    let out = Command::new(dml_bin())
+        .args(["weights", "synth", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("run dml weights synth");
+    assert!(
+        out.status.success(),
+        "dml weights synth failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes `n` small deterministic PNGs (`<prefix>-NN.png`) into `dir`; returns the file
+/// names, sorted.
+pub fn write_pngs(dir: &Path, prefix: &str, n: usize, seed: u64) -> Vec<String> {
+    fs::create_dir_all(dir).unwrap();
+    let mut names = Vec::new();
+    for i in 0..n {
+        let bytes = seeded_bytes(seed.wrapping_mul(1000).wrapping_add(i as u64), 3 * 8);
+        let (w, h) = (32 + (i as u32 % 5) * 8, 24 + (i as u32 % 3) * 8);
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            // A few blocks of seeded colours: distinct images, cheap to make.
+            let k = (((x * 4 / w) + (y * 2 / h) * 4) as usize % 8) * 3;
+            image::Rgb([bytes[k], bytes[k + 1], bytes[k + 2]])
+        });
+        let name = format!("{prefix}-{i:02}.png");
+        img.save(dir.join(&name)).unwrap();
+        names.push(name);
+    }
+    names.sort();
+    names
+}
+
+/// One `event=role` line of a node's log: the role its job coordinator core took, and
+/// the reign it believes in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleEvent {
+    pub wall: u64,
+    pub role: String,
+    pub epoch: u64,
+    pub coordinator: String,
+    pub standby: Option<String>,
+}
+
+/// The value of ` key=` in a log line (up to the next space).
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let needle = format!(" {key}=");
+    let at = line.find(&needle)? + needle.len();
+    line[at..].split_whitespace().next()
+}
+
+impl Cluster {
+    /// Every `event=role` line of a node's log, oldest first.
+    pub fn role_events(&self, name: &str) -> Vec<RoleEvent> {
+        self.log(name)
+            .lines()
+            .filter(|l| l.contains("event=role"))
+            .filter_map(|l| {
+                let standby = log_field(l, "standby")?;
+                Some(RoleEvent {
+                    wall: log_field(l, "wall")?.parse().ok()?,
+                    role: log_field(l, "role")?.to_string(),
+                    epoch: log_field(l, "epoch")?.parse().ok()?,
+                    coordinator: log_field(l, "coordinator")?.to_string(),
+                    standby: standby
+                        .strip_prefix("Some(\"")
+                        .and_then(|s| s.strip_suffix("\")"))
+                        .map(String::from),
+                })
+            })
+            .collect()
+    }
+
+    /// Log lines of a node that contain `needle`.
+    pub fn log_lines(&self, name: &str, needle: &str) -> Vec<String> {
+        self.log(name)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(String::from)
+            .collect()
+    }
+}
