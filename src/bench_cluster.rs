@@ -66,8 +66,14 @@ pub struct Args {
     pub bytes_inproc_sizes: Vec<usize>,
     /// Longest wait for background traffic to become steady after formation (the
     /// piggybacked news of the joins dies out first).
-    #[arg(long, default_value_t = 180.0)]
+    #[arg(long, default_value_t = 240.0)]
     pub settle_secs: f64,
+    /// Shortest wait after formation before traffic may count as steady: while a node's
+    /// gossip queue holds more than one message's worth of updates, every ping carries
+    /// the maximum and the rate looks flat although it is still draining (at 50 nodes
+    /// the join news takes about a minute to drain).
+    #[arg(long, default_value_t = 90.0)]
+    pub min_settle_secs: f64,
     /// Seconds over which background traffic is measured.
     #[arg(long, default_value_t = 30.0)]
     pub bytes_secs: f64,
@@ -782,9 +788,11 @@ pub fn is_steady(prev: f64, cur: f64, tol: f64) -> bool {
 /// Length of the windows compared while waiting for steady traffic.
 const SETTLE_WINDOW: Duration = Duration::from_secs(10);
 
+#[allow(clippy::too_many_arguments)]
 fn background(
     p: &Profile,
     n: usize,
+    min_settle: f64,
     max_settle: f64,
     window: f64,
     keep: bool,
@@ -813,7 +821,8 @@ fn background(
         let r = rates(&prev, &cur).context("uptime did not advance")?;
         let rate = mean(&r.iter().map(|x| x.0).collect::<Vec<_>>());
         first_rate.get_or_insert(rate);
-        let steady = prev_rate.is_some_and(|p| is_steady(p, rate, 0.03));
+        let steady = prev_rate.is_some_and(|p| is_steady(p, rate, 0.03))
+            && settle_start.elapsed().as_secs_f64() >= min_settle;
         prev = cur;
         prev_rate = Some(rate);
         if steady || settle_start.elapsed().as_secs_f64() >= max_settle {
@@ -977,7 +986,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 "node processes"
             };
             println!("\n== background traffic, {n} {how}, {} timings", p.name);
-            let t = background(&p, n, args.settle_secs, args.bytes_secs, args.keep, inproc)?;
+            let t = background(
+                &p,
+                n,
+                args.min_settle_secs,
+                args.settle_secs,
+                args.bytes_secs,
+                args.keep,
+                inproc,
+            )?;
             let line = format!(
                 "| {} | {how} | {:.0} ({:.0}-{:.0}) | {:.0} | {:.2} | {:.0} | {:.0} |",
                 t.nodes,

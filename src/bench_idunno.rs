@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     pub nodes: usize,
     /// Generated images; both jobs run over the same set (one query per image each).
-    #[arg(long, default_value_t = 240)]
+    #[arg(long, default_value_t = 400)]
     pub images: usize,
     /// Batch size set with C3 for both models (small batches keep commits frequent, so
     /// rates are smooth enough to time a recovery).
@@ -262,13 +262,10 @@ pub fn recovery_ms(
         if *t0 < crash {
             continue;
         }
-        let Some((t1, p1)) = series
+        let (t1, p1) = series
             .iter()
             .skip(i + 1)
-            .find(|(t, _)| *t >= t0 + window_ms)
-        else {
-            return None;
-        };
+            .find(|(t, _)| *t >= t0 + window_ms)?;
         let rate = p1.saturating_sub(*p0) as f64 * 1000.0 / (t1 - t0) as f64;
         if rate >= fraction * normal {
             return Some(t0 - crash);

@@ -89,16 +89,11 @@ fn set_batch(via: &str, model: &str, n: usize) {
     assert_eq!(v["batch_size"], n as u64, "{v}");
 }
 
-/// Polls C1 on the first answering node of `via` until `job` is complete.
-fn wait_complete(via: &[String], job: &str) -> Duration {
+/// Polls C1 on `via` until `job` is complete.
+fn wait_complete(via: &str, job: &str) -> Duration {
     wait_for(JOB_WITHIN, &format!("job {job} complete"), || {
-        via.iter().find_map(|v| {
-            let rows = c1(v)?;
-            row(&rows, job)?["complete"]
-                .as_bool()
-                .filter(|c| *c)
-                .map(|_| ())
-        })
+        let rows = c1(via)?;
+        (row(&rows, job)?["complete"] == true).then_some(())
     })
     .1
 }
@@ -176,6 +171,22 @@ fn check_c1_totals(via: &str, jobs: &[(String, u64)]) {
             ),
             (Some(*n), Some(*n), Some(true)),
             "{r}"
+        );
+    }
+}
+
+/// C2 covers every query of every job (statistics survive takeovers).
+fn check_c2_counts(via: &str, jobs: &[(String, u64)]) {
+    let rows = ask(via, Command::C2).unwrap_or_else(|e| panic!("C2: {e}"));
+    for (job, n) in jobs {
+        let r = rows
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["job"] == job.as_str()))
+            .unwrap_or_else(|| panic!("job {job} missing from C2: {rows}"));
+        assert_eq!(r["stats"]["count"].as_u64(), Some(*n), "C2 of {job}: {r}");
+        assert!(
+            r["stats"]["mean_ms"].as_f64().is_some_and(|m| m > 0.0),
+            "C2 of {job}: {r}"
         );
     }
 }
@@ -383,7 +394,6 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         vec![4; 3],
         "inception_v3 results come from batches of 4"
     );
-    // The same query under two models: two results, one per job.
     done_jobs.extend([(j1.clone(), n1), (j2.clone(), n2)]);
     // C2: statistics over every committed query.
     let c2 = ask(&via, Command::C2).unwrap();
@@ -468,7 +478,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
     );
     c.kill9(&victim);
     live.retain(|n| *n != victim);
-    let took = wait_complete(&[via.clone()], &j3);
+    let took = wait_complete(&via, &j3);
     eprintln!(
         "2. killed worker {victim} mid-job; job {j3} complete {took:?} later ({:?} in all)",
         t2.elapsed()
@@ -510,7 +520,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         new.2
     );
     assert_eq!(new.0, standby, "the hot standby takes over");
-    wait_complete(&[via.clone()], &j4);
+    wait_complete(&via, &j4);
     eprintln!("   job {j4} complete {:?} after the kill", t3.elapsed());
     check_exactly_once(&c, &via, &j4, "inception_v3", &inputs4);
     done_jobs.push((j4.clone(), n4));
@@ -598,6 +608,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         || c.role_events(&coord).into_iter().find(|e| e.wall >= woke),
     );
     assert_ne!(step.role, "Primary", "{step:?}");
+    eprintln!("   old coordinator {coord} after waking: {step:?}");
     assert!(
         c.role_events(&coord)
             .iter()
@@ -614,7 +625,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
                 .any(|(a, inc, s)| *a == coord_addr && *inc > old_inc && s == "alive")
         },
     );
-    wait_complete(&[via.clone()], &j5);
+    wait_complete(&via, &j5);
     eprintln!(
         "   job {j5} complete {:?} after the pause began",
         t4.elapsed()
@@ -668,6 +679,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
     check_c1_totals(&via, &done_jobs);
     // Asked directly, the old coordinator answers with the new one's figures.
     check_c1_totals(&coord_addr, &done_jobs);
+    check_c2_counts(&via, &done_jobs);
 
     // ---- 5. kill -9 coordinator + standby + a busy worker together. ----
     let (coord, standby, epoch) = wait_roles(&c, &live, "roles before the triple kill");
@@ -703,12 +715,14 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         roles_after_rebuild(&c, &live, epoch)
     });
     eprintln!("5. killed {coord} (coordinator), {standby} (standby), {worker} (worker); {new} rebuilt from SDFS in {:?}", t5.elapsed());
-    wait_complete(&[via.clone()], &j6);
+    wait_complete(&via, &j6);
     eprintln!("   job {j6} complete {:?} after the kill", t5.elapsed());
     check_exactly_once(&c, &via, &j6, "resnet50", &inputs6);
     done_jobs.push((j6.clone(), n6));
-    // Every earlier job is back from the manifests and result names alone.
+    // Every earlier job is back from the manifests and result files alone, statistics
+    // included (every result file records its processing time).
     check_c1_totals(&via, &done_jobs);
+    check_c2_counts(&via, &done_jobs);
     eprintln!("all scenarios in {:?}", started.elapsed());
 }
 

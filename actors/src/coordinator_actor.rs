@@ -347,19 +347,36 @@ async fn load_from_sdfs(sdfs: &Addr<SdfsActor>) -> (Vec<JobManifest>, Vec<Result
             .and_then(|b| serde_json::from_slice::<JobManifest>(&b).ok())
     })
     .collect();
-    let results = list_prefix(sdfs, "results/".into())
+    let names: Vec<(String, JobId, String)> = list_prefix(sdfs, "results/".into())
         .await
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|n| parse_result_name(&n))
-        .map(|(job, query)| ResultFound {
-            job,
-            query,
-            per_query_ms: None,
-            at: None,
-            worker: None,
-        })
+        .filter_map(|n| parse_result_name(&n).map(|(job, query)| (n, job, query)))
         .collect();
+    // Each result file records its processing time, worker and wall time: read them, so
+    // that C1 and C2 survive losing coordinator and standby together. A file that cannot
+    // be read still counts as a result (its name proves it was written), without timing.
+    let (now, now_wall) = (clock::now(), clock::wall_ms());
+    let mut results = Vec::with_capacity(names.len());
+    for chunk in names.chunks(32) {
+        let files = join_all(chunk.iter().map(|(n, _, _)| get_bytes(sdfs, n.clone()))).await;
+        for ((_, job, query), file) in chunk.iter().zip(files) {
+            let rec = file
+                .ok()
+                .and_then(|b| serde_json::from_slice::<QueryResult>(&b).ok())
+                .filter(|r| r.query == *query && r.job == job.to_string());
+            results.push(ResultFound {
+                job: *job,
+                query: query.clone(),
+                per_query_ms: rec.as_ref().map(|r| r.per_query_ms),
+                // Commit times are on this process's monotonic clock, the file has wall time.
+                at: rec
+                    .as_ref()
+                    .map(|r| now.saturating_sub(now_wall.saturating_sub(r.at_wall_ms))),
+                worker: rec.map(|r| NodeAddr(r.worker)),
+            });
+        }
+    }
     (manifests, results)
 }
 
