@@ -475,21 +475,7 @@ fn write_images(dir: &Path, n: usize) -> anyhow::Result<()> {
     for i in 0..n {
         let iu = i as u32;
         let (w, h) = (96 + (iu * 37) % 64, 72 + (iu * 53) % 64);
-        let t = i as f32 * 0.37;
-        let img = image::RgbImage::from_fn(w, h, |x, y| {
-            let (xf, yf) = (x as f32 / w as f32, y as f32 / h as f32);
-            let inside = ((xf - 0.5).powi(2) + (yf - 0.5).powi(2)) < 0.04 + 0.02 * (t.sin() + 1.0);
-            let base = [
-                (255.0 * (0.5 + 0.5 * (t + xf * 6.0).sin())) as u8,
-                (255.0 * (0.5 + 0.5 * (t * 1.3 + yf * 5.0).cos())) as u8,
-                (255.0 * (0.5 + 0.5 * (t * 0.7 + (xf + yf) * 4.0).sin())) as u8,
-            ];
-            if inside {
-                image::Rgb([255 - base[0], 255 - base[1], base[2] / 2])
-            } else {
-                image::Rgb(base)
-            }
-        });
+        let img = crate::demo::generated_image(iu, w, h);
         let path = dir.join(format!("bench-{i:04}.png"));
         img.save(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;

@@ -58,22 +58,7 @@ fn sample_set(samples: &Path, dir: &Path, n: usize) -> anyhow::Result<usize> {
     }
     let mut i = 0u32;
     while count < n {
-        let (w, h) = (160 + (i * 37) % 200, 120 + (i * 53) % 180);
-        let img = image::RgbImage::from_fn(w, h, |x, y| {
-            let (xf, yf) = (x as f32 / w as f32, y as f32 / h as f32);
-            let t = i as f32 * 0.37;
-            let inside = ((xf - 0.5).powi(2) + (yf - 0.5).powi(2)) < 0.04 + 0.02 * (t.sin() + 1.0);
-            let base = [
-                (255.0 * (0.5 + 0.5 * (t + xf * 6.0).sin())) as u8,
-                (255.0 * (0.5 + 0.5 * (t * 1.3 + yf * 5.0).cos())) as u8,
-                (255.0 * (0.5 + 0.5 * (t * 0.7 + (xf + yf) * 4.0).sin())) as u8,
-            ];
-            if inside {
-                image::Rgb([255 - base[0], 255 - base[1], base[2] / 2])
-            } else {
-                image::Rgb(base)
-            }
-        });
+        let img = generated_image(i, 160 + (i * 37) % 200, 120 + (i * 53) % 180);
         let path = dir.join(format!("generated-{i:04}.png"));
         img.save(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -81,6 +66,25 @@ fn sample_set(samples: &Path, dir: &Path, n: usize) -> anyhow::Result<usize> {
         i += 1;
     }
     Ok(count)
+}
+
+/// A deterministic test picture: a smooth colour field with a disc, varied by `i`.
+pub fn generated_image(i: u32, w: u32, h: u32) -> image::RgbImage {
+    let t = i as f32 * 0.37;
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let (xf, yf) = (x as f32 / w as f32, y as f32 / h as f32);
+        let inside = ((xf - 0.5).powi(2) + (yf - 0.5).powi(2)) < 0.04 + 0.02 * (t.sin() + 1.0);
+        let base = [
+            (255.0 * (0.5 + 0.5 * (t + xf * 6.0).sin())) as u8,
+            (255.0 * (0.5 + 0.5 * (t * 1.3 + yf * 5.0).cos())) as u8,
+            (255.0 * (0.5 + 0.5 * (t * 0.7 + (xf + yf) * 4.0).sin())) as u8,
+        ];
+        if inside {
+            image::Rgb([255 - base[0], 255 - base[1], base[2] / 2])
+        } else {
+            image::Rgb(base)
+        }
+    })
 }
 
 pub fn run(

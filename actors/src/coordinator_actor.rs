@@ -19,7 +19,6 @@ use crate::jobs::{
     Coordinator, Effect, JobId, JobManifest, JobsConfig, Msg, ResultFound, StatusKind,
     StatusReport, Timer,
 };
-use crate::membership::MemberState;
 use crate::membership_actor::View;
 use crate::msg::Body;
 use crate::sdfs_actor::{self, GetBytes, ListPrefix, PutBytes, SdfsActor};
@@ -501,16 +500,7 @@ impl Handler<SetWorker> for CoordinatorActor {
 impl Handler<View> for CoordinatorActor {
     type Result = ();
     fn handle(&mut self, v: View, ctx: &mut Context<Self>) {
-        let mut live: Vec<NodeAddr> = v
-            .members
-            .iter()
-            .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
-            .map(|m| m.addr.clone())
-            .collect();
-        if !live.contains(&v.me) {
-            live.push(v.me.clone());
-        }
-        live.sort();
+        let live = v.live();
         if live == self.live {
             return;
         }

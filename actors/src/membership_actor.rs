@@ -60,6 +60,27 @@ pub struct View {
     pub members: Vec<Member>,
 }
 
+impl View {
+    /// Addresses of the live members (alive or suspect), this node included, sorted.
+    pub fn live(&self) -> Vec<NodeAddr> {
+        let mut live: Vec<NodeAddr> = self
+            .members
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m.state,
+                    crate::membership::MemberState::Alive | crate::membership::MemberState::Suspect
+                )
+            })
+            .map(|m| m.addr.clone())
+            .collect();
+        live.push(self.me.clone());
+        live.sort();
+        live.dedup();
+        live
+    }
+}
+
 /// Subscribe to [`View`] updates.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -22,7 +22,6 @@ use tracing::{info, warn};
 use crate::clock;
 use crate::config::{Config, Transfer};
 use crate::control::{Command, Outcome, Reply as CtlReply};
-use crate::membership::MemberState;
 use crate::membership_actor::View;
 use crate::msg::Body;
 use crate::sdfs::core::staging_file_name;
@@ -1009,17 +1008,7 @@ impl Handler<ListPrefix> for SdfsActor {
 impl Handler<View> for SdfsActor {
     type Result = ();
     fn handle(&mut self, m: View, ctx: &mut Context<Self>) {
-        let mut live: Vec<NodeAddr> = m
-            .members
-            .iter()
-            .filter(|x| matches!(x.state, MemberState::Alive | MemberState::Suspect))
-            .map(|x| x.addr.clone())
-            .collect();
-        if !live.contains(&self.me) {
-            live.push(self.me.clone());
-        }
-        live.sort();
-        live.dedup();
+        let live = m.live();
         self.feed(Input::Members { live }, ctx);
     }
 }
