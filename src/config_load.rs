@@ -20,7 +20,8 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
             Environment::with_prefix("DML")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(config_env())),
         );
     for o in overrides {
         let (k, v) = o.split_once('=').ok_or_else(|| ConfigError {
@@ -42,6 +43,14 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| Path::new(".").to_path_buf());
     raw.validate(&base)
+}
+
+/// Only `DML_<SECTION>__<KEY>` variables are configuration; other `DML_*` variables
+/// (tools' and tests' own settings) must not be read as unknown keys.
+fn config_env() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.strip_prefix("DML_").is_some_and(|rest| rest.contains("__")))
+        .collect()
 }
 
 /// Flags are strings; numbers and booleans are given their type so `--set
