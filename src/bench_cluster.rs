@@ -310,7 +310,7 @@ struct LocalCluster {
 
 /// Free loopback ports: bound to port 0 together, then released (another process could
 /// take one in between; unlikely, and start-up would then fail loudly).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -431,23 +430,11 @@ pub fn render(trials: &[Trial]) -> String {
 // Process shell: clusters, polling, kills.
 // ------------------------------------------------------------------------------------
 
-/// Free loopback ports: bound to port 0 together, then released.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("cannot bind a loopback port")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
-}
-
 /// Writes the trial's config (fast failure-detector timings, one inference thread per
 /// node, the shared synthetic weights) and loads it as the nodes will.
 fn write_config(dir: &Path, nodes: usize, weights: &Path) -> anyhow::Result<(PathBuf, Config)> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let ports = free_ports(nodes + 1)?;
+    let ports = crate::bench_cluster::free_ports(nodes + 1)?;
     let (intro, node_ports) = ports.split_first().context("no ports")?;
     let mut toml = format!(
         "[cluster]\nsecret = \"{SECRET}\"\ndata_dir = \"data\"\nlog_dir = \"logs\"\n\n\

@@ -49,7 +49,10 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
 /// (tools' and tests' own settings) must not be read as unknown keys.
 fn config_env() -> config::Map<String, String> {
     std::env::vars()
-        .filter(|(k, _)| k.strip_prefix("DML_").is_some_and(|rest| rest.contains("__")))
+        .filter(|(k, _)| {
+            k.strip_prefix("DML_")
+                .is_some_and(|rest| rest.contains("__"))
+        })
         .collect()
 }
 
