@@ -32,17 +32,6 @@ impl Drop for TempDir {
     }
 }
 
-fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return (v, start.elapsed());
-        }
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(150));
-    }
-}
-
 /// A job command's JSON answer, or the node's one-line error.
 fn ask(via: &str, cmd: Command) -> Result<Value, String> {
     let reply = common::ctl_within(via, cmd, Duration::from_secs(30))??;
@@ -91,7 +80,7 @@ fn set_batch(via: &str, model: &str, n: usize) {
 
 /// Polls C1 on `via` until `job` is complete.
 fn wait_complete(via: &str, job: &str) -> Duration {
-    wait_for(JOB_WITHIN, &format!("job {job} complete"), || {
+    common::wait_for(JOB_WITHIN, &format!("job {job} complete"), || {
         let rows = c1(via)?;
         (row(&rows, job)?["complete"] == true).then_some(())
     })
@@ -141,7 +130,7 @@ fn check_exactly_once(
         assert!(r.synthetic, "{r:?}");
         assert!(r.per_query_ms > 0.0, "{r:?}");
     }
-    let rows = wait_for(Duration::from_secs(30), "C1", || c1(via)).0;
+    let rows = common::wait_for(Duration::from_secs(30), "C1", || c1(via)).0;
     let r = row(&rows, job).unwrap_or_else(|| panic!("no C1 row for {job}: {rows:?}"));
     let n = inputs.len() as u64;
     assert_eq!(
@@ -160,7 +149,7 @@ fn check_exactly_once(
 
 /// Every job so far is complete in C1 with each query counted once.
 fn check_c1_totals(via: &str, jobs: &[(String, u64)]) {
-    let rows = wait_for(Duration::from_secs(30), "C1", || c1(via)).0;
+    let rows = common::wait_for(Duration::from_secs(30), "C1", || c1(via)).0;
     for (job, n) in jobs {
         let r = row(&rows, job).unwrap_or_else(|| panic!("job {job} missing from C1: {rows:?}"));
         assert_eq!(
@@ -243,7 +232,7 @@ fn roles(c: &Cluster, live: &[String]) -> Option<(String, String, u64)> {
 }
 
 fn wait_roles(c: &Cluster, live: &[String], what: &str) -> (String, String, u64) {
-    wait_for(Duration::from_secs(30), what, || roles(c, live)).0
+    common::wait_for(Duration::from_secs(30), what, || roles(c, live)).0
 }
 
 /// Live nodes other than `except`.
@@ -273,7 +262,7 @@ fn wait_replicated(c: &Cluster, via: &str, prefixes: &[&str], live_addrs: &[Stri
         .iter()
         .flat_map(|p| names_under(c, via, p))
         .collect();
-    let (_, took) = wait_for(
+    let (_, took) = common::wait_for(
         Duration::from_secs(60),
         "re-replication before the triple kill",
         || {
@@ -463,7 +452,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
     let (j3, n3) = submit(&via, "resnet50", "inputs/w");
     let t2 = Instant::now();
     let mut sizes3 = BTreeSet::new();
-    let (victim, _) = wait_for(Duration::from_secs(60), "a worker running a batch", || {
+    let (victim, _) = common::wait_for(Duration::from_secs(60), "a worker running a batch", || {
         let b = busy(&via)?;
         sizes3.extend(b.iter().filter(|x| x.1 == j3).map(|x| x.3));
         b.into_iter()
@@ -499,10 +488,11 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
     set_batch(&via, "inception_v3", 2);
     let inputs4 = put_images(&c, &via, &work, "c", 24, 4);
     let (j4, n4) = submit(&via, "inception_v3", "inputs/c");
-    let (processed, _) = wait_for(Duration::from_secs(60), "a first committed batch", || {
-        let rows = c1(&via)?;
-        row(&rows, &j4)?["processed"].as_u64().filter(|p| *p > 0)
-    });
+    let (processed, _) =
+        common::wait_for(Duration::from_secs(60), "a first committed batch", || {
+            let rows = c1(&via)?;
+            row(&rows, &j4)?["processed"].as_u64().filter(|p| *p > 0)
+        });
     assert!(
         processed < n4,
         "job {j4} finished before the coordinator could be killed"
@@ -510,7 +500,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
     let t3 = Instant::now();
     c.kill9(&coord);
     live.retain(|n| *n != coord);
-    let (new, _) = wait_for(Duration::from_secs(30), "takeover", || {
+    let (new, _) = common::wait_for(Duration::from_secs(30), "takeover", || {
         roles(&c, &live).filter(|r| r.2 > epoch)
     });
     eprintln!(
@@ -559,7 +549,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         .1;
     let inputs5 = put_images(&c, &via, &work, "p", 32, 5);
     let (j5, n5) = submit(&via, "inception_v3", "inputs/p");
-    wait_for(Duration::from_secs(60), "a first committed batch", || {
+    common::wait_for(Duration::from_secs(60), "a first committed batch", || {
         let rows = c1(&via)?;
         row(&rows, &j5)?["processed"].as_u64().filter(|p| *p > 0)
     });
@@ -573,19 +563,19 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         "paused coordinator removed",
         |v| v.iter().all(|(a, _, _)| *a != coord_addr),
     );
-    let (new, _) = wait_for(
+    let (new, _) = common::wait_for(
         Duration::from_secs(30),
         "takeover from the paused coordinator",
         || roles(&c, &rest).filter(|r| r.2 > epoch),
     );
     assert_eq!(new.0, standby, "the hot standby takes over");
     // The new coordinator answers C1 and commits batches before the old one wakes.
-    let (p0, _) = wait_for(
+    let (p0, _) = common::wait_for(
         Duration::from_secs(30),
         "C1 from the new coordinator",
         || row(&c1(&via)?, &j5)?["processed"].as_u64(),
     );
-    wait_for(
+    common::wait_for(
         JOB_WITHIN,
         "a batch committed by the new coordinator",
         || {
@@ -602,7 +592,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         new.0, new.2
     );
     // It steps down: its next role line (after waking) is not Primary.
-    let (step, _) = wait_for(
+    let (step, _) = common::wait_for(
         Duration::from_secs(20),
         "the old coordinator steps down",
         || c.role_events(&coord).into_iter().find(|e| e.wall >= woke),
@@ -661,7 +651,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
             common::send_oneway(&c.addr(n), Body::Jobs(Msg::RunBatch(rb))).unwrap();
         }
     }
-    wait_for(
+    common::wait_for(
         Duration::from_secs(60),
         "probe batches of the current term run everywhere",
         || {
@@ -689,7 +679,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
     let live_addrs: Vec<String> = live.iter().map(|n| c.addr(n)).collect();
     wait_replicated(&c, &via, &["jobs/", "inputs/", "results/"], &live_addrs);
     let (j6, n6) = submit(&via, "resnet50", "inputs/t");
-    let (worker, _) = wait_for(Duration::from_secs(60), "a worker running a batch", || {
+    let (worker, _) = common::wait_for(Duration::from_secs(60), "a worker running a batch", || {
         let rows = c1(&via)?;
         let processed = row(&rows, &j6)?["processed"].as_u64()?;
         if processed == 0 {
@@ -711,7 +701,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         c.kill9(v);
     }
     live.retain(|n| ![&coord, &standby, &worker].contains(&n));
-    let (new, _) = wait_for(Duration::from_secs(60), "a node rebuilds from SDFS", || {
+    let (new, _) = common::wait_for(Duration::from_secs(60), "a node rebuilds from SDFS", || {
         roles_after_rebuild(&c, &live, epoch)
     });
     eprintln!("5. killed {coord} (coordinator), {standby} (standby), {worker} (worker); {new} rebuilt from SDFS in {:?}", t5.elapsed());

@@ -54,17 +54,6 @@ fn parse_versions(mut s: &[u8], name: &str) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
-fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return (v, start.elapsed());
-        }
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn sdfs_on_a_real_cluster() {
     let t = Timings::fast();
@@ -209,7 +198,7 @@ fn sdfs_on_a_real_cluster() {
         .unwrap();
     assert_eq!(r["version"], 2);
     assert!(fs::read(&out).unwrap() == v2, "bit rot reached the reader");
-    wait_for(Duration::from_secs(15), "repair of the rotten copy", || {
+    common::wait_for(Duration::from_secs(15), "repair of the rotten copy", || {
         let now = c
             .version_file(&bad_node, NAME, 2)
             .and_then(|p| fs::read(p).ok())?;
@@ -253,7 +242,7 @@ fn sdfs_on_a_real_cluster() {
         .unwrap();
     assert_eq!(r["version"], 2);
     assert!(fs::read(&out).unwrap() == v2, "acknowledged bytes lost");
-    let (_, took) = wait_for(
+    let (_, took) = common::wait_for(
         Duration::from_secs(30),
         "re-replication to 4 live nodes",
         || {
@@ -264,7 +253,7 @@ fn sdfs_on_a_real_cluster() {
     );
     eprintln!("re-replicated onto 4 live nodes {took:?} after the get");
     // The primary logs the time once its check round confirms the copies.
-    wait_for(
+    common::wait_for(
         Duration::from_secs(10),
         "re-replication time in the log",
         || {
@@ -506,7 +495,7 @@ fn sdfs_bench() {
         c.kill9(&victim_name);
         let live: Vec<String> = all.iter().filter(|a| **a != victim).cloned().collect();
         let needle = format!("re-replication of {name} took");
-        let (line, _) = wait_for(Duration::from_secs(300), "re-replication", || {
+        let (line, _) = common::wait_for(Duration::from_secs(300), "re-replication", || {
             live.iter().find_map(|a| {
                 c.log(&c.name_of(a))
                     .lines()

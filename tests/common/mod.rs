@@ -240,20 +240,7 @@ impl Drop for Cluster {
 }
 
 pub fn ctl(addr: &str, cmd: Cmd) -> Result<Outcome, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = Client::<Body>::connect(addr, SECRET.as_bytes(), Duration::from_secs(2))
-            .await
-            .map_err(|e| e.to_string())?;
-        match c.request(Body::Command(cmd), Duration::from_secs(60)).await {
-            Ok(Body::Outcome(o)) => Ok(o),
-            Ok(other) => Err(format!("unexpected {}", other.kind())),
-            Err(e) => Err(e.to_string()),
-        }
-    })
+    ctl_within(addr, cmd, Duration::from_secs(60))
 }
 
 pub fn parse(line: &str) -> Cmd {
@@ -558,5 +545,21 @@ impl Cluster {
             .filter(|l| l.contains(needle))
             .map(String::from)
             .collect()
+    }
+}
+
+/// Polls `f` until it yields a value; fails the test after `within`.
+pub fn wait_for<T>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, start.elapsed());
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
