@@ -129,14 +129,18 @@ enum WeightsCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Forward-pass speed of both networks at batch 1, 8, 32.
+    /// Forward-pass speed of both networks at batch 1 and 8, in img/s and GFLOP/s.
     Models {
         #[arg(long, default_value = "weights")]
         weights: PathBuf,
         #[arg(long, default_value_t = 2)]
         threads: usize,
-        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
         batches: Vec<usize>,
+        /// Also measure every other kernel combination (portable, no Winograd), one
+        /// line each, to show what each step brings.
+        #[arg(long)]
+        all_kernels: bool,
     },
     /// The inference assignment's measurements: fair split, second-job start, recovery
     /// after worker and coordinator crashes, cluster overhead.
@@ -263,7 +267,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 weights,
                 threads,
                 batches,
-            } => models_cli::bench_models(&weights, threads, &batches)?,
+                all_kernels,
+            } => models_cli::bench_models(&weights, threads, &batches, all_kernels)?,
             BenchCmd::Cluster { args } => bench_cluster::run(&args)?,
             BenchCmd::Idunno { args } => bench_idunno::run(&args)?,
         },

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use dml_models::{weights, Classifier, Network, Prediction, Weights};
+use dml_models::{weights, Classifier, Kernels, Network, Prediction, Weights};
 
 /// Writes deterministic synthetic weights for both networks into `dir`. Refuses to replace
 /// real weights, which would silently turn every prediction into noise.
@@ -162,56 +162,94 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Images per second for both networks at each batch size, GFLOP/s, and peak RSS. Loads
-/// both networks first, so the RSS is that of a node serving both.
-pub fn bench_models(weights_dir: &Path, threads: usize, batches: &[usize]) -> anyhow::Result<()> {
+/// Images per second for both networks at each batch size, GFLOP/s against the measured
+/// fp32 peak, and peak RSS. Loads both networks first, so the RSS is that of a node serving
+/// both. With `all_kernels`, every kernel combination this CPU has is measured too, so
+/// each optimisation step shows on its own line.
+pub fn bench_models(
+    weights_dir: &Path,
+    threads: usize,
+    batches: &[usize],
+    all_kernels: bool,
+) -> anyhow::Result<()> {
     let batches: Vec<usize> = if batches.is_empty() {
-        vec![1, 8, 32]
+        vec![1, 8]
     } else {
         batches.to_vec()
     };
-    let mut classifiers = Vec::new();
+    let peak = dml_models::fp32_peak_gflops(threads);
+    let mut sets = vec![("best", Kernels::best())];
+    if all_kernels {
+        for (name, k) in [
+            ("portable direct", (false, false)),
+            ("portable + winograd", (true, false)),
+            ("avx512 direct", (false, true)),
+        ] {
+            let k = Kernels {
+                winograd: k.0,
+                avx512: k.1,
+            };
+            if k.for_this_cpu() == k {
+                sets.push((name, k));
+            }
+        }
+    }
+    let mut weights = Vec::new();
     for net in Network::ALL {
-        let c = match Classifier::load(net, weights_dir, threads) {
-            Ok(c) => c,
+        let w = match weights::find_weight_file(net, weights_dir)
+            .and_then(|p| Weights::load(net, &p))
+        {
+            Ok(w) => w,
             Err(e) => {
                 eprintln!("{net}: {e}; benchmarking synthetic weights instead (same speed)");
-                Classifier::new(&Weights::synthetic(net, 0)?, threads)?
+                Weights::synthetic(net, 0)?
             }
         };
-        classifiers.push(c);
+        weights.push(w);
     }
-    let loaded_rss = peak_rss_bytes();
     println!(
-        "threads {threads}; both networks loaded, peak RSS {}",
-        fmt_mib(loaded_rss)
+        "threads {threads}; fp32 peak {} (measured: register-only FMA loop on every thread)",
+        peak.map_or_else(
+            || "unknown (no AVX-512)".into(),
+            |p| format!("{p:.0} GFLOP/s")
+        )
     );
-    println!(
-        "{:<13} {:>5} {:>10} {:>10} {:>9}",
-        "network", "batch", "img/s", "ms/batch", "GFLOP/s"
-    );
-    for c in &classifiers {
-        let net = c.network();
-        for &n in &batches {
-            let x = c.dummy_batch(n.max(1))?;
-            c.logits(&x)?; // warm-up: first-touch allocations, packing buffers
-            let (mut runs, mut total) = (0u32, Duration::ZERO);
-            while runs < 3 || (total < Duration::from_secs(5) && runs < 50) {
-                let t = Instant::now();
-                c.logits(&x)?;
-                total += t.elapsed();
-                runs += 1;
-            }
-            let per_batch = total.as_secs_f64() / f64::from(runs);
-            let ips = n.max(1) as f64 / per_batch;
+    for (set_name, kernels) in sets {
+        let classifiers = weights
+            .iter()
+            .map(|w| Classifier::with_kernels(w, threads, kernels))
+            .collect::<Result<Vec<_>, _>>()?;
+        if set_name == "best" {
             println!(
-                "{:<13} {:>5} {:>10.2} {:>10.1} {:>9.1}",
-                net.name(),
-                n,
-                ips,
-                per_batch * 1e3,
-                ips * net.flops_per_image() / 1e9
+                "kernels {kernels:?}; both networks loaded, peak RSS {}",
+                fmt_mib(peak_rss_bytes())
             );
+        } else {
+            println!("kernels {set_name} {kernels:?}");
+        }
+        for c in &classifiers {
+            let net = c.network();
+            for &n in &batches {
+                let x = c.dummy_batch(n.max(1))?;
+                c.logits(&x)?; // warm-up: first-touch allocations, packing buffers
+                let (mut runs, mut total) = (0u32, Duration::ZERO);
+                while runs < 3 || (total < Duration::from_secs(5) && runs < 50) {
+                    let t = Instant::now();
+                    c.logits(&x)?;
+                    total += t.elapsed();
+                    runs += 1;
+                }
+                let per_batch = total.as_secs_f64() / f64::from(runs);
+                let ips = n.max(1) as f64 / per_batch;
+                let gflops = ips * net.flops_per_image() / 1e9;
+                let of_peak = peak.map_or_else(String::new, |p| {
+                    format!(" ({:.0}% of fp32 peak)", 100.0 * gflops / p)
+                });
+                println!(
+                    "{} batch {n}: {ips:.1} img/s, {gflops:.0} GFLOP/s{of_peak}",
+                    net.name()
+                );
+            }
         }
     }
     println!("peak RSS {}", fmt_mib(peak_rss_bytes()));

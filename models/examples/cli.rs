@@ -27,7 +27,8 @@ fn main() -> anyhow::Result<()> {
         ),
         "bench" => {
             let batches: Vec<usize> = args.iter().skip(2).filter_map(|b| b.parse().ok()).collect();
-            models_cli::bench_models(Path::new(arg(1)), threads, &batches)
+            let all = args.iter().any(|a| a == "--all-kernels");
+            models_cli::bench_models(Path::new(arg(1)), threads, &batches, all)
         }
         _ => anyhow::bail!("usage: cli synth DIR [SEED] | fetch DIR | classify MODEL WEIGHTS DIR [--json] | bench WEIGHTS [BATCH..]"),
     }

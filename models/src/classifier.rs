@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::inception_v3::InceptionV3;
+use crate::kernels::Kernels;
 use crate::labels;
 use crate::preprocess;
 use crate::resnet50::ResNet50;
@@ -47,8 +48,8 @@ pub struct BatchOutput {
 }
 
 enum Net {
-    ResNet50(ResNet50),
-    InceptionV3(InceptionV3),
+    ResNet50(Box<ResNet50>),
+    InceptionV3(Box<InceptionV3>),
 }
 
 /// A network ready to classify, with its own pool of `threads` workers. All tensor work
@@ -74,6 +75,16 @@ impl std::fmt::Debug for Classifier {
 impl Classifier {
     /// Builds the network from validated weights (folding BatchNorm) on `threads` workers.
     pub fn new(weights: &Weights, threads: usize) -> Result<Self, ModelError> {
+        Self::with_kernels(weights, threads, Kernels::best())
+    }
+
+    /// Like [`Classifier::new`], with a chosen set of kernels (benchmarks, tests).
+    pub fn with_kernels(
+        weights: &Weights,
+        threads: usize,
+        kernels: Kernels,
+    ) -> Result<Self, ModelError> {
+        let kernels = kernels.for_this_cpu();
         let network = weights.network();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
@@ -82,8 +93,12 @@ impl Classifier {
             .map_err(|e| ModelError::Threads(e.to_string()))?;
         let net = pool.install(|| -> Result<Net, ModelError> {
             Ok(match network {
-                Network::ResNet50 => Net::ResNet50(ResNet50::new(weights)?),
-                Network::InceptionV3 => Net::InceptionV3(InceptionV3::new(weights)?),
+                Network::ResNet50 => {
+                    Net::ResNet50(Box::new(ResNet50::with_kernels(weights, kernels)?))
+                }
+                Network::InceptionV3 => {
+                    Net::InceptionV3(Box::new(InceptionV3::with_kernels(weights, kernels)?))
+                }
             })
         })?;
         if let Some(seed) = weights.synthetic_seed() {

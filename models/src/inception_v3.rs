@@ -7,7 +7,8 @@
 
 use candle_core::Tensor;
 
-use crate::layers::{self, ConvSpec, FoldedConv, Linear};
+use crate::kernels::{self, Act, Kernels, OutSlice, PackedConv, Scratch};
+use crate::layers::{self, ConvSpec, Linear, ScratchPool};
 use crate::weights::Weights;
 
 /// Input side length.
@@ -250,21 +251,27 @@ pub fn tensor_spec() -> Vec<(String, Vec<usize>)> {
 /// (the `transform_input` remapping is inside), returns `[n, 1000]` logits.
 #[derive(Debug)]
 pub struct InceptionV3 {
-    blocks: Vec<Block<FoldedConv>>,
+    blocks: Vec<Block<PackedConv>>,
     fc: Linear,
+    scratch: ScratchPool,
 }
 
 impl InceptionV3 {
     /// Builds the network from validated weights, folding every BatchNorm (and the input
     /// transform into the first convolution).
     pub fn new(w: &Weights) -> candle_core::Result<Self> {
+        Self::with_kernels(w, Kernels::best())
+    }
+
+    /// Like [`InceptionV3::new`], with a chosen set of kernels.
+    pub fn with_kernels(w: &Weights, k: Kernels) -> candle_core::Result<Self> {
         let scale: Vec<f64> = STD.iter().map(|s| s / 0.5).collect();
         let shift: Vec<f64> = MEAN.iter().map(|m| (m - 0.5) / 0.5).collect();
         let mut fold = |c: &ConvSpec| {
             if c.conv_key == "Conv2d_1a_3x3.conv" {
-                FoldedConv::fold_with_input_affine(c, w, true, Some((&scale, &shift)))
+                layers::fold_with_input_affine(c, w, true, Some((&scale, &shift)), k)
             } else {
-                FoldedConv::fold(c, w, true)
+                layers::fold(c, w, true, k)
             }
         };
         let blocks = architecture()
@@ -279,50 +286,143 @@ impl InceptionV3 {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let fc = Linear::load(w, "fc")?;
-        Ok(Self { blocks, fc })
+        Ok(Self {
+            blocks,
+            fc,
+            scratch: ScratchPool::default(),
+        })
+    }
+
+    /// Multiply-adds of one image's forward pass.
+    pub fn macs_per_image(&self) -> u64 {
+        let (mut h, mut w, mut c) = (INPUT_SIZE, INPUT_SIZE, 3);
+        let mut total = 0;
+        for block in &self.blocks {
+            let mut out = (0, 0, 0);
+            for branch in &block.branches {
+                let (mut bh, mut bw, mut bc) = (h, w, c);
+                for op in branch {
+                    for conv in op.convs() {
+                        total += conv.macs(bh, bw);
+                    }
+                    (bh, bw, bc) = op_out(op, bh, bw, bc);
+                }
+                out = (bh, bw, out.2 + bc);
+            }
+            (h, w, c) = out;
+        }
+        total + 2048 * 1000
     }
 
     /// Logits for a batch. Dropout is the identity at inference.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         layers::check_input(x, INPUT_SIZE, "inception_v3")?;
-        let mut y = x.clone();
+        let mut s = self.scratch.take();
+        let mut y = layers::input_nhwc(x, &mut s)?;
         for block in &self.blocks {
-            y = run_block(block, &y)?;
+            let next = run_block(block, &y, &mut s);
+            s.recycle(std::mem::replace(&mut y, next));
         }
-        self.fc.forward(&layers::global_avg_pool(&y)?)
+        let features = kernels::global_avg_pool(&y);
+        let n = y.n;
+        s.recycle(y);
+        self.scratch.put(s);
+        self.fc.forward(&features, n)
     }
 }
 
-fn run_op(op: &Op<FoldedConv>, x: &Tensor) -> candle_core::Result<Tensor> {
+/// Output height, width and channels of `op` on an `h x w x c` input.
+fn op_out(op: &Op<PackedConv>, h: usize, w: usize, c: usize) -> (usize, usize, usize) {
     match op {
-        Op::Conv(c) => c.forward(x),
-        Op::MaxPool => layers::max_pool_3s2(x),
-        Op::AvgPool => layers::avg_pool_3s1p1(x),
-        Op::Fork(cs) => {
-            let outs = cs
-                .iter()
-                .map(|c| c.forward(x))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::cat(&outs, 1)
+        Op::Conv(k) => {
+            let (oh, ow) = k.out_hw(h, w);
+            (oh, ow, k.cout)
+        }
+        Op::MaxPool => ((h - 3) / 2 + 1, (w - 3) / 2 + 1, c),
+        Op::AvgPool => (h, w, c),
+        Op::Fork(ks) => {
+            let (oh, ow) = ks.first().map_or((h, w), |k| k.out_hw(h, w));
+            (oh, ow, ks.iter().map(|k| k.cout).sum())
         }
     }
 }
 
-fn run_block(block: &Block<FoldedConv>, x: &Tensor) -> candle_core::Result<Tensor> {
-    let mut outs = Vec::with_capacity(block.branches.len());
+/// Runs `op` on `x`, writing its channels into `out`'s column range.
+fn run_op_into(op: &Op<PackedConv>, x: &Act, out: OutSlice<'_>) {
+    match op {
+        Op::Conv(k) => k.run(x, out, None),
+        Op::MaxPool => kernels::max_pool_3s2(x, 0, out),
+        Op::AvgPool => kernels::avg_pool_3s1p1(x, out),
+        Op::Fork(ks) => {
+            let mut col0 = out.col0;
+            for k in ks {
+                k.run(
+                    x,
+                    OutSlice {
+                        data: &mut *out.data,
+                        ld: out.ld,
+                        col0,
+                    },
+                    None,
+                );
+                col0 += k.cout;
+            }
+        }
+    }
+}
+
+/// Runs a block. Each branch's last op writes straight into its channel range of the
+/// block's output, so the concatenation costs nothing.
+fn run_block(block: &Block<PackedConv>, x: &Act, s: &mut Scratch) -> Act {
+    let (mut oh, mut ow, mut oc) = (0, 0, 0);
     for branch in &block.branches {
-        let mut y = x.clone();
+        let (mut h, mut w, mut c) = (x.h, x.w, x.c);
         for op in branch {
-            y = run_op(op, &y)?;
+            (h, w, c) = op_out(op, h, w, c);
         }
-        outs.push(y);
+        (oh, ow, oc) = (h, w, oc + c);
     }
-    if outs.len() == 1 {
-        if let Some(only) = outs.pop() {
-            return Ok(only);
+    let mut out = s.act(x.n, oh, ow, oc);
+    let mut col0 = 0;
+    for branch in &block.branches {
+        let Some((last, inner)) = branch.split_last() else {
+            continue;
+        };
+        let mut held: Option<Act> = None;
+        for op in inner {
+            let cur = held.as_ref().unwrap_or(x);
+            let (h, w, c) = op_out(op, cur.h, cur.w, cur.c);
+            let mut next = s.act(cur.n, h, w, c);
+            run_op_into(
+                op,
+                cur,
+                OutSlice {
+                    data: &mut next.data,
+                    ld: c,
+                    col0: 0,
+                },
+            );
+            if let Some(old) = held.replace(next) {
+                s.recycle(old);
+            }
+        }
+        let cur = held.as_ref().unwrap_or(x);
+        let c = op_out(last, cur.h, cur.w, cur.c).2;
+        run_op_into(
+            last,
+            cur,
+            OutSlice {
+                data: &mut out.data,
+                ld: oc,
+                col0,
+            },
+        );
+        col0 += c;
+        if let Some(old) = held {
+            s.recycle(old);
         }
     }
-    Tensor::cat(&outs, 1)
+    out
 }
 
 #[cfg(test)]

@@ -9,17 +9,21 @@
 //! - [`labels`]: the 1000 ImageNet class names.
 //! - [`classifier`]: a loaded network plus a thread pool; batches in, top-5 out.
 //! - [`error`]: [`ModelError`], the one error type of this layer.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod classifier;
 pub mod error;
 pub mod inception_v3;
+mod kernels;
 pub mod labels;
 mod layers;
+mod packed_gemm;
 pub mod preprocess;
 pub mod resnet50;
 pub mod weights;
+mod winograd;
 
 pub use classifier::{BatchOutput, Classifier, Prediction, TopClass};
 pub use error::ModelError;
+pub use kernels::{fp32_peak_gflops, Kernels};
 pub use weights::{Network, Weights};

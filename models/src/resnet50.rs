@@ -3,7 +3,8 @@
 
 use candle_core::Tensor;
 
-use crate::layers::{self, ConvSpec, FoldedConv, Linear};
+use crate::kernels::{self, Act, Kernels, OutSlice, PackedConv, Scratch};
+use crate::layers::{self, ConvSpec, Linear, ScratchPool};
 use crate::weights::Weights;
 
 /// torchvision's BatchNorm2d default epsilon (1e-5), in millionths.
@@ -105,21 +106,37 @@ pub fn tensor_spec() -> Vec<(String, Vec<usize>)> {
 
 #[derive(Debug)]
 struct Bottleneck {
-    c1: FoldedConv,
-    c2: FoldedConv,
-    c3: FoldedConv,
-    downsample: Option<FoldedConv>,
+    c1: PackedConv,
+    c2: PackedConv,
+    c3: PackedConv,
+    downsample: Option<PackedConv>,
 }
 
 impl Bottleneck {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let shortcut = match &self.downsample {
-            Some(d) => d.forward(x)?,
-            None => x.clone(),
-        };
-        let y = self.c1.forward(x)?;
-        let y = self.c2.forward(&y)?;
-        self.c3.forward_residual(&y, &shortcut)
+    /// 1x1 reduce, 3x3, then the 1x1 expand whose output tile gets bias, shortcut and ReLU
+    /// in the same pass.
+    fn forward(&self, x: Act, s: &mut Scratch) -> Act {
+        let projected = self.downsample.as_ref().map(|d| d.forward(&x, s));
+        let y1 = self.c1.forward(&x, s);
+        let y2 = self.c2.forward(&y1, s);
+        s.recycle(y1);
+        let mut out = s.act(y2.n, y2.h, y2.w, self.c3.cout);
+        let shortcut = projected.as_ref().unwrap_or(&x);
+        self.c3.run(
+            &y2,
+            OutSlice {
+                data: &mut out.data,
+                ld: self.c3.cout,
+                col0: 0,
+            },
+            Some(&shortcut.data),
+        );
+        s.recycle(y2);
+        if let Some(p) = projected {
+            s.recycle(p);
+        }
+        s.recycle(x);
+        out
     }
 }
 
@@ -127,48 +144,94 @@ impl Bottleneck {
 /// `[n, 1000]` logits.
 #[derive(Debug)]
 pub struct ResNet50 {
-    stem: FoldedConv,
+    stem: PackedConv,
     blocks: Vec<Bottleneck>,
     fc: Linear,
+    scratch: ScratchPool,
 }
 
 impl ResNet50 {
     /// Builds the network from validated weights, folding every BatchNorm.
     pub fn new(w: &Weights) -> candle_core::Result<Self> {
-        let stem = FoldedConv::fold(&stem_spec(), w, true)?;
+        Self::with_kernels(w, Kernels::best())
+    }
+
+    /// Like [`ResNet50::new`], with a chosen set of kernels.
+    pub fn with_kernels(w: &Weights, k: Kernels) -> candle_core::Result<Self> {
+        let stem = layers::fold(&stem_spec(), w, true, k)?;
         let blocks = block_specs()
             .iter()
             .map(|b| {
                 Ok(Bottleneck {
-                    c1: FoldedConv::fold(&b.c1, w, true)?,
-                    c2: FoldedConv::fold(&b.c2, w, true)?,
-                    c3: FoldedConv::fold(&b.c3, w, false)?,
+                    c1: layers::fold(&b.c1, w, true, k)?,
+                    c2: layers::fold(&b.c2, w, true, k)?,
+                    // ReLU after the residual add.
+                    c3: layers::fold(&b.c3, w, true, k)?,
                     downsample: b
                         .downsample
                         .as_ref()
-                        .map(|d| FoldedConv::fold(d, w, false))
+                        .map(|d| layers::fold(d, w, false, k))
                         .transpose()?,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let fc = Linear::load(w, "fc")?;
-        Ok(Self { stem, blocks, fc })
+        Ok(Self {
+            stem,
+            blocks,
+            fc,
+            scratch: ScratchPool::default(),
+        })
+    }
+
+    /// Multiply-adds of one image's forward pass.
+    pub fn macs_per_image(&self) -> u64 {
+        let mut side = INPUT_SIZE;
+        let mut total = self.stem.macs(side, side);
+        side = self.stem.out_hw(side, side).0;
+        side = (side + 2 - 3) / 2 + 1;
+        for b in &self.blocks {
+            total += b.c1.macs(side, side);
+            total += b.c2.macs(side, side);
+            let next = b.c2.out_hw(side, side).0;
+            total += b.c3.macs(next, next);
+            if let Some(d) = &b.downsample {
+                total += d.macs(side, side);
+            }
+            side = next;
+        }
+        total + 2048 * 1000
     }
 
     /// Logits for a batch.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         layers::check_input(x, INPUT_SIZE, "resnet50")?;
-        let y = self.stem.forward(x)?;
-        // maxpool(3, stride 2, padding 1): after the ReLU every value is >= 0, so zero
-        // padding is the same as torchvision's -inf padding.
-        let mut y = y
-            .pad_with_zeros(2, 1, 1)?
-            .pad_with_zeros(3, 1, 1)?
-            .max_pool2d_with_stride(3, 2)?;
+        let mut s = self.scratch.take();
+        let input = layers::input_nhwc(x, &mut s)?;
+        let y = self.stem.forward(&input, &mut s);
+        s.recycle(input);
+        // maxpool(3, stride 2, padding 1); padded positions are skipped, as with -inf.
+        let (oh, ow) = ((y.h + 2 - 3) / 2 + 1, (y.w + 2 - 3) / 2 + 1);
+        let mut pooled = s.act(y.n, oh, ow, y.c);
+        kernels::max_pool_3s2(
+            &y,
+            1,
+            OutSlice {
+                data: &mut pooled.data,
+                ld: y.c,
+                col0: 0,
+            },
+        );
+        s.recycle(y);
+        let mut y = pooled;
         for b in &self.blocks {
-            y = b.forward(&y)?;
+            y = b.forward(y, &mut s);
         }
-        self.fc.forward(&layers::global_avg_pool(&y)?)
+        let features = kernels::global_avg_pool(&y);
+        let n = y.n;
+        s.recycle(y);
+        self.scratch.put(s);
+        self.fc.forward(&features, n)
     }
 }
 

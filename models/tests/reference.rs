@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use dml_models::weights::sha256_file;
-use dml_models::{preprocess, Classifier, Network, Weights};
+use dml_models::{preprocess, Classifier, Kernels, Network, Weights};
 use serde_json::Value;
 
 fn reference() -> Value {
@@ -22,7 +22,7 @@ fn top5(row: &[f32]) -> Vec<usize> {
     idx
 }
 
-fn check_network(net: Network) {
+fn check_network(net: Network, kernels: Kernels) {
     let reference = reference();
     let r = &reference["nets"][net.name()];
     let weights = Weights::synthetic(net, 0).expect("synthetic weights");
@@ -39,7 +39,7 @@ fn check_network(net: Network) {
     );
     let _ = std::fs::remove_dir_all(&dir);
 
-    let classifier = Classifier::new(&weights, 2).expect("classifier");
+    let classifier = Classifier::with_kernels(&weights, 2, kernels).expect("classifier");
     let s = net.input_size();
     let mut input = common::pattern(2, s);
     input.extend(common::rocket_crop(net.name()).1);
@@ -61,7 +61,7 @@ fn check_network(net: Network) {
             .sum();
         let norm: f64 = t.iter().map(|b| b * b).sum();
         let rel = (diff / norm).sqrt();
-        println!("{net} input {i}: relative error {rel:.2e}");
+        println!("{net} {kernels:?} input {i}: relative error {rel:.2e}");
         assert!(rel < 1e-4, "{net} input {i}: relative error {rel:.3e}");
         assert_eq!(top5(o), expected_top5[i], "{net} input {i}: top-5 differs");
     }
@@ -69,12 +69,29 @@ fn check_network(net: Network) {
 
 #[test]
 fn resnet50_matches_torchvision() {
-    check_network(Network::ResNet50);
+    check_network(Network::ResNet50, Kernels::best());
 }
 
 #[test]
 fn inception_v3_matches_torchvision() {
-    check_network(Network::InceptionV3);
+    check_network(Network::InceptionV3, Kernels::best());
+}
+
+/// The portable path (the `gemm` crate, taken on CPUs without AVX-512) and the direct
+/// path without Winograd must give the same answers as the fast one.
+#[test]
+fn other_kernel_paths_match_torchvision() {
+    let portable = Kernels {
+        winograd: true,
+        avx512: false,
+    };
+    let direct = Kernels {
+        winograd: false,
+        avx512: true,
+    };
+    check_network(Network::ResNet50, portable);
+    check_network(Network::InceptionV3, portable);
+    check_network(Network::ResNet50, direct);
 }
 
 fn compare_crops(ours: &image::RgbImage, theirs: &image::RgbImage) -> (f32, f32, u8) {

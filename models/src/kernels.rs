@@ -1,0 +1,906 @@
+//! The CPU kernels both networks run on: activations in channels-last (NHWC) layout,
+//! convolutions as tiled im2col + GEMM over weights packed once at load, with bias,
+//! residual and ReLU fused into the GEMM's output tile, and NHWC pooling.
+//!
+//! Why NHWC: a 1x1 convolution (two thirds of ResNet-50's FLOPs) is then a plain matrix
+//! product over the activation buffer with no copy at all, an im2col row is a run of
+//! contiguous channel vectors, and an Inception block's concatenation is free: each
+//! branch writes its channels straight into a column range of the block's output.
+//!
+//! The matrix multiply is the `gemm` crate (the one candle uses), called on raw strided
+//! slices with its AVX-512 kernels enabled; this module decides the tiling, so that each
+//! rayon task packs only the part of the weights it multiplies with.
+#![allow(unsafe_code)]
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+use crate::packed_gemm::{self, Epilogue, PackedB};
+use crate::winograd::Winograd;
+
+/// An activation batch in NHWC layout: `data[((b * h + y) * w + x) * c + ch]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Act {
+    pub data: Vec<f32>,
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+/// Recycled activation buffers. Large allocations come from fresh `mmap`s, and touching
+/// their pages for every layer of every batch costs more than some small convolutions;
+/// keeping the buffers of the previous forward pass avoids that.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    free: Vec<Vec<f32>>,
+}
+
+impl Scratch {
+    /// A buffer of exactly `len` values. Its contents are unspecified (stale values from
+    /// an earlier layer): every caller overwrites all of it.
+    pub fn take(&mut self, len: usize) -> Vec<f32> {
+        // Best fit: the smallest free buffer that is large enough, else the largest.
+        let pick = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .or_else(|| {
+                self.free
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, v)| v.capacity())
+            })
+            .map(|(i, _)| i);
+        let mut v = match pick {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::new(),
+        };
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, 0.0);
+        }
+        v
+    }
+
+    pub fn give(&mut self, v: Vec<f32>) {
+        if v.capacity() > 0 {
+            self.free.push(v);
+        }
+    }
+
+    pub fn act(&mut self, n: usize, h: usize, w: usize, c: usize) -> Act {
+        Act {
+            data: self.take(n * h * w * c),
+            n,
+            h,
+            w,
+            c,
+        }
+    }
+
+    pub fn recycle(&mut self, a: Act) {
+        self.give(a.data);
+    }
+}
+
+/// Where an operation writes: rows of `ld` values, starting at column `col0`. A plain
+/// output has `ld == channels` and `col0 == 0`; a branch of an Inception block writes a
+/// column range of the block's output.
+pub(crate) struct OutSlice<'a> {
+    pub data: &'a mut [f32],
+    pub ld: usize,
+    pub col0: usize,
+}
+
+/// A convolution with BatchNorm folded in, weights packed as a `[kh * kw * cin, cout]`
+/// row-major matrix (row index `(ky * kw + kx) * cin + ci`), which is the order an NHWC
+/// im2col row has, so the GEMM reads them with unit stride.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedConv {
+    pub w: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub cin: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub relu: bool,
+    /// The same weights packed for the AVX-512 kernel; `w` is then empty.
+    pub packed: Option<PackedB>,
+    /// Set for 3x3 stride-1 convolutions when Winograd is enabled. `w` is kept too: on
+    /// small images (7x7 at batch 1) the direct path wins, since Winograd's padded tiles and
+    /// 16/9 larger filters cost more than the multiplications it saves.
+    pub wino: Option<Winograd>,
+}
+
+/// Which kernels a network's convolutions are built for. [`Kernels::best`] is what the
+/// product uses; the others exist to measure each step and to test the portable path on a
+/// machine that has AVX-512.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    /// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions.
+    pub winograd: bool,
+    /// Weights packed for the AVX-512 micro-kernel instead of the portable `gemm` crate.
+    /// Ignored (treated as false) on a CPU without AVX-512.
+    pub avx512: bool,
+}
+
+impl Kernels {
+    /// Everything on, limited to what this CPU has.
+    pub fn best() -> Self {
+        Self {
+            winograd: true,
+            avx512: true,
+        }
+        .for_this_cpu()
+    }
+
+    /// `self` with the AVX-512 kernel dropped when the CPU lacks it.
+    pub fn for_this_cpu(self) -> Self {
+        Self {
+            avx512: self.avx512 && packed_gemm::available(),
+            ..self
+        }
+    }
+}
+
+/// The fp32 peak of `threads` cores, measured (GFLOP/s): each thread of a fresh pool runs
+/// a register-only AVX-512 FMA loop at the same time. `None` on a CPU without AVX-512.
+pub fn fp32_peak_gflops(threads: usize) -> Option<f64> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .ok()?;
+    let per_core: Vec<Option<f64>> = pool.broadcast(|_| packed_gemm::core_peak_gflops());
+    per_core.into_iter().sum()
+}
+
+/// A raw pointer that may cross into rayon tasks; each task writes a disjoint tile.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to hand disjoint output tiles to tasks (see `PackedConv::run`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// By value, so closures capture the wrapper (which is Send), not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    /// Per-thread im2col tile, reused across calls.
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Output pixels per call from which Winograd beats the direct path (measured: 7x7 at
+/// batch 1 is faster direct, 14x14 is faster with Winograd).
+const WINOGRAD_MIN_PIXELS: usize = 100;
+
+/// Rows per im2col tile at most: keeps a tile within L2 for typical K.
+const MAX_TILE_ROWS: usize = 256;
+
+impl PackedConv {
+    /// Packs an OIHW kernel (`[cout, cin, kh, kw]`, already BatchNorm-folded); with
+    /// `algo.winograd`, 3x3 stride-1 kernels are also transformed for [`Winograd`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_oihw(
+        oihw: &[f32],
+        bias: Vec<f32>,
+        cin: usize,
+        cout: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+        ph: usize,
+        pw: usize,
+        relu: bool,
+        algo: Kernels,
+    ) -> Self {
+        let wino = (algo.winograd && kh == 3 && kw == 3 && stride == 1 && ph == pw && ph <= 1)
+            .then(|| Winograd::from_oihw(oihw, cin, cout, algo.avx512));
+        let k = kh * kw * cin;
+        let mut w = vec![0.0f32; k * cout];
+        for o in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let src = ((o * cin + ci) * kh + ky) * kw + kx;
+                        let row = (ky * kw + kx) * cin + ci;
+                        w[row * cout + o] = oihw[src];
+                    }
+                }
+            }
+        }
+        Self {
+            w,
+            bias,
+            cin,
+            cout,
+            kh,
+            kw,
+            stride,
+            ph,
+            pw,
+            relu,
+            packed: None,
+            wino,
+        }
+        .pack(algo.avx512)
+    }
+
+    /// Moves the row-major weights into the AVX-512 kernel's panel order.
+    fn pack(mut self, packed: bool) -> Self {
+        if packed {
+            let k = self.kh * self.kw * self.cin;
+            self.packed = Some(PackedB::pack(&self.w, k, self.cout, self.cout));
+            self.w = Vec::new();
+        }
+        self
+    }
+
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        (
+            (h + 2 * self.ph - self.kh) / self.stride + 1,
+            (w + 2 * self.pw - self.kw) / self.stride + 1,
+        )
+    }
+
+    /// Multiply-adds per output pixel, for GFLOP/s accounting.
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        let (oh, ow) = self.out_hw(h, w);
+        (oh * ow * self.kh * self.kw * self.cin * self.cout) as u64
+    }
+
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.ph == 0 && self.pw == 0
+    }
+
+    /// Runs the convolution into a fresh activation.
+    pub fn forward(&self, x: &Act, scratch: &mut Scratch) -> Act {
+        let (oh, ow) = self.out_hw(x.h, x.w);
+        let mut y = scratch.act(x.n, oh, ow, self.cout);
+        let ld = self.cout;
+        self.run(
+            x,
+            OutSlice {
+                data: &mut y.data,
+                ld,
+                col0: 0,
+            },
+            None,
+        );
+        y
+    }
+
+    /// `out = relu?(conv(x) + bias + residual?)`, written into `out`'s column range.
+    /// `residual`, when given, is an NHWC buffer with exactly `cout` channels.
+    pub fn run(&self, x: &Act, out: OutSlice<'_>, residual: Option<&[f32]>) {
+        assert_eq!(x.c, self.cin, "conv input channels");
+        if let (Some(wg), None) = (&self.wino, residual) {
+            let (oh, ow) = self.out_hw(x.h, x.w);
+            if x.n * oh * ow >= WINOGRAD_MIN_PIXELS {
+                return wg.run(x, self.ph, &self.bias, self.relu, out);
+            }
+        }
+        let (oh, ow) = self.out_hw(x.h, x.w);
+        let m = x.n * oh * ow;
+        let n = self.cout;
+        let k = self.kh * self.kw * self.cin;
+        assert!(out.col0 + n <= out.ld && out.data.len() >= m * out.ld);
+        if let Some(r) = residual {
+            assert_eq!(r.len(), m * n, "residual shape");
+        }
+        let (mt, nt) = tiling(m, n, k, rayon::current_num_threads());
+        let tiles_m = m.div_ceil(mt);
+        let tiles_n = n.div_ceil(nt);
+        let dst = SendPtr(out.data.as_mut_ptr());
+        let ld = out.ld;
+        let col0 = out.col0;
+        (0..tiles_m * tiles_n).into_par_iter().for_each(|t| {
+            let (m0, n0) = ((t / tiles_n) * mt, (t % tiles_n) * nt);
+            let (m1, n1) = ((m0 + mt).min(m), (n0 + nt).min(n));
+            // SAFETY: tile (m0..m1, n0..n1) of the output is written by this task alone;
+            // rows are `ld` apart and `col0 + n1 <= ld`, checked above.
+            unsafe {
+                self.tile(
+                    x,
+                    (oh, ow),
+                    (m0, m1),
+                    (n0, n1),
+                    k,
+                    dst.get(),
+                    ld,
+                    col0,
+                    residual,
+                );
+            }
+        });
+    }
+
+    /// One output tile: prefill with bias (+ residual), accumulate the GEMM, then ReLU.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        &self,
+        x: &Act,
+        (oh, ow): (usize, usize),
+        (m0, m1): (usize, usize),
+        (n0, n1): (usize, usize),
+        k: usize,
+        dst: *mut f32,
+        ld: usize,
+        col0: usize,
+        residual: Option<&[f32]>,
+    ) {
+        let rows = m1 - m0;
+        if let Some(pb) = &self.packed {
+            let ep = Epilogue {
+                bias: &self.bias,
+                residual: residual.map(|r| (r.as_ptr().add(m0 * self.cout + n0), self.cout)),
+                relu: self.relu,
+            };
+            let c = dst.add(m0 * ld + col0 + n0);
+            let panels = (n0 / packed_gemm::NR, n1.div_ceil(packed_gemm::NR));
+            if self.pointwise() {
+                let a = x.data.as_ptr().add(m0 * self.cin);
+                packed_gemm::gemm(rows, a, self.cin, pb, panels, c, ld, ep);
+            } else {
+                COLS.with(|cell| {
+                    let mut cols_buf = cell.borrow_mut();
+                    if cols_buf.len() < rows * k {
+                        cols_buf.resize(rows * k, 0.0);
+                    }
+                    self.im2col(x, (oh, ow), m0, m1, &mut cols_buf[..rows * k]);
+                    packed_gemm::gemm(rows, cols_buf.as_ptr(), k, pb, panels, c, ld, ep);
+                });
+            }
+            return;
+        }
+        let cols = n1 - n0;
+        let bias = &self.bias[n0..n1];
+        let tile_dst = dst.add(m0 * ld + col0 + n0);
+        for r in 0..rows {
+            let row = std::slice::from_raw_parts_mut(tile_dst.add(r * ld), cols);
+            match residual {
+                Some(res) => {
+                    let rr = &res[(m0 + r) * self.cout + n0..(m0 + r) * self.cout + n1];
+                    for ((d, b), s) in row.iter_mut().zip(bias).zip(rr) {
+                        *d = b + s;
+                    }
+                }
+                None => row.copy_from_slice(bias),
+            }
+        }
+        let gemm_into = |lhs: *const f32, lhs_rs: usize| {
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                tile_dst,
+                1,
+                ld as isize,
+                true,
+                lhs,
+                1,
+                lhs_rs as isize,
+                self.w.as_ptr().add(n0),
+                1,
+                self.cout as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        };
+        if self.pointwise() {
+            gemm_into(x.data.as_ptr().add(m0 * self.cin), self.cin);
+        } else {
+            COLS.with(|cell| {
+                let mut cols_buf = cell.borrow_mut();
+                if cols_buf.len() < rows * k {
+                    cols_buf.resize(rows * k, 0.0);
+                }
+                self.im2col(x, (oh, ow), m0, m1, &mut cols_buf[..rows * k]);
+                gemm_into(cols_buf.as_ptr(), k);
+            });
+        }
+        if self.relu {
+            for r in 0..rows {
+                let row = std::slice::from_raw_parts_mut(tile_dst.add(r * ld), cols);
+                for v in row {
+                    *v = v.max(0.0);
+                }
+            }
+        }
+    }
+
+    /// Rows `m0..m1` of the im2col matrix: for each output pixel, the `kh x kw` window of
+    /// channel vectors, zeros where the window hangs over the padding.
+    fn im2col(&self, x: &Act, (oh, ow): (usize, usize), m0: usize, m1: usize, out: &mut [f32]) {
+        let c = self.cin;
+        let k = self.kh * self.kw * c;
+        for (row, m) in out.chunks_exact_mut(k).zip(m0..m1) {
+            let b = m / (oh * ow);
+            let oy = (m / ow) % oh;
+            let ox = m % ow;
+            for ky in 0..self.kh {
+                let iy = (oy * self.stride + ky) as isize - self.ph as isize;
+                let seg = &mut row[ky * self.kw * c..(ky + 1) * self.kw * c];
+                if iy < 0 || iy >= x.h as isize {
+                    seg.fill(0.0);
+                    continue;
+                }
+                let base = (b * x.h + iy as usize) * x.w;
+                // The window's row is kw neighbouring pixels: one contiguous run of
+                // kw * c values whenever it does not hang over the padding.
+                let ix0 = (ox * self.stride) as isize - self.pw as isize;
+                if ix0 >= 0 && ix0 as usize + self.kw <= x.w {
+                    let src = (base + ix0 as usize) * c;
+                    seg.copy_from_slice(&x.data[src..src + self.kw * c]);
+                    continue;
+                }
+                for kx in 0..self.kw {
+                    let ix = (ox * self.stride + kx) as isize - self.pw as isize;
+                    let dst = &mut seg[kx * c..(kx + 1) * c];
+                    if ix < 0 || ix >= x.w as isize {
+                        dst.fill(0.0);
+                    } else {
+                        let src = (base + ix as usize) * c;
+                        dst.copy_from_slice(&x.data[src..src + c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Chooses the output tile (rows, columns) for an `m x n` product with inner size `k` on
+/// `threads` workers. Every tile packs its share of the weights (`k x columns`) and of the
+/// input rows (`rows x k`), so splitting along rows repeats the weight packing and
+/// splitting along columns repeats the input packing; pick the split that repeats the
+/// least, with at least two tiles per thread for balance when the work allows it.
+fn tiling(m: usize, n: usize, k: usize, threads: usize) -> (usize, usize) {
+    let want = if threads <= 1 { 1 } else { threads * 2 };
+    let min_rows = m.div_ceil(MAX_TILE_ROWS).max(1);
+    let mut best = (u128::MAX, m, n);
+    let mut tn = 1usize;
+    loop {
+        // Whole panels of the packed kernel.
+        let nt = round_up(n.div_ceil(tn), packed_gemm::NR).min(n);
+        let tiles_n = n.div_ceil(nt);
+        let mut try_m = want.div_ceil(tiles_n).max(min_rows).min(m.max(1));
+        let mut mt = m.div_ceil(try_m).max(1);
+        let mut tiles_m = m.div_ceil(mt);
+        // Equal shares: a task count that is not a multiple of the thread count leaves
+        // a core idle at the end of every convolution (5 tasks on 2 threads: 83%).
+        while try_m < m && !(tiles_m * tiles_n).is_multiple_of(threads.max(1)) {
+            try_m += 1;
+            mt = m.div_ceil(try_m);
+            tiles_m = m.div_ceil(mt);
+        }
+        let cost = (tiles_m as u128) * (k * n) as u128 + (tiles_n as u128) * (m * k) as u128;
+        // Fewer tiles than threads idles a core: count it as extra cost.
+        let idle = if tiles_m * tiles_n < threads {
+            (threads - tiles_m * tiles_n) as u128 * (m * n * k) as u128 / threads as u128
+        } else {
+            0
+        };
+        if cost + idle < best.0 {
+            best = (cost + idle, mt, nt);
+        }
+        if nt <= packed_gemm::NR || tiles_n >= want * 2 {
+            break;
+        }
+        tn *= 2;
+    }
+    (best.1, best.2)
+}
+
+fn round_up(v: usize, to: usize) -> usize {
+    v.div_ceil(to) * to
+}
+
+/// Max pool `3x3`, stride 2, with `pad` (0 or 1) ignored positions: torchvision's
+/// `max_pool2d(3, 2, padding=pad)`, written into `out`'s column range.
+pub(crate) fn max_pool_3s2(x: &Act, pad: usize, out: OutSlice<'_>) {
+    let oh = (x.h + 2 * pad - 3) / 2 + 1;
+    let ow = (x.w + 2 * pad - 3) / 2 + 1;
+    pool_rows(x, oh, ow, out, |x, b, oy, ox, dst| {
+        dst.fill(f32::NEG_INFINITY);
+        for ky in 0..3 {
+            let iy = (oy * 2 + ky) as isize - pad as isize;
+            if iy < 0 || iy >= x.h as isize {
+                continue;
+            }
+            for kx in 0..3 {
+                let ix = (ox * 2 + kx) as isize - pad as isize;
+                if ix < 0 || ix >= x.w as isize {
+                    continue;
+                }
+                let src = ((b * x.h + iy as usize) * x.w + ix as usize) * x.c;
+                for (d, s) in dst.iter_mut().zip(&x.data[src..src + x.c]) {
+                    *d = d.max(*s);
+                }
+            }
+        }
+    });
+}
+
+/// torchvision's `avg_pool2d(3, stride=1, padding=1)` with `count_include_pad=True`:
+/// the sum of the valid positions over 9.
+pub(crate) fn avg_pool_3s1p1(x: &Act, out: OutSlice<'_>) {
+    pool_rows(x, x.h, x.w, out, |x, b, oy, ox, dst| {
+        dst.fill(0.0);
+        for ky in 0..3 {
+            let iy = (oy + ky) as isize - 1;
+            if iy < 0 || iy >= x.h as isize {
+                continue;
+            }
+            for kx in 0..3 {
+                let ix = (ox + kx) as isize - 1;
+                if ix < 0 || ix >= x.w as isize {
+                    continue;
+                }
+                let src = ((b * x.h + iy as usize) * x.w + ix as usize) * x.c;
+                for (d, s) in dst.iter_mut().zip(&x.data[src..src + x.c]) {
+                    *d += *s;
+                }
+            }
+        }
+        for d in dst.iter_mut() {
+            *d /= 9.0;
+        }
+    });
+}
+
+/// Runs `f` for every output pixel, parallel over output rows, handing it the pixel's
+/// `c`-long destination.
+fn pool_rows(
+    x: &Act,
+    oh: usize,
+    ow: usize,
+    out: OutSlice<'_>,
+    f: impl Fn(&Act, usize, usize, usize, &mut [f32]) + Sync,
+) {
+    let c = x.c;
+    let (ld, col0) = (out.ld, out.col0);
+    assert!(col0 + c <= ld && out.data.len() >= x.n * oh * ow * ld);
+    out.data[..x.n * oh * ow * ld]
+        .par_chunks_mut(ow * ld)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (b, oy) = (r / oh, r % oh);
+            for ox in 0..ow {
+                f(x, b, oy, ox, &mut row[ox * ld + col0..ox * ld + col0 + c]);
+            }
+        });
+}
+
+/// Global average pool: NHWC -> `[n, c]`.
+pub(crate) fn global_avg_pool(x: &Act) -> Vec<f32> {
+    let hw = x.h * x.w;
+    let mut out = vec![0.0f32; x.n * x.c];
+    out.par_chunks_mut(x.c).enumerate().for_each(|(b, o)| {
+        for p in 0..hw {
+            let src = (b * hw + p) * x.c;
+            for (d, s) in o.iter_mut().zip(&x.data[src..src + x.c]) {
+                *d += *s;
+            }
+        }
+        let inv = 1.0 / hw as f32;
+        o.iter_mut().for_each(|d| *d *= inv);
+    });
+    out
+}
+
+/// `y = x W + b` for `x: [rows, k]`, `w: [k, n]` row-major.
+pub(crate) fn linear(x: &[f32], rows: usize, w: &[f32], bias: &[f32]) -> Vec<f32> {
+    let n = bias.len();
+    let k = w.len() / n.max(1);
+    assert_eq!(x.len(), rows * k, "linear input shape");
+    let mut y: Vec<f32> = (0..rows).flat_map(|_| bias.iter().copied()).collect();
+    // SAFETY: all three buffers have the sizes the strides describe (checked above).
+    unsafe {
+        gemm::gemm(
+            rows,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+    y
+}
+
+/// NCHW `[n, c, h, w]` values -> NHWC activation.
+pub(crate) fn nchw_to_nhwc(
+    src: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    scratch: &mut Scratch,
+) -> Act {
+    let mut a = scratch.act(n, h, w, c);
+    a.data
+        .par_chunks_mut(w * c)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (b, y) = (r / h, r % h);
+            for x in 0..w {
+                for ch in 0..c {
+                    row[x * c + ch] = src[((b * c + ch) * h + y) * w + x];
+                }
+            }
+        });
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel combination this CPU can run.
+    static ALGOS: std::sync::LazyLock<Vec<Kernels>> = std::sync::LazyLock::new(|| {
+        let mut all = Vec::new();
+        for winograd in [false, true] {
+            for avx512 in [false, true] {
+                let k = Kernels { winograd, avx512 };
+                if k.for_this_cpu() == k {
+                    all.push(k);
+                }
+            }
+        }
+        all
+    });
+
+    /// Direct NCHW convolution, the textbook loop, as the oracle.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        k: &[f32],
+        bias: &[f32],
+        cout: usize,
+        (kh, kw, s, ph, pw): (usize, usize, usize, usize, usize),
+    ) -> Vec<f32> {
+        let oh = (h + 2 * ph - kh) / s + 1;
+        let ow = (w + 2 * pw - kw) / s + 1;
+        let mut y = vec![0.0f32; n * cout * oh * ow];
+        for b in 0..n {
+            for o in 0..cout {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = bias[o] as f64;
+                        for ci in 0..c {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * s + ky) as isize - ph as isize;
+                                    let ix = (ox * s + kx) as isize - pw as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * c + ci) * h + iy as usize) * w + ix as usize];
+                                    let kv = k[((o * c + ci) * kh + ky) * kw + kx];
+                                    acc += f64::from(xv) * f64::from(kv);
+                                }
+                            }
+                        }
+                        y[((b * cout + o) * oh + oy) * ow + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn conv_matches_direct_loop_for_every_shape_family() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        // (n, cin, h, w, cout, kh, kw, stride, ph, pw)
+        let cases = [
+            (2, 8, 9, 7, 24, 1, 1, 1, 0, 0),
+            (1, 5, 11, 11, 7, 3, 3, 2, 0, 0),
+            (2, 16, 8, 8, 40, 3, 3, 1, 1, 1),
+            (1, 3, 15, 15, 8, 7, 7, 2, 3, 3),
+            (1, 12, 9, 9, 20, 1, 7, 1, 0, 3),
+            (1, 12, 9, 9, 20, 7, 1, 1, 3, 0),
+            (3, 8, 10, 10, 33, 1, 1, 2, 0, 0),
+            (1, 64, 3, 3, 300, 3, 3, 1, 1, 1),
+            (2, 7, 9, 6, 18, 3, 3, 1, 0, 0),
+            (1, 40, 13, 11, 64, 3, 3, 1, 1, 1),
+        ];
+        for &(n, c, h, w, cout, kh, kw, s, ph, pw) in &cases {
+            let x = values(n * c * h * w, 1);
+            let k = values(cout * c * kh * kw, 2);
+            let bias = values(cout, 3);
+            let want = naive(&x, (n, c, h, w), &k, &bias, cout, (kh, kw, s, ph, pw));
+            for &algo in ALGOS.iter() {
+                let conv = PackedConv::from_oihw(
+                    &k,
+                    bias.clone(),
+                    c,
+                    cout,
+                    kh,
+                    kw,
+                    s,
+                    ph,
+                    pw,
+                    false,
+                    algo,
+                );
+                let mut scratch = Scratch::default();
+                let xa = nchw_to_nhwc(&x, n, c, h, w, &mut scratch);
+                let y = pool.install(|| conv.forward(&xa, &mut scratch));
+                let (oh, ow) = conv.out_hw(h, w);
+                assert_eq!((y.h, y.w, y.c), (oh, ow, cout));
+                for b in 0..n {
+                    for o in 0..cout {
+                        for p in 0..oh * ow {
+                            let got = y.data[(b * oh * ow + p) * cout + o];
+                            let exp = want[(b * cout + o) * oh * ow + p];
+                            assert!(
+                                (got - exp).abs() < 1e-4 * (1.0 + exp.abs()),
+                                "{got} vs {exp} ({algo:?})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn residual_relu_and_column_offsets_are_applied() {
+        let (n, c, h, w, cout) = (1, 4, 5, 5, 6);
+        let x = values(n * c * h * w, 7);
+        let k = values(cout * c, 8);
+        let bias = values(cout, 9);
+        for &algo in ALGOS.iter() {
+            let conv = PackedConv::from_oihw(&k, bias.clone(), c, cout, 1, 1, 1, 0, 0, true, algo);
+            let mut scratch = Scratch::default();
+            let xa = nchw_to_nhwc(&x, n, c, h, w, &mut scratch);
+            let res = values(h * w * cout, 10);
+            let ld = cout + 5;
+            let mut out = vec![f32::NAN; h * w * ld];
+            conv.run(
+                &xa,
+                OutSlice {
+                    data: &mut out,
+                    ld,
+                    col0: 2,
+                },
+                Some(&res),
+            );
+            let plain = naive(&x, (n, c, h, w), &k, &bias, cout, (1, 1, 1, 0, 0));
+            for p in 0..h * w {
+                assert!(
+                    out[p * ld].is_nan() && out[p * ld + 1].is_nan() && out[p * ld + 8].is_nan()
+                );
+                for o in 0..cout {
+                    let exp = (plain[o * h * w + p] + res[p * cout + o]).max(0.0);
+                    assert!((out[p * ld + 2 + o] - exp).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pools_match_their_definitions() {
+        let (n, c, h, w) = (2, 3, 7, 6);
+        let x = values(n * c * h * w, 11);
+        let mut scratch = Scratch::default();
+        let xa = nchw_to_nhwc(&x, n, c, h, w, &mut scratch);
+        let at = |b: usize, ch: usize, y: isize, xx: isize| -> Option<f32> {
+            (y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w)
+                .then(|| x[((b * c + ch) * h + y as usize) * w + xx as usize])
+        };
+        for pad in [0usize, 1] {
+            let oh = (h + 2 * pad - 3) / 2 + 1;
+            let ow = (w + 2 * pad - 3) / 2 + 1;
+            let mut out = vec![0.0; n * oh * ow * c];
+            max_pool_3s2(
+                &xa,
+                pad,
+                OutSlice {
+                    data: &mut out,
+                    ld: c,
+                    col0: 0,
+                },
+            );
+            for b in 0..n {
+                for ch in 0..c {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut m = f32::NEG_INFINITY;
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let y = (oy * 2 + ky) as isize - pad as isize;
+                                    let xx = (ox * 2 + kx) as isize - pad as isize;
+                                    if let Some(v) = at(b, ch, y, xx) {
+                                        m = m.max(v);
+                                    }
+                                }
+                            }
+                            assert_eq!(out[((b * oh + oy) * ow + ox) * c + ch], m);
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = vec![0.0; n * h * w * c];
+        avg_pool_3s1p1(
+            &xa,
+            OutSlice {
+                data: &mut out,
+                ld: c,
+                col0: 0,
+            },
+        );
+        for b in 0..n {
+            for ch in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let mut s = 0.0;
+                        for dy in -1..=1 {
+                            for dx in -1..=1 {
+                                s += at(b, ch, y as isize + dy, xx as isize + dx).unwrap_or(0.0);
+                            }
+                        }
+                        let got = out[((b * h + y) * w + xx) * c + ch];
+                        assert!((got - s / 9.0).abs() < 1e-6);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiling_covers_small_and_large_products() {
+        for &(m, n, k) in &[
+            (49, 2048, 512),
+            (25088, 64, 576),
+            (1, 1000, 2048),
+            (5, 7, 3),
+        ] {
+            let (mt, nt) = tiling(m, n, k, 2);
+            assert!(mt >= 1 && nt >= 1 && mt <= m.max(1) && nt <= n);
+        }
+        // Few pixels, many output channels: split the channels, pack the weights once.
+        let (mt, nt) = tiling(49, 2048, 512, 2);
+        assert_eq!(mt, 49);
+        assert!(nt < 2048);
+    }
+}
