@@ -4,6 +4,7 @@
 
 mod bench_cluster;
 mod bench_idunno;
+mod bench_pings;
 mod config_load;
 mod console;
 mod ctl;
@@ -148,6 +149,12 @@ enum BenchCmd {
         #[command(flatten)]
         args: bench_idunno::Args,
     },
+    /// Ping round-trip times of the failure detector, idle and with every node running
+    /// inference at full speed (goal: p99 within 50 ms).
+    Pings {
+        #[command(flatten)]
+        args: bench_pings::Args,
+    },
     /// Failure detection and removal times, and background bytes per node.
     Cluster {
         #[command(flatten)]
@@ -271,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } => models_cli::bench_models(&weights, threads, &batches, all_kernels)?,
             BenchCmd::Cluster { args } => bench_cluster::run(&args)?,
             BenchCmd::Idunno { args } => bench_idunno::run(&args)?,
+            BenchCmd::Pings { args } => bench_pings::run(&args)?,
         },
     }
     Ok(ExitCode::SUCCESS)

@@ -3,17 +3,17 @@
 //! one result per query into SDFS (before reporting, so a reported result is never lost),
 //! and reports back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock;
 use crate::coordinator_actor::{self, get_bytes, put_bytes, CoordinatorActor};
-use crate::jobs::types::result_name;
+use crate::jobs::types::{result_name, JobId};
 use crate::jobs::{Executed, Msg, RunBatch, Worker, WorkerEffect, WorkerSettings, WorkerTimer};
 use crate::model_actor::{ClassifyBatch, ModelActor};
 use crate::msg::Body;
@@ -54,6 +54,9 @@ pub struct WorkerActor {
     sdfs: Addr<SdfsActor>,
     models: Arc<HashMap<String, Addr<ModelActor>>>,
     coordinator: Addr<CoordinatorActor>,
+    /// Jobs this node has started computing for: the first batch of each is logged as an
+    /// event, which is when a job "starts executing" here.
+    started: HashSet<JobId>,
 }
 
 impl WorkerActor {
@@ -71,6 +74,7 @@ impl WorkerActor {
             sdfs,
             models: Arc::new(models),
             coordinator,
+            started: HashSet::new(),
         }
     }
 
@@ -108,7 +112,8 @@ impl WorkerActor {
         let models = self.models.clone();
         let me = self.me.clone();
         let batch = rb.batch;
-        let work = async move { run_batch(rb, sdfs, models, me).await };
+        let first = self.started.insert(rb.job);
+        let work = async move { run_batch(rb, sdfs, models, me, first).await };
         ctx.spawn(work.into_actor(self).map(move |ex, act, ctx| {
             let fx = act.core.on_executed(clock::now(), batch, ex);
             act.exec(fx, ctx);
@@ -124,6 +129,7 @@ async fn run_batch(
     sdfs: Addr<SdfsActor>,
     models: Arc<HashMap<String, Addr<ModelActor>>>,
     me: NodeAddr,
+    first_of_job: bool,
 ) -> Executed {
     let mut failed = Vec::new();
     let Some(model) = models.get(&rb.model).cloned() else {
@@ -155,6 +161,14 @@ async fn run_batch(
             failed,
             compute_ms: 0,
         };
+    }
+    if first_of_job {
+        info!(
+            wall = clock::wall_ms(),
+            job = %rb.job,
+            model = %rb.model,
+            "event=job_compute_started"
+        );
     }
     let out = match model.send(ClassifyBatch { images }).await {
         Ok(Ok(out)) => out,

@@ -91,6 +91,8 @@ fn spec(
         ph: pad.0,
         pw: pad.1,
         eps_micro: EPS_MICRO,
+        // The stem runs at 147x147 and 71x71; the mixed blocks at 35x35 and below.
+        large: name.starts_with("Conv2d_"),
     }
 }
 

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use crate::packed_gemm::{self, Epilogue, PackedB};
-use crate::winograd::Winograd;
+use crate::winograd::{self, Winograd};
 
 /// An activation batch in NHWC layout: `data[((b * h + y) * w + x) * c + ch]`.
 #[derive(Debug, Clone)]
@@ -189,7 +189,8 @@ const MAX_TILE_ROWS: usize = 256;
 
 impl PackedConv {
     /// Packs an OIHW kernel (`[cout, cin, kh, kw]`, already BatchNorm-folded); with
-    /// `algo.winograd`, 3x3 stride-1 kernels are also transformed for [`Winograd`].
+    /// `algo.winograd`, 3x3 stride-1 kernels are also transformed for [`Winograd`]: F(4x4)
+    /// when the layer works on `large` images (>= 40x40 at batch 1), else F(2x2).
     #[allow(clippy::too_many_arguments)]
     pub fn from_oihw(
         oihw: &[f32],
@@ -203,9 +204,15 @@ impl PackedConv {
         pw: usize,
         relu: bool,
         algo: Kernels,
+        large: bool,
     ) -> Self {
         let wino = (algo.winograd && kh == 3 && kw == 3 && stride == 1 && ph == pw && ph <= 1)
-            .then(|| Winograd::from_oihw(oihw, cin, cout, algo.avx512));
+            .then(|| {
+                // F(4x4) needs many tiles per call to amortise its 2.25x larger filters
+                // (measured: it wins at 56x56, loses at 28x28 and 14x14).
+                let v = if large { &winograd::F4 } else { &winograd::F2 };
+                Winograd::from_oihw(v, oihw, cin, cout, algo.avx512)
+            });
         let k = kh * kw * cin;
         let mut w = vec![0.0f32; k * cout];
         for o in 0..cout {
@@ -742,7 +749,7 @@ mod tests {
             (2, 7, 9, 6, 18, 3, 3, 1, 0, 0),
             (1, 40, 13, 11, 64, 3, 3, 1, 1, 1),
         ];
-        for &(n, c, h, w, cout, kh, kw, s, ph, pw) in &cases {
+        for (case, &(n, c, h, w, cout, kh, kw, s, ph, pw)) in cases.iter().enumerate() {
             let x = values(n * c * h * w, 1);
             let k = values(cout * c * kh * kw, 2);
             let bias = values(cout, 3);
@@ -760,6 +767,7 @@ mod tests {
                     pw,
                     false,
                     algo,
+                    case % 2 == 1,
                 );
                 let mut scratch = Scratch::default();
                 let xa = nchw_to_nhwc(&x, n, c, h, w, &mut scratch);
@@ -789,7 +797,8 @@ mod tests {
         let k = values(cout * c, 8);
         let bias = values(cout, 9);
         for &algo in ALGOS.iter() {
-            let conv = PackedConv::from_oihw(&k, bias.clone(), c, cout, 1, 1, 1, 0, 0, true, algo);
+            let conv =
+                PackedConv::from_oihw(&k, bias.clone(), c, cout, 1, 1, 1, 0, 0, true, algo, false);
             let mut scratch = Scratch::default();
             let xa = nchw_to_nhwc(&x, n, c, h, w, &mut scratch);
             let res = values(h * w * cout, 10);
@@ -884,6 +893,70 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Times one 3x3 convolution per path, interleaved (not a test; `--ignored`).
+    #[test]
+    #[ignore]
+    fn winograd_speed() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for &(n, c, hw) in &[
+            (1usize, 64usize, 56usize),
+            (1, 128, 28),
+            (1, 256, 14),
+            (4, 256, 14),
+            (4, 64, 56),
+        ] {
+            let x = values(n * c * hw * hw, 1);
+            let k = values(c * c * 9, 2);
+            let mut scratch = Scratch::default();
+            let xa = nchw_to_nhwc(&x, n, c, hw, hw, &mut scratch);
+            let kern = Kernels {
+                winograd: true,
+                avx512: true,
+            }
+            .for_this_cpu();
+            let direct = PackedConv::from_oihw(
+                &k,
+                vec![0.0; c],
+                c,
+                c,
+                3,
+                3,
+                1,
+                1,
+                1,
+                true,
+                Kernels {
+                    winograd: false,
+                    ..kern
+                },
+                false,
+            );
+            let mut f2 = direct.clone();
+            f2.wino = Some(Winograd::from_oihw(&winograd::F2, &k, c, c, kern.avx512));
+            let mut f4 = direct.clone();
+            f4.wino = Some(Winograd::from_oihw(&winograd::F4, &k, c, c, kern.avx512));
+            let mut t = [0.0f64; 3];
+            for _ in 0..30 {
+                for (i, conv) in [&direct, &f2, &f4].iter().enumerate() {
+                    let s = std::time::Instant::now();
+                    let y = pool.install(|| conv.forward(&xa, &mut scratch));
+                    t[i] += s.elapsed().as_secs_f64();
+                    scratch.recycle(y);
+                }
+            }
+            let gf = |s: f64| 2.0 * (n * hw * hw * c * c * 9) as f64 * 30.0 / s / 1e9;
+            eprintln!(
+                "n{n} c{c} {hw}x{hw}: direct {:.0}, F2 {:.0}, F4 {:.0} effective GFLOP/s",
+                gf(t[0]),
+                gf(t[1]),
+                gf(t[2])
+            );
         }
     }
 

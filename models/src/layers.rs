@@ -25,6 +25,9 @@ pub(crate) struct ConvSpec {
     pub pw: usize,
     /// BatchNorm epsilon times 1e6 (kept integral so the spec stays `Eq`).
     pub eps_micro: u32,
+    /// The layer sees large images (>= 40x40 at the network's input size): picks the
+    /// Winograd tile (see `PackedConv::from_oihw`).
+    pub large: bool,
 }
 
 impl ConvSpec {
@@ -127,6 +130,7 @@ pub(crate) fn fold_with_input_affine(
         spec.pw,
         relu,
         kernels,
+        spec.large,
     ))
 }
 

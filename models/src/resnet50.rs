@@ -34,6 +34,7 @@ fn conv(
         ph: k / 2,
         pw: k / 2,
         eps_micro: EPS_MICRO,
+        large: false,
     }
 }
 
@@ -71,14 +72,18 @@ fn block_specs() -> Vec<BlockSpec> {
             });
             out.push(BlockSpec {
                 c1: conv(format!("{p}.conv1"), format!("{p}.bn1"), cin, width, 1, 1),
-                c2: conv(
-                    format!("{p}.conv2"),
-                    format!("{p}.bn2"),
-                    width,
-                    width,
-                    3,
-                    stride,
-                ),
+                c2: ConvSpec {
+                    // layer1 runs at 56x56.
+                    large: layer == 0,
+                    ..conv(
+                        format!("{p}.conv2"),
+                        format!("{p}.bn2"),
+                        width,
+                        width,
+                        3,
+                        stride,
+                    )
+                },
                 c3: conv(format!("{p}.conv3"), format!("{p}.bn3"), width, cout, 1, 1),
                 downsample,
             });

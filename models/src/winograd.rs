@@ -1,16 +1,21 @@
-//! Winograd F(2x2, 3x3) for the 3x3 stride-1 convolutions: each 2x2 block of outputs
-//! costs 16 multiply-adds per channel pair instead of 36, so those layers (about 37% of
-//! ResNet-50's FLOPs) need 2.25x fewer multiplications.
+//! Winograd F(m x m, 3x3) for the 3x3 stride-1 convolutions: F(4x4) computes each 4x4
+//! block of outputs with 36 multiply-adds per channel pair instead of 144, F(2x2) each
+//! 2x2 block with 16 instead of 36. Those layers are about 37% of ResNet-50's FLOPs.
 //!
-//! Why F(2x2) and not F(4x4): its transforms only use 0, +-1 and +-1/2, so it adds no
-//! visible rounding error (the torchvision comparison stays near 1e-6), while F(4x4)'s
-//! larger constants cost about two decimal digits of fp32 accuracy.
+//! Which one: F(4x4)'s transformed filters are 2.25x larger than F(2x2)'s (36 vs 16
+//! matrices), so it only pays where a call has many tiles to reuse them on; measured
+//! per layer, it wins at 56x56 and loses at 28x28 and 14x14 (batch 1-4), so the networks
+//! ask for it on their large-image layers only (`ConvSpec::large`).
 //!
-//! Layout: the filter transform `U = G g G^T` is done once at load and stored as 16
-//! matrices `[cin, cout]`. At run time the output tiles are processed in blocks small
-//! enough that the block's transformed inputs `V` (16 x `[tiles, cin]`) and products `M`
-//! (16 x `[tiles, cout]`) stay in L2: input transform, 16 GEMMs, output transform with
-//! bias and ReLU, then the next block.
+//! Accuracy: F(4x4) uses the points 0, +-1, +-2 (constants up to 8 and 1/24), F(2x2)
+//! only 0, +-1, +-1/2; with either, whole networks stay at ~6e-7 relative error against
+//! torchvision (limit 1e-4), and the kernel tests bound every output.
+//!
+//! Layout: the filter transform `U = G g G^T` is done once at load and stored as `a * a`
+//! matrices `[cin, cout]` (`a = m + 2`). At run time the output tiles are processed in
+//! blocks small enough that the block's transformed inputs `V` (`a * a` x `[tiles, cin]`)
+//! and products `M` (`a * a` x `[tiles, cout]`) stay in L2: input transform, `a * a`
+//! GEMMs, output transform with bias and ReLU, then the next block.
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
@@ -20,13 +25,74 @@ use rayon::prelude::*;
 use crate::kernels::{Act, OutSlice};
 use crate::packed_gemm::{self, Epilogue, PackedB, NR};
 
+/// One Winograd variant: output tile `m`, input tile `a = m + 2`, and its matrices.
+#[derive(Debug)]
+pub(crate) struct Variant {
+    pub m: usize,
+    a: usize,
+    /// `B^T`, `a x a`.
+    bt: &'static [&'static [f32]],
+    /// `G`, `a x 3`.
+    g: &'static [&'static [f64]],
+    /// `A^T`, `m x a`.
+    at: &'static [&'static [f32]],
+}
+
+/// F(2x2, 3x3) (Lavin & Gray).
+pub(crate) static F2: Variant = Variant {
+    m: 2,
+    a: 4,
+    bt: &[
+        &[1.0, 0.0, -1.0, 0.0],
+        &[0.0, 1.0, 1.0, 0.0],
+        &[0.0, -1.0, 1.0, 0.0],
+        &[0.0, 1.0, 0.0, -1.0],
+    ],
+    g: &[
+        &[1.0, 0.0, 0.0],
+        &[0.5, 0.5, 0.5],
+        &[0.5, -0.5, 0.5],
+        &[0.0, 0.0, 1.0],
+    ],
+    at: &[&[1.0, 1.0, 1.0, 0.0], &[0.0, 1.0, -1.0, -1.0]],
+};
+
+/// F(4x4, 3x3) with the points 0, 1, -1, 2, -2 and infinity (Lavin & Gray).
+pub(crate) static F4: Variant = Variant {
+    m: 4,
+    a: 6,
+    bt: &[
+        &[4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        &[0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        &[0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        &[0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        &[0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        &[0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ],
+    g: &[
+        &[1.0 / 4.0, 0.0, 0.0],
+        &[-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        &[-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        &[1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        &[1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        &[0.0, 0.0, 1.0],
+    ],
+    at: &[
+        &[1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        &[0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        &[0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        &[0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ],
+};
+
 /// Transformed filters of one 3x3 convolution.
 #[derive(Debug, Clone)]
 pub(crate) struct Winograd {
-    /// `u[(xi * cin + ci) * cout + co]`, `xi` the 4x4 transform position (portable path;
+    v: &'static Variant,
+    /// `u[(xi * cin + ci) * cout + co]`, `xi` the `a x a` transform position (portable path;
     /// empty when `packed` is used).
     u: Vec<f32>,
-    /// The 16 matrices packed for the AVX-512 kernel.
+    /// The `a * a` matrices packed for the AVX-512 kernel.
     packed: Vec<PackedB>,
     /// Zeros: the products get their bias in the output transform, not in the GEMM.
     zeros: Vec<f32>,
@@ -57,35 +123,36 @@ impl SendPtr {
 
 impl Winograd {
     /// `U = G g G^T` for every (cout, cin) pair of an OIHW 3x3 kernel, in f64.
-    pub fn from_oihw(oihw: &[f32], cin: usize, cout: usize, packed: bool) -> Self {
-        const G: [[f64; 3]; 4] = [
-            [1.0, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
-            [0.0, 0.0, 1.0],
-        ];
-        let mut u = vec![0.0f32; 16 * cin * cout];
+    pub fn from_oihw(
+        v: &'static Variant,
+        oihw: &[f32],
+        cin: usize,
+        cout: usize,
+        packed: bool,
+    ) -> Self {
+        let a = v.a;
+        let mut u = vec![0.0f32; a * a * cin * cout];
         for o in 0..cout {
             for ci in 0..cin {
                 let g = &oihw[(o * cin + ci) * 9..(o * cin + ci) * 9 + 9];
-                // t = G g (4x3), then t G^T (4x4).
-                let mut t = [[0.0f64; 3]; 4];
+                // t = G g (a x 3), then t G^T (a x a).
+                let mut t = vec![[0.0f64; 3]; a];
                 for (i, row) in t.iter_mut().enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|k| G[i][k] * f64::from(g[k * 3 + j])).sum();
+                    for (j, val) in row.iter_mut().enumerate() {
+                        *val = (0..3).map(|k| v.g[i][k] * f64::from(g[k * 3 + j])).sum();
                     }
                 }
-                for i in 0..4 {
-                    for j in 0..4 {
-                        let v: f64 = (0..3).map(|k| t[i][k] * G[j][k]).sum();
-                        u[((i * 4 + j) * cin + ci) * cout + o] = v as f32;
+                for i in 0..a {
+                    for j in 0..a {
+                        let val: f64 = (0..3).map(|k| t[i][k] * v.g[j][k]).sum();
+                        u[((i * a + j) * cin + ci) * cout + o] = val as f32;
                     }
                 }
             }
         }
         let mut packed_u = Vec::new();
         if packed {
-            packed_u = (0..16)
+            packed_u = (0..a * a)
                 .map(|xi| {
                     PackedB::pack(&u[xi * cin * cout..(xi + 1) * cin * cout], cin, cout, cout)
                 })
@@ -93,6 +160,7 @@ impl Winograd {
             u = Vec::new();
         }
         Self {
+            v,
             u,
             packed: packed_u,
             zeros: vec![0.0; cout],
@@ -107,14 +175,16 @@ impl Winograd {
         assert_eq!(x.c, cin, "winograd input channels");
         let oh = x.h + 2 * pad - 2;
         let ow = x.w + 2 * pad - 2;
-        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        let (tm, aa) = (self.v.m, self.v.a * self.v.a);
+        let (th, tw) = (oh.div_ceil(tm), ow.div_ceil(tm));
         let tiles = x.n * th * tw;
         assert!(out.col0 + cout <= out.ld && out.data.len() >= x.n * oh * ow * out.ld);
         let (blocks, per_block, nsplit, nc) =
-            plan(tiles, cin, cout, rayon::current_num_threads().max(1));
+            plan(aa, tiles, cin, cout, rayon::current_num_threads().max(1));
         let dst = SendPtr(out.data.as_mut_ptr());
         let (ld, col0) = (out.ld, out.col0);
         let geo = Geometry {
+            v: self.v,
             oh,
             ow,
             th,
@@ -130,15 +200,15 @@ impl Winograd {
                 let mut bufs = cell.borrow_mut();
                 let (v, m) = &mut *bufs;
                 let nt = t1 - t0;
-                if v.len() < 16 * nt * cin {
-                    v.resize(16 * nt * cin, 0.0);
+                if v.len() < aa * nt * cin {
+                    v.resize(aa * nt * cin, 0.0);
                 }
-                if m.len() < 16 * nt * (n1 - n0) {
-                    m.resize(16 * nt * (n1 - n0), 0.0);
+                if m.len() < aa * nt * (n1 - n0) {
+                    m.resize(aa * nt * (n1 - n0), 0.0);
                 }
-                input_transform(x, &geo, t0, t1, &mut v[..16 * nt * cin]);
+                input_transform(x, &geo, t0, t1, &mut v[..aa * nt * cin]);
                 let ncols = n1 - n0;
-                for xi in 0..16 {
+                for xi in 0..aa {
                     if let Some(pb) = self.packed.get(xi) {
                         let ep = Epilogue {
                             bias: &self.zeros,
@@ -191,7 +261,7 @@ impl Winograd {
                 // col0+n0..col0+n1 (tiles partition the output pixels).
                 unsafe {
                     output_transform(
-                        &m[..16 * nt * ncols],
+                        &m[..aa * nt * ncols],
                         &geo,
                         (t0, t1),
                         &bias[n0..n1],
@@ -211,12 +281,18 @@ impl Winograd {
 /// column range (`16 cin x cout` values in all), every column range recomputes its
 /// block's input transform, and a block whose `V` and `M` overflow L2 pays for the
 /// round trip to L3; pick the cheapest cut that gives every thread four tasks.
-fn plan(tiles: usize, cin: usize, cout: usize, threads: usize) -> (usize, usize, usize, usize) {
+fn plan(
+    aa: usize,
+    tiles: usize,
+    cin: usize,
+    cout: usize,
+    threads: usize,
+) -> (usize, usize, usize, usize) {
     // Finer than the direct path (4 tasks per thread, measured): blocks differ in cost
     // near the image edges, where tiles are partly padding.
     let want = if threads <= 1 { 1 } else { 4 * threads };
-    let fits = (BLOCK_BYTES / 4 / (16 * (cin + cout))).max(1);
-    let u = 16 * cin * cout;
+    let fits = (BLOCK_BYTES / 4 / (aa * (cin + cout))).max(1);
+    let u = aa * cin * cout;
     let mut best = (usize::MAX, 1, tiles, 1, cout);
     let mut blocks = 1usize;
     loop {
@@ -234,16 +310,16 @@ fn plan(tiles: usize, cin: usize, cout: usize, threads: usize) -> (usize, usize,
             blocks_real = tiles.div_ceil(per_block);
         }
         let spill = if per_block > fits {
-            2 * 16 * tiles * (cin + cout)
+            2 * aa * tiles * (cin + cout)
         } else {
             0
         };
         let idle = if blocks_real * nsplit < threads {
-            16 * tiles * cin * cout / 64
+            aa * tiles * cin * cout / 64
         } else {
             0
         };
-        let cost = blocks_real * u + nsplit * 16 * tiles * cin + spill + idle;
+        let cost = blocks_real * u + nsplit * aa * tiles * cin + spill + idle;
         if cost < best.0 {
             best = (cost, blocks_real, per_block, nsplit, nc);
         }
@@ -257,6 +333,7 @@ fn plan(tiles: usize, cin: usize, cout: usize, threads: usize) -> (usize, usize,
 
 /// Output size and tile grid of one call.
 struct Geometry {
+    v: &'static Variant,
     oh: usize,
     ow: usize,
     th: usize,
@@ -264,67 +341,101 @@ struct Geometry {
     pad: usize,
 }
 
-/// `out[i] = a[i] + sa * b[i]` over whole channel vectors (vectorises).
+/// `out = sum_k coef[k] * src[k]` over whole channel vectors, zero coefficients skipped
+/// (the transforms are sparse); vectorised by the compiler.
 #[inline(always)]
-fn axpy(out: &mut [f32], a: &[f32], b: &[f32], sb: f32) {
-    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-        *o = x + sb * y;
+fn combine(out: &mut [f32], coef: &[f32], src: &[&[f32]]) {
+    let mut first = true;
+    for (&c, s) in coef.iter().zip(src) {
+        if c == 0.0 {
+            continue;
+        }
+        if first {
+            if c == 1.0 {
+                out.copy_from_slice(s);
+            } else {
+                for (o, x) in out.iter_mut().zip(*s) {
+                    *o = c * x;
+                }
+            }
+            first = false;
+        } else if c == 1.0 {
+            for (o, x) in out.iter_mut().zip(*s) {
+                *o += x;
+            }
+        } else if c == -1.0 {
+            for (o, x) in out.iter_mut().zip(*s) {
+                *o -= x;
+            }
+        } else {
+            for (o, x) in out.iter_mut().zip(*s) {
+                *o += c * x;
+            }
+        }
+    }
+    if first {
+        out.fill(0.0);
     }
 }
 
-/// `out[i] = a[i] + sb * b[i] + sc * c[i]`.
+/// The first `a` (at most 6) channel vectors `f(0..a)`, without allocating.
 #[inline(always)]
-fn lin3(out: &mut [f32], a: &[f32], b: &[f32], sb: f32, c: &[f32], sc: f32) {
-    for (((o, x), y), z) in out.iter_mut().zip(a).zip(b).zip(c) {
-        *o = x + sb * y + sc * z;
+fn gather<'s>(a: usize, f: impl Fn(usize) -> &'s [f32]) -> [&'s [f32]; 6] {
+    let mut out: [&[f32]; 6] = [&[]; 6];
+    for (k, o) in out.iter_mut().enumerate().take(a) {
+        *o = f(k);
     }
+    out
 }
 
-/// `V[xi][t - t0][ci] = (B^T d B)[xi]` for tiles `t0..t1`, `d` the 4x4 input window of the
-/// tile (zeros outside the image). Every step is a whole-channel-vector operation so the
-/// compiler vectorises it.
+/// `V[xi][t - t0][ci] = (B^T d B)[xi]` for tiles `t0..t1`, `d` the `a x a` input window
+/// of the tile (zeros outside the image).
 fn input_transform(x: &Act, g: &Geometry, t0: usize, t1: usize, v: &mut [f32]) {
-    let c = x.c;
+    let (c, a, m) = (x.c, g.v.a, g.v.m);
     let nt = t1 - t0;
     let zeros = vec![0.0f32; c];
-    // B^T d, row-major 4x4 of channel vectors.
-    let mut bt = vec![0.0f32; 16 * c];
+    // B^T d, row-major a x a of channel vectors.
+    let mut bt = vec![0.0f32; a * a * c];
+    let mut d: [&[f32]; 36] = [&zeros; 36];
     for t in t0..t1 {
         let b = t / (g.th * g.tw);
         let ty = (t / g.tw) % g.th;
         let tx = t % g.tw;
-        let mut d: [&[f32]; 16] = [&zeros; 16];
-        for r in 0..4 {
-            let iy = (2 * ty + r) as isize - g.pad as isize;
+        d.iter_mut().for_each(|s| *s = &zeros);
+        for r in 0..a {
+            let iy = (m * ty + r) as isize - g.pad as isize;
             if iy < 0 || iy >= x.h as isize {
                 continue;
             }
-            for s in 0..4 {
-                let ix = (2 * tx + s) as isize - g.pad as isize;
+            for s in 0..a {
+                let ix = (m * tx + s) as isize - g.pad as isize;
                 if ix < 0 || ix >= x.w as isize {
                     continue;
                 }
                 let at = ((b * x.h + iy as usize) * x.w + ix as usize) * c;
-                d[r * 4 + s] = &x.data[at..at + c];
+                d[r * a + s] = &x.data[at..at + c];
             }
         }
-        // Rows: (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
-        for s in 0..4 {
-            let (r0, r1, r2, r3) = (d[s], d[4 + s], d[8 + s], d[12 + s]);
-            axpy(&mut bt[s * c..(s + 1) * c], r0, r2, -1.0);
-            axpy(&mut bt[(4 + s) * c..(5 + s) * c], r1, r2, 1.0);
-            axpy(&mut bt[(8 + s) * c..(9 + s) * c], r2, r1, -1.0);
-            axpy(&mut bt[(12 + s) * c..(13 + s) * c], r1, r3, -1.0);
+        // Rows: bt[i][s] = sum_k B^T[i][k] d[k][s].
+        for s in 0..a {
+            let col = gather(a, |k| d[k * a + s]);
+            let col = &col[..a];
+            for i in 0..a {
+                combine(
+                    &mut bt[(i * a + s) * c..(i * a + s + 1) * c],
+                    g.v.bt[i],
+                    col,
+                );
+            }
         }
-        // Columns, straight into V.
+        // Columns, straight into V: V[i][j] = sum_k bt[i][k] B^T[j][k].
         let row = t - t0;
-        for r in 0..4 {
-            let col = |s: usize| &bt[(r * 4 + s) * c..(r * 4 + s + 1) * c];
-            let at = |s: usize| ((r * 4 + s) * nt + row) * c;
-            axpy(&mut v[at(0)..at(0) + c], col(0), col(2), -1.0);
-            axpy(&mut v[at(1)..at(1) + c], col(1), col(2), 1.0);
-            axpy(&mut v[at(2)..at(2) + c], col(2), col(1), -1.0);
-            axpy(&mut v[at(3)..at(3) + c], col(1), col(3), -1.0);
+        for i in 0..a {
+            let srcs = gather(a, |k| &bt[(i * a + k) * c..(i * a + k + 1) * c]);
+            for j in 0..a {
+                let at = ((i * a + j) * nt + row) * c;
+                combine(&mut v[at..at + c], g.v.bt[j], &srcs[..a]);
+            }
         }
     }
 }
@@ -332,7 +443,7 @@ fn input_transform(x: &Act, g: &Geometry, t0: usize, t1: usize, v: &mut [f32]) {
 /// `Y = A^T M A` per tile, plus bias, ReLU, written to the pixels of the tile that exist.
 #[allow(clippy::too_many_arguments)]
 unsafe fn output_transform(
-    m: &[f32],
+    mm: &[f32],
     g: &Geometry,
     (t0, t1): (usize, usize),
     bias: &[f32],
@@ -341,39 +452,42 @@ unsafe fn output_transform(
     ld: usize,
     col: usize,
 ) {
+    let (a, m) = (g.v.a, g.v.m);
     let nc = bias.len();
     let nt = t1 - t0;
-    // A^T M: 2 rows x 4 columns of channel vectors.
-    let mut a = vec![0.0f32; 8 * nc];
+    // A^T M: m rows x a columns of channel vectors.
+    let mut am = vec![0.0f32; m * a * nc];
     let mut y = vec![0.0f32; nc];
     for t in t0..t1 {
         let b = t / (g.th * g.tw);
         let ty = (t / g.tw) % g.th;
         let tx = t % g.tw;
         let row = t - t0;
-        let mrow = |xi: usize| &m[(xi * nt + row) * nc..(xi * nt + row + 1) * nc];
-        for s in 0..4 {
-            // (m0 + m1 + m2, m1 - m2 - m3)
-            let (m0, m1, m2, m3) = (mrow(s), mrow(4 + s), mrow(8 + s), mrow(12 + s));
-            lin3(&mut a[s * nc..(s + 1) * nc], m0, m1, 1.0, m2, 1.0);
-            lin3(&mut a[(4 + s) * nc..(5 + s) * nc], m1, m2, -1.0, m3, -1.0);
+        let mrow = |xi: usize| &mm[(xi * nt + row) * nc..(xi * nt + row + 1) * nc];
+        for s in 0..a {
+            let col = gather(a, |k| mrow(k * a + s));
+            let col = &col[..a];
+            for i in 0..m {
+                combine(
+                    &mut am[(i * a + s) * nc..(i * a + s + 1) * nc],
+                    g.v.at[i],
+                    col,
+                );
+            }
         }
-        for r in 0..2 {
-            let oy = 2 * ty + r;
+        for r in 0..m {
+            let oy = m * ty + r;
             if oy >= g.oh {
                 continue;
             }
-            let ac = |s: usize| &a[(r * 4 + s) * nc..(r * 4 + s + 1) * nc];
-            for s in 0..2 {
-                let ox = 2 * tx + s;
+            let srcs = gather(a, |k| &am[(r * a + k) * nc..(r * a + k + 1) * nc]);
+            let srcs = &srcs[..a];
+            for s in 0..m {
+                let ox = m * tx + s;
                 if ox >= g.ow {
                     continue;
                 }
-                if s == 0 {
-                    lin3(&mut y, ac(0), ac(1), 1.0, ac(2), 1.0);
-                } else {
-                    lin3(&mut y, ac(1), ac(2), -1.0, ac(3), -1.0);
-                }
+                combine(&mut y, g.v.at[s], srcs);
                 let p = dst.add(((b * g.oh + oy) * g.ow + ox) * ld + col);
                 let out = std::slice::from_raw_parts_mut(p, nc);
                 if relu {
