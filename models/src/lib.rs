@@ -1,10 +1,15 @@
-//! dml-models: the two image classifiers a dml node serves, in pure Rust on candle.
+//! dml-models: the two image classifiers a dml node serves, in pure Rust: candle tensors
+//! at the edges, our own CPU kernels inside.
 //!
 //! Map of the crate:
 //! - [`weights`]: which networks exist ([`Network`]), their tensor lists, loading and
 //!   validating `.safetensors` / `.pth` files, synthetic weights, fetching from the Hub.
 //! - [`resnet50`], [`inception_v3`]: the networks, built from validated weights with
 //!   BatchNorm folded into the convolutions. They do no file or device work.
+//! - `kernels` (NHWC convolution tiling, pooling), `packed_gemm` (the AVX-512
+//!   micro-kernel), `winograd` (F(4x4) / F(2x2) 3x3 convolutions): the compute, chosen
+//!   per network with [`Kernels`]. The only modules allowed `unsafe` (raw SIMD and
+//!   disjoint output tiles shared across threads).
 //! - [`preprocess`]: bytes -> normalised CHW tensor, the way torchvision does it.
 //! - [`labels`]: the 1000 ImageNet class names.
 //! - [`classifier`]: a loaded network plus a thread pool; batches in, top-5 out.
