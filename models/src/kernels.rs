@@ -960,6 +960,58 @@ mod tests {
         }
     }
 
+    /// Times single convolutions of ResNet-50 at batch 1 (not a test; `--ignored`).
+    #[test]
+    #[ignore]
+    fn layer_speed() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let kern = Kernels::best();
+        // (cin, hw, cout, k, stride, pad)
+        for &(c, hw, cout, k, st, p) in &[
+            (3usize, 224usize, 64usize, 7usize, 2usize, 3usize),
+            (256, 14, 1024, 1, 1, 0),
+            (1024, 14, 256, 1, 1, 0),
+            (64, 56, 256, 1, 1, 0),
+            (128, 56, 128, 3, 2, 1),
+            (512, 7, 2048, 1, 1, 0),
+        ] {
+            let x = values(c * hw * hw, 1);
+            let w = values(cout * c * k * k, 2);
+            let mut scratch = Scratch::default();
+            let xa = nchw_to_nhwc(&x, 1, c, hw, hw, &mut scratch);
+            let conv = PackedConv::from_oihw(
+                &w,
+                vec![0.0; cout],
+                c,
+                cout,
+                k,
+                k,
+                st,
+                p,
+                p,
+                true,
+                kern,
+                false,
+            );
+            let y = pool.install(|| conv.forward(&xa, &mut scratch));
+            scratch.recycle(y);
+            let s = std::time::Instant::now();
+            for _ in 0..50 {
+                let y = pool.install(|| conv.forward(&xa, &mut scratch));
+                scratch.recycle(y);
+            }
+            let t = s.elapsed().as_secs_f64() / 50.0;
+            eprintln!(
+                "{k}x{k} s{st} {c}->{cout} @{hw}: {:.3} ms, {:.0} GFLOP/s",
+                t * 1e3,
+                2.0 * conv.macs(hw, hw) as f64 / t / 1e9
+            );
+        }
+    }
+
     #[test]
     fn tiling_covers_small_and_large_products() {
         for &(m, n, k) in &[
