@@ -514,6 +514,58 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// Starts the cluster of `config` (with `--set` overrides) and names its nodes.
+    pub(crate) fn start(
+        config_path: &Path,
+        overrides: &[String],
+        config: Config,
+    ) -> anyhow::Result<Self> {
+        let cluster = LocalCluster::start(config_path, overrides, &config)?;
+        let mut by_name = BTreeMap::new();
+        for n in &config.nodes {
+            by_name.insert(n.name.clone(), n.addr.to_string());
+            by_name.insert(n.addr.to_string(), n.name.clone());
+        }
+        let console = config.nodes.last().context("no nodes")?.addr.to_string();
+        Ok(Run {
+            config,
+            cluster,
+            by_name,
+            console,
+            dead: Vec::new(),
+            series: Vec::new(),
+        })
+    }
+
+    /// Waits for the cluster to form, sets each model's batch size with C3 and stores the
+    /// images under `inputs/bench`; returns how long storing took.
+    pub(crate) fn prepare(
+        &self,
+        models: &[&str],
+        batch: usize,
+        images: &Path,
+    ) -> anyhow::Result<Duration> {
+        up::wait_formed(&self.config, Duration::from_secs(120))?;
+        for model in models {
+            self.ask(
+                Command::C3 {
+                    model: (*model).into(),
+                    batch,
+                },
+                Duration::from_secs(60),
+            )?;
+        }
+        let t = Instant::now();
+        self.ask(
+            Command::Put {
+                local: std::path::absolute(images)?.display().to_string(),
+                name: "inputs/bench".into(),
+            },
+            Duration::from_secs(600),
+        )?;
+        Ok(t.elapsed())
+    }
+
     pub(crate) fn ask(&self, cmd: Command, timeout: Duration) -> anyhow::Result<Reply> {
         ctl::call(&self.config, &self.console, cmd, timeout)?.map_err(|e| anyhow!(e))
     }
@@ -613,44 +665,13 @@ fn trial(
     let mut out = Trial::default();
     let dir = root.join(format!("trial-{k}"));
     let (config_path, config) = write_config(&dir, args.nodes, weights)?;
-    let cluster = LocalCluster::start(&config_path, &[], &config)?;
-    let mut by_name = BTreeMap::new();
-    for n in &config.nodes {
-        by_name.insert(n.name.clone(), n.addr.to_string());
-        by_name.insert(n.addr.to_string(), n.name.clone());
-    }
-    let console = config.nodes.last().context("no nodes")?.addr.to_string();
-    let mut run = Run {
-        config,
-        cluster,
-        by_name,
-        console,
-        dead: Vec::new(),
-        series: Vec::new(),
-    };
-    up::wait_formed(&run.config, Duration::from_secs(120))?;
-    for model in ["resnet50", "inception_v3"] {
-        run.ask(
-            Command::C3 {
-                model: model.into(),
-                batch: args.batch,
-            },
-            Duration::from_secs(60),
-        )?;
-    }
-    let t = Instant::now();
-    run.ask(
-        Command::Put {
-            local: std::path::absolute(images)?.display().to_string(),
-            name: "inputs/bench".into(),
-        },
-        Duration::from_secs(600),
-    )?;
+    let mut run = Run::start(&config_path, &[], config)?;
+    let stored = run.prepare(&["resnet50", "inception_v3"], args.batch, images)?;
     println!(
         "  trial {k}: cluster of {} formed, {} images stored in {:.1} s",
         args.nodes,
         args.images,
-        t.elapsed().as_secs_f64()
+        stored.as_secs_f64()
     );
 
     // (4), cluster side: the first job alone, timed after its first results (start-up

@@ -13,14 +13,12 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use dml_actors::clock::wall_ms;
-use dml_actors::control::Command;
 
 use crate::bench_idunno::{self as idunno, Run};
-use crate::up::{self, LocalCluster};
 
 /// The figure the issue asks about: p99 RTT at or below this, in ms.
 const GOAL_MS: f64 = 50.0;
@@ -291,38 +289,13 @@ fn measure(
 ) -> anyhow::Result<(Rows, Vec<String>)> {
     let (config_path, config) = idunno::write_config(&root.join("cluster"), args.nodes, weights)?;
     let overrides = [format!("inference.threads={threads}")];
-    let cluster = LocalCluster::start(&config_path, &overrides, &config)?;
-    let console = config.nodes.last().context("no nodes")?.addr.to_string();
-    let mut run = Run {
-        config,
-        cluster,
-        by_name: Default::default(),
-        console,
-        dead: Vec::new(),
-        series: Vec::new(),
-    };
-    up::wait_formed(&run.config, Duration::from_secs(120))?;
-    for model in &args.models {
-        run.ask(
-            Command::C3 {
-                model: model.clone(),
-                batch: args.batch,
-            },
-            Duration::from_secs(60),
-        )?;
-    }
-    let t = Instant::now();
-    run.ask(
-        Command::Put {
-            local: std::path::absolute(images)?.display().to_string(),
-            name: "inputs/bench".into(),
-        },
-        Duration::from_secs(600),
-    )?;
+    let mut run = Run::start(&config_path, &overrides, config)?;
+    let models: Vec<&str> = args.models.iter().map(String::as_str).collect();
+    let stored = run.prepare(&models, args.batch, images)?;
     println!(
         "  cluster formed, {} images stored in {:.1} s",
         args.images,
-        t.elapsed().as_secs_f64()
+        stored.as_secs_f64()
     );
 
     // Idle: let the store's traffic settle, then only the failure detector runs.
