@@ -163,14 +163,15 @@ pub fn fp32_peak_gflops(threads: usize) -> Option<f64> {
 
 /// A raw pointer that may cross into rayon tasks; each task writes a disjoint tile.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used to hand disjoint output tiles to tasks (see `PackedConv::run`).
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: only used to hand disjoint output tiles to tasks (`PackedConv::run`,
+// `Winograd::run`); each caller states why its tiles are disjoint.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// By value, so closures capture the wrapper (which is Send), not the raw field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

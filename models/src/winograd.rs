@@ -22,7 +22,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::kernels::{Act, OutSlice};
+use crate::kernels::{Act, OutSlice, SendPtr};
 use crate::packed_gemm::{self, Epilogue, PackedB, NR};
 
 /// One Winograd variant: output tile `m`, input tile `a = m + 2`, and its matrices.
@@ -107,19 +107,6 @@ thread_local! {
 
 /// Bytes a block's `V` and `M` may take: about half of a Zen 4 / Cascade Lake L2.
 const BLOCK_BYTES: usize = 512 * 1024;
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint output pixels/columns (see `Winograd::run`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// By value, so closures capture the wrapper (which is Send), not the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 impl Winograd {
     /// `U = G g G^T` for every (cout, cin) pair of an OIHW 3x3 kernel, in f64.
