@@ -13,6 +13,7 @@ use crate::kernels::Kernels;
 use crate::labels;
 use crate::preprocess;
 use crate::resnet50::ResNet50;
+use crate::team::Team;
 use crate::weights::{self, Network, Weights};
 
 /// Largest sub-batch one forward pass runs (see [`Classifier::logits`]).
@@ -59,7 +60,10 @@ pub struct Classifier {
     network: Network,
     net: Net,
     synthetic: Option<u64>,
+    /// Decodes and resizes the images of a batch.
     pool: rayon::ThreadPool,
+    /// Runs the forward pass's parallel loops.
+    team: Team,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -106,11 +110,14 @@ impl Classifier {
                 "{network}: running on SYNTHETIC weights (seed {seed}); labels are meaningless"
             );
         }
+        let team = Team::new(threads, &format!("dml-{}-fwd", network.name()))
+            .map_err(|e| ModelError::Threads(e.to_string()))?;
         Ok(Self {
             network,
             net,
             synthetic: weights.synthetic_seed(),
             pool,
+            team,
         })
     }
 
@@ -131,7 +138,7 @@ impl Classifier {
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.team.threads()
     }
 
     /// Raw logits `[n, 1000]` for a preprocessed batch `[n, 3, s, s]`.
@@ -141,7 +148,7 @@ impl Classifier {
     /// image on CPU does not improve beyond a few images.
     pub fn logits(&self, batch: &Tensor) -> Result<Tensor, ModelError> {
         let n = batch.dim(0)?;
-        self.pool.install(|| {
+        self.team.install(|| {
             let mut outs = Vec::with_capacity(n.div_ceil(MAX_CHUNK));
             let mut start = 0;
             while start < n {

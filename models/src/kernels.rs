@@ -9,16 +9,17 @@
 //!
 //! The matrix multiply is the `gemm` crate (the one candle uses), called on raw strided
 //! slices with its AVX-512 kernels enabled; this module decides the tiling, so that each
-//! rayon task packs only the part of the weights it multiplies with.
+//! task packs only the part of the weights it multiplies with.
 #![allow(unsafe_code)]
 
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 use crate::packed_gemm::{self, Epilogue, PackedB};
+use crate::team;
 use crate::winograd::{self, Winograd};
 
-/// An activation batch in NHWC layout: `data[((b * h + y) * w + x) * c + ch]`.
+/// An activation batch in NHWC layout: `data[((b * h + y) * w + x) * c + ch]`. `data`
+/// may be longer than `len()` (a recycled buffer); the values past it mean nothing.
 #[derive(Debug, Clone)]
 pub(crate) struct Act {
     pub data: Vec<f32>,
@@ -28,46 +29,55 @@ pub(crate) struct Act {
     pub c: usize,
 }
 
+impl Act {
+    pub fn len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+
+    /// The activation's values, without any recycled tail.
+    pub fn values(&self) -> &[f32] {
+        &self.data[..self.len()]
+    }
+}
+
 /// Recycled activation buffers. Large allocations come from fresh `mmap`s, and touching
 /// their pages for every layer of every batch costs more than some small convolutions;
-/// keeping the buffers of the previous forward pass avoids that.
+/// keeping the buffers of the previous forward pass avoids that. Buffers stay at their
+/// full length, so handing one out for a larger layer than its last use costs nothing
+/// (growing a truncated `Vec` would zero-fill it: a serial memset of up to 3 MB between
+/// two parallel layers, 0.9 ms per Inception pass).
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     free: Vec<Vec<f32>>,
 }
 
 impl Scratch {
-    /// A buffer of exactly `len` values. Its contents are unspecified (stale values from
-    /// an earlier layer): every caller overwrites all of it.
-    pub fn take(&mut self, len: usize) -> Vec<f32> {
-        // Best fit: the smallest free buffer that is large enough, else the largest.
+    /// A buffer of at least `len` values. Its contents are unspecified (stale values from
+    /// an earlier layer): every caller overwrites the first `len`.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        // Best fit: the smallest free buffer that is large enough.
         let pick = self
             .free
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
-            .or_else(|| {
-                self.free
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, v)| v.capacity())
-            })
+            .filter(|(_, v)| v.len() >= len)
+            .min_by_key(|(_, v)| v.len())
             .map(|(i, _)| i);
-        let mut v = match pick {
+        match pick {
             Some(i) => self.free.swap_remove(i),
-            None => Vec::new(),
-        };
-        if v.len() >= len {
-            v.truncate(len);
-        } else {
-            v.resize(len, 0.0);
+            None => {
+                // Nothing fits: the largest free buffer is too small for this and later
+                // layers alike, so it goes.
+                if let Some((i, _)) = self.free.iter().enumerate().max_by_key(|(_, v)| v.len()) {
+                    self.free.swap_remove(i);
+                }
+                vec![0.0; len]
+            }
         }
-        v
     }
 
     pub fn give(&mut self, v: Vec<f32>) {
-        if v.capacity() > 0 {
+        if !v.is_empty() {
             self.free.push(v);
         }
     }
@@ -161,7 +171,7 @@ pub fn fp32_peak_gflops(threads: usize) -> Option<f64> {
     per_core.into_iter().sum()
 }
 
-/// A raw pointer that may cross into rayon tasks; each task writes a disjoint tile.
+/// A raw pointer that may cross into parallel tasks; each task writes a disjoint tile.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: only used to hand disjoint output tiles to tasks (`PackedConv::run`,
@@ -306,13 +316,13 @@ impl PackedConv {
         if let Some(r) = residual {
             assert_eq!(r.len(), m * n, "residual shape");
         }
-        let (mt, nt) = tiling(m, n, k, rayon::current_num_threads());
+        let (mt, nt) = tiling(m, n, k, team::current_threads());
         let tiles_m = m.div_ceil(mt);
         let tiles_n = n.div_ceil(nt);
         let dst = SendPtr(out.data.as_mut_ptr());
         let ld = out.ld;
         let col0 = out.col0;
-        (0..tiles_m * tiles_n).into_par_iter().for_each(|t| {
+        team::for_each(tiles_m * tiles_n, |t| {
             let (m0, n0) = ((t / tiles_n) * mt, (t % tiles_n) * nt);
             let (m1, n1) = ((m0 + mt).min(m), (n0 + nt).min(n));
             // SAFETY: tile (m0..m1, n0..n1) of the output is written by this task alone;
@@ -546,32 +556,47 @@ pub(crate) fn max_pool_3s2(x: &Act, pad: usize, out: OutSlice<'_>) {
 /// torchvision's `avg_pool2d(3, stride=1, padding=1)` with `count_include_pad=True`:
 /// the sum of the valid positions over 9.
 pub(crate) fn avg_pool_3s1p1(x: &Act, out: OutSlice<'_>) {
-    pool_rows(x, x.h, x.w, out, |x, b, oy, ox, dst| {
-        dst.fill(0.0);
-        for ky in 0..3 {
-            let iy = (oy + ky) as isize - 1;
-            if iy < 0 || iy >= x.h as isize {
-                continue;
-            }
-            for kx in 0..3 {
-                let ix = (ox + kx) as isize - 1;
-                if ix < 0 || ix >= x.w as isize {
-                    continue;
-                }
-                let src = ((b * x.h + iy as usize) * x.w + ix as usize) * x.c;
-                for (d, s) in dst.iter_mut().zip(&x.data[src..src + x.c]) {
+    let (h, w, c) = (x.h, x.w, x.c);
+    let (ld, col0) = (out.ld, out.col0);
+    assert!(col0 + c <= ld && out.data.len() >= x.n * h * w * ld);
+    // Separable: the three input rows are summed once per output row, then each output
+    // pixel adds three neighbouring column sums (4 adds per value instead of 8).
+    team::for_each_chunk(&mut out.data[..x.n * h * w * ld], w * ld, |r, row| {
+        let (b, oy) = (r / h, r % h);
+        ROWSUM.with(|cell| {
+            let mut sum = cell.borrow_mut();
+            sum.clear();
+            sum.resize(w * c, 0.0);
+            for iy in oy.saturating_sub(1)..(oy + 2).min(h) {
+                let src = &x.data[(b * h + iy) * w * c..(b * h + iy + 1) * w * c];
+                for (d, s) in sum.iter_mut().zip(src) {
                     *d += *s;
                 }
             }
-        }
-        for d in dst.iter_mut() {
-            *d /= 9.0;
-        }
+            for ox in 0..w {
+                let dst = &mut row[ox * ld + col0..ox * ld + col0 + c];
+                dst.copy_from_slice(&sum[ox * c..(ox + 1) * c]);
+                for nx in [ox.wrapping_sub(1), ox + 1] {
+                    if nx < w {
+                        for (d, s) in dst.iter_mut().zip(&sum[nx * c..(nx + 1) * c]) {
+                            *d += *s;
+                        }
+                    }
+                }
+                // count_include_pad: always nine.
+                for d in dst.iter_mut() {
+                    *d /= 9.0;
+                }
+            }
+        });
     });
 }
 
-/// Runs `f` for every output pixel, parallel over output rows, handing it the pixel's
-/// `c`-long destination.
+thread_local! {
+    /// Per-thread column sums of one output row of the average pool.
+    static ROWSUM: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn pool_rows(
     x: &Act,
     oh: usize,
@@ -582,22 +607,19 @@ fn pool_rows(
     let c = x.c;
     let (ld, col0) = (out.ld, out.col0);
     assert!(col0 + c <= ld && out.data.len() >= x.n * oh * ow * ld);
-    out.data[..x.n * oh * ow * ld]
-        .par_chunks_mut(ow * ld)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (b, oy) = (r / oh, r % oh);
-            for ox in 0..ow {
-                f(x, b, oy, ox, &mut row[ox * ld + col0..ox * ld + col0 + c]);
-            }
-        });
+    team::for_each_chunk(&mut out.data[..x.n * oh * ow * ld], ow * ld, |r, row| {
+        let (b, oy) = (r / oh, r % oh);
+        for ox in 0..ow {
+            f(x, b, oy, ox, &mut row[ox * ld + col0..ox * ld + col0 + c]);
+        }
+    });
 }
 
 /// Global average pool: NHWC -> `[n, c]`.
 pub(crate) fn global_avg_pool(x: &Act) -> Vec<f32> {
     let hw = x.h * x.w;
     let mut out = vec![0.0f32; x.n * x.c];
-    out.par_chunks_mut(x.c).enumerate().for_each(|(b, o)| {
+    team::for_each_chunk(&mut out, x.c, |b, o| {
         for p in 0..hw {
             let src = (b * hw + p) * x.c;
             for (d, s) in o.iter_mut().zip(&x.data[src..src + x.c]) {
@@ -616,30 +638,38 @@ pub(crate) fn linear(x: &[f32], rows: usize, w: &[f32], bias: &[f32]) -> Vec<f32
     let k = w.len() / n.max(1);
     assert_eq!(x.len(), rows * k, "linear input shape");
     let mut y: Vec<f32> = (0..rows).flat_map(|_| bias.iter().copied()).collect();
-    // SAFETY: all three buffers have the sizes the strides describe (checked above).
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            1,
-            n as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-    }
+    // Column blocks, two per worker: at batch 1 this is a matrix-vector product that only
+    // streams the 8 MB of weights, so each worker streams its own share.
+    let cols = round_up(n.div_ceil(2 * team::current_threads()), 16).max(16);
+    let dst = SendPtr(y.as_mut_ptr());
+    team::for_each(n.div_ceil(cols), |t| {
+        let (n0, n1) = (t * cols, ((t + 1) * cols).min(n));
+        // SAFETY: all three buffers have the sizes the strides describe (checked above);
+        // column blocks of distinct tasks are disjoint.
+        unsafe {
+            gemm::gemm(
+                rows,
+                n1 - n0,
+                k,
+                dst.get().add(n0),
+                1,
+                n as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr().add(n0),
+                1,
+                n as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
     y
 }
 
@@ -653,17 +683,15 @@ pub(crate) fn nchw_to_nhwc(
     scratch: &mut Scratch,
 ) -> Act {
     let mut a = scratch.act(n, h, w, c);
-    a.data
-        .par_chunks_mut(w * c)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (b, y) = (r / h, r % h);
-            for x in 0..w {
-                for ch in 0..c {
-                    row[x * c + ch] = src[((b * c + ch) * h + y) * w + x];
-                }
+    let len = a.len();
+    team::for_each_chunk(&mut a.data[..len], w * c, |r, row| {
+        let (b, y) = (r / h, r % h);
+        for x in 0..w {
+            for ch in 0..c {
+                row[x * c + ch] = src[((b * c + ch) * h + y) * w + x];
             }
-        });
+        }
+    });
     a
 }
 
@@ -733,10 +761,7 @@ mod tests {
 
     #[test]
     fn conv_matches_direct_loop_for_every_shape_family() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = team::Team::new(2, "test").unwrap();
         // (n, cin, h, w, cout, kh, kw, stride, ph, pw)
         let cases = [
             (2, 8, 9, 7, 24, 1, 1, 1, 0, 0),
@@ -901,10 +926,7 @@ mod tests {
     #[test]
     #[ignore]
     fn winograd_speed() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = team::Team::new(2, "test").unwrap();
         for &(n, c, hw) in &[
             (1usize, 64usize, 56usize),
             (1, 128, 28),
@@ -965,10 +987,7 @@ mod tests {
     #[test]
     #[ignore]
     fn layer_speed() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = team::Team::new(2, "test").unwrap();
         let kern = Kernels::best();
         // (cin, hw, cout, k, stride, pad)
         for &(c, hw, cout, k, st, p) in &[

@@ -8,8 +8,9 @@
 //!   BatchNorm folded into the convolutions. They do no file or device work.
 //! - `kernels` (NHWC convolution tiling, pooling), `packed_gemm` (the AVX-512
 //!   micro-kernel), `winograd` (F(4x4) / F(2x2) 3x3 convolutions): the compute, chosen
-//!   per network with [`Kernels`]. The only modules allowed `unsafe` (raw SIMD and
-//!   disjoint output tiles shared across threads).
+//!   per network with [`Kernels`]; `team` (the threads that run their parallel loops).
+//!   The only modules allowed `unsafe` (raw SIMD, disjoint output tiles shared across
+//!   threads, the team's type-erased loop body).
 //! - [`preprocess`]: bytes -> normalised CHW tensor, the way torchvision does it.
 //! - [`labels`]: the 1000 ImageNet class names.
 //! - [`classifier`]: a loaded network plus a thread pool; batches in, top-5 out.
@@ -25,6 +26,7 @@ mod layers;
 mod packed_gemm;
 pub mod preprocess;
 pub mod resnet50;
+mod team;
 pub mod weights;
 mod winograd;
 

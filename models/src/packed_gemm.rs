@@ -107,6 +107,15 @@ pub(crate) unsafe fn gemm(
     }
 }
 
+/// Inner-dimension block. Without it a row block streams its whole `k x 32` weight panel
+/// (2.3 MB over a tile's panels for ResNet's 3x3 512 layer) from L3 or memory once per 12
+/// rows; with it a `KC`-deep slice of the tile's weights is read from memory once and
+/// then from L2 by every row block.
+const KC: usize = 256;
+/// Bytes of weight slices (`KC x 32` per panel) one pass over the row blocks keeps in L2,
+/// next to the `rows x KC` block of activations.
+const B_GROUP_BYTES: usize = 256 * 1024;
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -121,93 +130,99 @@ unsafe fn gemm_avx512(
     ep: Epilogue<'_>,
 ) {
     let k = b.k;
+    let chunks = k.div_ceil(KC).max(1);
+    let kc_max = k.div_ceil(chunks);
+    let group = (B_GROUP_BYTES / (kc_max * NR * 4)).max(1);
+    // Rows of A 2 or 4 KiB apart (512, 1024, 2048 channels) read in place put the 12
+    // streams of a row block into one or two L1 sets. Such rows are copied once per
+    // k-chunk (a plain row copy, reused for every panel) into a buffer whose row stride
+    // is off the 512-float grid; other strides are read in place.
+    let pack = lda.is_multiple_of(512);
+    let ldp = kc_max + 16;
     APACK.with(|cell| {
         let mut apack = cell.borrow_mut();
-        if apack.len() < k * MR {
-            apack.resize(k * MR, 0.0);
+        if pack && apack.len() < rows * ldp {
+            apack.resize(rows * ldp, 0.0);
         }
-        let mut r = 0;
-        while r < rows {
-            let mr = (rows - r).min(MR);
-            // Rows of A 2 or 4 KiB apart (512, 1024, 2048 channels) read in place would put
-            // 12 streams into one or two L1 sets; interleave such a block once as [k][mr]
-            // (reused for every panel). Other strides are read in place: the copy costs
-            // up to a quarter of a narrow product.
-            let a_r = a.add(r * lda);
-            let (ap, a_step, a_row) = if lda.is_multiple_of(512) {
-                for kk in 0..k {
-                    for i in 0..mr {
-                        *apack.get_unchecked_mut(kk * mr + i) = *a_r.add(i * lda + kk);
-                    }
-                }
-                (apack.as_ptr(), mr, 1)
-            } else {
-                (a_r, 1, lda)
-            };
-            for p in p0..p1 {
-                let panel = b.data.as_ptr().add(p * k * NR);
-                let col0 = p * NR;
-                let cols = (b.n - col0).min(NR);
-                let c_r = c.add(r * ldc + (p - p0) * NR);
-                let res = ep
-                    .residual
-                    .map(|(ptr, ld)| (ptr.add(r * ld + (p - p0) * NR), ld));
-                let bias = ep.bias.as_ptr().add(col0);
-                let relu = ep.relu;
-                let a = (ap, a_step, a_row);
-                let out = (c_r, ldc, cols);
-                match mr {
-                    12 => tile::<12>(k, a, panel, out, bias, res, relu),
-                    11 => tile::<11>(k, a, panel, out, bias, res, relu),
-                    10 => tile::<10>(k, a, panel, out, bias, res, relu),
-                    9 => tile::<9>(k, a, panel, out, bias, res, relu),
-                    8 => tile::<8>(k, a, panel, out, bias, res, relu),
-                    7 => tile::<7>(k, a, panel, out, bias, res, relu),
-                    6 => tile::<6>(k, a, panel, out, bias, res, relu),
-                    5 => tile::<5>(k, a, panel, out, bias, res, relu),
-                    4 => tile::<4>(k, a, panel, out, bias, res, relu),
-                    3 => tile::<3>(k, a, panel, out, bias, res, relu),
-                    2 => tile::<2>(k, a, panel, out, bias, res, relu),
-                    _ => tile::<1>(k, a, panel, out, bias, res, relu),
+        for ci in 0..chunks {
+            let k0 = ci * kc_max;
+            let kc = kc_max.min(k - k0);
+            let (first, last) = (ci == 0, ci + 1 == chunks);
+            if pack {
+                for r in 0..rows {
+                    std::ptr::copy_nonoverlapping(
+                        a.add(r * lda + k0),
+                        apack.as_mut_ptr().add(r * ldp),
+                        kc,
+                    );
                 }
             }
-            r += mr;
+            let mut g0 = p0;
+            while g0 < p1 {
+                let g1 = (g0 + group).min(p1);
+                let mut r = 0;
+                while r < rows {
+                    let mr = (rows - r).min(MR);
+                    let a_blk = if pack {
+                        (apack.as_ptr().add(r * ldp), 1, ldp)
+                    } else {
+                        (a.add(r * lda + k0), 1, lda)
+                    };
+                    for p in g0..g1 {
+                        let panel = b.data.as_ptr().add(p * k * NR + k0 * NR);
+                        let col0 = p * NR;
+                        let cols = (b.n - col0).min(NR);
+                        let c_r = c.add(r * ldc + (p - p0) * NR);
+                        let last_ep = last.then(|| Finish {
+                            bias: ep.bias.as_ptr().add(col0),
+                            residual: ep
+                                .residual
+                                .map(|(ptr, ld)| (ptr.add(r * ld + (p - p0) * NR), ld)),
+                            relu: ep.relu,
+                        });
+                        let out = (c_r, ldc, cols);
+                        macro_rules! go {
+                            ($($m:literal)*) => {
+                                match mr {
+                                    $($m => tile::<$m>(kc, a_blk, panel, out, first, last_ep),)*
+                                    _ => unreachable!("row block of {mr}"),
+                                }
+                            };
+                        }
+                        go!(1 2 3 4 5 6 7 8 9 10 11 12);
+                    }
+                    r += mr;
+                }
+                g0 = g1;
+            }
         }
     });
 }
 
-/// One `M x 32` tile over the full `k`: accumulators stay in registers, the weights of
-/// step `kk` are two vector loads, each row's `A[r][kk]` one broadcast. `a` is
-/// `(pointer, step per k, step per row)`: `(row 0, 1, lda)` in place or `(block, M, 1)`
-/// packed; `out` is `(pointer, row stride, valid columns)`.
+/// The epilogue of the last k-chunk, for one panel and row block.
+struct Finish {
+    bias: *const f32,
+    residual: Option<(*const f32, usize)>,
+    relu: bool,
+}
+
+/// One `M x 32` tile over `k` values of the inner dimension: accumulators stay in
+/// registers, the weights of step `kk` are two vector loads, each row's `A[r][kk]` one
+/// broadcast. `a` is `(pointer, step per k, step per row)`: `(row 0, 1, lda)` in place or
+/// `(block, M, 1)` packed; `out` is `(pointer, row stride, valid columns)`. The first
+/// chunk starts from zero, later ones from the partial sums in `out`; the last applies
+/// `finish` before its store.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
 unsafe fn tile<const M: usize>(
     k: usize,
     (a, a_step, a_row): (*const f32, usize, usize),
     panel: *const f32,
     (c, ldc, cols): (*mut f32, usize, usize),
-    bias: *const f32,
-    residual: Option<(*const f32, usize)>,
-    relu: bool,
+    first: bool,
+    finish: Option<Finish>,
 ) {
-    let mut lo = [_mm512_setzero_ps(); M];
-    let mut hi = [_mm512_setzero_ps(); M];
-    let mut bp = panel;
-    let mut ap = a;
-    for _ in 0..k {
-        let b0 = _mm512_loadu_ps(bp);
-        let b1 = _mm512_loadu_ps(bp.add(16));
-        for i in 0..M {
-            let av = _mm512_set1_ps(*ap.add(i * a_row));
-            lo[i] = _mm512_fmadd_ps(av, b0, lo[i]);
-            hi[i] = _mm512_fmadd_ps(av, b1, hi[i]);
-        }
-        bp = bp.add(NR);
-        ap = ap.add(a_step);
-    }
     // Columns past `cols` (the padding of the last panel) are neither read nor written.
     let m_lo: __mmask16 = if cols >= 16 {
         0xffff
@@ -221,18 +236,48 @@ unsafe fn tile<const M: usize>(
     } else {
         0
     };
-    let bias_lo = _mm512_maskz_loadu_ps(m_lo, bias);
-    let bias_hi = _mm512_maskz_loadu_ps(m_hi, bias.add(16));
+    let mut lo = [_mm512_setzero_ps(); M];
+    let mut hi = [_mm512_setzero_ps(); M];
+    if !first {
+        for i in 0..M {
+            let crow = c.add(i * ldc);
+            lo[i] = _mm512_maskz_loadu_ps(m_lo, crow);
+            hi[i] = _mm512_maskz_loadu_ps(m_hi, crow.add(16));
+        }
+    }
+    let mut bp = panel;
+    let mut ap = a;
+    for _ in 0..k {
+        let b0 = _mm512_loadu_ps(bp);
+        let b1 = _mm512_loadu_ps(bp.add(16));
+        for i in 0..M {
+            let av = _mm512_set1_ps(*ap.add(i * a_row));
+            lo[i] = _mm512_fmadd_ps(av, b0, lo[i]);
+            hi[i] = _mm512_fmadd_ps(av, b1, hi[i]);
+        }
+        bp = bp.add(NR);
+        ap = ap.add(a_step);
+    }
+    let Some(f) = finish else {
+        for i in 0..M {
+            let crow = c.add(i * ldc);
+            _mm512_mask_storeu_ps(crow, m_lo, lo[i]);
+            _mm512_mask_storeu_ps(crow.add(16), m_hi, hi[i]);
+        }
+        return;
+    };
+    let bias_lo = _mm512_maskz_loadu_ps(m_lo, f.bias);
+    let bias_hi = _mm512_maskz_loadu_ps(m_hi, f.bias.add(16));
     let zero = _mm512_setzero_ps();
     for i in 0..M {
         let mut v0 = _mm512_add_ps(lo[i], bias_lo);
         let mut v1 = _mm512_add_ps(hi[i], bias_hi);
-        if let Some((rp, ldr)) = residual {
+        if let Some((rp, ldr)) = f.residual {
             let rrow = rp.add(i * ldr);
             v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m_lo, rrow));
             v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m_hi, rrow.add(16)));
         }
-        if relu {
+        if f.relu {
             v0 = _mm512_max_ps(v0, zero);
             v1 = _mm512_max_ps(v1, zero);
         }

@@ -134,7 +134,7 @@ impl Bottleneck {
                 ld: self.c3.cout,
                 col0: 0,
             },
-            Some(&shortcut.data),
+            Some(shortcut.values()),
         );
         s.recycle(y2);
         if let Some(p) = projected {

@@ -20,8 +20,6 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use crate::kernels::{Act, OutSlice, SendPtr};
 use crate::packed_gemm::{self, Epilogue, PackedB, NR};
 
@@ -167,7 +165,7 @@ impl Winograd {
         let tiles = x.n * th * tw;
         assert!(out.col0 + cout <= out.ld && out.data.len() >= x.n * oh * ow * out.ld);
         let (blocks, per_block, nsplit, nc) =
-            plan(aa, tiles, cin, cout, rayon::current_num_threads().max(1));
+            plan(aa, tiles, cin, cout, crate::team::current_threads());
         let dst = SendPtr(out.data.as_mut_ptr());
         let (ld, col0) = (out.ld, out.col0);
         let geo = Geometry {
@@ -178,7 +176,7 @@ impl Winograd {
             tw,
             pad,
         };
-        (0..blocks * nsplit).into_par_iter().for_each(|task| {
+        crate::team::for_each(blocks * nsplit, |task| {
             let t0 = (task / nsplit) * per_block;
             let t1 = (t0 + per_block).min(tiles);
             let n0 = (task % nsplit) * nc;

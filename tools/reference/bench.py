@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument(
+        "--ort-only", action="store_true", help="skip PyTorch (for quick interleaved A/B runs)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
@@ -72,14 +75,15 @@ def main() -> None:
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
             for n in args.batches:
                 x = torch.randn(n, 3, size, size)
-                with torch.inference_mode():
-                    t = timed(lambda: model(x), args.seconds)
-                    print(f"{name:<13} {'pytorch eager NCHW':<22} {n:>5} {n / t:>8.2f}", flush=True)
-                    cl = model.to(memory_format=torch.channels_last)
-                    xc = x.to(memory_format=torch.channels_last)
-                    t = timed(lambda: cl(xc), args.seconds)
-                    print(f"{name:<13} {'pytorch channels_last':<22} {n:>5} {n / t:>8.2f}", flush=True)
-                    model = model.to(memory_format=torch.contiguous_format)
+                if not args.ort_only:
+                    with torch.inference_mode():
+                        t = timed(lambda: model(x), args.seconds)
+                        print(f"{name:<13} {'pytorch eager NCHW':<22} {n:>5} {n / t:>8.2f}", flush=True)
+                        cl = model.to(memory_format=torch.channels_last)
+                        xc = x.to(memory_format=torch.channels_last)
+                        t = timed(lambda: cl(xc), args.seconds)
+                        print(f"{name:<13} {'pytorch channels_last':<22} {n:>5} {n / t:>8.2f}", flush=True)
+                        model = model.to(memory_format=torch.contiguous_format)
                 xn = x.numpy().astype(np.float32)
                 t = timed(lambda: sess.run(None, {"x": xn}), args.seconds)
                 print(f"{name:<13} {'onnxruntime':<22} {n:>5} {n / t:>8.2f}", flush=True)
