@@ -397,26 +397,11 @@ impl PackedConv {
             }
         }
         let gemm_into = |lhs: *const f32, lhs_rs: usize| {
-            gemm::gemm(
-                rows,
-                cols,
-                k,
-                tile_dst,
-                1,
-                ld as isize,
-                true,
-                lhs,
-                1,
-                lhs_rs as isize,
-                self.w.as_ptr().add(n0),
-                1,
-                self.cout as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+            gemm_rows(
+                (rows, cols, k),
+                (tile_dst, ld, true),
+                (lhs, lhs_rs),
+                (self.w.as_ptr().add(n0), self.cout),
             );
         };
         if self.pointwise() {
@@ -647,30 +632,49 @@ pub(crate) fn linear(x: &[f32], rows: usize, w: &[f32], bias: &[f32]) -> Vec<f32
         // SAFETY: all three buffers have the sizes the strides describe (checked above);
         // column blocks of distinct tasks are disjoint.
         unsafe {
-            gemm::gemm(
-                rows,
-                n1 - n0,
-                k,
-                dst.get().add(n0),
-                1,
-                n as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr().add(n0),
-                1,
-                n as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+            gemm_rows(
+                (rows, n1 - n0, k),
+                (dst.get().add(n0), n, true),
+                (x.as_ptr(), k),
+                (w.as_ptr().add(n0), n),
             );
         }
     });
     y
+}
+
+/// `C (+)= A B` on one thread with the `gemm` crate, all three row-major: `(m, n, k)`,
+/// `(C, row stride, accumulate into C)`, `(A, row stride)`, `(B, row stride)`.
+///
+/// # Safety
+/// Each pointer must address its matrix at the given sizes and strides.
+pub(crate) unsafe fn gemm_rows(
+    (m, n, k): (usize, usize, usize),
+    (c, ldc, accumulate): (*mut f32, usize, bool),
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        accumulate,
+        a,
+        1,
+        lda as isize,
+        b,
+        1,
+        ldb as isize,
+        if accumulate { 1.0f32 } else { 0.0f32 },
+        1.0f32,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
 }
 
 /// NCHW `[n, c, h, w]` values -> NHWC activation.

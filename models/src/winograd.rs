@@ -20,7 +20,7 @@
 
 use std::cell::RefCell;
 
-use crate::kernels::{Act, OutSlice, SendPtr};
+use crate::kernels::{self, Act, OutSlice, SendPtr};
 use crate::packed_gemm::{self, Epilogue, PackedB, NR};
 
 /// One Winograd variant: output tile `m`, input tile `a = m + 2`, and its matrices.
@@ -219,26 +219,11 @@ impl Winograd {
                     // SAFETY: V[xi] is nt x cin, U[xi] columns n0..n1 are cin x ncols with
                     // row stride cout, M[xi] is nt x ncols; all within the buffers above.
                     unsafe {
-                        gemm::gemm(
-                            nt,
-                            ncols,
-                            cin,
-                            m.as_mut_ptr().add(xi * nt * ncols),
-                            1,
-                            ncols as isize,
-                            false,
-                            v.as_ptr().add(xi * nt * cin),
-                            1,
-                            cin as isize,
-                            self.u.as_ptr().add(xi * cin * cout + n0),
-                            1,
-                            cout as isize,
-                            0.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
+                        kernels::gemm_rows(
+                            (nt, ncols, cin),
+                            (m.as_mut_ptr().add(xi * nt * ncols), ncols, false),
+                            (v.as_ptr().add(xi * nt * cin), cin),
+                            (self.u.as_ptr().add(xi * cin * cout + n0), cout),
                         );
                     }
                 }
