@@ -142,6 +142,11 @@ enum BenchCmd {
         /// line each, to show what each step brings.
         #[arg(long)]
         all_kernels: bool,
+        /// Instead of timing, serve single passes for an outside harness
+        /// (tools/reference/interleave.py): each stdin line `<network> <batch>` runs one
+        /// forward pass and prints its seconds.
+        #[arg(long, conflicts_with = "all_kernels")]
+        passes_from_stdin: bool,
     },
     /// The inference assignment's measurements: fair split, second-job start, recovery
     /// after worker and coordinator crashes, cluster overhead.
@@ -275,7 +280,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads,
                 batches,
                 all_kernels,
+                passes_from_stdin: false,
             } => models_cli::bench_models(&weights, threads, &batches, all_kernels)?,
+            BenchCmd::Models {
+                weights, threads, ..
+            } => models_cli::serve_passes(&weights, threads)?,
             BenchCmd::Cluster { args } => bench_cluster::run(&args)?,
             BenchCmd::Idunno { args } => bench_idunno::run(&args)?,
             BenchCmd::Pings { args } => bench_pings::run(&args)?,

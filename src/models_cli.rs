@@ -162,6 +162,44 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Loads both networks, prints `ready`, then answers each stdin line `<network> <batch>`
+/// with the seconds of one forward pass on a fixed batch, so that a harness can alternate
+/// our passes with another runtime's pass by pass (this host's speed drifts by 15-20%
+/// between minutes, more than the differences being measured).
+pub fn serve_passes(weights_dir: &Path, threads: usize) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut classifiers = Vec::new();
+    for net in Network::ALL {
+        let w = weights::find_weight_file(net, weights_dir)
+            .and_then(|p| Weights::load(net, &p))
+            .or_else(|_| Weights::synthetic(net, 0))?;
+        classifiers.push(Classifier::new(&w, threads)?);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(n), None) = (words.next(), words.next(), words.next()) else {
+            anyhow::bail!("expected `<network> <batch>`, got `{line}`");
+        };
+        let net = Network::parse(name)?;
+        let n: usize = n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("batch `{n}` is not a positive integer"))?;
+        let Some(c) = classifiers.iter().find(|c| c.network() == net) else {
+            anyhow::bail!("{net} is not loaded");
+        };
+        let x = c.dummy_batch(n.max(1))?; // a few ms, outside the timing
+        let t = Instant::now();
+        c.logits(&x)?;
+        writeln!(out, "{:.6}", t.elapsed().as_secs_f64())?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 /// Images per second for both networks at each batch size, GFLOP/s against the measured
 /// fp32 peak, and peak RSS. Loads both networks first, so the RSS is that of a node serving
 /// both. With `all_kernels`, every kernel combination this CPU has is measured too, so

@@ -354,7 +354,7 @@ fn run_op_into(op: &Op<PackedConv>, x: &Act, out: OutSlice<'_>) {
     match op {
         Op::Conv(k) => k.run(x, out, None),
         Op::MaxPool => kernels::max_pool_3s2(x, 0, out),
-        Op::AvgPool => kernels::avg_pool_3s1p1(x, out),
+        Op::AvgPool => kernels::avg_pool_3s1p1(x, out, None),
         Op::Fork(ks) => {
             let mut col0 = out.col0;
             for k in ks {
@@ -387,6 +387,17 @@ fn run_block(block: &Block<PackedConv>, x: &Act, s: &mut Scratch) -> Act {
     let mut out = s.act(x.n, oh, ow, oc);
     let mut col0 = 0;
     for branch in &block.branches {
+        // Every pool branch: pool then 1x1 conv, run as conv then pool on fewer channels.
+        if let [Op::AvgPool, Op::Conv(k)] = branch.as_slice() {
+            let part = OutSlice {
+                data: &mut out.data,
+                ld: oc,
+                col0,
+            };
+            k.after_avg_pool(x, part, s);
+            col0 += k.cout;
+            continue;
+        }
         let Some((last, inner)) = branch.split_last() else {
             continue;
         };

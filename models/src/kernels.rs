@@ -301,7 +301,44 @@ impl PackedConv {
     /// `out = relu?(conv(x) + bias + residual?)`, written into `out`'s column range.
     /// `residual`, when given, is an NHWC buffer with exactly `cout` channels.
     pub fn run(&self, x: &Act, out: OutSlice<'_>, residual: Option<&[f32]>) {
+        self.run_with(x, out, residual, true);
+    }
+
+    /// `avg_pool2d(3, stride 1, padding 1)` (padding counted) and then this pointwise
+    /// convolution, computed the other way round: both are linear, so the pool can run
+    /// after the matrix product, on `cout` channels instead of `cin` (Inception's pool
+    /// branches: 4-10x fewer), with the bias and ReLU applied after it.
+    pub fn after_avg_pool(&self, x: &Act, out: OutSlice<'_>, scratch: &mut Scratch) {
+        assert!(
+            self.pointwise(),
+            "after_avg_pool needs a 1x1 stride-1 convolution"
+        );
+        assert!(
+            self.cout <= ZEROS.len(),
+            "after_avg_pool: at most 2048 channels"
+        );
+        let mut y = scratch.act(x.n, x.h, x.w, self.cout);
+        self.run_with(
+            x,
+            OutSlice {
+                data: &mut y.data,
+                ld: self.cout,
+                col0: 0,
+            },
+            None,
+            false,
+        );
+        avg_pool_3s1p1(&y, out, Some((&self.bias, self.relu)));
+        scratch.recycle(y);
+    }
+
+    /// [`Self::run`], or with `epilogue == false` the bare product (no bias, no ReLU).
+    fn run_with(&self, x: &Act, out: OutSlice<'_>, residual: Option<&[f32]>, epilogue: bool) {
         assert_eq!(x.c, self.cin, "conv input channels");
+        assert!(
+            epilogue || self.wino.is_none(),
+            "bare product of a Winograd layer"
+        );
         if let (Some(wg), None) = (&self.wino, residual) {
             let (oh, ow) = self.out_hw(x.h, x.w);
             if x.n * oh * ow >= WINOGRAD_MIN_PIXELS {
@@ -338,12 +375,14 @@ impl PackedConv {
                     ld,
                     col0,
                     residual,
+                    epilogue,
                 );
             }
         });
     }
 
-    /// One output tile: prefill with bias (+ residual), accumulate the GEMM, then ReLU.
+    /// One output tile: prefill with bias (+ residual), accumulate the GEMM, then ReLU;
+    /// without `epilogue`, the bare product.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         &self,
@@ -356,13 +395,19 @@ impl PackedConv {
         ld: usize,
         col0: usize,
         residual: Option<&[f32]>,
+        epilogue: bool,
     ) {
         let rows = m1 - m0;
+        let (bias, relu) = if epilogue {
+            (&self.bias[..], self.relu)
+        } else {
+            (&ZEROS[..self.cout], false)
+        };
         if let Some(pb) = &self.packed {
             let ep = Epilogue {
-                bias: &self.bias,
+                bias,
                 residual: residual.map(|r| (r.as_ptr().add(m0 * self.cout + n0), self.cout)),
-                relu: self.relu,
+                relu,
             };
             let c = dst.add(m0 * ld + col0 + n0);
             let panels = (n0 / packed_gemm::NR, n1.div_ceil(packed_gemm::NR));
@@ -382,7 +427,7 @@ impl PackedConv {
             return;
         }
         let cols = n1 - n0;
-        let bias = &self.bias[n0..n1];
+        let bias = &bias[n0..n1];
         let tile_dst = dst.add(m0 * ld + col0 + n0);
         for r in 0..rows {
             let row = std::slice::from_raw_parts_mut(tile_dst.add(r * ld), cols);
@@ -416,7 +461,7 @@ impl PackedConv {
                 gemm_into(cols_buf.as_ptr(), k);
             });
         }
-        if self.relu {
+        if relu {
             for r in 0..rows {
                 let row = std::slice::from_raw_parts_mut(tile_dst.add(r * ld), cols);
                 for v in row {
@@ -465,6 +510,9 @@ impl PackedConv {
         }
     }
 }
+
+/// The bias of a bare product (widest layer: 2048 channels).
+static ZEROS: [f32; 2048] = [0.0; 2048];
 
 /// Chooses the output tile (rows, columns) for an `m x n` product with inner size `k` on
 /// `threads` workers. Every tile packs its share of the weights (`k x columns`) and of the
@@ -540,7 +588,8 @@ pub(crate) fn max_pool_3s2(x: &Act, pad: usize, out: OutSlice<'_>) {
 
 /// torchvision's `avg_pool2d(3, stride=1, padding=1)` with `count_include_pad=True`:
 /// the sum of the valid positions over 9.
-pub(crate) fn avg_pool_3s1p1(x: &Act, out: OutSlice<'_>) {
+/// With `bias_relu`, `relu?(pool + bias)` per channel.
+pub(crate) fn avg_pool_3s1p1(x: &Act, out: OutSlice<'_>, bias_relu: Option<(&[f32], bool)>) {
     let (h, w, c) = (x.h, x.w, x.c);
     let (ld, col0) = (out.ld, out.col0);
     assert!(col0 + c <= ld && out.data.len() >= x.n * h * w * ld);
@@ -571,6 +620,14 @@ pub(crate) fn avg_pool_3s1p1(x: &Act, out: OutSlice<'_>) {
                 // count_include_pad: always nine.
                 for d in dst.iter_mut() {
                     *d /= 9.0;
+                }
+                if let Some((bias, relu)) = bias_relu {
+                    for (d, b) in dst.iter_mut().zip(bias) {
+                        *d += *b;
+                        if relu {
+                            *d = d.max(0.0);
+                        }
+                    }
                 }
             }
         });
@@ -857,6 +914,52 @@ mod tests {
     }
 
     #[test]
+    fn conv_after_avg_pool_equals_pool_then_conv() {
+        let (n, c, h, w, cout) = (2, 40, 7, 6, 37);
+        let x = values(n * c * h * w, 11);
+        let k = values(cout * c, 12);
+        let bias = values(cout, 13);
+        for &algo in ALGOS.iter() {
+            let conv =
+                PackedConv::from_oihw(&k, bias.clone(), c, cout, 1, 1, 1, 0, 0, true, algo, false);
+            let mut scratch = Scratch::default();
+            let xa = nchw_to_nhwc(&x, n, c, h, w, &mut scratch);
+            let mut pooled = scratch.act(n, h, w, c);
+            avg_pool_3s1p1(
+                &xa,
+                OutSlice {
+                    data: &mut pooled.data,
+                    ld: c,
+                    col0: 0,
+                },
+                None,
+            );
+            let want = conv.forward(&pooled, &mut scratch);
+            let ld = cout + 3;
+            let mut got = vec![f32::NAN; n * h * w * ld];
+            conv.after_avg_pool(
+                &xa,
+                OutSlice {
+                    data: &mut got,
+                    ld,
+                    col0: 1,
+                },
+                &mut scratch,
+            );
+            for p in 0..n * h * w {
+                assert!(got[p * ld].is_nan() && got[p * ld + cout + 1].is_nan());
+                for o in 0..cout {
+                    let (g, e) = (got[p * ld + 1 + o], want.data[p * cout + o]);
+                    assert!(
+                        (g - e).abs() < 1e-5 * (1.0 + e.abs()),
+                        "{g} vs {e} ({algo:?}) at pixel {p}, channel {o}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn pools_match_their_definitions() {
         let (n, c, h, w) = (2, 3, 7, 6);
         let x = values(n * c * h * w, 11);
@@ -907,6 +1010,7 @@ mod tests {
                 ld: c,
                 col0: 0,
             },
+            None,
         );
         for b in 0..n {
             for ch in 0..c {
