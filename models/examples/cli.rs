@@ -1,6 +1,7 @@
 //! Runs the root crate's `src/models_cli.rs` without the rest of `dml` (handy while the
 //! other crates are being built, and for benchmarks):
 //!   cli synth DIR [SEED] | fetch DIR | classify MODEL WEIGHTS DIR [--json] | bench WEIGHTS [BATCH..]
+//!   | passes WEIGHTS (one forward pass per stdin line `<network> <batch>`)
 //! Threads come from DML_THREADS (default 2).
 
 #[path = "../../src/models_cli.rs"]
@@ -30,6 +31,7 @@ fn main() -> anyhow::Result<()> {
             let all = args.iter().any(|a| a == "--all-kernels");
             models_cli::bench_models(Path::new(arg(1)), threads, &batches, all)
         }
-        _ => anyhow::bail!("usage: cli synth DIR [SEED] | fetch DIR | classify MODEL WEIGHTS DIR [--json] | bench WEIGHTS [BATCH..]"),
+        "passes" => models_cli::serve_passes(Path::new(arg(1)), threads),
+        _ => anyhow::bail!("usage: cli synth DIR [SEED] | fetch DIR | classify MODEL WEIGHTS DIR [--json] | bench WEIGHTS [BATCH..] | passes WEIGHTS"),
     }
 }
