@@ -16,8 +16,8 @@
 //! blocks small enough that the block's transformed inputs `V` (`a * a` x `[tiles, cin]`)
 //! and products `M` (`a * a` x `[tiles, cout]`) stay in L2: input transform, `a * a`
 //! GEMMs, output transform with bias and ReLU, then the next block. A call with too few
-//! tiles to give every thread its own blocks (ResNet-50's 14x14 and 7x7 layers at batch
-//! 1) would have to split the columns instead and repeat the input transform in every
+//! tiles to give every thread its own blocks (at batch 1, ResNet-50's 14x14 and 7x7
+//! layers) would have to split the columns and repeat the input transform in every
 //! column range; it runs as three parallel loops over whole-call buffers instead (all
 //! input transforms, the GEMMs split by matrix, the output transforms), which took
 //! ResNet-50's eight 14x14 and 7x7 3x3 layers from 7.9-8.0 ms to 6.1-6.2 ms per image.
