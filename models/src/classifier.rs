@@ -16,8 +16,9 @@ use crate::resnet50::ResNet50;
 use crate::team::Team;
 use crate::weights::{self, Network, Weights};
 
-/// Largest sub-batch one forward pass runs (see [`Classifier::logits`]).
-pub const MAX_CHUNK: usize = 4;
+/// Largest sub-batch one forward pass runs (see [`Classifier::logits`]); within it, each
+/// network groups the images per layer (see `kernels::run_grouped`).
+pub const MAX_CHUNK: usize = 8;
 
 /// How many classes a prediction lists.
 pub const TOP_K: usize = 5;

@@ -320,11 +320,20 @@ impl InceptionV3 {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         layers::check_input(x, INPUT_SIZE, "inception_v3")?;
         let mut s = self.scratch.take();
-        let mut y = layers::input_nhwc(x, &mut s)?;
-        for block in &self.blocks {
-            let next = run_block(block, &y, &mut s);
-            s.recycle(std::mem::replace(&mut y, next));
-        }
+        let input = layers::input_nhwc(x, &mut s)?;
+        // Groups of 4 images through the whole network: measured against 8, and against
+        // one image at a time at 35x35 and 17x17, 4 was as fast or faster (2-6%).
+        let y = kernels::run_grouped(
+            input,
+            self.blocks.len(),
+            |_| 4,
+            |i, x, s| {
+                let y = run_block(&self.blocks[i], &x, s);
+                s.recycle(x);
+                y
+            },
+            &mut s,
+        );
         let features = kernels::global_avg_pool(&y);
         let n = y.n;
         s.recycle(y);

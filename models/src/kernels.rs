@@ -97,6 +97,70 @@ impl Scratch {
     }
 }
 
+/// Runs `steps` steps (`run(i, x)` for `i` in order) over a batch cut into groups of
+/// `size(i)` images. Consecutive steps with the same group size run depth first: one
+/// group through all of them, then the next, so a group's activations stay in cache from
+/// one step to the next.
+///
+/// Why groups: early layers have large activations and small weights, and run best on
+/// one image whose input, output and shortcut stay in cache; late layers have few pixels
+/// and large weights, and run best on many images, which read each weight once for all
+/// of them. ResNet-50 at batch 8, stages 1-2 one image at a time and stages 3-4 on all 8
+/// measured 3.2% faster than all four stages in groups of 4 (20 interleaved passes).
+pub(crate) fn run_grouped(
+    x: Act,
+    steps: usize,
+    size: impl Fn(usize) -> usize,
+    run: impl Fn(usize, Act, &mut Scratch) -> Act,
+    s: &mut Scratch,
+) -> Act {
+    let mut groups = vec![x];
+    let mut i = 0;
+    while i < steps {
+        let end = (i..steps).find(|&j| size(j) != size(i)).unwrap_or(steps);
+        groups = regroup(groups, size(i), s);
+        groups = groups
+            .into_iter()
+            .map(|mut g| {
+                for step in i..end {
+                    g = run(step, g, s);
+                }
+                g
+            })
+            .collect();
+        i = end;
+    }
+    let mut whole = regroup(groups, usize::MAX, s);
+    whole.pop().expect("a batch has at least one image")
+}
+
+/// The same images in groups of `size` (the last one smaller), in order. Copies only
+/// when the grouping changes.
+fn regroup(groups: Vec<Act>, size: usize, s: &mut Scratch) -> Vec<Act> {
+    let n: usize = groups.iter().map(|g| g.n).sum();
+    let size = size.clamp(1, n.max(1));
+    let wanted = |i: usize| size.min(n - i * size);
+    if groups.iter().enumerate().all(|(i, g)| g.n == wanted(i)) {
+        return groups;
+    }
+    let (h, w, c) = (groups[0].h, groups[0].w, groups[0].c);
+    let image = h * w * c;
+    let mut out: Vec<Act> = (0..n.div_ceil(size))
+        .map(|i| s.act(wanted(i), h, w, c))
+        .collect();
+    let mut at = 0;
+    for g in groups {
+        for b in 0..g.n {
+            let (dst, slot) = (&mut out[at / size], at % size);
+            dst.data[slot * image..(slot + 1) * image]
+                .copy_from_slice(&g.data[b * image..(b + 1) * image]);
+            at += 1;
+        }
+        s.recycle(g);
+    }
+    out
+}
+
 /// Where an operation writes: rows of `ld` values, starting at column `col0`. A plain
 /// output has `ld == channels` and `col0 == 0`; a branch of an Inception block writes a
 /// column range of the block's output.
@@ -962,6 +1026,63 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn regrouping_keeps_every_image_in_order() {
+        let mut s = Scratch::default();
+        let (h, w, c) = (2, 3, 5);
+        let image = h * w * c;
+        let batch = Act {
+            data: values(7 * image, 11),
+            n: 7,
+            h,
+            w,
+            c,
+        };
+        let want = batch.values().to_vec();
+        let mut groups = vec![batch];
+        for size in [1, 3, 3, 8, 2, 7, 1] {
+            groups = regroup(groups, size, &mut s);
+            let sizes: Vec<usize> = groups.iter().map(|g| g.n).collect();
+            let g = size.min(7);
+            let expect: Vec<usize> = (0..7usize.div_ceil(g)).map(|i| g.min(7 - i * g)).collect();
+            assert_eq!(sizes, expect, "group sizes for {size}");
+            let got: Vec<f32> = groups.iter().flat_map(|g| g.values().to_vec()).collect();
+            assert_eq!(got, want, "images after regrouping by {size}");
+        }
+    }
+
+    #[test]
+    fn grouped_steps_see_the_right_group_sizes_in_depth_first_order() {
+        let mut s = Scratch::default();
+        let x = Act {
+            data: values(5 * 4, 3),
+            n: 5,
+            h: 1,
+            w: 1,
+            c: 4,
+        };
+        let want: Vec<f32> = x.values().iter().map(|v| v + 3.0).collect();
+        let log = std::sync::Mutex::new(Vec::new());
+        // Steps 0-1 one image at a time, step 2 on groups of 4.
+        let y = run_grouped(
+            x,
+            3,
+            |i| if i < 2 { 1 } else { 4 },
+            |i, mut g, _| {
+                log.lock().unwrap().push((i, g.n));
+                let len = g.len();
+                g.data[..len].iter_mut().for_each(|v| *v += 1.0);
+                g
+            },
+            &mut s,
+        );
+        assert_eq!(y.n, 5);
+        assert_eq!(y.values(), &want[..]);
+        let mut expect: Vec<(usize, usize)> = (0..5).flat_map(|_| [(0, 1), (1, 1)]).collect();
+        expect.extend([(2, 4), (2, 1)]);
+        assert_eq!(*log.lock().unwrap(), expect);
     }
 
     #[test]

@@ -208,14 +208,36 @@ impl ResNet50 {
         total + 2048 * 1000
     }
 
-    /// Logits for a batch.
+    /// Logits for a batch (at most [`crate::classifier::MAX_CHUNK`] images at a time is
+    /// what the classifier sends).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         layers::check_input(x, INPUT_SIZE, "resnet50")?;
         let mut s = self.scratch.take();
         let input = layers::input_nhwc(x, &mut s)?;
-        let y = self.stem.forward(&input, &mut s);
+        // Step 0 is the stem, step i the bottleneck i - 1. Stem and stages 1-2 (56x56 and
+        // 28x28) one image at a time, stages 3-4 (14x14, 7x7) on the whole batch.
+        let y = kernels::run_grouped(
+            input,
+            1 + self.blocks.len(),
+            |i| if i <= EARLY_STEPS { 1 } else { usize::MAX },
+            |i, x, s| match i {
+                0 => self.stem_and_pool(x, s),
+                _ => self.blocks[i - 1].forward(x, s),
+            },
+            &mut s,
+        );
+        let features = kernels::global_avg_pool(&y);
+        let n = y.n;
+        s.recycle(y);
+        self.scratch.put(s);
+        self.fc.forward(&features, n)
+    }
+
+    /// conv1, then maxpool(3, stride 2, padding 1); padded positions are skipped, as with
+    /// -inf.
+    fn stem_and_pool(&self, input: Act, s: &mut Scratch) -> Act {
+        let y = self.stem.forward(&input, s);
         s.recycle(input);
-        // maxpool(3, stride 2, padding 1); padded positions are skipped, as with -inf.
         let (oh, ow) = ((y.h + 2 - 3) / 2 + 1, (y.w + 2 - 3) / 2 + 1);
         let mut pooled = s.act(y.n, oh, ow, y.c);
         kernels::max_pool_3s2(
@@ -228,17 +250,12 @@ impl ResNet50 {
             },
         );
         s.recycle(y);
-        let mut y = pooled;
-        for b in &self.blocks {
-            y = b.forward(y, &mut s);
-        }
-        let features = kernels::global_avg_pool(&y);
-        let n = y.n;
-        s.recycle(y);
-        self.scratch.put(s);
-        self.fc.forward(&features, n)
+        pooled
     }
 }
+
+/// The stem and the 7 bottlenecks of stages 1-2: the steps run one image at a time.
+const EARLY_STEPS: usize = 7;
 
 #[cfg(test)]
 mod tests {
