@@ -729,3 +729,63 @@ fn roles_after_rebuild(c: &Cluster, live: &[String], epoch: u64) -> Option<Strin
         })
         .cloned()
 }
+
+/// Every process of a cluster dies and the cluster restarts on its old data (SDFS keeps
+/// the old job's manifest and results): the first reign starts above the old epochs, so
+/// a new job never takes the old job's id, and its results are exactly its own queries.
+#[test]
+fn a_cluster_restarted_on_its_old_data_gives_new_jobs_new_ids() {
+    const N: usize = 4;
+    let t = Timings::fast();
+    let weights = TempDir(
+        std::env::temp_dir().join(format!("dml-test-restart-weights-{}", std::process::id())),
+    );
+    common::synth_weights(&weights.0);
+    let extra = format!(
+        "[inference]\nthreads = 1\nweights_dir = \"{}\"\n",
+        weights.0.display()
+    );
+    let mut c = Cluster::start("restart", N, &t, &extra);
+    let all: Vec<String> = c.nodes.iter().map(|(_, a)| a.clone()).collect();
+    let formed = |c: &Cluster, what: &str| {
+        c.wait_views(&all, Duration::from_secs(60), what, |v| {
+            v.len() == N && v.iter().all(|(_, _, s)| s == "alive")
+        });
+    };
+    formed(&c, "formation");
+    let via = c.addr("H2");
+    let work = c.dir.join("work");
+    put_images(&c, &via, &work, "old", 6, 7);
+    let (old, _) = submit(&via, "resnet50", "inputs/old");
+    wait_complete(&via, &old);
+    assert_eq!(names_under(&c, &via, &format!("results/{old}/")).len(), 6);
+
+    let names: Vec<String> = c.nodes.iter().map(|(n, _)| n.clone()).collect();
+    for n in names.iter().chain(["introducer".to_string()].iter()) {
+        c.kill9(n);
+    }
+    c.start_introducer();
+    for (name, addr) in c.nodes.clone() {
+        c.start_node(&name, &addr);
+    }
+    formed(&c, "formation after the restart");
+
+    // With the old id, the old job's six results would be listed as this job's too.
+    let inputs = put_images(&c, &via, &work, "new", 3, 8);
+    let (new, n) = submit(&via, "resnet50", "inputs/new");
+    assert_eq!(n, 3);
+    let epoch = |j: &str| j.parse::<JobId>().expect("job id").epoch;
+    assert!(
+        epoch(&new) > epoch(&old),
+        "job {new} after the restart reuses the epoch of {old}"
+    );
+    wait_complete(&via, &new);
+    let results = names_under(&c, &via, &format!("results/{new}/"));
+    assert_eq!(results.len(), 3, "{results:?}");
+    for i in &inputs {
+        assert!(
+            results.contains(&format!("results/{new}/{i}")),
+            "{i}: {results:?}"
+        );
+    }
+}

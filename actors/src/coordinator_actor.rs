@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::clock;
 use crate::control::{Command, Outcome, Reply};
-use crate::jobs::types::{manifest_name, parse_result_name};
+use crate::jobs::types::{job_of_name, manifest_name, parse_result_name};
 use crate::jobs::{
     Coordinator, Effect, JobId, JobManifest, JobsConfig, Msg, ResultFound, StatusKind,
     StatusReport, Timer,
@@ -244,12 +244,25 @@ impl CoordinatorActor {
             act.bootstrap_armed = false;
             let first = act.ring.iter().find(|a| act.live.contains(a)).cloned();
             if act.core.reign().is_none() && first.as_ref() == Some(&act.me) {
-                info!(
-                    wall = clock::wall_ms(),
-                    "event=bootstrap (no coordinator known: starting the first reign)"
-                );
-                let fx = act.core.bootstrap(clock::now(), &act.live.clone());
-                act.exec(fx, ctx);
+                // The job ids SDFS already holds (a cluster restarted on its old data):
+                // the first reign starts above their epochs.
+                let sdfs = act.sdfs.clone();
+                act.bootstrap_armed = true;
+                ctx.spawn(async move { used_epoch(&sdfs).await }.into_actor(act).map(
+                    |used, act, ctx| {
+                        act.bootstrap_armed = false;
+                        if act.core.reign().is_some() {
+                            return;
+                        }
+                        info!(
+                            wall = clock::wall_ms(),
+                            used_epoch = used,
+                            "event=bootstrap (no coordinator known: starting the first reign)"
+                        );
+                        let fx = act.core.bootstrap(clock::now(), &act.live.clone(), used);
+                        act.exec(fx, ctx);
+                    },
+                ));
             }
         });
     }
@@ -664,6 +677,20 @@ impl CoordinatorActor {
             let _ = reply.send(out);
         });
     }
+}
+
+/// The highest epoch among the job manifests and results in SDFS (0 if none, or if SDFS
+/// cannot be listed: then this is a new cluster's first start in practice).
+async fn used_epoch(sdfs: &Addr<SdfsActor>) -> u64 {
+    let mut top = 0;
+    for prefix in ["jobs/", "results/"] {
+        for name in list_prefix(sdfs, prefix.into()).await.unwrap_or_default() {
+            if let Some(job) = job_of_name(&name) {
+                top = top.max(job.epoch);
+            }
+        }
+    }
+    top
 }
 
 /// C4 --results: every result of a job, read back from SDFS.

@@ -221,7 +221,7 @@ impl Sim {
             sim.coord_fx(a, fx);
         }
         let first = addr(1);
-        let fx = sim.node(&first).coord.bootstrap(0, &all);
+        let fx = sim.node(&first).coord.bootstrap(0, &all, 0);
         sim.coord_fx(&first, fx);
         sim
     }

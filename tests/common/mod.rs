@@ -115,6 +115,12 @@ impl Cluster {
         self.procs.insert(name.to_string(), child);
     }
 
+    /// Starts the introducer again (after `kill9("introducer")`).
+    pub fn start_introducer(&mut self) {
+        self.spawn("introducer", &["introducer"]);
+        wait_port(&self.introducer);
+    }
+
     pub fn start_node(&mut self, name: &str, addr: &str) {
         let (host, port) = addr.rsplit_once(':').unwrap();
         self.spawn(

@@ -213,15 +213,18 @@ impl Coordinator {
         }
     }
 
-    /// Makes this node the first coordinator (epoch 1). Called once, by the node the
-    /// cluster configuration names (the introducer); does nothing if a reign is known.
-    pub fn bootstrap(&mut self, now: Millis, live: &[NodeAddr]) -> Vec<Effect> {
+    /// Makes this node the first coordinator of this cluster's life. Called once, by the
+    /// first live node of the ring; does nothing if a reign is known. `used_epoch` is the
+    /// highest epoch in the job ids SDFS already holds (0 if none): a cluster restarted on
+    /// its old SDFS data starts above it, so a new job can never take the id (and so the
+    /// manifest and result names) of an old one.
+    pub fn bootstrap(&mut self, now: Millis, live: &[NodeAddr], used_epoch: u64) -> Vec<Effect> {
         let mut fx = Vec::new();
         self.members = live.iter().cloned().collect();
         self.members.insert(self.me.clone());
         if self.reign.is_none() {
             let term = Term {
-                epoch: 1,
+                epoch: used_epoch + 1,
                 coordinator: self.me.clone(),
             };
             self.begin_reign(now, term, CoordState::new(), &mut fx);
@@ -1522,7 +1525,7 @@ mod tests {
             ..JobsConfig::default()
         };
         let mut c = Coordinator::new(me.clone(), cfg);
-        c.bootstrap(0, std::slice::from_ref(&me));
+        c.bootstrap(0, std::slice::from_ref(&me), 0);
         assert_eq!(c.role(), RoleKind::Primary);
         let client = NodeAddr::from("client:1");
         let fx = c.submit(
@@ -1579,6 +1582,39 @@ mod tests {
         let j = &c.state().jobs[&manifest.id];
         assert!(j.is_complete());
         assert_eq!(j.ok_count(), 1);
+    }
+
+    /// A cluster restarted on SDFS data that holds jobs of epochs up to 4 starts at 5, so
+    /// its first job cannot reuse an old id (and so old manifest and result names).
+    #[test]
+    fn bootstrap_starts_above_the_epochs_already_in_sdfs() {
+        let me = NodeAddr::from("solo:1");
+        let mut fresh = Coordinator::new(me.clone(), JobsConfig::default());
+        fresh.bootstrap(0, std::slice::from_ref(&me), 0);
+        assert_eq!(fresh.reign().map(|r| r.term.epoch), Some(1));
+
+        let mut c = Coordinator::new(me.clone(), JobsConfig::default());
+        c.bootstrap(0, std::slice::from_ref(&me), 4);
+        assert_eq!(c.reign().map(|r| r.term.epoch), Some(5));
+        let fx = c.submit(
+            1,
+            "client:1".into(),
+            1,
+            "resnet50",
+            "in/",
+            vec!["in/a".into()],
+        );
+        let id = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::WriteManifest { manifest } => Some(manifest.id),
+                _ => None,
+            })
+            .expect("manifest written");
+        assert_eq!(id.to_string(), "5-1");
+        // A second bootstrap call changes nothing: a reign is known.
+        c.bootstrap(2, std::slice::from_ref(&me), 9);
+        assert_eq!(c.reign().map(|r| r.term.epoch), Some(5));
     }
 
     #[test]

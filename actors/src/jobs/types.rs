@@ -139,6 +139,14 @@ pub fn parse_result_name(name: &str) -> Option<(JobId, QueryId)> {
     Some((job.parse().ok()?, query.to_string()))
 }
 
+/// The job whose manifest or result an SDFS name is, if it is one.
+pub fn job_of_name(name: &str) -> Option<JobId> {
+    if let Some(rest) = name.strip_prefix("jobs/") {
+        return rest.strip_suffix(".manifest")?.parse().ok();
+    }
+    parse_result_name(name).map(|(job, _)| job)
+}
+
 /// A model the cluster can run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -246,6 +254,16 @@ impl JobsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_of_name_reads_manifests_and_results_only() {
+        let j = JobId { epoch: 7, seq: 3 };
+        assert_eq!(job_of_name(&manifest_name(j)), Some(j));
+        assert_eq!(job_of_name(&result_name(j, "inputs/a/b.png")), Some(j));
+        assert_eq!(job_of_name("jobs/7-3.manifest.tmp"), None);
+        assert_eq!(job_of_name("jobs/x.manifest"), None);
+        assert_eq!(job_of_name("inputs/7-3.manifest"), None);
+    }
 
     #[test]
     fn result_names_round_trip_with_slashes_in_queries() {
