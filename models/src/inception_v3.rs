@@ -334,11 +334,7 @@ impl InceptionV3 {
             },
             &mut s,
         );
-        let features = kernels::global_avg_pool(&y);
-        let n = y.n;
-        s.recycle(y);
-        self.scratch.put(s);
-        self.fc.forward(&features, n)
+        self.fc.head(y, s, &self.scratch)
     }
 }
 

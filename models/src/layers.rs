@@ -171,6 +171,16 @@ impl Linear {
         let y = kernels::linear(x, rows, &self.weight_t, &self.bias);
         Tensor::from_vec(y, (rows, self.bias.len()), &Device::Cpu)
     }
+
+    /// Both networks' head: global average pool of the last activation, then this layer.
+    /// Hands the pass's buffers back to `pool` for the next pass.
+    pub fn head(&self, y: Act, mut s: Scratch, pool: &ScratchPool) -> candle_core::Result<Tensor> {
+        let features = kernels::global_avg_pool(&y);
+        let n = y.n;
+        s.recycle(y);
+        pool.put(s);
+        self.forward(&features, n)
+    }
 }
 
 /// The input batch as an NHWC activation, read straight from the tensor's storage.

@@ -226,11 +226,7 @@ impl ResNet50 {
             },
             &mut s,
         );
-        let features = kernels::global_avg_pool(&y);
-        let n = y.n;
-        s.recycle(y);
-        self.scratch.put(s);
-        self.fc.forward(&features, n)
+        self.fc.head(y, s, &self.scratch)
     }
 
     /// conv1, then maxpool(3, stride 2, padding 1); padded positions are skipped, as with
