@@ -25,11 +25,11 @@ use dml_actors::clock::wall_ms;
 use dml_actors::config::Config;
 use dml_actors::control::Command;
 use dml_actors::membership::Membership;
-use dml_actors::membership_actor::{Exec, FromPeer, MembershipActor};
-use dml_actors::msg::Body;
+use dml_actors::membership::membership_actor::{Exec, FromPeer, MembershipActor};
+use dml_actors::net::body::Body;
 use dml_actors::node::membership_settings;
-use dml_actors::ping::ProbeSettings;
-use dml_actors::transport::{Client, Inbound, Transport, TransportConfig};
+use dml_actors::membership::ping::ProbeSettings;
+use dml_actors::net::transport::{Client, Inbound, Transport, TransportConfig};
 use dml_actors::types::NodeAddr;
 use tokio::sync::mpsc;
 
@@ -135,7 +135,7 @@ pub struct Event {
 }
 
 /// Parses a tracing line such as
-/// `... WARN dml_actors::membership_actor: event=failed wall=1700000000123 peer=127.0.0.1:8003 incarnation=7`.
+/// `... WARN dml_actors::membership::membership_actor: event=failed wall=1700000000123 peer=127.0.0.1:8003 incarnation=7`.
 /// Lines without `event=` and `wall=` are not events.
 pub fn parse_event(line: &str) -> Option<Event> {
     let mut kind = None;
@@ -1064,14 +1064,14 @@ mod tests {
     #[test]
     fn parses_tracing_event_lines() {
         let line =
-            "2025-01-01T00:00:00.123456Z  WARN dml_actors::membership_actor: event=suspected \
+            "2025-01-01T00:00:00.123456Z  WARN dml_actors::membership::membership_actor: event=suspected \
                     wall=1700000000123 peer=127.0.0.1:8003 incarnation=7 by_me=true";
         assert_eq!(
             parse_event(line),
             Some(ev("suspected", 1_700_000_000_123, "127.0.0.1:8003", 7))
         );
         let own =
-            "INFO dml_actors::membership_actor: event=rejoin (this node was declared failed) \
+            "INFO dml_actors::membership::membership_actor: event=rejoin (this node was declared failed) \
                    wall=5 old_incarnation=1 new_incarnation=2";
         let e = parse_event(own).unwrap();
         assert_eq!((e.kind.as_str(), e.wall, e.peer), ("rejoin", 5, None));

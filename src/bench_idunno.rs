@@ -106,7 +106,7 @@ impl LogEvent {
 }
 
 /// Parses a tracing line such as
-/// `... INFO dml_actors::coordinator_actor: event=role wall=17 role=Primary epoch=2
+/// `... INFO dml_actors::jobs::coordinator_actor: event=role wall=17 role=Primary epoch=2
 /// coordinator=127.0.0.1:9001 standby=Some("127.0.0.1:9002")`. Quotes and `Some(..)` are
 /// stripped from values. Lines without `event=` and a numeric `wall=` are not events.
 pub fn parse_event(line: &str) -> Option<LogEvent> {
@@ -951,10 +951,10 @@ mod tests {
 
     #[test]
     fn parses_role_and_failed_lines() {
-        let log = "2026-01-01T00:00:00Z  INFO dml_actors::coordinator_actor: event=role wall=100 \
+        let log = "2026-01-01T00:00:00Z  INFO dml_actors::jobs::coordinator_actor: event=role wall=100 \
                    role=Standby epoch=1 coordinator=127.0.0.1:9001 standby=Some(\"127.0.0.1:9002\")\n\
                    noise without events\n\
-                   x WARN dml_actors::membership_actor: event=failed wall=250 peer=127.0.0.1:9001 incarnation=3\n\
+                   x WARN dml_actors::membership::membership_actor: event=failed wall=250 peer=127.0.0.1:9001 incarnation=3\n\
                    y INFO c: event=role wall=300 role=Primary epoch=2 coordinator=127.0.0.1:9002 standby=Some(\"127.0.0.1:9003\")\n\
                    z INFO c: event=role wall=50 role=Primary epoch=1 coordinator=127.0.0.1:9001 standby=None\n";
         let ev = parse_events(log);

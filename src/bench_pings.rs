@@ -50,8 +50,8 @@ pub struct Args {
     /// Weights directory (default: synthetic weights written to the work directory).
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// RUST_LOG given to the nodes; it must keep dml_actors::ping_actor at debug.
-    #[arg(long, default_value = "info,dml_actors::ping_actor=debug")]
+    /// RUST_LOG given to the nodes; it must keep dml_actors::membership::ping_actor at debug.
+    #[arg(long, default_value = "info,dml_actors::membership::ping_actor=debug")]
     pub log_filter: String,
     /// Keep the temporary config, images and logs (their directory is printed).
     #[arg(long)]
@@ -101,10 +101,10 @@ pub fn parse_stamp(s: &str) -> Option<u64> {
     u64::try_from(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms).ok()
 }
 
-/// A PingActor line: `<stamp> DEBUG dml_actors::ping_actor: ack peer=.. seq=.. rtt=3`
-/// or `<stamp>  WARN dml_actors::ping_actor: no ack in time peer=.. seq=..`.
+/// A PingActor line: `<stamp> DEBUG dml_actors::membership::ping_actor: ack peer=.. seq=.. rtt=3`
+/// or `<stamp>  WARN dml_actors::membership::ping_actor: no ack in time peer=.. seq=..`.
 pub fn parse_probe(line: &str) -> Option<Probe> {
-    if !line.contains("dml_actors::ping_actor") {
+    if !line.contains("dml_actors::membership::ping_actor") {
         return None;
     }
     let wall = parse_stamp(line.split_whitespace().next()?)?;
@@ -376,7 +376,7 @@ fn measure(
     let mut notes = Vec::new();
     if all.is_empty() {
         notes.push(format!(
-            "no ping_actor lines in the logs: does RUST_LOG={:?} keep dml_actors::ping_actor at debug?",
+            "no ping_actor lines in the logs: does RUST_LOG={:?} keep dml_actors::membership::ping_actor at debug?",
             args.log_filter
         ));
     }
@@ -419,11 +419,11 @@ mod tests {
 
     #[test]
     fn parses_ping_lines() {
-        let log = "2026-01-01T00:00:00.010000Z DEBUG dml_actors::ping_actor: ack peer=127.0.0.1:9001 seq=4294967297 rtt=3\n\
-                   2026-01-01T00:00:00.020000Z  INFO dml_actors::coordinator_actor: event=role wall=1 rtt=9\n\
-                   2026-01-01T00:00:00.030000Z  WARN dml_actors::ping_actor: no ack in time peer=127.0.0.1:9002 seq=7\n\
-                   2026-01-01T00:00:00.040000Z DEBUG dml_actors::ping_actor: ack peer=x seq=1 rtt=abc\n\
-                   noise dml_actors::ping_actor rtt=5\n";
+        let log = "2026-01-01T00:00:00.010000Z DEBUG dml_actors::membership::ping_actor: ack peer=127.0.0.1:9001 seq=4294967297 rtt=3\n\
+                   2026-01-01T00:00:00.020000Z  INFO dml_actors::jobs::coordinator_actor: event=role wall=1 rtt=9\n\
+                   2026-01-01T00:00:00.030000Z  WARN dml_actors::membership::ping_actor: no ack in time peer=127.0.0.1:9002 seq=7\n\
+                   2026-01-01T00:00:00.040000Z DEBUG dml_actors::membership::ping_actor: ack peer=x seq=1 rtt=abc\n\
+                   noise dml_actors::membership::ping_actor rtt=5\n";
         let base = parse_stamp("2026-01-01T00:00:00Z").unwrap();
         assert_eq!(
             parse_probes(log),

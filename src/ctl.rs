@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use dml_actors::config::Config;
 use dml_actors::control::{self, Command, Outcome};
-use dml_actors::msg::Body;
-use dml_actors::transport::Client;
+use dml_actors::net::body::Body;
+use dml_actors::net::transport::Client;
 
 /// Sends one command and waits for the outcome.
 pub fn call(

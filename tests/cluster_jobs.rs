@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::{Cluster, RoleEvent, Timings};
 use dml_actors::control::Command;
 use dml_actors::jobs::{BatchId, JobId, Msg, RunBatch, Term};
-use dml_actors::msg::Body;
-use dml_actors::worker_actor::QueryResult;
+use dml_actors::net::body::Body;
+use dml_actors::jobs::worker_actor::QueryResult;
 use serde_json::Value;
 
 const NODES: usize = 8;

@@ -16,13 +16,19 @@
 #![deny(missing_docs)]
 
 pub mod coordinator;
+#[allow(missing_docs)] // moved in from the crate root; to document
+pub mod coordinator_actor;
 pub mod error;
 pub mod msg;
 pub mod schedule;
 pub mod state;
 pub mod stats;
 pub mod types;
+#[allow(missing_docs)] // moved in from the crate root; to document
+pub mod model_actor;
 pub mod worker;
+#[allow(missing_docs)] // moved in from the crate root; to document
+pub mod worker_actor;
 
 pub use coordinator::{successor, Coordinator, Effect, RoleKind, Timer};
 pub use error::{ConfigError, JobError};

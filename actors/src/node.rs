@@ -11,19 +11,19 @@ use thiserror::Error;
 use tracing::info;
 
 use crate::config::Config;
-use crate::coordinator_actor::CoordinatorActor;
-use crate::introducer::{Introducer, IntroducerSettings};
+use crate::jobs::coordinator_actor::CoordinatorActor;
+use crate::membership::introducer::{Introducer, IntroducerSettings};
 use crate::jobs::JobsConfig;
 use crate::membership::{Membership, Settings};
-use crate::membership_actor::{Exec, MembershipActor, Subscribe};
-use crate::model_actor::ModelActor;
-use crate::msg::Body;
-use crate::ping::ProbeSettings;
-use crate::sdfs_actor::SdfsActor;
-use crate::transport::{Transport, TransportConfig};
-use crate::transport_actor::{Routes, TransportActor};
+use crate::membership::membership_actor::{Exec, MembershipActor, Subscribe};
+use crate::jobs::model_actor::ModelActor;
+use crate::net::body::Body;
+use crate::membership::ping::ProbeSettings;
+use crate::sdfs::sdfs_actor::SdfsActor;
+use crate::net::transport::{Transport, TransportConfig};
+use crate::net::transport_actor::{Routes, TransportActor};
 use crate::types::NodeAddr;
-use crate::worker_actor::WorkerActor;
+use crate::jobs::worker_actor::WorkerActor;
 
 /// Why a node or the introducer could not run.
 #[derive(Debug, Error)]
@@ -34,11 +34,11 @@ pub enum NodeError {
         source: std::io::Error,
     },
     #[error("transport: {0}")]
-    Transport(#[from] crate::transport::TransportError),
+    Transport(#[from] crate::net::transport::TransportError),
     #[error("membership: {0}")]
     Membership(#[from] crate::membership::MembershipError),
     #[error("introducer: {0}")]
-    Introducer(#[from] crate::introducer::IntroducerError),
+    Introducer(#[from] crate::membership::introducer::IntroducerError),
     #[error("model: {0}")]
     Model(String),
     #[error("sdfs: {0}")]
@@ -193,7 +193,7 @@ pub fn run_introducer(config: Config) -> Result<(), NodeError> {
             member_ttl: announce * 3 + ms(config.fd.cleanup_time),
             reap_interval: announce,
         })?;
-        crate::introducer_actor::IntroducerActor::new(core, transport.clone(), inbound).start();
+        crate::membership::introducer_actor::IntroducerActor::new(core, transport.clone(), inbound).start();
         info!(introducer = %me, "introducer started");
         shutdown_signal().await;
         transport.shutdown();

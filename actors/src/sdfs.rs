@@ -14,7 +14,10 @@ pub use store::{
 
 pub mod core;
 pub mod msg;
+pub mod client;
 pub mod ring;
+pub mod scp;
+pub mod sdfs_actor;
 
 pub use self::core::{
     Command, Delivery, Effect, Event, Input, Reply, SdfsConfig, SdfsCore, SdfsError, Timer,

@@ -8,12 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dml_actors::introducer::{Introducer, IntroducerEffect, IntroducerSettings, IntroducerTimer};
+use dml_actors::membership::introducer::{Introducer, IntroducerEffect, IntroducerSettings, IntroducerTimer};
 use dml_actors::membership::{
     compute_monitors, Effect, MemberEvent, MemberState, Membership, Msg, Settings, Status, Timer,
     UpdateState,
 };
-use dml_actors::ping::{ProbeEffect, ProbeSettings, ProbeTimer, Prober};
+use dml_actors::membership::ping::{ProbeEffect, ProbeSettings, ProbeTimer, Prober};
 use dml_actors::types::{Incarnation, Millis, NodeAddr};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

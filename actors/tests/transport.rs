@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use dml_actors::transport::{Client, Inbound, Lane, Transport, TransportConfig, TransportError};
+use dml_actors::net::transport::{Client, Inbound, Lane, Transport, TransportConfig, TransportError};
 use dml_actors::types::NodeAddr;
-use dml_actors::wire::{self, ClientHandshake, Envelope, FrameDecoder, HandshakeError, Role};
+use dml_actors::net::wire::{self, ClientHandshake, Envelope, FrameDecoder, HandshakeError, Role};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};

@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dml_actors::control::{self, Command as Cmd, Outcome};
-use dml_actors::msg::Body;
-use dml_actors::transport::Client;
+use dml_actors::net::body::Body;
+use dml_actors::net::transport::Client;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 
@@ -462,7 +462,7 @@ pub fn send_oneway(addr: &str, body: Body) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         // The frame is written before the wait starts; the timeout is the expected outcome.
         match c.request(body, Duration::from_millis(300)).await {
-            Err(dml_actors::transport::TransportError::Timeout { .. }) | Ok(_) => Ok(()),
+            Err(dml_actors::net::transport::TransportError::Timeout { .. }) | Ok(_) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
     })

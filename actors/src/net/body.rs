@@ -1,5 +1,5 @@
 //! The cluster's message body: every protocol's messages under one enum, carried in the
-//! versioned [`crate::wire::Envelope`]. Adding a protocol adds a variant here.
+//! versioned [`crate::net::wire::Envelope`]. Adding a protocol adds a variant here.
 
 use serde::{Deserialize, Serialize};
 

@@ -8,13 +8,14 @@ use futures_util::stream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::control::{Command, Outcome};
-use crate::coordinator_actor::{self, CoordinatorActor};
-use crate::membership_actor::{Exec, FromPeer, MembershipActor};
-use crate::msg::Body;
-use crate::sdfs_actor::{self, SdfsActor};
-use crate::transport::{Inbound, Responder};
-use crate::worker_actor::{self, WorkerActor};
+use crate::control::Outcome;
+use crate::jobs::coordinator_actor::{self, CoordinatorActor};
+use crate::membership::membership_actor::{Exec, FromPeer, MembershipActor};
+use crate::net::body::Body;
+use crate::net::route::{command_route, route, To};
+use crate::sdfs::sdfs_actor::{self, SdfsActor};
+use crate::net::transport::{Inbound, Responder};
+use crate::jobs::worker_actor::{self, WorkerActor};
 
 /// Where the messages of each protocol go.
 #[derive(Clone)]
@@ -73,55 +74,37 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
             responder,
             ..
         } = m;
-        match body {
-            Body::Membership(msg) => self.routes.membership.do_send(FromPeer { from, msg }),
-            Body::Sdfs(msg) => self.routes.sdfs.do_send(sdfs_actor::FromPeer { from, msg }),
-            Body::Jobs(msg) => {
-                if msg.is_for_worker() {
-                    self.routes.worker.do_send(worker_actor::FromPeer {
-                        from: from.clone(),
-                        msg: msg.clone(),
-                    });
-                }
-                // Coordinator-bound messages, and answers to this node's client requests.
-                if !msg.is_for_worker() || msg.is_for_coordinator() {
-                    self.routes
-                        .coordinator
-                        .do_send(coordinator_actor::FromPeer { from, msg });
+        match (route(&body), body) {
+            (_, Body::Membership(msg)) => self.routes.membership.do_send(FromPeer { from, msg }),
+            (_, Body::Sdfs(msg)) => self.routes.sdfs.do_send(sdfs_actor::FromPeer { from, msg }),
+            (targets, Body::Jobs(msg)) => {
+                for to in targets {
+                    match to {
+                        To::Worker => self.routes.worker.do_send(worker_actor::FromPeer {
+                            from: from.clone(),
+                            msg: msg.clone(),
+                        }),
+                        // The coordinator actor also hosts this node's job client.
+                        _ => self.routes.coordinator.do_send(coordinator_actor::FromPeer {
+                            from: from.clone(),
+                            msg: msg.clone(),
+                        }),
+                    }
                 }
             }
-            Body::Command(cmd) => {
+            (_, Body::Command(cmd)) => {
                 let (tx, rx) = oneshot::channel();
-                match cmd {
-                    Command::Join
-                    | Command::Leave
-                    | Command::ListMem
-                    | Command::ListSelf
-                    | Command::Stats => {
-                        self.routes.membership.do_send(Exec { cmd, reply: tx });
-                    }
-                    Command::Put { .. }
-                    | Command::Get { .. }
-                    | Command::Delete { .. }
-                    | Command::Ls { .. }
-                    | Command::LsPrefix { .. }
-                    | Command::Store
-                    | Command::GetVersions { .. } => {
-                        self.routes
-                            .sdfs
-                            .do_send(sdfs_actor::Exec { cmd, reply: tx });
-                    }
-                    Command::C1
-                    | Command::C2
-                    | Command::C3 { .. }
-                    | Command::C4 { .. }
-                    | Command::C4Results { .. }
-                    | Command::C5 => {
-                        self.routes
-                            .coordinator
-                            .do_send(coordinator_actor::Exec { cmd, reply: tx });
-                    }
-                    Command::Help => {
+                match command_route(&cmd) {
+                    To::Membership => self.routes.membership.do_send(Exec { cmd, reply: tx }),
+                    To::Sdfs => self
+                        .routes
+                        .sdfs
+                        .do_send(sdfs_actor::Exec { cmd, reply: tx }),
+                    To::JobClient => self
+                        .routes
+                        .coordinator
+                        .do_send(coordinator_actor::Exec { cmd, reply: tx }),
+                    _ => {
                         let _ = tx.send(Ok(crate::control::Reply::new(
                             crate::control::help_text(),
                             serde_json::json!({"help": crate::control::HELP.iter().map(|(u, d)| serde_json::json!({"usage": u, "what": d})).collect::<Vec<_>>()}),
@@ -130,7 +113,7 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
                 }
                 answer(responder, rx);
             }
-            Body::Outcome(_) => warn!(peer = %from, "unexpected outcome message"),
+            (_, Body::Outcome(_)) => warn!(peer = %from, "unexpected outcome message"),
         }
     }
 

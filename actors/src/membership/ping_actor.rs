@@ -6,8 +6,8 @@ use actix::prelude::*;
 use tracing::{debug, warn};
 
 use crate::clock;
-use crate::membership_actor::{MembershipActor, SendPing, Unresponsive};
-use crate::ping::{ProbeEffect, ProbeError, ProbeSettings, ProbeTimer, Prober};
+use crate::membership::membership_actor::{MembershipActor, SendPing, Unresponsive};
+use crate::membership::ping::{ProbeEffect, ProbeError, ProbeSettings, ProbeTimer, Prober};
 use crate::types::NodeAddr;
 
 /// The peer acked probe `seq`.

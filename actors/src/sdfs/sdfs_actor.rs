@@ -22,17 +22,17 @@ use tracing::{info, warn};
 use crate::clock;
 use crate::config::{Config, Transfer};
 use crate::control::{Command, Outcome, Reply as CtlReply};
-use crate::membership_actor::View;
-use crate::msg::Body;
+use crate::membership::membership_actor::View;
+use crate::net::body::Body;
 use crate::sdfs::core::staging_file_name;
 use crate::sdfs::msg::XferId;
 use crate::sdfs::{
     Command as SdfsCommand, Delivery, Effect, Event, Input, LocalStore, OpId, Reply, SdfsConfig,
     SdfsCore, SdfsError, SdfsName, StoreConfig,
 };
-use crate::transport::Transport;
+use crate::net::transport::Transport;
 use crate::types::NodeAddr;
-use crate::wire::Lane;
+use crate::net::wire::Lane;
 
 /// Inputs handled per mailbox turn before yielding, so a long local stream (a put whose
 /// every replica is this node) cannot starve other messages.

@@ -11,12 +11,12 @@ use tracing::{info, warn};
 use crate::clock;
 use crate::control::{Command, Outcome, Reply};
 use crate::membership::{Effect, Member, MemberEvent, Membership, Msg, Status, Timer};
-use crate::msg::Body;
-use crate::ping::ProbeSettings;
-use crate::ping_actor::PingActor;
-use crate::transport::Transport;
+use crate::net::body::Body;
+use crate::membership::ping::ProbeSettings;
+use crate::membership::ping_actor::PingActor;
+use crate::net::transport::Transport;
 use crate::types::{Millis, NodeAddr};
-use crate::wire::Lane;
+use crate::net::wire::Lane;
 
 /// Pause between the start-up join's attempts while the introducer does not answer.
 const JOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -153,7 +153,7 @@ impl MembershipActor {
                 Effect::Acked { peer, seq } => {
                     self.probes.acked += 1;
                     if let Some(p) = self.pingers.get(&peer) {
-                        p.do_send(crate::ping_actor::Acked { seq });
+                        p.do_send(crate::membership::ping_actor::Acked { seq });
                     }
                 }
                 Effect::Event(ev) => {
@@ -258,7 +258,7 @@ impl MembershipActor {
         self.pingers.retain(|peer, addr| {
             let keep = monitors.contains(peer);
             if !keep {
-                addr.do_send(crate::ping_actor::Stop);
+                addr.do_send(crate::membership::ping_actor::Stop);
             }
             keep
         });

@@ -1,6 +1,6 @@
 //! Authenticated, persistent TCP connections between nodes, on plain tokio tasks (it runs
 //! inside the actix system's runtime but needs no actor). It only moves bytes: framing,
-//! envelopes and the handshake are decided in [`crate::wire`].
+//! envelopes and the handshake are decided in [`crate::net::wire`].
 //!
 //! Shape:
 //! - One listening port accepts both lanes; the lane is named in the handshake hello.
@@ -40,11 +40,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::types::NodeAddr;
-use crate::wire::{
+use crate::net::wire::{
     self, ClientHandshake, Envelope, Established, FrameDecoder, HandshakeError, ServerHandshake,
     WireError, HANDSHAKE_MAX_FRAME, MAX_FRAME, NONCE_LEN,
 };
-pub use crate::wire::{Lane, Role};
+pub use crate::net::wire::{Lane, Role};
 
 /// Bytes read from a socket at a time. Also the most a decoder holds beyond one frame.
 const READ_CHUNK: usize = 64 * 1024;

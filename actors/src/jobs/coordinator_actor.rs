@@ -19,13 +19,13 @@ use crate::jobs::{
     Coordinator, Effect, JobId, JobManifest, JobsConfig, Msg, ResultFound, StatusKind,
     StatusReport, Timer,
 };
-use crate::membership_actor::View;
-use crate::msg::Body;
-use crate::sdfs_actor::{self, GetBytes, ListPrefix, PutBytes, SdfsActor};
-use crate::transport::Transport;
+use crate::membership::membership_actor::View;
+use crate::net::body::Body;
+use crate::sdfs::sdfs_actor::{self, GetBytes, ListPrefix, PutBytes, SdfsActor};
+use crate::net::transport::Transport;
 use crate::types::NodeAddr;
-use crate::wire::Lane;
-use crate::worker_actor::{self, QueryResult, WorkerActor};
+use crate::net::wire::Lane;
+use crate::jobs::worker_actor::{self, QueryResult, WorkerActor};
 
 /// A job message for the coordinator core (or an answer to this node's client requests).
 #[derive(Message)]

@@ -8,10 +8,10 @@ use tracing::{info, warn};
 
 use crate::clock;
 use crate::control::{Command, Reply};
-use crate::introducer::{Introducer, IntroducerEffect, IntroducerEvent, IntroducerTimer};
-use crate::msg::Body;
-use crate::transport::{Inbound, Transport};
-use crate::wire::Lane;
+use crate::membership::introducer::{Introducer, IntroducerEffect, IntroducerEvent, IntroducerTimer};
+use crate::net::body::Body;
+use crate::net::transport::{Inbound, Transport};
+use crate::net::wire::Lane;
 
 pub struct IntroducerActor {
     core: Introducer,

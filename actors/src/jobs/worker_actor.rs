@@ -12,15 +12,15 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::clock;
-use crate::coordinator_actor::{self, get_bytes, put_bytes, CoordinatorActor};
+use crate::jobs::coordinator_actor::{self, get_bytes, put_bytes, CoordinatorActor};
 use crate::jobs::types::{result_name, JobId};
 use crate::jobs::{Executed, Msg, RunBatch, Worker, WorkerEffect, WorkerSettings, WorkerTimer};
-use crate::model_actor::{ClassifyBatch, ModelActor};
-use crate::msg::Body;
-use crate::sdfs_actor::SdfsActor;
-use crate::transport::Transport;
+use crate::jobs::model_actor::{ClassifyBatch, ModelActor};
+use crate::net::body::Body;
+use crate::sdfs::sdfs_actor::SdfsActor;
+use crate::net::transport::Transport;
 use crate::types::NodeAddr;
-use crate::wire::Lane;
+use crate::net::wire::Lane;
 
 /// A job message for the worker core.
 #[derive(Message)]

@@ -1,0 +1,61 @@
+//! `SdfsClient`: the handle through which every other actor uses this node's SDFS
+//! (read, write, list). It is the only internal API of the store; console commands are
+//! for operators.
+
+use actix::Addr;
+use tokio::sync::oneshot;
+
+use crate::control::Command;
+use crate::sdfs::sdfs_actor::{Exec, GetBytes, ListPrefix, PutBytes, SdfsActor};
+
+/// A cheap, cloneable handle on the node's SdfsActor.
+#[derive(Clone)]
+pub struct SdfsClient {
+    sdfs: Addr<SdfsActor>,
+}
+
+const DROPPED: &str = "sdfs dropped the request";
+
+impl SdfsClient {
+    /// A handle on `sdfs`.
+    pub fn new(sdfs: Addr<SdfsActor>) -> Self {
+        SdfsClient { sdfs }
+    }
+
+    /// Stores `data` as a new version of `name`; returns the version.
+    pub async fn put_bytes(&self, name: String, data: Vec<u8>) -> Result<u64, String> {
+        let (reply, rx) = oneshot::channel();
+        self.sdfs.do_send(PutBytes { name, data, reply });
+        rx.await.map_err(|_| DROPPED.to_string())?
+    }
+
+    /// The latest version of `name`.
+    pub async fn get_bytes(&self, name: String) -> Result<Vec<u8>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.sdfs.do_send(GetBytes { name, reply });
+        rx.await.map_err(|_| DROPPED.to_string())?
+    }
+
+    /// The names that start with `prefix`.
+    pub async fn list_prefix(&self, prefix: String) -> Result<Vec<String>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.sdfs.do_send(ListPrefix { prefix, reply });
+        rx.await.map_err(|_| DROPPED.to_string())?
+    }
+
+    /// Stores the local file or directory `local` (on this node's disk) under `name`
+    /// (a directory's files under `name/...`); returns a one-line summary.
+    // TODO(sdfs): a typed message instead of the console command.
+    pub async fn put_local(&self, local: String, name: String) -> Result<String, String> {
+        let (reply, rx) = oneshot::channel();
+        self.sdfs.do_send(Exec {
+            cmd: Command::Put { local, name },
+            reply,
+        });
+        match rx.await {
+            Ok(Ok(r)) => Ok(r.text),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DROPPED.to_string()),
+        }
+    }
+}
