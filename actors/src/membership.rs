@@ -7,9 +7,17 @@
 pub mod membership;
 pub mod membership_actor;
 
+mod gossip;
+mod join;
+mod monitors;
+mod settings;
+mod update;
+
 pub mod introducer;
 pub mod introducer_actor;
 pub mod ping;
 pub mod ping_actor;
 
 pub use self::membership::*;
+pub use self::monitors::{compute_monitors, ring_monitors};
+pub use self::update::{supersedes, Update, UpdateState};

@@ -1,27 +1,31 @@
-//! Scenario tests of the failure detector and membership cores on a simulated network
-//! with virtual time: kill, pause, leave, drop, partition, introducer restart.
+//! Scenario tests of the failure detector and membership cores on the shared simulated
+//! world (`sim`): kill, pause, leave, drop, partition, introducer restart.
 //!
-//! The harness plays the part of the actors: it routes each core's effects (messages
-//! with a seeded random latency, timers on a virtual clock, acks to probers) exactly as
-//! the MembershipActor/PingActor shells do. Every scenario prints its seed; rerun one
-//! with `DML_SIM_SEED=<seed>`.
+//! The harness plays the part of the actors: it hands each core its inputs through
+//! `handle` and routes the effects (messages over the world's links, timers on its
+//! virtual clock, acks to probers, pings and verdicts between prober and membership
+//! core) exactly as the MembershipActor/PingActor shells do. Every scenario prints its
+//! seed; rerun one with `DML_SIM_SEED=<seed>`.
+
+mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dml_actors::membership::introducer::{Introducer, IntroducerEffect, IntroducerSettings, IntroducerTimer};
+use dml_actors::machine::Machine;
+use dml_actors::membership::introducer::{self, Introducer, IntroducerSettings};
+use dml_actors::membership::ping::{self, ProbeSettings, Prober};
 use dml_actors::membership::{
-    compute_monitors, Effect, MemberEvent, MemberState, Membership, Msg, Settings, Status, Timer,
-    UpdateState,
+    compute_monitors, Effect, Event, Input, MemberState, Membership, Msg, Settings, Status,
+    Timer, UpdateState,
 };
-use dml_actors::membership::ping::{ProbeEffect, ProbeSettings, ProbeTimer, Prober};
 use dml_actors::types::{Incarnation, Millis, NodeAddr};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
+use sim::World;
 
 const PD: Millis = 500;
 const PT: Millis = 300;
 const CLEANUP: Millis = 1500;
-/// Max one-way latency of the simulated network.
+/// Max one-way latency of the simulated network (the world's default 1..=3 ms).
 const MAX_LAT: Millis = 3;
 /// Allowance for spreading: a few hops of latency.
 const SPREAD: Millis = 20;
@@ -34,43 +38,13 @@ fn intro_addr() -> NodeAddr {
     NodeAddr::from("127.0.0.1:8888")
 }
 
-fn seed_for(default: u64) -> u64 {
-    let seed = std::env::var("DML_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    // Shown by the test runner only when the test fails.
-    println!("DML_SIM_SEED={seed}");
-    seed
-}
-
+/// What the world carries to a node (the introducer is a node too).
 #[derive(Debug)]
 enum Ev {
-    Deliver {
-        from: NodeAddr,
-        to: NodeAddr,
-        msg: Msg,
-    },
-    MemTimer {
-        node: NodeAddr,
-        timer: Timer,
-    },
-    ProbeTimer {
-        node: NodeAddr,
-        peer: NodeAddr,
-        timer: ProbeTimer,
-    },
-    IntroTimer(IntroducerTimer),
-}
-
-impl Ev {
-    fn target(&self) -> Option<&NodeAddr> {
-        match self {
-            Ev::Deliver { to, .. } => Some(to),
-            Ev::MemTimer { node, .. } | Ev::ProbeTimer { node, .. } => Some(node),
-            Ev::IntroTimer(_) => None,
-        }
-    }
+    Msg { from: NodeAddr, msg: Msg },
+    MemTimer(Timer),
+    ProbeTimer { peer: NodeAddr, timer: ping::Timer },
+    IntroTimer(introducer::Timer),
 }
 
 struct SimNode {
@@ -86,26 +60,20 @@ struct SimNode {
 struct Logged {
     at: Millis,
     node: NodeAddr,
-    event: MemberEvent,
+    event: Event,
 }
 
 struct Sim {
-    seed: u64,
-    now: Millis,
-    next_id: u64,
-    queue: BTreeMap<(Millis, u64), Ev>,
+    world: World<Ev>,
     nodes: BTreeMap<NodeAddr, SimNode>,
     ring: Vec<NodeAddr>,
     settings: Settings,
     intro: Option<Introducer>,
-    rng: ChaCha8Rng,
     next_token: u64,
     /// Fraction of Ping/Ack messages dropped.
     drop_probes: f64,
     /// Fraction of every other message dropped.
     drop_other: f64,
-    /// Unordered pairs that cannot talk.
-    cut: BTreeSet<(NodeAddr, NodeAddr)>,
     log: Vec<Logged>,
     /// Encoded bytes sent per node (MessagePack, as on the wire), for the cost test.
     bytes_sent: BTreeMap<NodeAddr, u64>,
@@ -116,26 +84,25 @@ impl Sim {
         let ring: Vec<NodeAddr> = (1..=n_ring).map(h).collect();
         let settings = Settings::new(ring.clone(), m, PD, CLEANUP, Some(intro_addr()));
         Sim {
-            seed,
-            now: 0,
-            next_id: 0,
-            queue: BTreeMap::new(),
+            world: World::new(seed),
             nodes: BTreeMap::new(),
             ring,
             settings,
             intro: None,
-            rng: ChaCha8Rng::seed_from_u64(seed),
             next_token: 1,
             drop_probes: 0.0,
             drop_other: 0.0,
-            cut: BTreeSet::new(),
             log: Vec::new(),
             bytes_sent: BTreeMap::new(),
         }
     }
 
+    fn now(&self) -> Millis {
+        self.world.now()
+    }
+
     fn ctx(&self) -> String {
-        format!("seed {} at t={}", self.seed, self.now)
+        self.world.ctx()
     }
 
     fn start_introducer(&mut self) {
@@ -145,23 +112,23 @@ impl Sim {
             reap_interval: self.settings.announce_interval,
         })
         .unwrap();
-        i.start(self.now);
+        let fx = i.handle(self.now(), introducer::Input::Start);
         self.intro = Some(i);
-        self.drain_intro();
+        self.exec_intro(fx);
     }
 
     fn kill_introducer(&mut self) {
         self.intro = None;
+        self.world.forget(&intro_addr());
     }
 
     /// Start node `i` (fresh process) and join, with its start time as incarnation.
     fn start_node(&mut self, i: usize) {
         let addr = h(i);
-        let core_seed = self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut core = Membership::new(addr.clone(), self.settings.clone(), core_seed).unwrap();
-        core.join(self.now, 1_000_000 + self.now).unwrap();
+        let core_seed = sim::node_seed(self.world.seed(), i);
+        let core = Membership::new(addr.clone(), self.settings.clone(), core_seed).unwrap();
         self.nodes.insert(
-            addr.clone(),
+            addr,
             SimNode {
                 core,
                 probers: BTreeMap::new(),
@@ -170,7 +137,17 @@ impl Sim {
                 deferred: Vec::new(),
             },
         );
-        self.drain_node(&addr);
+        let incarnation = 1_000_000 + self.now();
+        self.input(i, Input::Join { incarnation });
+    }
+
+    /// Hands node `i`'s membership core an input as its actor would (a console
+    /// command, a prober's report); a refused join or leave fails the test.
+    fn input(&mut self, i: usize, input: Input) {
+        let fx = self.run_core(&h(i), input);
+        if let Some(Effect::Refused(e)) = fx.iter().find(|e| matches!(e, Effect::Refused(_))) {
+            panic!("{}: H{i} refused: {e}", self.ctx());
+        }
     }
 
     /// Bring up the introducer and nodes 1..=n, then let them settle.
@@ -192,7 +169,7 @@ impl Sim {
             n.up = false;
             n.deferred.clear();
         }
-        self.queue.retain(|_, ev| ev.target() != Some(&addr));
+        self.world.forget(&addr);
     }
 
     fn pause(&mut self, i: usize) {
@@ -211,239 +188,182 @@ impl Sim {
             None => return,
         };
         for ev in deferred {
-            self.dispatch(ev);
+            self.dispatch(addr.clone(), ev);
         }
     }
 
     fn partition(&mut self, a: &[usize], b: &[usize]) {
-        for &x in a {
-            for &y in b {
-                self.cut.insert(pair(&h(x), &h(y)));
-            }
-        }
+        let a: Vec<NodeAddr> = a.iter().map(|&x| h(x)).collect();
+        let b: Vec<NodeAddr> = b.iter().map(|&y| h(y)).collect();
+        self.world.partition(&a, &b);
     }
 
     fn heal(&mut self) {
-        self.cut.clear();
+        self.world.heal_all();
     }
 
     fn core(&self, i: usize) -> &Membership {
         &self.nodes[&h(i)].core
     }
 
-    fn schedule(&mut self, at: Millis, ev: Ev) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.queue.insert((at.max(self.now), id), ev);
-    }
-
+    /// Puts `msg` on the wire: counted as sent even when the link is cut; Ping/Ack and
+    /// other messages are dropped at their own rates.
     fn send(&mut self, from: NodeAddr, to: NodeAddr, msg: Msg) {
         let bytes = rmp_serde::to_vec(&msg).map(|v| v.len()).unwrap_or(0) as u64;
         *self.bytes_sent.entry(from.clone()).or_default() += bytes;
-        if self.cut.contains(&pair(&from, &to)) {
+        if self.world.is_cut(&from, &to) {
             return;
         }
         let frac = match msg {
             Msg::Ping { .. } | Msg::Ack { .. } => self.drop_probes,
             _ => self.drop_other,
         };
-        if frac > 0.0 && self.rng.gen_bool(frac) {
+        if frac > 0.0 && self.world.rng().gen_bool(frac) {
             return;
         }
-        let lat = self.rng.gen_range(1..=MAX_LAT);
-        self.schedule(self.now + lat, Ev::Deliver { from, to, msg });
+        self.world.send(&from.clone(), &to, Ev::Msg { from, msg });
     }
 
     fn run_for(&mut self, d: Millis) {
-        self.run_until(self.now + d);
+        self.run_until(self.now() + d);
     }
 
     fn run_until(&mut self, t: Millis) {
-        while let Some(entry) = self.queue.first_entry() {
-            if entry.key().0 > t {
-                break;
-            }
-            let ((at, _), ev) = entry.remove_entry();
-            self.now = at;
-            self.dispatch(ev);
+        while let Some((to, ev)) = self.world.next_until(t) {
+            self.dispatch(to, ev);
         }
-        self.now = t;
     }
 
-    fn dispatch(&mut self, ev: Ev) {
-        if let Some(target) = ev.target() {
-            if *target == intro_addr() {
-                if let Ev::Deliver { from, msg, .. } = ev {
-                    if let Some(i) = self.intro.as_mut() {
-                        i.handle_msg(self.now, &from, msg);
-                        self.drain_intro();
-                    }
-                }
-                return;
-            }
-            let Some(node) = self.nodes.get_mut(target) else {
-                return;
+    fn dispatch(&mut self, to: NodeAddr, ev: Ev) {
+        let now = self.now();
+        if to == intro_addr() {
+            let input = match ev {
+                Ev::Msg { from, msg } => introducer::Input::Msg { from, msg },
+                Ev::IntroTimer(t) => introducer::Input::Timer(t),
+                Ev::MemTimer(_) | Ev::ProbeTimer { .. } => return,
             };
-            if !node.up {
-                return;
+            if let Some(i) = self.intro.as_mut() {
+                let fx = i.handle(now, input);
+                self.exec_intro(fx);
             }
-            if node.paused {
-                node.deferred.push(ev);
-                return;
-            }
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&to) else {
+            return;
+        };
+        if !node.up {
+            return;
+        }
+        if node.paused {
+            node.deferred.push(ev);
+            return;
         }
         match ev {
-            Ev::Deliver { from, to, msg } => {
-                if let Some(n) = self.nodes.get_mut(&to) {
-                    n.core.handle_msg(self.now, &from, msg);
-                }
-                self.drain_node(&to);
+            Ev::Msg { from, msg } => {
+                self.run_core(&to, Input::Msg { from, msg });
             }
-            Ev::MemTimer { node, timer } => {
-                if let Some(n) = self.nodes.get_mut(&node) {
-                    n.core.handle_timer(self.now, timer);
-                }
-                self.drain_node(&node);
+            Ev::MemTimer(timer) => {
+                self.run_core(&to, Input::Timer(timer));
             }
-            Ev::ProbeTimer { node, peer, timer } => {
-                if let Some(p) = self
-                    .nodes
-                    .get_mut(&node)
-                    .and_then(|n| n.probers.get_mut(&peer))
-                {
-                    p.handle_timer(self.now, timer);
-                }
-                self.drain_node(&node);
-            }
-            Ev::IntroTimer(t) => {
-                if let Some(i) = self.intro.as_mut() {
-                    i.handle_timer(self.now, t);
-                    self.drain_intro();
-                }
-            }
+            Ev::ProbeTimer { peer, timer } => self.run_prober(&to, &peer, ping::Input::Timer(timer)),
+            Ev::IntroTimer(_) => {}
         }
     }
 
-    fn drain_intro(&mut self) {
-        let fx = match self.intro.as_mut() {
-            Some(i) => i.take_effects(),
-            None => return,
-        };
+    fn exec_intro(&mut self, fx: Vec<introducer::Effect>) {
         for e in fx {
             match e {
-                IntroducerEffect::Send { to, msg } => self.send(intro_addr(), to, msg),
-                IntroducerEffect::SetTimer { at, timer } => {
-                    self.schedule(at, Ev::IntroTimer(timer))
+                introducer::Effect::Send { to, msg } => self.send(intro_addr(), to, msg),
+                introducer::Effect::SetTimer { at, timer } => {
+                    self.world.at(at, &intro_addr(), Ev::IntroTimer(timer))
                 }
-                IntroducerEffect::Event(_) => {}
+                introducer::Effect::Event(_) => {}
             }
         }
     }
 
-    /// Execute a node's effects the way the actor shells do, until none are left.
-    fn drain_node(&mut self, addr: &NodeAddr) {
-        loop {
-            let Some(node) = self.nodes.get_mut(addr) else {
-                return;
-            };
-            let mut core_fx = node.core.take_effects();
-            let mut probe_fx = Vec::new();
-            for p in node.probers.values_mut() {
-                probe_fx.extend(p.take_effects());
-            }
-            if core_fx.is_empty() && probe_fx.is_empty() {
-                return;
-            }
-            for e in core_fx.drain(..) {
-                match e {
-                    Effect::Send { to, msg } => self.send(addr.clone(), to, msg),
-                    Effect::SetTimer { at, timer } => self.schedule(
-                        at,
-                        Ev::MemTimer {
-                            node: addr.clone(),
-                            timer,
-                        },
-                    ),
-                    Effect::Acked { peer, seq } => {
-                        let now = self.now;
-                        if let Some(p) = self
-                            .nodes
-                            .get_mut(addr)
-                            .and_then(|n| n.probers.get_mut(&peer))
-                        {
-                            p.handle_ack(now, seq);
-                        }
+    /// Feeds `addr`'s membership core and executes its effects the way the
+    /// MembershipActor does; returns them for the caller's checks.
+    fn run_core(&mut self, addr: &NodeAddr, input: Input) -> Vec<Effect> {
+        let now = self.now();
+        let Some(node) = self.nodes.get_mut(addr) else {
+            return Vec::new();
+        };
+        let fx = node.core.handle(now, input);
+        for e in fx.iter().cloned() {
+            match e {
+                Effect::Send { to, msg } => self.send(addr.clone(), to, msg),
+                Effect::SetTimer { at, timer } => self.world.at(at, addr, Ev::MemTimer(timer)),
+                Effect::Acked { peer, seq } => self.run_prober(addr, &peer, ping::Input::Ack { seq }),
+                Effect::Refused(_) => {}
+                Effect::Event(ev) => {
+                    if let Event::MonitorsChanged(list) = &ev {
+                        self.set_probers(addr, list);
                     }
-                    Effect::Event(ev) => {
-                        if let MemberEvent::MonitorsChanged(list) = &ev {
-                            self.set_probers(addr, list);
-                        }
-                        self.log.push(Logged {
-                            at: self.now,
-                            node: addr.clone(),
-                            event: ev,
-                        });
-                    }
+                    self.log.push(Logged {
+                        at: now,
+                        node: addr.clone(),
+                        event: ev,
+                    });
                 }
             }
-            for e in probe_fx {
-                let now = self.now;
-                match e {
-                    ProbeEffect::SendPing { peer, seq } => {
-                        if let Some(n) = self.nodes.get_mut(addr) {
-                            n.core.send_ping(now, &peer, seq);
-                        }
-                    }
-                    ProbeEffect::SetTimer { at, timer } => {
-                        // The peer is needed to route the timer back to its prober.
-                        let peer = self.nodes[addr]
-                            .probers
-                            .values()
-                            .find(|p| p.token() == timer.token)
-                            .map(|p| p.peer().clone());
-                        if let Some(peer) = peer {
-                            self.schedule(
-                                at,
-                                Ev::ProbeTimer {
-                                    node: addr.clone(),
-                                    peer,
-                                    timer,
-                                },
-                            );
-                        }
-                    }
-                    ProbeEffect::Suspect { peer, .. } => {
-                        if let Some(n) = self.nodes.get_mut(addr) {
-                            n.core.report_unresponsive(now, &peer);
-                        }
-                    }
-                    ProbeEffect::Rtt { .. } => {}
+        }
+        fx
+    }
+
+    /// Feeds `addr`'s prober of `peer` and executes its effects the way the PingActor
+    /// does.
+    fn run_prober(&mut self, addr: &NodeAddr, peer: &NodeAddr, input: ping::Input) {
+        let now = self.now();
+        let Some(p) = self
+            .nodes
+            .get_mut(addr)
+            .and_then(|n| n.probers.get_mut(peer))
+        else {
+            return;
+        };
+        for e in p.handle(now, input) {
+            match e {
+                ping::Effect::Ping { peer, seq } => {
+                    self.run_core(addr, Input::SendPing { peer, seq });
                 }
+                ping::Effect::SetTimer { at, timer } => {
+                    let ev = Ev::ProbeTimer {
+                        peer: peer.clone(),
+                        timer,
+                    };
+                    self.world.at(at, addr, ev);
+                }
+                ping::Effect::Suspect { peer, .. } => {
+                    self.run_core(addr, Input::Unresponsive { peer });
+                }
+                ping::Effect::Event(_) => {}
             }
         }
     }
 
     /// What the MembershipActor does on MonitorsChanged: stop stale PingActors, start new.
     fn set_probers(&mut self, addr: &NodeAddr, list: &[NodeAddr]) {
-        let now = self.now;
-        let mut token = self.next_token;
         let Some(node) = self.nodes.get_mut(addr) else {
             return;
         };
         node.probers.retain(|peer, _| list.contains(peer));
+        let mut started = Vec::new();
         for peer in list {
             if !node.probers.contains_key(peer) {
                 let s = ProbeSettings {
                     ping_duration: PD,
                     ping_timeout: PT,
                 };
-                let mut p = Prober::new(peer.clone(), s, token).unwrap();
-                token += 1;
-                p.start(now);
+                let p = Prober::new(peer.clone(), s, self.next_token).unwrap();
+                self.next_token += 1;
                 node.probers.insert(peer.clone(), p);
+                started.push(peer.clone());
             }
         }
-        self.next_token = token;
+        for peer in started {
+            self.run_prober(addr, &peer, ping::Input::Start);
+        }
     }
 
     // ---- observations ----
@@ -489,10 +409,10 @@ impl Sim {
 
     /// Run until the views equal `expect`, at most `limit` ms; returns when it happened.
     fn run_until_views(&mut self, expect: &[usize], limit: Millis) -> Millis {
-        let end = self.now + limit;
-        while self.now < end {
+        let end = self.now() + limit;
+        while self.now() < end {
             if self.views_equal(expect).is_ok() {
-                return self.now;
+                return self.now();
             }
             self.run_for(10);
         }
@@ -502,7 +422,7 @@ impl Sim {
                 self.ctx()
             );
         }
-        self.now
+        self.now()
     }
 
     /// Every running member monitors what the ring gives over the current live set,
@@ -535,32 +455,24 @@ impl Sim {
 
     fn events<'a>(
         &'a self,
-        pred: impl Fn(&MemberEvent) -> bool + 'a,
+        pred: impl Fn(&Event) -> bool + 'a,
     ) -> impl Iterator<Item = &'a Logged> + 'a {
         self.log.iter().filter(move |l| pred(&l.event))
     }
 
     fn failed_events_about(&self, x: &NodeAddr) -> Vec<Logged> {
-        self.events(|e| matches!(e, MemberEvent::Failed { addr, .. } if addr == x))
+        self.events(|e| matches!(e, Event::Failed { addr, .. } if addr == x))
             .cloned()
             .collect()
     }
 
     fn count_failures(&self) -> usize {
-        self.events(|e| matches!(e, MemberEvent::Failed { .. }))
+        self.events(|e| matches!(e, Event::Failed { .. }))
             .count()
     }
 
     fn incarnation(&self, i: usize) -> Incarnation {
         self.core(i).self_member().incarnation
-    }
-}
-
-fn pair(a: &NodeAddr, b: &NodeAddr) -> (NodeAddr, NodeAddr) {
-    if a <= b {
-        (a.clone(), b.clone())
-    } else {
-        (b.clone(), a.clone())
     }
 }
 
@@ -577,16 +489,16 @@ const REMOVAL_BOUND: Millis = PD + PT + CLEANUP + SPREAD;
 
 #[test]
 fn fault_free_run_has_no_suspicion_and_seed_monitors() {
-    let mut sim = Sim::new(seed_for(1), 10, 3);
+    let mut sim = Sim::new(sim::seed("fault_free_run_has_no_suspicion_and_seed_monitors", 1), 10, 3);
     sim.boot(10);
     sim.run_for(120_000);
     let bad: Vec<&Logged> = sim
         .events(|e| {
             matches!(
                 e,
-                MemberEvent::Suspected { .. }
-                    | MemberEvent::Failed { .. }
-                    | MemberEvent::Rejoin { .. }
+                Event::Suspected { .. }
+                    | Event::Failed { .. }
+                    | Event::Rejoin { .. }
             )
         })
         .collect();
@@ -599,14 +511,13 @@ fn fault_free_run_has_no_suspicion_and_seed_monitors() {
 
 #[test]
 fn killed_node_is_suspected_then_removed_everywhere_within_bound() {
-    let seed = seed_for(2);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut sim = Sim::new(seed, 10, 3);
+    let mut sim = Sim::new(sim::seed("killed_node_is_suspected_then_removed_everywhere_within_bound", 2), 10, 3);
     sim.boot(10);
     // Several kills at random phases of the probe period, one after the other.
     for victim in [5usize, 9, 2] {
-        sim.run_for(rng.gen_range(0..PD));
-        let t = sim.now;
+        let phase = sim.world.rng().gen_range(0..PD);
+        sim.run_for(phase);
+        let t = sim.now();
         sim.kill(victim);
         let alive: Vec<usize> = sim
             .live()
@@ -616,7 +527,7 @@ fn killed_node_is_suspected_then_removed_everywhere_within_bound() {
             .collect();
         sim.run_for(REMOVAL_BOUND + 5 * PD);
         let first_suspect = sim
-            .events(|e| matches!(e, MemberEvent::Suspected { addr, by_me: true, .. } if *addr == h(victim)))
+            .events(|e| matches!(e, Event::Suspected { addr, by_me: true, .. } if *addr == h(victim)))
             .map(|l| l.at)
             .min()
             .unwrap_or_else(|| panic!("{}: H{victim} never suspected", sim.ctx()));
@@ -646,7 +557,7 @@ fn killed_node_is_suspected_then_removed_everywhere_within_bound() {
     // Nobody but the victims was ever declared failed.
     let victims = [h(5), h(9), h(2)];
     assert!(sim
-        .events(|e| matches!(e, MemberEvent::Failed { addr, .. } if !victims.contains(addr)))
+        .events(|e| matches!(e, Event::Failed { addr, .. } if !victims.contains(addr)))
         .next()
         .is_none());
 }
@@ -657,10 +568,10 @@ fn three_ring_neighbours_killed_at_once_are_all_removed_and_nobody_is_unwatched(
         .into_iter()
         .enumerate()
     {
-        let mut sim = Sim::new(seed_for(30 + k as u64), 10, 3);
+        let mut sim = Sim::new(sim::seed("three_ring_neighbours_killed_at_once_are_all_removed_and_nobody_is_unwatched", 30 + k as u64), 10, 3);
         sim.boot(10);
         sim.run_for(137);
-        let t = sim.now;
+        let t = sim.now();
         for d in dead {
             sim.kill(d);
         }
@@ -691,25 +602,20 @@ fn three_ring_neighbours_killed_at_once_are_all_removed_and_nobody_is_unwatched(
 
 #[test]
 fn falsely_suspected_live_node_refutes_and_is_not_removed() {
-    let mut sim = Sim::new(seed_for(4), 10, 3);
+    let mut sim = Sim::new(sim::seed("falsely_suspected_live_node_refutes_and_is_not_removed", 4), 10, 3);
     sim.boot(10);
     let before = sim.incarnation(3);
     // H2's prober lost an ack from H3 (as if the network ate it).
-    sim.nodes
-        .get_mut(&h(2))
-        .unwrap()
-        .core
-        .report_unresponsive(sim.now, &h(3));
-    sim.drain_node(&h(2));
+    sim.input(2, Input::Unresponsive { peer: h(3) });
     sim.run_for(CLEANUP * 3);
     assert!(sim.incarnation(3) > before, "{}", sim.ctx());
     assert!(sim.failed_events_about(&h(3)).is_empty(), "{}", sim.ctx());
     let refuted: BTreeSet<NodeAddr> = sim
-        .events(|e| matches!(e, MemberEvent::Refuted { addr, .. } if *addr == h(3)))
+        .events(|e| matches!(e, Event::Refuted { addr, .. } if *addr == h(3)))
         .map(|l| l.node.clone())
         .collect();
     let suspected: BTreeSet<NodeAddr> = sim
-        .events(|e| matches!(e, MemberEvent::Suspected { addr, .. } if *addr == h(3)))
+        .events(|e| matches!(e, Event::Suspected { addr, .. } if *addr == h(3)))
         .map(|l| l.node.clone())
         .collect();
     // Every node that held the suspicion saw it refuted; H3 refuted it itself.
@@ -734,7 +640,7 @@ fn falsely_suspected_live_node_refutes_and_is_not_removed() {
 
 #[test]
 fn stale_updates_never_resurrect_a_removed_member() {
-    let mut sim = Sim::new(seed_for(5), 10, 3);
+    let mut sim = Sim::new(sim::seed("stale_updates_never_resurrect_a_removed_member", 5), 10, 3);
     sim.boot(10);
     let old = sim.core(6).self_member();
     sim.kill(6);
@@ -757,7 +663,7 @@ fn stale_updates_never_resurrect_a_removed_member() {
         sim.assert_views(&except(10, &[6]));
     }
     // The same address with a new life (a restart) is admitted.
-    let t0 = sim.now;
+    let t0 = sim.now();
     sim.start_node(6);
     let t = sim.run_until_views(&all(10), 5 * PD);
     assert!(sim
@@ -770,14 +676,12 @@ fn stale_updates_never_resurrect_a_removed_member() {
 
 #[test]
 fn leave_is_seen_by_all_and_never_counted_as_failure() {
-    let mut sim = Sim::new(seed_for(6), 10, 3);
+    let mut sim = Sim::new(sim::seed("leave_is_seen_by_all_and_never_counted_as_failure", 6), 10, 3);
     sim.boot(10);
-    let t = sim.now;
-    sim.nodes.get_mut(&h(4)).unwrap().core.leave(t).unwrap();
-    sim.drain_node(&h(4));
+    sim.input(4, Input::Leave);
     sim.run_for(SPREAD);
     let seen: BTreeSet<NodeAddr> = sim
-        .events(|e| matches!(e, MemberEvent::Left { addr, .. } if *addr == h(4)))
+        .events(|e| matches!(e, Event::Left { addr, .. } if *addr == h(4)))
         .map(|l| l.node.clone())
         .collect();
     assert_eq!(seen.len(), 9, "{}: {seen:?}", sim.ctx());
@@ -785,7 +689,7 @@ fn leave_is_seen_by_all_and_never_counted_as_failure() {
     assert!(sim
         .events(|e| matches!(
             e,
-            MemberEvent::Suspected { addr, .. } | MemberEvent::Failed { addr, .. } if *addr == h(4)
+            Event::Suspected { addr, .. } | Event::Failed { addr, .. } if *addr == h(4)
         ))
         .next()
         .is_none());
@@ -804,14 +708,14 @@ fn leave_is_seen_by_all_and_never_counted_as_failure() {
 
 #[test]
 fn pause_shorter_than_cleanup_is_refuted_longer_is_removal_then_rejoin() {
-    let mut sim = Sim::new(seed_for(7), 10, 3);
+    let mut sim = Sim::new(sim::seed("pause_shorter_than_cleanup_is_refuted_longer_is_removal_then_rejoin", 7), 10, 3);
     sim.boot(10);
     // Short: long enough to be suspected (> PD + PT), well inside cleanup_time.
     let before = sim.incarnation(6);
     sim.pause(6);
     sim.run_for(PD + PT + 100);
     assert!(
-        sim.events(|e| matches!(e, MemberEvent::Suspected { addr, .. } if *addr == h(6)))
+        sim.events(|e| matches!(e, Event::Suspected { addr, .. } if *addr == h(6)))
             .next()
             .is_some(),
         "{}: pause was not noticed",
@@ -830,7 +734,7 @@ fn pause_shorter_than_cleanup_is_refuted_longer_is_removal_then_rejoin() {
 
     // Long: removed everywhere, then after resume a rejoin under a new incarnation.
     let life = sim.core(6).self_member();
-    let t = sim.now;
+    let t = sim.now();
     sim.pause(6);
     sim.run_for(REMOVAL_BOUND + 1000);
     let removed: BTreeSet<NodeAddr> = sim
@@ -844,7 +748,7 @@ fn pause_shorter_than_cleanup_is_refuted_longer_is_removal_then_rejoin() {
     sim.resume(6);
     sim.run_until_views(&all(10), 4 * PD);
     let rejoins: Vec<&Logged> = sim
-        .events(|e| matches!(e, MemberEvent::Rejoin { .. }))
+        .events(|e| matches!(e, Event::Rejoin { .. }))
         .collect();
     assert_eq!(rejoins.len(), 1, "{}: {rejoins:?}", sim.ctx());
     assert_eq!(rejoins[0].node, h(6));
@@ -868,7 +772,7 @@ fn pause_shorter_than_cleanup_is_refuted_longer_is_removal_then_rejoin() {
 
 #[test]
 fn explicit_topology_is_honoured_and_skips_dead_nodes() {
-    let mut sim = Sim::new(seed_for(8), 6, 3);
+    let mut sim = Sim::new(sim::seed("explicit_topology_is_honoured_and_skips_dead_nodes", 8), 6, 3);
     // Each node watches the next two on the ring (not the default sets).
     let mut topo = BTreeMap::new();
     for i in 1..=6usize {
@@ -893,7 +797,7 @@ fn explicit_topology_is_honoured_and_skips_dead_nodes() {
 
 #[test]
 fn members_survive_introducer_loss_and_a_restarted_introducer_relearns() {
-    let mut sim = Sim::new(seed_for(9), 11, 3);
+    let mut sim = Sim::new(sim::seed("members_survive_introducer_loss_and_a_restarted_introducer_relearns", 9), 11, 3);
     sim.boot(10);
     sim.kill_introducer();
     sim.run_for(20_000);
@@ -904,7 +808,7 @@ fn members_survive_introducer_loss_and_a_restarted_introducer_relearns() {
     sim.run_for(sim.settings.join_timeout + 10);
     assert_eq!(sim.core(11).status(), Status::Idle);
     assert!(sim
-        .events(|e| matches!(e, MemberEvent::JoinFailed { reason } if reason.contains("8888")))
+        .events(|e| matches!(e, Event::JoinFailed { reason } if reason.contains("8888")))
         .any(|l| l.node == h(11)));
     // Failures are still detected without it.
     sim.kill(5);
@@ -924,14 +828,12 @@ fn members_survive_introducer_loss_and_a_restarted_introducer_relearns() {
     let expect: BTreeSet<NodeAddr> = except(10, &[5]).into_iter().map(h).collect();
     assert_eq!(known, expect, "{}", sim.ctx());
     // Now the join works and everyone learns the newcomer.
-    let t = sim.now;
-    sim.nodes
-        .get_mut(&h(11))
-        .unwrap()
-        .core
-        .join(t, 2_000_000)
-        .unwrap();
-    sim.drain_node(&h(11));
+    sim.input(
+        11,
+        Input::Join {
+            incarnation: 2_000_000,
+        },
+    );
     sim.run_until_views(&except(11, &[5]), 50);
     sim.assert_watched();
 }
@@ -939,14 +841,14 @@ fn members_survive_introducer_loss_and_a_restarted_introducer_relearns() {
 #[test]
 fn partition_that_heals_converges() {
     for k in 0..3u64 {
-        let mut sim = Sim::new(seed_for(100 + k), 10, 3);
+        let mut sim = Sim::new(sim::seed("partition_that_heals_converges", 100 + k), 10, 3);
         sim.boot(10);
         let a = [1usize, 2, 3, 4, 5, 6];
         let b = [7usize, 8, 9, 10];
         sim.partition(&a, &b);
         // The introducer sits with side A.
         for &x in &b {
-            sim.cut.insert(pair(&h(x), &intro_addr()));
+            sim.world.cut(&h(x), &intro_addr());
         }
         sim.run_for(REMOVAL_BOUND * 3);
         // Each side removed the other.
@@ -965,7 +867,7 @@ fn partition_that_heals_converges() {
                 .all(|m| !a.iter().any(|&y| h(y) == m.addr)));
         }
         sim.heal();
-        let t0 = sim.now;
+        let t0 = sim.now();
         let t = sim.run_until_views(&all(10), 60_000);
         println!("partition healed: views converged {} ms after heal", t - t0);
         sim.run_for(20 * PD);
@@ -976,9 +878,9 @@ fn partition_that_heals_converges() {
 
 /// Failures of live nodes (each observer counted once per victim life).
 fn false_removals(sim: &Sim) -> usize {
-    sim.events(|e| matches!(e, MemberEvent::Failed { .. }))
+    sim.events(|e| matches!(e, Event::Failed { .. }))
         .map(|l| match &l.event {
-            MemberEvent::Failed { addr, incarnation } => (addr.clone(), *incarnation),
+            Event::Failed { addr, incarnation } => (addr.clone(), *incarnation),
             _ => unreachable!(),
         })
         .collect::<BTreeSet<_>>()
@@ -989,13 +891,13 @@ fn false_removals(sim: &Sim) -> usize {
 fn dropped_pings_cause_no_false_removal_with_suspicion_but_do_without() {
     const RUN: Millis = 600_000;
     const DROP: f64 = 0.1;
-    let seed = seed_for(11);
+    let seed = sim::seed("dropped_pings_cause_no_false_removal_with_suspicion_but_do_without", 11);
     let mut with = Sim::new(seed, 10, 3);
     with.boot(10);
     with.drop_probes = DROP;
     with.run_for(RUN);
     let suspicions = with
-        .events(|e| matches!(e, MemberEvent::Suspected { by_me: true, .. }))
+        .events(|e| matches!(e, Event::Suspected { by_me: true, .. }))
         .count();
     let fr_with = false_removals(&with);
 
@@ -1025,7 +927,7 @@ fn dropped_pings_cause_no_false_removal_with_suspicion_but_do_without() {
 
 #[test]
 fn lost_broadcasts_still_converge_through_piggyback() {
-    let mut sim = Sim::new(seed_for(12), 10, 3);
+    let mut sim = Sim::new(sim::seed("lost_broadcasts_still_converge_through_piggyback", 12), 10, 3);
     sim.boot(10);
     // Every direct broadcast is lost; only gossip on pings/acks carries the news.
     sim.drop_other = 1.0;
@@ -1034,9 +936,7 @@ fn lost_broadcasts_still_converge_through_piggyback() {
     sim.assert_views(&except(10, &[8]));
     assert_eq!(false_removals(&sim), 1, "{}", sim.ctx());
     // A leave whose broadcast is lost too: pingers hear "left" in the acks and gossip it.
-    let t = sim.now;
-    sim.nodes.get_mut(&h(3)).unwrap().core.leave(t).unwrap();
-    sim.drain_node(&h(3));
+    sim.input(3, Input::Leave);
     sim.run_for(4 * PD);
     sim.assert_views(&except(10, &[3, 8]));
     assert!(sim.failed_events_about(&h(3)).is_empty(), "{}", sim.ctx());
@@ -1045,7 +945,7 @@ fn lost_broadcasts_still_converge_through_piggyback() {
 #[test]
 fn background_bytes_per_node_do_not_grow_with_cluster_size() {
     let per_node = |n: usize| {
-        let mut sim = Sim::new(seed_for(13), n, 3);
+        let mut sim = Sim::new(sim::seed("background_bytes_per_node_do_not_grow_with_cluster_size", 13), n, 3);
         sim.boot(n);
         sim.run_for(10_000);
         sim.bytes_sent.clear();

@@ -1,5 +1,6 @@
 //! Introducer core: admits joiners, hands them the member list, and relearns the
-//! membership after a restart. A pure state machine like the membership core.
+//! membership after a restart. A pure state machine like the membership core: its
+//! shell hands it [`Input`]s through [`Machine::handle`] and executes the [`Effect`]s.
 //!
 //! The introducer is not a member (nobody pings it) and holds no authority: members
 //! keep working while it is down. Its view is kept cheaply: members copy every
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
+use crate::machine::Machine;
 use crate::membership::{supersedes, Member, MemberState, Msg, Update, UpdateState};
 use crate::types::{Incarnation, Millis, NodeAddr};
 
@@ -34,16 +36,27 @@ pub struct IntroducerSettings {
     pub reap_interval: Millis,
 }
 
+/// Everything that can happen to the introducer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// It (re)started: ask every configured node to announce itself, start sweeping.
+    Start,
+    /// A message from `from` (the sender's node address).
+    Msg { from: NodeAddr, msg: Msg },
+    /// A timer it set is due.
+    Timer(Timer),
+}
+
 /// The introducer's only timer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IntroducerTimer {
+pub enum Timer {
     /// Sweep members not heard from within `member_ttl`.
     Reap,
 }
 
 /// What happened, for logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IntroducerEvent {
+pub enum Event {
     /// A joiner was admitted with `incarnation`.
     Admitted {
         addr: NodeAddr,
@@ -60,12 +73,15 @@ pub enum IntroducerEvent {
     Forgot { addr: NodeAddr },
 }
 
-/// Output of the introducer, drained by the caller in order.
+/// What the introducer's shell must do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IntroducerEffect {
+pub enum Effect {
+    /// Send `msg` to `to`.
     Send { to: NodeAddr, msg: Msg },
-    SetTimer { at: Millis, timer: IntroducerTimer },
-    Event(IntroducerEvent),
+    /// Hand `timer` back as [`Input::Timer`] at `at` (caller's clock).
+    SetTimer { at: Millis, timer: Timer },
+    /// For the log.
+    Event(Event),
 }
 
 /// The introducer state machine.
@@ -74,7 +90,21 @@ pub struct Introducer {
     settings: IntroducerSettings,
     /// Known members (live and buried), with when each was last heard of.
     entries: BTreeMap<NodeAddr, (Update, Millis)>,
-    effects: Vec<IntroducerEffect>,
+    effects: Vec<Effect>,
+}
+
+impl Machine for Introducer {
+    type Input = Input;
+    type Effect = Effect;
+
+    fn handle(&mut self, now: Millis, input: Input) -> Vec<Effect> {
+        match input {
+            Input::Start => self.start(now),
+            Input::Msg { from, msg } => self.on_msg(now, &from, msg),
+            Input::Timer(timer) => self.on_timer(now, timer),
+        }
+        std::mem::take(&mut self.effects)
+    }
 }
 
 impl Introducer {
@@ -95,10 +125,9 @@ impl Introducer {
         })
     }
 
-    /// Start: ask every configured node to announce itself, and start sweeping.
-    pub fn start(&mut self, now: Millis) {
+    fn start(&mut self, now: Millis) {
         for to in self.settings.ring.clone() {
-            self.effects.push(IntroducerEffect::Send {
+            self.effects.push(Effect::Send {
                 to,
                 msg: Msg::IntroducerHello,
             });
@@ -126,13 +155,7 @@ impl Introducer {
             .collect()
     }
 
-    /// Effects produced since the last call, in order.
-    pub fn take_effects(&mut self) -> Vec<IntroducerEffect> {
-        std::mem::take(&mut self.effects)
-    }
-
-    /// A message from `from` (the sender's node address).
-    pub fn handle_msg(&mut self, now: Millis, from: &NodeAddr, msg: Msg) {
+    fn on_msg(&mut self, now: Millis, from: &NodeAddr, msg: Msg) {
         match msg {
             Msg::JoinRequest { incarnation } => self.admit(now, from, incarnation),
             Msg::Announce {
@@ -183,10 +206,9 @@ impl Introducer {
         }
     }
 
-    /// A timer it set has fired.
-    pub fn handle_timer(&mut self, now: Millis, timer: IntroducerTimer) {
+    fn on_timer(&mut self, now: Millis, timer: Timer) {
         match timer {
-            IntroducerTimer::Reap => {
+            Timer::Reap => {
                 let ttl = self.settings.member_ttl;
                 let silent: Vec<NodeAddr> = self
                     .entries
@@ -199,7 +221,7 @@ impl Introducer {
                 for addr in silent {
                     self.entries.remove(&addr);
                     self.effects
-                        .push(IntroducerEffect::Event(IntroducerEvent::Forgot { addr }));
+                        .push(Effect::Event(Event::Forgot { addr }));
                 }
                 self.set_reap(now);
             }
@@ -240,7 +262,7 @@ impl Introducer {
             },
         );
         self.effects
-            .push(IntroducerEffect::Event(IntroducerEvent::Admitted {
+            .push(Effect::Event(Event::Admitted {
                 addr: from.clone(),
                 incarnation,
             }));
@@ -254,14 +276,14 @@ impl Introducer {
         if u.state.is_tombstone() {
             if was_live {
                 self.effects
-                    .push(IntroducerEffect::Event(IntroducerEvent::Removed {
+                    .push(Effect::Event(Event::Removed {
                         addr: u.addr.clone(),
                         state: u.state,
                     }));
             }
         } else if !was_live {
             self.effects
-                .push(IntroducerEffect::Event(IntroducerEvent::Learned {
+                .push(Effect::Event(Event::Learned {
                     addr: u.addr.clone(),
                     incarnation: u.incarnation,
                 }));
@@ -270,14 +292,14 @@ impl Introducer {
     }
 
     fn set_reap(&mut self, now: Millis) {
-        self.effects.push(IntroducerEffect::SetTimer {
+        self.effects.push(Effect::SetTimer {
             at: now.saturating_add(self.settings.reap_interval),
-            timer: IntroducerTimer::Reap,
+            timer: Timer::Reap,
         });
     }
 
     fn send(&mut self, to: NodeAddr, msg: Msg) {
-        self.effects.push(IntroducerEffect::Send { to, msg });
+        self.effects.push(Effect::Send { to, msg });
     }
 }
 
@@ -298,10 +320,22 @@ mod tests {
         .unwrap()
     }
 
-    fn reply(fx: &[IntroducerEffect]) -> (Incarnation, Vec<Update>) {
+    /// Delivers `msg` from `from` at `now`.
+    fn deliver(i: &mut Introducer, now: Millis, from: NodeAddr, msg: Msg) -> Vec<Effect> {
+        i.handle(now, Input::Msg { from, msg })
+    }
+
+    fn announce(incarnation: Incarnation, joined: Incarnation) -> Msg {
+        Msg::Announce {
+            incarnation,
+            joined,
+        }
+    }
+
+    fn reply(fx: &[Effect]) -> (Incarnation, Vec<Update>) {
         fx.iter()
             .find_map(|e| match e {
-                IntroducerEffect::Send {
+                Effect::Send {
                     msg:
                         Msg::JoinReply {
                             incarnation,
@@ -317,14 +351,13 @@ mod tests {
     #[test]
     fn start_says_hello_to_every_configured_node() {
         let mut i = intro();
-        i.start(0);
         let hellos = i
-            .take_effects()
+            .handle(0, Input::Start)
             .iter()
             .filter(|e| {
                 matches!(
                     e,
-                    IntroducerEffect::Send {
+                    Effect::Send {
                         msg: Msg::IntroducerHello,
                         ..
                     }
@@ -337,27 +370,24 @@ mod tests {
     #[test]
     fn joiners_get_the_others_and_a_safe_incarnation() {
         let mut i = intro();
-        i.handle_msg(0, &h(1), Msg::JoinRequest { incarnation: 5 });
-        let (inc, members) = reply(&i.take_effects());
+        let fx = deliver(&mut i, 0, h(1), Msg::JoinRequest { incarnation: 5 });
+        let (inc, members) = reply(&fx);
         assert_eq!((inc, members.len()), (5, 0));
-        i.handle_msg(1, &h(2), Msg::JoinRequest { incarnation: 7 });
-        let (_, members) = reply(&i.take_effects());
+        let fx = deliver(&mut i, 1, h(2), Msg::JoinRequest { incarnation: 7 });
+        let (_, members) = reply(&fx);
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].addr, h(1));
         // h(1) is buried at 9; a restart asking for 6 must come back above 9.
-        i.handle_msg(
-            2,
-            &h(2),
-            Msg::Updates(vec![Update {
-                addr: h(1),
-                incarnation: 9,
-                joined: 5,
-                state: UpdateState::Failed,
-            }]),
-        );
+        let burial = Msg::Updates(vec![Update {
+            addr: h(1),
+            incarnation: 9,
+            joined: 5,
+            state: UpdateState::Failed,
+        }]);
+        deliver(&mut i, 2, h(2), burial);
         assert_eq!(i.members().len(), 1);
-        i.handle_msg(3, &h(1), Msg::JoinRequest { incarnation: 6 });
-        let (inc, members) = reply(&i.take_effects());
+        let fx = deliver(&mut i, 3, h(1), Msg::JoinRequest { incarnation: 6 });
+        let (inc, members) = reply(&fx);
         assert_eq!(inc, 10);
         assert_eq!(members.len(), 1);
     }
@@ -365,39 +395,21 @@ mod tests {
     #[test]
     fn announces_relearn_and_buried_announcers_are_told() {
         let mut i = intro();
-        i.handle_msg(
-            0,
-            &h(3),
-            Msg::Announce {
-                incarnation: 4,
-                joined: 2,
-            },
-        );
+        deliver(&mut i, 0, h(3), announce(4, 2));
         assert_eq!(i.members().len(), 1);
-        i.handle_msg(
-            1,
-            &h(1),
-            Msg::Updates(vec![Update {
-                addr: h(3),
-                incarnation: 4,
-                joined: 2,
-                state: UpdateState::Failed,
-            }]),
-        );
+        let burial = Msg::Updates(vec![Update {
+            addr: h(3),
+            incarnation: 4,
+            joined: 2,
+            state: UpdateState::Failed,
+        }]);
+        deliver(&mut i, 1, h(1), burial);
         assert!(i.members().is_empty());
-        i.take_effects();
-        i.handle_msg(
-            2,
-            &h(3),
-            Msg::Announce {
-                incarnation: 5,
-                joined: 2,
-            },
-        );
+        let fx = deliver(&mut i, 2, h(3), announce(5, 2));
         assert!(i.members().is_empty());
-        assert!(i.take_effects().iter().any(|e| matches!(
+        assert!(fx.iter().any(|e| matches!(
             e,
-            IntroducerEffect::Send { to, msg: Msg::Updates(u) }
+            Effect::Send { to, msg: Msg::Updates(u) }
                 if *to == h(3) && u[0].state == UpdateState::Failed
         )));
     }
@@ -405,31 +417,10 @@ mod tests {
     #[test]
     fn silent_members_are_forgotten_after_ttl() {
         let mut i = intro();
-        i.handle_msg(
-            0,
-            &h(1),
-            Msg::Announce {
-                incarnation: 1,
-                joined: 1,
-            },
-        );
-        i.handle_msg(
-            0,
-            &h(2),
-            Msg::Announce {
-                incarnation: 1,
-                joined: 1,
-            },
-        );
-        i.handle_msg(
-            9_000,
-            &h(2),
-            Msg::Announce {
-                incarnation: 1,
-                joined: 1,
-            },
-        );
-        i.handle_timer(10_500, IntroducerTimer::Reap);
+        deliver(&mut i, 0, h(1), announce(1, 1));
+        deliver(&mut i, 0, h(2), announce(1, 1));
+        deliver(&mut i, 9_000, h(2), announce(1, 1));
+        i.handle(10_500, Input::Timer(Timer::Reap));
         let left: Vec<NodeAddr> = i.members().into_iter().map(|m| m.addr).collect();
         assert_eq!(left, vec![h(2)]);
     }

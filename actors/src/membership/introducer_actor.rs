@@ -7,8 +7,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::clock;
-use crate::control::{Command, Reply};
-use crate::membership::introducer::{Introducer, IntroducerEffect, IntroducerEvent, IntroducerTimer};
+use crate::control::{membership_text, Command};
+use crate::machine::Machine;
+use crate::membership::introducer::{Effect, Event, Input, Introducer, Timer};
 use crate::net::body::Body;
 use crate::net::transport::{Inbound, Transport};
 use crate::net::wire::Lane;
@@ -32,10 +33,11 @@ impl IntroducerActor {
         }
     }
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        for effect in self.core.take_effects() {
+    /// Feeds the core one input and executes what it asks for.
+    fn step(&mut self, input: Input, ctx: &mut Context<Self>) {
+        for effect in self.core.handle(clock::now(), input) {
             match effect {
-                IntroducerEffect::Send { to, msg } => {
+                Effect::Send { to, msg } => {
                     if let Err(e) = self
                         .transport
                         .send(&to, Lane::Control, Body::Membership(msg))
@@ -43,22 +45,22 @@ impl IntroducerActor {
                         warn!(peer = %to, "introducer send dropped: {e}");
                     }
                 }
-                IntroducerEffect::SetTimer { at, timer } => {
+                Effect::SetTimer { at, timer } => {
                     ctx.run_later(clock::until(at), move |act, ctx| act.on_timer(timer, ctx));
                 }
-                IntroducerEffect::Event(ev) => {
+                Effect::Event(ev) => {
                     let wall = clock::wall_ms();
                     match ev {
-                        IntroducerEvent::Admitted { addr, incarnation } => {
+                        Event::Admitted { addr, incarnation } => {
                             info!(wall, peer = %addr, incarnation, "event=admitted")
                         }
-                        IntroducerEvent::Learned { addr, incarnation } => {
+                        Event::Learned { addr, incarnation } => {
                             info!(wall, peer = %addr, incarnation, "event=learned")
                         }
-                        IntroducerEvent::Removed { addr, state } => {
+                        Event::Removed { addr, state } => {
                             info!(wall, peer = %addr, ?state, "event=removed")
                         }
-                        IntroducerEvent::Forgot { addr } => {
+                        Event::Forgot { addr } => {
                             info!(wall, peer = %addr, "event=forgot")
                         }
                     }
@@ -67,9 +69,8 @@ impl IntroducerActor {
         }
     }
 
-    fn on_timer(&mut self, timer: IntroducerTimer, ctx: &mut Context<Self>) {
-        self.core.handle_timer(clock::now(), timer);
-        self.drain(ctx);
+    fn on_timer(&mut self, timer: Timer, ctx: &mut Context<Self>) {
+        self.step(Input::Timer(timer), ctx);
     }
 }
 
@@ -82,8 +83,7 @@ impl Actor for IntroducerActor {
                 rx.recv().await.map(|m| (m, rx))
             }));
         }
-        self.core.start(clock::now());
-        self.drain(ctx);
+        self.step(Input::Start, ctx);
     }
 }
 
@@ -91,36 +91,20 @@ impl StreamHandler<Inbound<Body>> for IntroducerActor {
     fn handle(&mut self, m: Inbound<Body>, ctx: &mut Context<Self>) {
         match m.body {
             Body::Membership(msg) => {
-                self.core.handle_msg(clock::now(), &m.from, msg);
-                self.drain(ctx);
+                self.step(
+                    Input::Msg {
+                        from: m.from,
+                        msg,
+                    },
+                    ctx,
+                );
             }
             Body::Command(cmd) => {
                 let outcome = match cmd {
-                    Command::ListMem => {
-                        let members = self.core.members();
-                        let text = members
-                            .iter()
-                            .map(|m| {
-                                format!(
-                                    "  {}  incarnation {}  {:?}",
-                                    m.addr, m.incarnation, m.state
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join("\n");
-                        let json: Vec<_> = members
-                            .iter()
-                            .map(|m| {
-                                serde_json::json!({"id": format!("{}#{}", m.addr, m.joined), "addr": m.addr.as_str(),
-                                    "incarnation": m.incarnation, "state": m.state})
-                            })
-                            .collect();
-                        Ok(Reply::new(
-                            format!("introducer knows {} members:\n{text}", members.len()),
-                            serde_json::Value::Array(json),
-                        ))
-                    }
-                    _ => Err("the introducer only answers list_mem".to_string()),
+                    Command::ListMem => Ok(membership_text::introducer_members(
+                        &self.core.members(),
+                    )),
+                    _ => Err(membership_text::introducer_only_list_mem()),
                 };
                 if let Some(r) = m.responder {
                     let _ = r.respond(Body::Outcome(outcome));

@@ -1,6 +1,7 @@
 //! MembershipActor: the thin shell around the [`Membership`] core. It feeds the core
-//! messages, timer fires and prober reports, executes its effects (sends on the control
-//! lane, timers, logs) and keeps one PingActor per monitored peer.
+//! messages, timer fires, prober reports and console commands as inputs, executes its
+//! effects (sends on the control lane, timers, logs) and keeps one supervised PingActor
+//! per monitored peer. Console wording lives in [`crate::control::membership_text`].
 
 use std::collections::HashMap;
 
@@ -9,14 +10,18 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::clock;
-use crate::control::{Command, Outcome, Reply};
-use crate::membership::{Effect, Member, MemberEvent, Membership, Msg, Status, Timer};
-use crate::net::body::Body;
+use crate::control::membership_text::{self, ProbeCounts};
+use crate::control::{Command, Outcome};
+use crate::machine::Machine;
 use crate::membership::ping::ProbeSettings;
-use crate::membership::ping_actor::PingActor;
+use crate::membership::ping_actor::{Acked, PingActor, SendPing, Stop, ToMembership, Unresponsive};
+use crate::membership::{
+    Effect, Event, Input, Member, MemberState, Membership, MembershipError, Msg, Status, Timer,
+};
+use crate::net::body::Body;
 use crate::net::transport::Transport;
-use crate::types::{Millis, NodeAddr};
 use crate::net::wire::Lane;
+use crate::types::{Millis, NodeAddr};
 
 /// Pause between the start-up join's attempts while the introducer does not answer.
 const JOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -27,21 +32,6 @@ const JOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct FromPeer {
     pub from: NodeAddr,
     pub msg: Msg,
-}
-
-/// A PingActor asks for a ping (the core adds piggybacked updates).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SendPing {
-    pub peer: NodeAddr,
-    pub seq: u64,
-}
-
-/// A PingActor's probe went unanswered.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Unresponsive {
-    pub peer: NodeAddr,
 }
 
 /// A membership console command; the outcome goes to `reply`.
@@ -67,10 +57,7 @@ impl View {
             .members
             .iter()
             .filter(|m| {
-                matches!(
-                    m.state,
-                    crate::membership::MemberState::Alive | crate::membership::MemberState::Suspect
-                )
+                matches!(m.state, MemberState::Alive | MemberState::Suspect)
             })
             .map(|m| m.addr.clone())
             .collect();
@@ -101,14 +88,6 @@ pub struct MembershipActor {
     started: std::time::Instant,
 }
 
-/// Probes this node's PingActors sent, saw answered and gave up on.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-struct ProbeCounts {
-    sent: u64,
-    acked: u64,
-    missed: u64,
-}
-
 impl MembershipActor {
     pub fn new(
         core: Membership,
@@ -134,10 +113,29 @@ impl MembershipActor {
         clock::now()
     }
 
+    /// Feeds the core one input and executes what it asks for.
+    fn step(&mut self, input: Input, ctx: &mut Context<Self>) {
+        let fx = self.core.handle(self.now(), input);
+        self.execute(fx, ctx);
+    }
+
+    /// Joins with this process's wall clock as the incarnation; `None` when started.
+    fn join(&mut self, ctx: &mut Context<Self>) -> Option<MembershipError> {
+        let fx = self.core.handle(
+            self.now(),
+            Input::Join {
+                incarnation: clock::wall_ms(),
+            },
+        );
+        let refused = refusal(&fx);
+        self.execute(fx, ctx);
+        refused
+    }
+
     /// Executes everything the core asked for, in order.
-    fn drain(&mut self, ctx: &mut Context<Self>) {
+    fn execute(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
         let mut changed = false;
-        for effect in self.core.take_effects() {
+        for effect in effects {
             match effect {
                 Effect::Send { to, msg } => {
                     if let Err(e) = self
@@ -153,11 +151,13 @@ impl MembershipActor {
                 Effect::Acked { peer, seq } => {
                     self.probes.acked += 1;
                     if let Some(p) = self.pingers.get(&peer) {
-                        p.do_send(crate::membership::ping_actor::Acked { seq });
+                        p.do_send(Acked { seq });
                     }
                 }
+                // The caller of a join or leave reports it.
+                Effect::Refused(_) => {}
                 Effect::Event(ev) => {
-                    changed |= !matches!(ev, MemberEvent::JoinFailed { .. });
+                    changed |= !matches!(ev, Event::JoinFailed { .. });
                     self.on_event(ev, ctx);
                 }
             }
@@ -173,70 +173,64 @@ impl MembershipActor {
     }
 
     fn on_timer(&mut self, timer: Timer, ctx: &mut Context<Self>) {
-        let now = self.now();
-        self.core.handle_timer(now, timer);
-        self.drain(ctx);
+        self.step(Input::Timer(timer), ctx);
     }
 
     /// Logs every membership event with a timestamp (detection and spreading times are
     /// computed from these lines) and reconciles the probers.
-    fn on_event(&mut self, ev: MemberEvent, ctx: &mut Context<Self>) {
+    fn on_event(&mut self, ev: Event, ctx: &mut Context<Self>) {
         let wall = clock::wall_ms();
         match ev {
-            MemberEvent::SelfJoined {
+            Event::SelfJoined {
                 incarnation,
                 members,
             } => {
                 info!(wall, incarnation, members, "event=self_joined");
                 self.auto_join = false;
                 for r in self.pending_join.drain(..) {
-                    let _ = r.send(Ok(Reply::new(
-                        format!("joined with incarnation {incarnation}; {members} members"),
-                        serde_json::json!({"joined": true, "incarnation": incarnation, "members": members}),
-                    )));
+                    let _ = r.send(Ok(membership_text::joined(incarnation, members)));
                 }
             }
-            MemberEvent::JoinFailed { reason } => {
+            Event::JoinFailed { reason } => {
                 warn!(wall, %reason, "event=join_failed");
                 for r in self.pending_join.drain(..) {
-                    let _ = r.send(Err(format!("join failed: {reason}")));
+                    let _ = r.send(Err(membership_text::join_failed(&reason)));
                 }
                 // A node started before (or while) the introducer is down keeps trying
                 // until its first join succeeds; later joins are the operator's to retry.
                 if self.auto_join {
                     ctx.run_later(JOIN_RETRY, |act, ctx| {
                         if act.auto_join && act.core.status() == Status::Idle {
-                            if let Err(e) = act.core.join(clock::now(), clock::wall_ms()) {
+                            if let Some(e) = act.join(ctx) {
                                 warn!("join: {e}");
                             }
-                            act.drain(ctx);
                         }
                     });
                 }
             }
-            MemberEvent::Joined { addr, incarnation } => {
+            Event::Joined { addr, incarnation } => {
                 info!(wall, peer = %addr, incarnation, "event=joined")
             }
-            MemberEvent::Suspected {
+            Event::Suspected {
                 addr,
                 incarnation,
                 by_me,
             } => {
                 warn!(wall, peer = %addr, incarnation, by_me, "event=suspected")
             }
-            MemberEvent::Refuted { addr, incarnation } => {
+            Event::Refuted { addr, incarnation } => {
                 info!(wall, peer = %addr, incarnation, "event=refuted")
             }
-            MemberEvent::Failed { addr, incarnation } => {
+            Event::Failed { addr, incarnation } => {
                 warn!(wall, peer = %addr, incarnation, "event=failed");
                 self.transport.forget(&addr);
             }
-            MemberEvent::Left { addr, incarnation } => {
+            Event::Left { addr, incarnation } => {
                 info!(wall, peer = %addr, incarnation, "event=left");
                 self.transport.forget(&addr);
             }
-            MemberEvent::SelfLeft { incarnation } => info!(wall, incarnation, "event=self_left"),
-            MemberEvent::Rejoin {
+            Event::SelfLeft { incarnation } => info!(wall, incarnation, "event=self_left"),
+            Event::Rejoin {
                 old_incarnation,
                 new_incarnation,
             } => {
@@ -247,7 +241,7 @@ impl MembershipActor {
                     "event=rejoin (this node was declared failed)"
                 )
             }
-            MemberEvent::MonitorsChanged(monitors) => {
+            Event::MonitorsChanged(monitors) => {
                 info!(wall, monitors = ?monitors.iter().map(|m| m.as_str()).collect::<Vec<_>>(), "event=monitors");
                 self.reconcile_pingers(monitors, ctx);
             }
@@ -258,7 +252,7 @@ impl MembershipActor {
         self.pingers.retain(|peer, addr| {
             let keep = monitors.contains(peer);
             if !keep {
-                addr.do_send(crate::membership::ping_actor::Stop);
+                addr.do_send(Stop);
             }
             keep
         });
@@ -268,7 +262,12 @@ impl MembershipActor {
             }
             let token = self.next_token;
             self.next_token += 1;
-            match PingActor::new(peer.clone(), self.probe, token, ctx.address()) {
+            let me = ctx.address();
+            let to_membership = ToMembership {
+                send_ping: me.clone().recipient(),
+                unresponsive: me.recipient(),
+            };
+            match PingActor::new(peer.clone(), self.probe, token, to_membership) {
                 Ok(actor) => {
                     let addr = Supervisor::start(move |_| actor);
                     self.pingers.insert(peer, addr);
@@ -277,60 +276,13 @@ impl MembershipActor {
             }
         }
     }
-
-    fn members_reply(&self) -> Reply {
-        let members = self.core.members();
-        let mut text = format!("{} members:", members.len());
-        for m in &members {
-            text.push_str(&format!(
-                "\n  {}  incarnation {}  {:?}",
-                m.addr, m.incarnation, m.state
-            ));
-        }
-        let json: Vec<_> = members.iter().map(member_json).collect();
-        Reply::new(text, serde_json::Value::Array(json))
-    }
 }
 
-impl MembershipActor {
-    /// Traffic between nodes (frame bytes, tools' connections excluded), uptime and
-    /// probe counts: what the background-traffic benchmark reads.
-    fn stats_reply(&self) -> Reply {
-        let t = self.transport.stats();
-        let uptime_ms = self.started.elapsed().as_millis() as u64;
-        let sent = t.control.bytes_sent + t.bulk.bytes_sent;
-        let received = t.control.bytes_received + t.bulk.bytes_received;
-        Reply::new(
-            format!(
-                "uptime {:.1} s; sent {sent} B (control {}, bulk {}); received {received} B \
-                 (control {}, bulk {}); probes sent {}, acked {}, missed {}",
-                uptime_ms as f64 / 1000.0,
-                t.control.bytes_sent,
-                t.bulk.bytes_sent,
-                t.control.bytes_received,
-                t.bulk.bytes_received,
-                self.probes.sent,
-                self.probes.acked,
-                self.probes.missed,
-            ),
-            serde_json::json!({
-                "uptime_ms": uptime_ms,
-                "bytes_sent": sent,
-                "bytes_received": received,
-                "lanes": {"control": t.control, "bulk": t.bulk},
-                "probes": self.probes,
-            }),
-        )
-    }
-}
-
-fn member_json(m: &Member) -> serde_json::Value {
-    serde_json::json!({
-        "id": format!("{}#{}", m.addr, m.joined),
-        "addr": m.addr.as_str(),
-        "incarnation": m.incarnation,
-        "joined": m.joined,
-        "state": m.state,
+/// The refusal among a join's or leave's effects, if it was refused.
+fn refusal(effects: &[Effect]) -> Option<MembershipError> {
+    effects.iter().find_map(|e| match e {
+        Effect::Refused(r) => Some(r.clone()),
+        _ => None,
     })
 }
 
@@ -339,11 +291,9 @@ impl Actor for MembershipActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if self.auto_join && self.core.status() == Status::Idle {
-            let now = self.now();
-            if let Err(e) = self.core.join(now, clock::wall_ms()) {
+            if let Some(e) = self.join(ctx) {
                 warn!("join: {e}");
             }
-            self.drain(ctx);
         }
     }
 }
@@ -358,9 +308,13 @@ impl Supervised for MembershipActor {
 impl Handler<FromPeer> for MembershipActor {
     type Result = ();
     fn handle(&mut self, m: FromPeer, ctx: &mut Context<Self>) {
-        let now = self.now();
-        self.core.handle_msg(now, &m.from, m.msg);
-        self.drain(ctx);
+        self.step(
+            Input::Msg {
+                from: m.from,
+                msg: m.msg,
+            },
+            ctx,
+        );
     }
 }
 
@@ -368,9 +322,13 @@ impl Handler<SendPing> for MembershipActor {
     type Result = ();
     fn handle(&mut self, m: SendPing, ctx: &mut Context<Self>) {
         self.probes.sent += 1;
-        let now = self.now();
-        self.core.send_ping(now, &m.peer, m.seq);
-        self.drain(ctx);
+        self.step(
+            Input::SendPing {
+                peer: m.peer,
+                seq: m.seq,
+            },
+            ctx,
+        );
     }
 }
 
@@ -378,9 +336,7 @@ impl Handler<Unresponsive> for MembershipActor {
     type Result = ();
     fn handle(&mut self, m: Unresponsive, ctx: &mut Context<Self>) {
         self.probes.missed += 1;
-        let now = self.now();
-        self.core.report_unresponsive(now, &m.peer);
-        self.drain(ctx);
+        self.step(Input::Unresponsive { peer: m.peer }, ctx);
     }
 }
 
@@ -398,46 +354,36 @@ impl Handler<Subscribe> for MembershipActor {
 impl Handler<Exec> for MembershipActor {
     type Result = ();
     fn handle(&mut self, m: Exec, ctx: &mut Context<Self>) {
-        let now = self.now();
         let outcome = match m.cmd {
-            Command::ListMem => Ok(self.members_reply()),
-            Command::Stats => Ok(self.stats_reply()),
-            Command::ListSelf => {
-                let me = self.core.self_member();
-                let status = self.core.status();
-                Ok(Reply::new(
-                    format!(
-                        "{}  incarnation {}  joined {}  {:?}",
-                        me.addr, me.incarnation, me.joined, status
-                    ),
-                    {
-                        let mut j = member_json(&me);
-                        j["status"] = serde_json::json!(format!("{status:?}").to_lowercase());
-                        j
-                    },
-                ))
-            }
-            Command::Join => match self.core.join(now, clock::wall_ms()) {
-                Ok(()) => {
+            Command::ListMem => Ok(membership_text::members(&self.core.members())),
+            Command::Stats => Ok(membership_text::stats(
+                &self.transport.stats(),
+                self.started.elapsed().as_millis() as u64,
+                self.probes,
+            )),
+            Command::ListSelf => Ok(membership_text::self_member(
+                &self.core.self_member(),
+                self.core.status(),
+            )),
+            Command::Join => match self.join(ctx) {
+                // The answer comes with SelfJoined or JoinFailed.
+                None => {
                     self.pending_join.push(m.reply);
-                    self.drain(ctx);
                     return;
                 }
-                Err(e) => Err(format!("join: {e}")),
+                Some(e) => Err(membership_text::refused("join", &e)),
             },
-            Command::Leave => match self.core.leave(now) {
-                Ok(()) => {
-                    self.drain(ctx);
-                    Ok(Reply::new(
-                        "left the cluster",
-                        serde_json::json!({"left": true}),
-                    ))
+            Command::Leave => {
+                let fx = self.core.handle(self.now(), Input::Leave);
+                let refused = refusal(&fx);
+                self.execute(fx, ctx);
+                match refused {
+                    None => Ok(membership_text::left()),
+                    Some(e) => Err(membership_text::refused("leave", &e)),
                 }
-                Err(e) => Err(format!("leave: {e}")),
-            },
-            other => Err(format!("{other:?} is not a membership command")),
+            }
+            other => Err(membership_text::not_membership(&other)),
         };
-        self.drain(ctx);
         let _ = m.reply.send(outcome);
     }
 }

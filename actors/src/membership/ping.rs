@@ -1,10 +1,10 @@
 //! Per-peer prober core: pings one monitored peer every `ping_duration` and reports
 //! "suspect" when a probe is not acknowledged within `ping_timeout`.
 //!
-//! A pure state machine (no socket, no clock, no actix): the PingActor feeds it `now`,
-//! fired timers and received acks, then drains [`ProbeEffect`]s. The Ping message itself
-//! is built by the membership core (it piggybacks gossip), so this core only decides
-//! *when* to ping and *whether* a probe failed.
+//! A pure state machine (no socket, no clock, no actix): the PingActor hands it
+//! [`Input`]s with its `now` through [`Machine::handle`] and executes the [`Effect`]s it
+//! returns. The Ping message itself is built by the membership core (it piggybacks
+//! gossip), so this core only decides *when* to ping and *whether* a probe failed.
 //!
 //! Every timer carries the prober's token and the probe's sequence number (foca's
 //! `ProbeNumber` idea): a timeout for a probe that was already acked, a tick left over
@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 
+use crate::machine::Machine;
 use crate::types::{Millis, NodeAddr};
 
 /// How many unanswered probes are remembered. More than enough for any sane
@@ -41,35 +42,53 @@ pub struct ProbeSettings {
     pub ping_timeout: Millis,
 }
 
-/// A timer the prober asked for; hand it back through [`Prober::handle_timer`] when due.
+/// Everything that can happen to a prober.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Start probing: the first ping goes out now. A second start does nothing.
+    Start,
+    /// A timer this prober set is due.
+    Timer(Timer),
+    /// The peer acked probe `seq` (late or stale acks only count in the stats).
+    Ack { seq: u64 },
+}
+
+/// A timer the prober asked for; hand it back as [`Input::Timer`] when due.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ProbeTimer {
+pub struct Timer {
     /// The prober instance that set it; another instance ignores it.
     pub token: u64,
     /// What to do when it fires.
-    pub kind: ProbeTimerKind,
+    pub kind: TimerKind,
 }
 
 /// The two timers of a prober.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ProbeTimerKind {
+pub enum TimerKind {
     /// Start the probe numbered `seq` (stale if that probe was already started).
     Tick { seq: u64 },
     /// Probe `seq` is out of time (stale if it was acked).
     Timeout { seq: u64 },
 }
 
-/// What the caller must do after driving the prober.
+/// What the prober's shell must do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProbeEffect {
-    /// Send a Ping numbered `seq` to the peer (ask the membership core to build it).
-    SendPing { peer: NodeAddr, seq: u64 },
-    /// Call [`Prober::handle_timer`] with `timer` at `at` (caller's clock).
-    SetTimer { at: Millis, timer: ProbeTimer },
+pub enum Effect {
+    /// Send the Ping numbered `seq` to `peer`; the membership core builds it.
+    Ping { peer: NodeAddr, seq: u64 },
+    /// Hand `timer` back as [`Input::Timer`] at `at` (caller's clock).
+    SetTimer { at: Millis, timer: Timer },
     /// Probe `seq` got no ack in time: report the peer to the membership core.
     Suspect { peer: NodeAddr, seq: u64 },
+    /// For the log.
+    Event(Event),
+}
+
+/// What the prober reports for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
     /// Probe `seq` was answered after `rtt` ms.
-    Rtt {
+    Acked {
         peer: NodeAddr,
         seq: u64,
         rtt: Millis,
@@ -106,7 +125,21 @@ pub struct Prober {
     /// Probes sent and not yet acked or timed out: (seq, sent_at).
     outstanding: VecDeque<(u64, Millis)>,
     stats: ProbeStats,
-    effects: Vec<ProbeEffect>,
+}
+
+impl Machine for Prober {
+    type Input = Input;
+    type Effect = Effect;
+
+    fn handle(&mut self, now: Millis, input: Input) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match input {
+            Input::Start => self.start(now, &mut fx),
+            Input::Timer(timer) => self.on_timer(now, timer, &mut fx),
+            Input::Ack { seq } => self.on_ack(now, seq, &mut fx),
+        }
+        fx
+    }
 }
 
 impl Prober {
@@ -127,7 +160,6 @@ impl Prober {
             started: false,
             outstanding: VecDeque::new(),
             stats: ProbeStats::default(),
-            effects: Vec::new(),
         })
     }
 
@@ -146,31 +178,29 @@ impl Prober {
         self.stats
     }
 
-    /// Start probing: the first ping goes out now. Calling it again does nothing.
-    pub fn start(&mut self, now: Millis) {
+    fn start(&mut self, now: Millis, fx: &mut Vec<Effect>) {
         if self.started {
             return;
         }
         self.started = true;
-        self.probe(now);
+        self.probe(now, fx);
     }
 
-    /// A timer this prober set has fired.
-    pub fn handle_timer(&mut self, now: Millis, timer: ProbeTimer) {
+    fn on_timer(&mut self, now: Millis, timer: Timer, fx: &mut Vec<Effect>) {
         if timer.token != self.token || !self.started {
             return;
         }
         match timer.kind {
-            ProbeTimerKind::Tick { seq } => {
+            TimerKind::Tick { seq } => {
                 if seq == self.seq_of(self.next) {
-                    self.probe(now);
+                    self.probe(now, fx);
                 }
             }
-            ProbeTimerKind::Timeout { seq } => {
+            TimerKind::Timeout { seq } => {
                 if let Some(pos) = self.outstanding.iter().position(|(s, _)| *s == seq) {
                     self.outstanding.remove(pos);
                     self.stats.missed += 1;
-                    self.effects.push(ProbeEffect::Suspect {
+                    fx.push(Effect::Suspect {
                         peer: self.peer.clone(),
                         seq,
                     });
@@ -179,15 +209,14 @@ impl Prober {
         }
     }
 
-    /// The peer acked probe `seq`. Returns whether the ack matched a live probe; a late
-    /// or stale ack changes nothing but the `stale_acks` counter.
-    pub fn handle_ack(&mut self, now: Millis, seq: u64) -> bool {
+    /// A late or stale ack changes nothing but the `stale_acks` counter.
+    fn on_ack(&mut self, now: Millis, seq: u64, fx: &mut Vec<Effect>) {
         let Some(pos) = self.outstanding.iter().position(|(s, _)| *s == seq) else {
             self.stats.stale_acks += 1;
-            return false;
+            return;
         };
         let Some((_, sent_at)) = self.outstanding.remove(pos) else {
-            return false;
+            return;
         };
         let rtt = now.saturating_sub(sent_at);
         self.stats.acked += 1;
@@ -196,24 +225,18 @@ impl Prober {
             None => rtt,
             Some(s) => (s.saturating_mul(7).saturating_add(rtt)) / 8,
         });
-        self.effects.push(ProbeEffect::Rtt {
+        fx.push(Effect::Event(Event::Acked {
             peer: self.peer.clone(),
             seq,
             rtt,
-        });
-        true
-    }
-
-    /// Effects produced since the last call, in order.
-    pub fn take_effects(&mut self) -> Vec<ProbeEffect> {
-        std::mem::take(&mut self.effects)
+        }));
     }
 
     fn seq_of(&self, counter: u32) -> u64 {
         (self.token << 32) | u64::from(counter)
     }
 
-    fn probe(&mut self, now: Millis) {
+    fn probe(&mut self, now: Millis, fx: &mut Vec<Effect>) {
         let seq = self.seq_of(self.next);
         self.next = self.next.wrapping_add(1);
         if self.outstanding.len() >= MAX_OUTSTANDING {
@@ -221,22 +244,22 @@ impl Prober {
         }
         self.outstanding.push_back((seq, now));
         self.stats.sent += 1;
-        self.effects.push(ProbeEffect::SendPing {
+        fx.push(Effect::Ping {
             peer: self.peer.clone(),
             seq,
         });
-        self.effects.push(ProbeEffect::SetTimer {
+        fx.push(Effect::SetTimer {
             at: now.saturating_add(self.settings.ping_timeout),
-            timer: ProbeTimer {
+            timer: Timer {
                 token: self.token,
-                kind: ProbeTimerKind::Timeout { seq },
+                kind: TimerKind::Timeout { seq },
             },
         });
-        self.effects.push(ProbeEffect::SetTimer {
+        fx.push(Effect::SetTimer {
             at: now.saturating_add(self.settings.ping_duration),
-            timer: ProbeTimer {
+            timer: Timer {
                 token: self.token,
-                kind: ProbeTimerKind::Tick {
+                kind: TimerKind::Tick {
                     seq: self.seq_of(self.next),
                 },
             },
@@ -259,31 +282,38 @@ mod tests {
         Prober::new(NodeAddr::from("127.0.0.1:8002"), settings(), 7).unwrap()
     }
 
-    fn sent_seq(effects: &[ProbeEffect]) -> u64 {
+    fn sent_seq(effects: &[Effect]) -> u64 {
         effects
             .iter()
             .find_map(|e| match e {
-                ProbeEffect::SendPing { seq, .. } => Some(*seq),
+                Effect::Ping { seq, .. } => Some(*seq),
                 _ => None,
             })
             .unwrap()
     }
 
-    fn timers(effects: &[ProbeEffect]) -> Vec<(Millis, ProbeTimer)> {
+    fn timers(effects: &[Effect]) -> Vec<(Millis, Timer)> {
         effects
             .iter()
             .filter_map(|e| match e {
-                ProbeEffect::SetTimer { at, timer } => Some((*at, *timer)),
+                Effect::SetTimer { at, timer } => Some((*at, *timer)),
                 _ => None,
             })
             .collect()
     }
 
-    fn suspects(effects: &[ProbeEffect]) -> usize {
+    fn suspects(effects: &[Effect]) -> usize {
         effects
             .iter()
-            .filter(|e| matches!(e, ProbeEffect::Suspect { .. }))
+            .filter(|e| matches!(e, Effect::Suspect { .. }))
             .count()
+    }
+
+    /// Whether the ack matched a live probe (it then reports the round trip).
+    fn matched(effects: &[Effect]) -> bool {
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event(Event::Acked { .. })))
     }
 
     #[test]
@@ -310,44 +340,42 @@ mod tests {
     #[test]
     fn start_pings_and_sets_both_timers() {
         let mut p = prober();
-        p.start(1000);
-        let fx = p.take_effects();
+        let fx = p.handle(1000, Input::Start);
         let seq = sent_seq(&fx);
         let ts = timers(&fx);
         assert!(ts.contains(&(
             3000,
-            ProbeTimer {
+            Timer {
                 token: 7,
-                kind: ProbeTimerKind::Timeout { seq }
+                kind: TimerKind::Timeout { seq }
             }
         )));
         assert!(ts
             .iter()
-            .any(|(at, t)| *at == 3500 && matches!(t.kind, ProbeTimerKind::Tick { .. })));
+            .any(|(at, t)| *at == 3500 && matches!(t.kind, TimerKind::Tick { .. })));
         // Starting twice does not double the probing rate.
-        p.start(1001);
-        assert!(p.take_effects().is_empty());
+        assert!(p.handle(1001, Input::Start).is_empty());
     }
 
     #[test]
     fn ack_in_time_means_no_suspicion_and_reports_rtt() {
         let mut p = prober();
-        p.start(0);
-        let fx = p.take_effects();
+        let fx = p.handle(0, Input::Start);
         let seq = sent_seq(&fx);
-        assert!(p.handle_ack(40, seq));
-        let fx2 = p.take_effects();
-        assert!(fx2.contains(&ProbeEffect::Rtt {
+        let fx2 = p.handle(40, Input::Ack { seq });
+        assert!(matched(&fx2));
+        assert!(fx2.contains(&Effect::Event(Event::Acked {
             peer: p.peer().clone(),
             seq,
             rtt: 40
-        }));
+        })));
+        let mut after = Vec::new();
         for (at, t) in timers(&fx) {
-            if matches!(t.kind, ProbeTimerKind::Timeout { .. }) {
-                p.handle_timer(at, t);
+            if matches!(t.kind, TimerKind::Timeout { .. }) {
+                after.extend(p.handle(at, Input::Timer(t)));
             }
         }
-        assert_eq!(suspects(&p.take_effects()), 0);
+        assert_eq!(suspects(&after), 0);
         assert_eq!(p.stats().acked, 1);
         assert_eq!(p.stats().srtt, Some(40));
     }
@@ -355,20 +383,17 @@ mod tests {
     #[test]
     fn timeout_suspects_once_and_late_ack_is_ignored() {
         let mut p = prober();
-        p.start(0);
-        let fx = p.take_effects();
+        let fx = p.handle(0, Input::Start);
         let seq = sent_seq(&fx);
         let (at, timeout) = timers(&fx)
             .into_iter()
-            .find(|(_, t)| matches!(t.kind, ProbeTimerKind::Timeout { .. }))
+            .find(|(_, t)| matches!(t.kind, TimerKind::Timeout { .. }))
             .unwrap();
-        p.handle_timer(at, timeout);
-        assert_eq!(suspects(&p.take_effects()), 1);
+        assert_eq!(suspects(&p.handle(at, Input::Timer(timeout))), 1);
         // The same timer delivered twice (or late) must not suspect again.
-        p.handle_timer(at + 1, timeout);
-        assert_eq!(suspects(&p.take_effects()), 0);
+        assert_eq!(suspects(&p.handle(at + 1, Input::Timer(timeout))), 0);
         // An ack after the verdict is stale.
-        assert!(!p.handle_ack(at + 5, seq));
+        assert!(!matched(&p.handle(at + 5, Input::Ack { seq })));
         assert_eq!(p.stats().stale_acks, 1);
         assert_eq!(p.stats().missed, 1);
     }
@@ -376,28 +401,22 @@ mod tests {
     #[test]
     fn ticks_keep_one_probe_per_period_and_stale_ticks_are_ignored() {
         let mut p = prober();
-        p.start(0);
-        let fx = p.take_effects();
+        let fx = p.handle(0, Input::Start);
         let (at, tick) = timers(&fx)
             .into_iter()
-            .find(|(_, t)| matches!(t.kind, ProbeTimerKind::Tick { .. }))
+            .find(|(_, t)| matches!(t.kind, TimerKind::Tick { .. }))
             .unwrap();
-        p.handle_timer(at, tick);
-        let fx2 = p.take_effects();
+        let fx2 = p.handle(at, Input::Timer(tick));
         let seq2 = sent_seq(&fx2);
         assert_ne!(seq2, sent_seq(&fx));
         // The same tick again would double the rate: ignored.
-        p.handle_timer(at, tick);
-        assert!(p.take_effects().is_empty());
+        assert!(p.handle(at, Input::Timer(tick)).is_empty());
         // A timer from another prober instance (old token) is ignored too.
-        p.handle_timer(
-            at,
-            ProbeTimer {
-                token: 8,
-                kind: ProbeTimerKind::Timeout { seq: seq2 },
-            },
-        );
-        assert!(p.take_effects().is_empty());
+        let foreign = Timer {
+            token: 8,
+            kind: TimerKind::Timeout { seq: seq2 },
+        };
+        assert!(p.handle(at, Input::Timer(foreign)).is_empty());
         assert_eq!(p.stats().sent, 2);
     }
 
@@ -405,13 +424,11 @@ mod tests {
     fn sequence_numbers_differ_between_tokens() {
         let mut a = Prober::new(NodeAddr::from("x:1"), settings(), 1).unwrap();
         let mut b = Prober::new(NodeAddr::from("x:1"), settings(), 2).unwrap();
-        a.start(0);
-        b.start(0);
-        let sa = sent_seq(&a.take_effects());
-        let sb = sent_seq(&b.take_effects());
+        let sa = sent_seq(&a.handle(0, Input::Start));
+        let sb = sent_seq(&b.handle(0, Input::Start));
         assert_ne!(sa, sb);
         // An ack for a's probe does not satisfy b.
-        assert!(!b.handle_ack(1, sa));
+        assert!(!matched(&b.handle(1, Input::Ack { seq: sa })));
     }
 
     #[test]
@@ -421,8 +438,7 @@ mod tests {
             ping_timeout: 250,
         };
         let mut p = Prober::new(NodeAddr::from("x:1"), s, 3).unwrap();
-        p.start(0);
-        let mut pending: Vec<(Millis, ProbeTimer)> = timers(&p.take_effects());
+        let mut pending: Vec<(Millis, Timer)> = timers(&p.handle(0, Input::Start));
         let mut seqs = Vec::new();
         let mut suspected = 0;
         // Run 1 s of virtual time, acking nothing.
@@ -431,11 +447,10 @@ mod tests {
             if at > 1000 {
                 break;
             }
-            p.handle_timer(at, t);
-            let fx = p.take_effects();
+            let fx = p.handle(at, Input::Timer(t));
             suspected += suspects(&fx);
             for e in &fx {
-                if let ProbeEffect::SendPing { seq, .. } = e {
+                if let Effect::Ping { seq, .. } = e {
                     seqs.push(*seq);
                 }
             }

@@ -1,13 +1,17 @@
 //! PingActor: one per monitored peer, the thin shell around a [`Prober`]. It turns the
-//! prober's timers into actix timers, asks the MembershipActor to send each ping (so
+//! prober's timers into actix timers, asks the membership actor to send each ping (so
 //! the core can piggyback updates) and reports unanswered probes to it.
+//!
+//! It knows the membership actor only through [`ToMembership`] (two recipients), so
+//! the membership actor, which starts and stops PingActors, is the only one of the two
+//! that names the other's type.
 
 use actix::prelude::*;
 use tracing::{debug, warn};
 
 use crate::clock;
-use crate::membership::membership_actor::{MembershipActor, SendPing, Unresponsive};
-use crate::membership::ping::{ProbeEffect, ProbeError, ProbeSettings, ProbeTimer, Prober};
+use crate::machine::Machine;
+use crate::membership::ping::{Effect, Event, Input, ProbeError, ProbeSettings, Prober, Timer};
 use crate::types::NodeAddr;
 
 /// The peer acked probe `seq`.
@@ -22,9 +26,31 @@ pub struct Acked {
 #[rtype(result = "()")]
 pub struct Stop;
 
+/// A PingActor asks for a ping (the membership core adds piggybacked updates).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendPing {
+    pub peer: NodeAddr,
+    pub seq: u64,
+}
+
+/// A PingActor's probe went unanswered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unresponsive {
+    pub peer: NodeAddr,
+}
+
+/// Where a PingActor's pings and verdicts go (the membership actor).
+#[derive(Clone)]
+pub struct ToMembership {
+    pub send_ping: Recipient<SendPing>,
+    pub unresponsive: Recipient<Unresponsive>,
+}
+
 pub struct PingActor {
     prober: Prober,
-    membership: Addr<MembershipActor>,
+    membership: ToMembership,
 }
 
 impl PingActor {
@@ -32,7 +58,7 @@ impl PingActor {
         peer: NodeAddr,
         settings: ProbeSettings,
         token: u64,
-        membership: Addr<MembershipActor>,
+        membership: ToMembership,
     ) -> Result<Self, ProbeError> {
         Ok(PingActor {
             prober: Prober::new(peer, settings, token)?,
@@ -40,27 +66,27 @@ impl PingActor {
         })
     }
 
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        for effect in self.prober.take_effects() {
+    /// Feeds the prober one input and executes what it asks for.
+    fn step(&mut self, input: Input, ctx: &mut Context<Self>) {
+        for effect in self.prober.handle(clock::now(), input) {
             match effect {
-                ProbeEffect::SendPing { peer, seq } => {
-                    self.membership.do_send(SendPing { peer, seq })
-                }
-                ProbeEffect::SetTimer { at, timer } => {
+                Effect::Ping { peer, seq } => self.membership.send_ping.do_send(SendPing { peer, seq }),
+                Effect::SetTimer { at, timer } => {
                     ctx.run_later(clock::until(at), move |act, ctx| act.on_timer(timer, ctx));
                 }
-                ProbeEffect::Suspect { peer, seq } => {
+                Effect::Suspect { peer, seq } => {
                     warn!(peer = %peer, seq, "no ack in time");
-                    self.membership.do_send(Unresponsive { peer });
+                    self.membership.unresponsive.do_send(Unresponsive { peer });
                 }
-                ProbeEffect::Rtt { peer, seq, rtt } => debug!(peer = %peer, seq, rtt, "ack"),
+                Effect::Event(Event::Acked { peer, seq, rtt }) => {
+                    debug!(peer = %peer, seq, rtt, "ack")
+                }
             }
         }
     }
 
-    fn on_timer(&mut self, timer: ProbeTimer, ctx: &mut Context<Self>) {
-        self.prober.handle_timer(clock::now(), timer);
-        self.drain(ctx);
+    fn on_timer(&mut self, timer: Timer, ctx: &mut Context<Self>) {
+        self.step(Input::Timer(timer), ctx);
     }
 }
 
@@ -68,8 +94,7 @@ impl Actor for PingActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.prober.start(clock::now());
-        self.drain(ctx);
+        self.step(Input::Start, ctx);
     }
 }
 
@@ -78,8 +103,7 @@ impl Supervised for PingActor {}
 impl Handler<Acked> for PingActor {
     type Result = ();
     fn handle(&mut self, m: Acked, ctx: &mut Context<Self>) {
-        self.prober.handle_ack(clock::now(), m.seq);
-        self.drain(ctx);
+        self.step(Input::Ack { seq: m.seq }, ctx);
     }
 }
 

@@ -143,7 +143,10 @@ impl<E> World<E> {
     /// was in flight is dropped here.
     pub fn next_until(&mut self, limit: Millis) -> Option<(NodeAddr, E)> {
         loop {
-            let Reverse((at, seq)) = *self.queue.peek()?;
+            let Some(&Reverse((at, seq))) = self.queue.peek() else {
+                self.now = self.now.max(limit);
+                return None;
+            };
             if at > limit {
                 self.now = self.now.max(limit);
                 return None;

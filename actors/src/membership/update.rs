@@ -1,0 +1,214 @@
+//! The update and incarnation rules: what a piece of membership news is, which of two
+//! updates about one address wins ([`supersedes`]), and how the core applies news about
+//! others and about itself (refute a suspicion, rejoin after its own burial, answer a
+//! stale claim with the tombstone). The identity rules are listed in the core's docs.
+
+use serde::{Deserialize, Serialize};
+
+use super::membership::{Event, Membership, Msg, Status};
+use super::MAX_UPDATES_PER_MSG;
+use crate::types::{Incarnation, Millis, NodeAddr};
+
+/// State carried by an update. Failed and Left are tombstones: the member is no longer
+/// listed, and the record stops stale updates from resurrecting that life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UpdateState {
+    Alive,
+    Suspect,
+    Failed,
+    Left,
+}
+
+impl UpdateState {
+    /// Failed or Left.
+    pub fn is_tombstone(self) -> bool {
+        matches!(self, UpdateState::Failed | UpdateState::Left)
+    }
+}
+
+/// One piece of membership news, as gossiped.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Update {
+    pub addr: NodeAddr,
+    pub incarnation: Incarnation,
+    /// Incarnation the member's current life started with (see the module docs).
+    pub joined: Incarnation,
+    pub state: UpdateState,
+}
+
+/// Whether `new` replaces `old` (both about the same address). The whole ordering
+/// of the protocol lives here.
+pub fn supersedes(new: &Update, old: &Update) -> bool {
+    use UpdateState::*;
+    match (new.state.is_tombstone(), old.state.is_tombstone()) {
+        // Only a life that started after the burial brings an address back.
+        (false, true) => new.joined > old.incarnation,
+        // A tombstone ends the life it names, even if that life refuted since.
+        (true, false) => new.incarnation >= old.joined,
+        (true, true) => new.incarnation > old.incarnation,
+        (false, false) => match (new.state, old.state) {
+            (Suspect, Alive) => new.incarnation >= old.incarnation,
+            _ => new.incarnation > old.incarnation,
+        },
+    }
+}
+
+impl Membership {
+    pub(super) fn apply_sender(
+        &mut self,
+        now: Millis,
+        from: &NodeAddr,
+        incarnation: Incarnation,
+        joined: Incarnation,
+    ) {
+        let u = Update {
+            addr: from.clone(),
+            incarnation,
+            joined,
+            state: UpdateState::Alive,
+        };
+        self.apply(now, Some(from), u);
+    }
+
+    pub(super) fn apply_all(&mut self, now: Millis, from: &NodeAddr, updates: Vec<Update>) {
+        for u in updates.into_iter().take(MAX_UPDATES_PER_MSG) {
+            self.apply(now, Some(from), u);
+        }
+    }
+
+    pub(super) fn apply(&mut self, now: Millis, from: Option<&NodeAddr>, u: Update) {
+        if u.addr == self.me {
+            self.apply_about_self(now, from, u);
+            return;
+        }
+        let prev = self.entries.get(&u.addr).cloned();
+        if let Some(old) = &prev {
+            if !supersedes(&u, old) {
+                // Someone believes in a life we buried: tell them, so they converge
+                // (and, if it is the buried node itself, so it rejoins).
+                if !u.state.is_tombstone() && old.state.is_tombstone() {
+                    if let Some(f) = from {
+                        let f = f.clone();
+                        self.repair(now, f, old.clone());
+                    }
+                }
+                return;
+            }
+        }
+        self.entries.insert(u.addr.clone(), u.clone());
+        let same_life = prev
+            .as_ref()
+            .is_some_and(|p| !p.state.is_tombstone() && p.joined == u.joined);
+        let was_live = prev.as_ref().is_some_and(|p| !p.state.is_tombstone());
+        match u.state {
+            UpdateState::Alive => {
+                if !same_life {
+                    self.event(Event::Joined {
+                        addr: u.addr.clone(),
+                        incarnation: u.incarnation,
+                    });
+                } else if prev
+                    .as_ref()
+                    .is_some_and(|p| p.state == UpdateState::Suspect)
+                {
+                    self.event(Event::Refuted {
+                        addr: u.addr.clone(),
+                        incarnation: u.incarnation,
+                    });
+                }
+            }
+            UpdateState::Suspect => {
+                if !same_life {
+                    self.event(Event::Joined {
+                        addr: u.addr.clone(),
+                        incarnation: u.incarnation,
+                    });
+                }
+                self.event(Event::Suspected {
+                    addr: u.addr.clone(),
+                    incarnation: u.incarnation,
+                    by_me: false,
+                });
+                self.set_suspect_timer(now, &u);
+            }
+            UpdateState::Failed => {
+                if was_live {
+                    self.event(Event::Failed {
+                        addr: u.addr.clone(),
+                        incarnation: u.incarnation,
+                    });
+                }
+            }
+            UpdateState::Left => {
+                if was_live {
+                    self.event(Event::Left {
+                        addr: u.addr.clone(),
+                        incarnation: u.incarnation,
+                    });
+                }
+            }
+        }
+        self.enqueue_gossip(u);
+    }
+
+    pub(super) fn apply_about_self(&mut self, now: Millis, from: Option<&NodeAddr>, u: Update) {
+        if self.status != Status::Member {
+            return;
+        }
+        match u.state {
+            // Only this node speaks for its own liveness.
+            UpdateState::Alive => {}
+            UpdateState::Suspect => {
+                if u.incarnation >= self.incarnation {
+                    self.incarnation = u.incarnation.saturating_add(1);
+                    let me = self.self_update(UpdateState::Alive);
+                    self.event(Event::Refuted {
+                        addr: self.me.clone(),
+                        incarnation: self.incarnation,
+                    });
+                    self.enqueue_gossip(me.clone());
+                    self.broadcast(vec![me], false);
+                } else if let Some(f) = from {
+                    // Stale suspicion: make sure its holder has our refutation.
+                    let f = f.clone();
+                    let me = self.self_update(UpdateState::Alive);
+                    self.repair(now, f, me);
+                }
+            }
+            UpdateState::Failed | UpdateState::Left => {
+                if u.incarnation >= self.joined {
+                    let new = self.incarnation.max(u.incarnation).saturating_add(1);
+                    self.rejoin(now, new, from.cloned());
+                } else if let Some(f) = from {
+                    // An earlier life of ours was buried; this one is fine.
+                    let f = f.clone();
+                    let me = self.self_update(UpdateState::Alive);
+                    self.repair(now, f, me);
+                }
+            }
+        }
+    }
+
+    /// This life was declared failed: start a new one (fresh incarnation), announce it
+
+    pub(super) fn declare_failed(&mut self, _now: Millis, entry: Update, originator: bool) {
+        let failed = Update {
+            state: UpdateState::Failed,
+            ..entry
+        };
+        self.entries.insert(failed.addr.clone(), failed.clone());
+        self.event(Event::Failed {
+            addr: failed.addr.clone(),
+            incarnation: failed.incarnation,
+        });
+        self.enqueue_gossip(failed.clone());
+        if originator {
+            self.broadcast(vec![failed.clone()], true);
+            // If it is in fact alive (paused, partitioned), it learns at once and rejoins.
+            self.send(failed.addr.clone(), Msg::Updates(vec![failed]));
+        } else if let Some(intro) = self.settings.introducer.clone() {
+            // The originator may be dead too; the introducer must not list a corpse.
+            self.send(intro, Msg::Updates(vec![failed]));
+        }
+    }
+}
