@@ -8,6 +8,7 @@ use dml_actors::sdfs::{
     Command, Delivery, Effect, Event, Input, Lane, LocalStore, Msg, OpId, Reply, SdfsConfig,
     SdfsCore, SdfsError, SdfsName, StoreConfig, Timer,
 };
+use dml_actors::machine::Machine;
 use dml_actors::types::{Millis, NodeAddr};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -81,7 +82,7 @@ impl Sim {
             cfg.id_seed = i as u32;
             cfg.staged = staged;
             let mut core = SdfsCore::new(cfg, store.clone());
-            let fx = core.start(0);
+            let fx = core.handle(0, Input::Start);
             sim.nodes.insert(
                 addr(i),
                 Node {
@@ -145,11 +146,11 @@ impl Sim {
                 Effect::Reply { op, result } => {
                     self.replies.insert((at.clone(), op), result);
                 }
-                Effect::SetTimer { after, timer } => {
+                Effect::SetTimer { at: when, timer } => {
                     assert_eq!(timer, Timer::Sweep);
-                    self.timers.push((self.now + after, at.clone()));
+                    self.timers.push((when, at.clone()));
                 }
-                Effect::Log(ev) => self.events.push((at.clone(), ev)),
+                Effect::Event(ev) => self.events.push((at.clone(), ev)),
                 Effect::Stage { op, xfer, to } => {
                     // What scp does: the whole source lands in the target's staging file.
                     let src = self.sources[&(at.clone(), op)].clone();
