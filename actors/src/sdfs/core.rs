@@ -12,6 +12,13 @@
 //! is its *primary*; it sequences versions, records commits and drives re-replication.
 //! Every replica keeps the version files themselves, so a new primary rebuilds the
 //! metadata by asking the placement nodes (`MetaQuery`).
+//!
+//! This file holds the types, the state and the dispatch; each role lives in a file of
+//! `core/`: `ops` (client commands, requests to primaries, retries), `put` (client side
+//! of a put), `upload` (streaming to replicas), `replica` (receiving writes), `read`
+//! (fetching and serving versions), `primary` (versions, commits, metadata, deletes),
+//! `repair` (re-replication), `members` (membership changes and the sweep), `staged`
+//! (scp transfers), `event` (log events).
 
 mod event;
 mod members;
@@ -73,7 +80,7 @@ pub struct SdfsConfig {
     pub id_seed: u32,
     /// Puts move their data by staging (scp): the shell copies the source into each
     /// replica's staging directory ([`Effect::Stage`]) and the replica commits it from
-    /// there; see the staged-transfer section at the end of this file.
+    /// there; see `core/staged.rs`.
     pub staged: bool,
 }
 
@@ -650,6 +657,7 @@ impl SdfsCore {
         self.ring.contains(n)
     }
 
+    /// Routes a peer message to the role that handles it.
     fn on_peer(&mut self, from: NodeAddr, msg: Msg) {
         match msg {
             msg @ (Msg::PutBegin { .. }
