@@ -12,9 +12,10 @@ pub use store::{
     VersionWriter, MAX_CHUNK,
 };
 
-pub mod core;
-pub mod msg;
 pub mod client;
+pub mod core;
+mod local_io;
+pub mod msg;
 pub mod ring;
 pub mod scp;
 pub mod sdfs_actor;

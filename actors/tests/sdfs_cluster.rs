@@ -1,16 +1,20 @@
-//! SDFS cores on a simulated cluster: real stores in temp dirs, per-lane FIFO links
-//! interleaved by a seeded RNG, virtual time, and crashes that drop a node mid-protocol.
+//! SDFS cores on a simulated cluster: real stores in temp dirs, the shared simulated
+//! world (`sim`: virtual time, per-lane FIFO links with seeded latency that interleave
+//! messages differently per seed), and crashes that drop a node mid-protocol. Replay a
+//! failing seed with `DML_SIM_SEED=<seed> cargo test -p dml-actors --test sdfs_cluster`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod sim;
 
+use std::collections::{BTreeMap, HashMap};
+
+use dml_actors::machine::Machine;
 use dml_actors::sdfs::store::{flip_byte, FIRST_DATA_OFFSET};
 use dml_actors::sdfs::{
-    Command, Delivery, Effect, Event, Input, Lane, LocalStore, Msg, OpId, Reply, SdfsConfig,
-    SdfsCore, SdfsError, SdfsName, StoreConfig, Timer,
+    Command, Delivery, Effect, Event, Input, Lane, LocalStore, OpId, Reply, SdfsConfig, SdfsCore,
+    SdfsError, SdfsName, StoreConfig, Timer,
 };
 use dml_actors::types::{Millis, NodeAddr};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use sim::World;
 
 const CHUNK: usize = 1024;
 /// Each scenario runs under several message interleavings.
@@ -24,15 +28,13 @@ struct Node {
 
 struct Sim {
     nodes: BTreeMap<NodeAddr, Node>,
-    now: Millis,
-    links: BTreeMap<(NodeAddr, NodeAddr, u8), VecDeque<Msg>>,
-    local: VecDeque<(NodeAddr, Input)>,
-    timers: Vec<(Millis, NodeAddr)>,
+    /// Peer messages, timers and local completions (source reads, staging copies) are
+    /// all inputs some node's core handles.
+    world: World<Input>,
     sources: HashMap<(NodeAddr, OpId), Vec<u8>>,
     sinks: HashMap<(NodeAddr, OpId), Vec<Delivery>>,
     replies: HashMap<(NodeAddr, OpId), Result<Reply, SdfsError>>,
     events: Vec<(NodeAddr, Event)>,
-    rng: ChaCha8Rng,
     next_op: OpId,
     /// Staged-transfer runs: how many of the next staging copies arrive damaged.
     damage_stages: u32,
@@ -58,17 +60,14 @@ impl Sim {
     }
 
     fn with(n: usize, seed: u64, staged: bool) -> Sim {
+        println!("sim world: seed {seed}, {n} nodes, staged {staged}");
         let mut sim = Sim {
             nodes: BTreeMap::new(),
-            now: 0,
-            links: BTreeMap::new(),
-            local: VecDeque::new(),
-            timers: Vec::new(),
+            world: World::new(seed),
             sources: HashMap::new(),
             sinks: HashMap::new(),
             replies: HashMap::new(),
             events: Vec::new(),
-            rng: ChaCha8Rng::seed_from_u64(seed),
             next_op: 0,
             damage_stages: 0,
         };
@@ -80,8 +79,7 @@ impl Sim {
             cfg.window = 2;
             cfg.id_seed = i as u32;
             cfg.staged = staged;
-            let mut core = SdfsCore::new(cfg, store.clone());
-            let fx = core.start(0);
+            let core = SdfsCore::new(cfg, store.clone());
             sim.nodes.insert(
                 addr(i),
                 Node {
@@ -90,7 +88,7 @@ impl Sim {
                     _dir: dir,
                 },
             );
-            sim.apply(&addr(i), fx);
+            sim.local(&addr(i), Input::Start);
         }
         sim.announce();
         sim
@@ -104,11 +102,16 @@ impl Sim {
             .collect()
     }
 
+    /// An input for `at` from its own shell, handled at the current time.
+    fn local(&mut self, at: &NodeAddr, input: Input) {
+        let now = self.world.now();
+        self.world.at(now, at, input);
+    }
+
     fn announce(&mut self) {
         let live = self.live();
         for a in &live {
-            self.local
-                .push_back((a.clone(), Input::Members { live: live.clone() }));
+            self.local(a, Input::Members { live: live.clone() });
         }
     }
 
@@ -124,20 +127,19 @@ impl Sim {
                         Lane::Control => 0,
                         Lane::Bulk => 1,
                     };
-                    if self.nodes.get(&to).is_some_and(|n| n.core.is_some()) {
-                        self.links
-                            .entry((at.clone(), to, lane))
-                            .or_default()
-                            .push_back(msg);
-                    }
+                    let from = at.clone();
+                    let input = Input::Peer {
+                        from: from.clone(),
+                        msg,
+                    };
+                    self.world.send_ordered(&from, &to, lane, input);
                 }
                 Effect::ReadSource { op, offset, len } => {
                     let src = &self.sources[&(at.clone(), op)];
                     let start = (offset as usize).min(src.len());
                     let end = (start + len).min(src.len());
                     let data = src[start..end].to_vec();
-                    self.local
-                        .push_back((at.clone(), Input::Source { op, offset, data }));
+                    self.local(at, Input::Source { op, offset, data });
                 }
                 Effect::Deliver { op, item } => {
                     self.sinks.entry((at.clone(), op)).or_default().push(item)
@@ -145,11 +147,11 @@ impl Sim {
                 Effect::Reply { op, result } => {
                     self.replies.insert((at.clone(), op), result);
                 }
-                Effect::SetTimer { after, timer } => {
+                Effect::SetTimer { at: when, timer } => {
                     assert_eq!(timer, Timer::Sweep);
-                    self.timers.push((self.now + after, at.clone()));
+                    self.world.at(when, at, Input::Timer(timer));
                 }
-                Effect::Log(ev) => self.events.push((at.clone(), ev)),
+                Effect::Event(ev) => self.events.push((at.clone(), ev)),
                 Effect::Stage { op, xfer, to } => {
                     // What scp does: the whole source lands in the target's staging file.
                     let src = self.sources[&(at.clone(), op)].clone();
@@ -167,15 +169,14 @@ impl Sim {
                         }
                         None => Err(format!("{to} is unreachable")),
                     };
-                    self.local
-                        .push_back((at.clone(), Input::Staged { xfer, to, result }));
+                    self.local(at, Input::Staged { xfer, to, result });
                 }
             }
         }
     }
 
     fn input(&mut self, at: &NodeAddr, input: Input) {
-        let now = self.now;
+        let now = self.world.now();
         let Some(core) = self.nodes.get_mut(at).and_then(|n| n.core.as_mut()) else {
             return;
         };
@@ -183,36 +184,20 @@ impl Sim {
         self.apply(at, fx);
     }
 
-    /// One event: a local input, else a message from a random non-empty lane, else the
-    /// next timer (advancing virtual time). False when nothing is left but timers and
-    /// every core is idle.
+    /// One event, in the world's time order. False when nothing but timers is queued
+    /// and every core is idle.
     fn step(&mut self) -> bool {
-        if let Some((at, input)) = self.local.pop_front() {
-            self.input(&at, input);
-            return true;
-        }
-        self.links.retain(|_, q| !q.is_empty());
-        if !self.links.is_empty() {
-            let i = self.rng.gen_range(0..self.links.len());
-            let key = self.links.keys().nth(i).unwrap().clone();
-            let msg = self.links.get_mut(&key).unwrap().pop_front().unwrap();
-            self.input(&key.1.clone(), Input::Peer { from: key.0, msg });
-            return true;
-        }
         let busy = self
             .nodes
             .values()
             .any(|n| n.core.as_ref().is_some_and(|c| !c.is_idle()));
-        if !busy {
+        if !busy && !self.world.any_queued(|e| !matches!(e, Input::Timer(_))) {
             return false;
         }
-        self.timers.sort();
-        if self.timers.is_empty() {
+        let Some((at, input)) = self.world.next_until(Millis::MAX) else {
             return false;
-        }
-        let (t, at) = self.timers.remove(0);
-        self.now = self.now.max(t);
-        self.input(&at, Input::Timer(Timer::Sweep));
+        };
+        self.input(&at, input);
         true
     }
 
@@ -222,7 +207,7 @@ impl Sim {
                 return;
             }
         }
-        panic!("simulation did not settle");
+        panic!("simulation did not settle ({})", self.world.ctx());
     }
 
     fn steps(&mut self, n: usize) {
@@ -236,8 +221,7 @@ impl Sim {
     fn command(&mut self, at: &NodeAddr, cmd: Command) -> OpId {
         self.next_op += 1;
         let op = self.next_op;
-        self.local
-            .push_back((at.clone(), Input::Command { op, cmd }));
+        self.local(at, Input::Command { op, cmd });
         op
     }
 
@@ -246,8 +230,7 @@ impl Sim {
         let op = self.next_op;
         self.sources.insert((at.clone(), op), bytes);
         let cmd = Command::Put { name: name(n) };
-        self.local
-            .push_back((at.clone(), Input::Command { op, cmd }));
+        self.local(at, Input::Command { op, cmd });
         op
     }
 
@@ -310,9 +293,11 @@ impl Sim {
             if let Some(core) = self.nodes.get_mut(v).and_then(|n| n.core.take()) {
                 std::mem::forget(core);
             }
-            self.links.retain(|k, _| k.0 != *v && k.1 != *v);
-            self.local.retain(|(a, _)| a != v);
-            self.timers.retain(|(_, a)| a != v);
+            // Its timers and inbox die with it; what it sent and is still in flight
+            // is lost with its connections.
+            self.world.forget(v);
+            let others: Vec<NodeAddr> = self.nodes.keys().filter(|a| *a != v).cloned().collect();
+            self.world.partition(std::slice::from_ref(v), &others);
         }
         self.announce();
     }
@@ -333,7 +318,10 @@ impl Sim {
 
 #[test]
 fn put_then_kill_three_holders_returns_the_acknowledged_bytes_and_restores_four_copies() {
-    for seed in 1..=SEEDS {
+    for seed in sim::seeds(
+        "put_then_kill_three_holders_returns_the_acknowledged_bytes_and_restores_four_copies",
+        1..=SEEDS,
+    ) {
         put_then_kill_three_holders_returns_the_acknowledged_bytes_and_restores_four_copies_seed(
             seed,
         );
@@ -384,7 +372,10 @@ fn put_then_kill_three_holders_returns_the_acknowledged_bytes_and_restores_four_
 
 #[test]
 fn flipped_byte_is_served_correctly_and_the_copy_is_repaired() {
-    for seed in 1..=SEEDS {
+    for seed in sim::seeds(
+        "flipped_byte_is_served_correctly_and_the_copy_is_repaired",
+        1..=SEEDS,
+    ) {
         flipped_byte_is_served_correctly_and_the_copy_is_repaired_seed(seed);
     }
 }
@@ -419,7 +410,10 @@ fn flipped_byte_is_served_correctly_and_the_copy_is_repaired_seed(seed: u64) {
 
 #[test]
 fn writer_crash_mid_put_leaves_no_torn_or_phantom_version() {
-    for seed in 1..=SEEDS {
+    for seed in sim::seeds(
+        "writer_crash_mid_put_leaves_no_torn_or_phantom_version",
+        1..=SEEDS,
+    ) {
         writer_crash_mid_put_leaves_no_torn_or_phantom_version_seed(seed);
     }
 }
@@ -484,7 +478,7 @@ fn writer_crash_mid_put_leaves_no_torn_or_phantom_version_seed(seed: u64) {
 
 #[test]
 fn replica_crash_mid_put_retries_on_the_next_node() {
-    for seed in 1..=SEEDS {
+    for seed in sim::seeds("replica_crash_mid_put_retries_on_the_next_node", 1..=SEEDS) {
         replica_crash_mid_put_retries_on_the_next_node_seed(seed);
     }
 }
@@ -535,7 +529,10 @@ fn replica_crash_mid_put_retries_on_the_next_node_seed(seed: u64) {
 
 #[test]
 fn concurrent_puts_from_different_nodes_get_distinct_ordered_versions() {
-    for seed in 1..=SEEDS {
+    for seed in sim::seeds(
+        "concurrent_puts_from_different_nodes_get_distinct_ordered_versions",
+        1..=SEEDS,
+    ) {
         concurrent_puts_from_different_nodes_get_distinct_ordered_versions_seed(seed);
     }
 }
@@ -582,7 +579,7 @@ fn concurrent_puts_from_different_nodes_get_distinct_ordered_versions_seed(seed:
 
 #[test]
 fn get_versions_ls_delete_and_listing() {
-    let mut sim = Sim::new(5, 6);
+    let mut sim = Sim::new(5, sim::seed("get_versions_ls_delete_and_listing", 6));
     for i in 1..=7u8 {
         assert_eq!(
             sim.put_ok(&addr(i as usize % 5), "dir/v", data(i, 50 + i as usize)),
@@ -675,7 +672,7 @@ fn get_versions_ls_delete_and_listing() {
 
 #[test]
 fn get_of_a_missing_name_fails_cleanly() {
-    let mut sim = Sim::new(4, 7);
+    let mut sim = Sim::new(4, sim::seed("get_of_a_missing_name_fails_cleanly", 7));
     let op = sim.command(&addr(0), Command::Get { name: name("nope") });
     sim.run();
     assert!(matches!(
@@ -692,7 +689,10 @@ fn get_of_a_missing_name_fails_cleanly() {
 
 #[test]
 fn primary_crash_mid_put_keeps_versions_unique_and_monotonic() {
-    for seed in 1..=SEEDS {
+    for seed in sim::seeds(
+        "primary_crash_mid_put_keeps_versions_unique_and_monotonic",
+        1..=SEEDS,
+    ) {
         primary_crash_mid_put_seed(seed);
     }
 }
@@ -752,7 +752,10 @@ fn primary_crash_mid_put_seed(seed: u64) {
 /// the acknowledged bytes are exact on all four holders and no staging file is left.
 #[test]
 fn staged_puts_commit_exact_bytes_and_reject_damaged_copies() {
-    for seed in 0..SEEDS {
+    for seed in sim::seeds(
+        "staged_puts_commit_exact_bytes_and_reject_damaged_copies",
+        0..SEEDS,
+    ) {
         let mut sim = Sim::with(6, seed, true);
         let bytes = data(9, CHUNK * 5 + 17);
         assert_eq!(sim.put_ok(&addr(1), "staged/a", bytes.clone()), 1);

@@ -5,8 +5,8 @@
 use actix::Addr;
 use tokio::sync::oneshot;
 
-use crate::control::Command;
-use crate::sdfs::sdfs_actor::{Exec, GetBytes, ListPrefix, PutBytes, SdfsActor};
+use crate::control::sdfs_text;
+use crate::sdfs::sdfs_actor::{GetBytes, ListPrefix, PutBytes, PutLocal, SdfsActor};
 
 /// A cheap, cloneable handle on the node's SdfsActor.
 #[derive(Clone)]
@@ -44,18 +44,11 @@ impl SdfsClient {
     }
 
     /// Stores the local file or directory `local` (on this node's disk) under `name`
-    /// (a directory's files under `name/...`); returns a one-line summary.
-    // TODO(sdfs): a typed message instead of the console command.
+    /// (a directory's files under `name/...`); returns the summary the console shows.
     pub async fn put_local(&self, local: String, name: String) -> Result<String, String> {
         let (reply, rx) = oneshot::channel();
-        self.sdfs.do_send(Exec {
-            cmd: Command::Put { local, name },
-            reply,
-        });
-        match rx.await {
-            Ok(Ok(r)) => Ok(r.text),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(DROPPED.to_string()),
-        }
+        self.sdfs.do_send(PutLocal { local, name, reply });
+        let done = rx.await.map_err(|_| DROPPED.to_string())??;
+        Ok(sdfs_text::put_local(&done).text)
     }
 }

@@ -2,37 +2,45 @@
 //! its own arbiter (store calls block on fsync), feeds the core peer messages, console
 //! commands and membership views, and executes its effects: sends, reads of a put's
 //! local source, writes to a get's local sink, replies, timers, logs, and (with
-//! `transfer = "scp"`) copies over SSH on threads of their own.
-
-#[path = "scp.rs"]
-pub mod scp;
+//! `transfer = "scp"`) copies over SSH on threads of their own. Console text is made in
+//! [`crate::control::sdfs_text`]; every protocol decision is the core's.
+//!
+//! Not under `actix::Supervisor`: a supervisor restarts only an actor that stopped
+//! itself, and this one never does (a panic unwinds its arbiter thread, which no
+//! supervisor survives). A rebuilt actor would also lose the in-memory protocol state
+//! (ops in flight and their waiting callers, grants, uploads) and would have no
+//! membership view until the next change, so recovery is a node restart: the store on
+//! disk is reopened and the cluster treats the gap as a crash it already re-replicates.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::prelude::*;
 use rand::Rng;
-use serde_json::json;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::clock;
 use crate::config::{Config, Transfer};
-use crate::control::{Command, Outcome, Reply as CtlReply};
+use crate::control::{sdfs_text, Command, Outcome};
+use crate::machine::Machine;
 use crate::membership::membership_actor::View;
 use crate::net::body::Body;
-use crate::sdfs::core::staging_file_name;
-use crate::sdfs::msg::XferId;
-use crate::sdfs::{
-    Command as SdfsCommand, Delivery, Effect, Event, Input, LocalStore, OpId, Reply, SdfsConfig,
-    SdfsCore, SdfsError, SdfsName, StoreConfig,
-};
 use crate::net::transport::Transport;
-use crate::types::NodeAddr;
 use crate::net::wire::Lane;
+use crate::sdfs::core::{staging_file_name, STAGING_DIR};
+use crate::sdfs::local_io::{
+    absolute, close_sink, deliver, dir_files, open_sink, prepare_staging, Sink, Source, StageSource,
+};
+use crate::sdfs::msg::XferId;
+use crate::sdfs::scp;
+use crate::sdfs::{
+    Command as SdfsCommand, Effect, Event, Input, LocalStore, OpId, Reply, SdfsConfig, SdfsCore,
+    SdfsError, SdfsName, StoreConfig,
+};
+use crate::types::NodeAddr;
 
 /// Inputs handled per mailbox turn before yielding, so a long local stream (a put whose
 /// every replica is this node) cannot starve other messages.
@@ -82,6 +90,51 @@ pub struct ListPrefix {
     pub reply: oneshot::Sender<Result<Vec<String>, String>>,
 }
 
+/// Store a local file, or every file under a local directory, as new versions (used by
+/// [`crate::sdfs::client::SdfsClient::put_local`]; the console's `put` runs the same path).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PutLocal {
+    /// A path on this node's disk.
+    pub local: String,
+    /// The SDFS name (a directory's files go under `name/...`).
+    pub name: String,
+    pub reply: oneshot::Sender<Result<PutLocalDone, String>>,
+}
+
+/// What a put of a local file or directory stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutLocalDone {
+    File {
+        name: String,
+        version: u64,
+    },
+    /// Every file of the directory, by SDFS name, in name order.
+    Dir {
+        prefix: String,
+        stored: Vec<(String, u64)>,
+    },
+}
+
+/// Who waits for a local put: the console (text) or an actor (typed).
+enum PutReply {
+    Console(oneshot::Sender<Outcome>),
+    Typed(oneshot::Sender<Result<PutLocalDone, String>>),
+}
+
+impl PutReply {
+    fn send(self, result: Result<PutLocalDone, String>) {
+        match self {
+            PutReply::Console(tx) => {
+                let _ = tx.send(result.map(|d| sdfs_text::put_local(&d)));
+            }
+            PutReply::Typed(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
 /// A staging copy (scp) finished on its thread.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -96,36 +149,11 @@ struct Staged {
 #[rtype(result = "()")]
 struct Continue;
 
-/// Where a put's bytes come from.
-enum Source {
-    None,
-    File { path: PathBuf, file: File },
-    Bytes(std::sync::Arc<Vec<u8>>),
-}
-
-/// A local file being fetched: written to `tmp` and renamed onto `dest` on success.
-struct FileSink {
-    dest: PathBuf,
-    tmp: PathBuf,
-    out: BufWriter<File>,
-    /// get-versions: the current version goes to a side file first, so its delimiter
-    /// line can carry its size.
-    part: Option<(PathBuf, BufWriter<File>)>,
-    versions: bool,
-    name: String,
-    /// The first write error; the op then fails and the output is discarded.
-    error: Option<String>,
-}
-
-enum Sink {
-    None,
-    File(Box<FileSink>),
-    Memory(Vec<u8>),
-}
-
 /// Who is waiting for an op, and how they want the answer.
 enum Done {
     Exec(oneshot::Sender<Outcome>),
+    /// A put of one local file.
+    PutLocal(PutReply),
     PutBytes(oneshot::Sender<Result<u64, String>>),
     GetBytes(oneshot::Sender<Result<Vec<u8>, String>>),
     List(oneshot::Sender<Result<Vec<String>, String>>),
@@ -150,7 +178,7 @@ struct DirPut {
     total: usize,
     stored: Vec<(String, u64)>,
     errors: Vec<String>,
-    reply: oneshot::Sender<Outcome>,
+    reply: PutReply,
 }
 
 /// What the scp transfer needs: credentials and every node's staging directory.
@@ -190,7 +218,7 @@ impl SdfsActor {
             Transfer::Scp => {
                 let creds = scp::load(&config.sdfs).map_err(|e| e.to_string())?;
                 // Copies arrive as the SSH account, which may not be the node's user.
-                let staging = root.join(crate::sdfs::core::STAGING_DIR);
+                let staging = root.join(STAGING_DIR);
                 prepare_staging(&staging)
                     .map_err(|e| format!("cannot prepare {}: {e}", staging.display()))?;
                 Some(ScpShell {
@@ -275,12 +303,13 @@ impl SdfsActor {
                 }
             }
             Effect::Reply { op, result } => self.finish(op, result, ctx),
-            Effect::SetTimer { after, timer } => {
+            Effect::SetTimer { at, timer } => {
+                let after = at.saturating_sub(clock::now());
                 ctx.run_later(Duration::from_millis(after), move |act, ctx| {
                     act.feed(Input::Timer(timer), ctx)
                 });
             }
-            Effect::Log(ev) => log_event(&ev),
+            Effect::Event(ev) => log_event(&ev),
             Effect::Stage { op, xfer, to } => self.stage(op, xfer, to, ctx),
         }
     }
@@ -290,23 +319,7 @@ impl SdfsActor {
             .ops
             .get_mut(&op)
             .ok_or_else(|| "the put is gone".to_string())?;
-        match &mut st.source {
-            Source::File { path, file } => {
-                let mut read = || -> io::Result<Vec<u8>> {
-                    file.seek(SeekFrom::Start(offset))?;
-                    let mut buf = Vec::with_capacity(len);
-                    Read::by_ref(file).take(len as u64).read_to_end(&mut buf)?;
-                    Ok(buf)
-                };
-                read().map_err(|e| format!("{}: {e}", path.display()))
-            }
-            Source::Bytes(b) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
-                let end = start.saturating_add(len).min(b.len());
-                Ok(b.get(start..end).unwrap_or_default().to_vec())
-            }
-            Source::None => Err("this op has no source".into()),
-        }
+        st.source.read(offset, len)
     }
 
     /// Starts a copy of op's source into `to`'s staging directory on a thread; the
@@ -330,7 +343,7 @@ impl SdfsActor {
             .config
             .node_data_dir(spec)
             .join("sdfs")
-            .join(crate::sdfs::core::STAGING_DIR)
+            .join(STAGING_DIR)
             .join(staging_file_name(&self.me, xfer));
         let host = to
             .as_str()
@@ -381,7 +394,7 @@ impl SdfsActor {
         let mut bytes = None;
         match st.sink {
             Sink::File(f) => {
-                local = Some(f.dest.display().to_string());
+                local = Some(f.dest().display().to_string());
                 if let Err(e) = close_sink(*f, result.is_ok()) {
                     if result.is_ok() {
                         result = Err(e);
@@ -393,14 +406,15 @@ impl SdfsActor {
         }
         match st.done {
             Done::Exec(tx) => {
-                // `ls` of a name with no version is an error, like `get` of it.
-                if let Ok(Reply::Ls { name, versions }) = &result {
-                    if versions.is_empty() {
-                        result = Err(SdfsError::NoSuchFile(name.clone()).to_string());
-                    }
-                }
-                let _ = tx.send(result.map(|r| ctl_reply(&r, local.as_deref())));
+                let _ = tx.send(result.map(|r| sdfs_text::reply(&r, local.as_deref())));
             }
+            Done::PutLocal(tx) => tx.send(result.and_then(|r| match r {
+                Reply::Put { name, version } => Ok(PutLocalDone::File {
+                    name: name.to_string(),
+                    version,
+                }),
+                other => Err(format!("unexpected reply {other:?}")),
+            })),
             Done::PutBytes(tx) => {
                 let _ = tx.send(result.and_then(|r| match r {
                     Reply::Put { version, .. } => Ok(version),
@@ -426,7 +440,7 @@ impl SdfsActor {
         let name = |s: &str| SdfsName::parse(s).map_err(|e| format!("bad SDFS name {s:?}: {e}"));
         let prepared = match cmd {
             Command::Put { local, name: n } => match name(&n) {
-                Ok(sdfs) => return self.exec_put(&local, sdfs, reply, ctx),
+                Ok(sdfs) => return self.put_local(&local, sdfs, PutReply::Console(reply), ctx),
                 Err(e) => Err(e),
             },
             Command::Get { name: n, local } => name(&n).and_then(|sdfs| {
@@ -464,18 +478,13 @@ impl SdfsActor {
         }
     }
 
-    fn exec_put(
-        &mut self,
-        local: &str,
-        name: SdfsName,
-        reply: oneshot::Sender<Outcome>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Puts a local file, or every file under a local directory, as new versions.
+    fn put_local(&mut self, local: &str, name: SdfsName, reply: PutReply, ctx: &mut Context<Self>) {
         let path = absolute(local);
         if path.is_dir() {
             match dir_files(&path, name.as_str()) {
                 Ok(files) if files.is_empty() => {
-                    let _ = reply.send(Err(format!("{}: no files to put", path.display())));
+                    reply.send(Err(format!("{}: no files to put", path.display())));
                 }
                 Ok(files) => {
                     let id = self.next_op.wrapping_add(1);
@@ -494,20 +503,17 @@ impl SdfsActor {
                     );
                     self.dir_pump(id, ctx);
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
+                Err(e) => reply.send(Err(e)),
             }
             return;
         }
         match File::open(&path) {
             Ok(file) => {
-                let op = self.new_op(Source::File { path, file }, Sink::None, Done::Exec(reply));
+                let source = Source::File { path, file };
+                let op = self.new_op(source, Sink::None, Done::PutLocal(reply));
                 self.start(op, SdfsCommand::Put { name }, ctx);
             }
-            Err(e) => {
-                let _ = reply.send(Err(format!("cannot read {}: {e}", path.display())));
-            }
+            Err(e) => reply.send(Err(format!("cannot read {}: {e}", path.display()))),
         }
     }
 
@@ -575,56 +581,6 @@ impl SdfsActor {
     }
 }
 
-/// Where a staging copy reads from.
-enum StageSource {
-    File(PathBuf),
-    Bytes(std::sync::Arc<Vec<u8>>),
-}
-
-impl StageSource {
-    fn push(
-        &self,
-        creds: &scp::Credentials,
-        host: &str,
-        remote: &Path,
-    ) -> Result<(u64, u32), scp::ScpError> {
-        match self {
-            StageSource::File(p) => {
-                let f = File::open(p).map_err(scp::ScpError::Source)?;
-                let size = f.metadata().map_err(scp::ScpError::Source)?.len();
-                scp::push(creds, host, remote, io::BufReader::new(f), size)
-            }
-            StageSource::Bytes(b) => scp::push(creds, host, remote, b.as_slice(), b.len() as u64),
-        }
-    }
-}
-
-/// The staging directory is written by the SSH account: sticky and writable by all
-/// (like /tmp) when the node's user may differ. A staged file is only ever committed if
-/// its size and CRC match what the writer announced over the authenticated transport.
-fn prepare_staging(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::create_dir_all(dir)?;
-    // Leftovers of puts that never committed (crash, failed copy).
-    for entry in fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.is_file() {
-            let _ = fs::remove_file(&p);
-        }
-    }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o1777))?;
-    // The account must be able to reach the directory, too.
-    let mut up = dir.parent();
-    for _ in 0..2 {
-        if let Some(p) = up {
-            let mode = fs::metadata(p)?.permissions().mode();
-            fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o011))?;
-            up = p.parent();
-        }
-    }
-    Ok(())
-}
-
 fn log_event(ev: &Event) {
     let wall = clock::wall_ms();
     match ev {
@@ -635,281 +591,27 @@ fn log_event(ev: &Event) {
     }
 }
 
-/// Resolves a local path against the node's working directory (`dml ctl` already sends
-/// absolute paths; the interactive console may not).
-fn absolute(local: &str) -> PathBuf {
-    std::path::absolute(local).unwrap_or_else(|_| PathBuf::from(local))
-}
-
-/// Every regular file under `root` (symlinks are not followed), sorted, with its SDFS
-/// name `prefix/relative/path`. Any name that fails validation fails the whole put, so
-/// nothing is stored.
-fn dir_files(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, SdfsName)>, String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries =
-            fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-            let path = entry.path();
-            let ft = entry
-                .file_type()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if ft.is_dir() {
-                stack.push(path);
-            } else if ft.is_file() {
-                let rel = path
-                    .strip_prefix(root)
-                    .ok()
-                    .and_then(|r| r.to_str())
-                    .ok_or_else(|| format!("{}: not a UTF-8 path", path.display()))?;
-                let full = format!("{}/{rel}", prefix.trim_end_matches('/'));
-                let name =
-                    SdfsName::parse(&full).map_err(|e| format!("bad SDFS name {full:?}: {e}"))?;
-                out.push((path, name));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
-    Ok(out)
-}
-
 fn answer_dir(d: DirPut) {
-    let mut text = format!(
-        "put {} files under {}/ ({} stored, {} failed)",
-        d.total,
-        d.prefix,
-        d.stored.len(),
-        d.errors.len()
-    );
-    for (i, (n, v)) in d.stored.iter().enumerate() {
-        text.push_str(&format!("\n  [{}/{}] {n} v{v}", i + 1, d.total));
-    }
-    if let Some(first) = d.errors.first() {
-        let _ = d.reply.send(Err(format!(
-            "put {}/: {} of {} files failed; first: {first}",
-            d.prefix,
+    let result = match d.errors.first() {
+        Some(first) => Err(sdfs_text::dir_put_failed(
+            &d.prefix,
             d.errors.len(),
-            d.total
-        )));
-        return;
-    }
-    let stored: Vec<_> = d
-        .stored
-        .iter()
-        .map(|(n, v)| json!({"name": n, "version": v}))
-        .collect();
-    let _ = d.reply.send(Ok(CtlReply::new(
-        text,
-        json!({"name": d.prefix, "files": d.total, "stored": stored}),
-    )));
-}
-
-/// Opens the sink of a get: a temp file next to `local`, renamed onto it on success.
-fn open_sink(local: &str, name: &str, versions: bool) -> Result<Sink, String> {
-    let dest = absolute(local);
-    let file_name = dest
-        .file_name()
-        .and_then(|f| f.to_str())
-        .ok_or_else(|| format!("{local}: not a file path"))?;
-    let parent = dest.parent().unwrap_or(Path::new("/"));
-    let nonce: u64 = rand::thread_rng().gen();
-    let tmp = parent.join(format!(".{file_name}.dml-{nonce:016x}.tmp"));
-    let file = File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    Ok(Sink::File(Box::new(FileSink {
-        dest,
-        tmp,
-        out: BufWriter::new(file),
-        part: None,
-        versions,
-        name: name.to_string(),
-        error: None,
-    })))
-}
-
-fn deliver(sink: &mut Sink, item: Delivery) {
-    match sink {
-        Sink::None => {}
-        Sink::Memory(buf) => {
-            if let Delivery::Chunk(data) = item {
-                buf.extend_from_slice(&data);
-            }
-        }
-        Sink::File(f) => {
-            if f.error.is_some() {
-                return;
-            }
-            if let Err(e) = deliver_file(f, item) {
-                f.error = Some(format!("writing {}: {e}", f.dest.display()));
-            }
-        }
-    }
-}
-
-fn deliver_file(f: &mut FileSink, item: Delivery) -> io::Result<()> {
-    match item {
-        Delivery::Begin { .. } if f.versions => {
-            let part = f.tmp.with_extension("part");
-            let file = File::create(&part)?;
-            f.part = Some((part, BufWriter::new(file)));
-        }
-        Delivery::Begin { .. } => {}
-        Delivery::Chunk(data) => match &mut f.part {
-            Some((_, w)) => w.write_all(&data)?,
-            None => f.out.write_all(&data)?,
-        },
-        Delivery::End { version, bytes } => {
-            if let Some((path, w)) = f.part.take() {
-                let file = w.into_inner().map_err(|e| e.into_error())?;
-                drop(file);
-                writeln!(
-                    f.out,
-                    "==== {} version {version} ({bytes} bytes) ====",
-                    f.name
-                )?;
-                let mut r = File::open(&path)?;
-                io::copy(&mut r, &mut f.out)?;
-                f.out.write_all(b"\n")?;
-                let _ = fs::remove_file(&path);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Commits (rename onto the destination) or discards a file sink; `Err` if the output
-/// could not be written. A failed op leaves nothing behind.
-fn close_sink(f: FileSink, commit: bool) -> Result<(), String> {
-    let FileSink {
-        dest,
-        tmp,
-        out,
-        part,
-        error,
-        ..
-    } = f;
-    if let Some((p, _)) = part {
-        let _ = fs::remove_file(p);
-    }
-    let flushed = out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .and_then(|file| file.sync_all());
-    let result = match (error, flushed) {
-        (Some(e), _) => Err(e),
-        (None, Err(e)) => Err(format!("writing {}: {e}", dest.display())),
-        (None, Ok(())) => Ok(()),
+            d.total,
+            first,
+        )),
+        None => Ok(PutLocalDone::Dir {
+            prefix: d.prefix,
+            stored: d.stored,
+        }),
     };
-    match result {
-        Ok(()) if commit => {
-            fs::rename(&tmp, &dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))
-        }
-        Ok(()) => {
-            let _ = fs::remove_file(&tmp);
-            Ok(())
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
-
-/// Text and JSON of a reply for the console and `dml ctl --json`.
-fn ctl_reply(r: &Reply, local: Option<&str>) -> CtlReply {
-    match r {
-        Reply::Put { name, version } => CtlReply::new(
-            format!("put {name}: version {version}"),
-            json!({"name": name.as_str(), "version": version}),
-        ),
-        Reply::Get {
-            name,
-            version,
-            bytes,
-        } => CtlReply::new(
-            format!(
-                "got {name} version {version} ({bytes} bytes) into {}",
-                local.unwrap_or("-")
-            ),
-            json!({"name": name.as_str(), "version": version, "bytes": bytes, "local": local}),
-        ),
-        Reply::GetVersions { name, versions } => CtlReply::new(
-            format!(
-                "got {} versions of {name} ({}) into {}",
-                versions.len(),
-                versions
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                local.unwrap_or("-")
-            ),
-            json!({"name": name.as_str(), "versions": versions, "local": local}),
-        ),
-        Reply::Deleted { name, tombstone } => CtlReply::new(
-            format!("deleted {name} (versions up to {tombstone})"),
-            json!({"name": name.as_str(), "deleted": true, "upto": tombstone}),
-        ),
-        Reply::Ls { name, versions } => {
-            let mut text = format!("{name}:");
-            if versions.is_empty() {
-                text.push_str(" no versions");
-            }
-            for v in versions {
-                let hs: Vec<&str> = v.holders.iter().map(|h| h.as_str()).collect();
-                text.push_str(&format!("\n  version {}: {}", v.version, hs.join(", ")));
-            }
-            let latest = versions.first();
-            CtlReply::new(
-                text,
-                json!({
-                    "name": name.as_str(),
-                    "version": latest.map(|v| v.version),
-                    "holders": latest.map(|v| v.holders.iter().map(|h| h.as_str()).collect::<Vec<_>>()).unwrap_or_default(),
-                    "versions": versions.iter().map(|v| json!({
-                        "version": v.version,
-                        "holders": v.holders.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
-                }),
-            )
-        }
-        Reply::Names(names) => {
-            let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-            CtlReply::new(
-                if list.is_empty() {
-                    "no names".to_string()
-                } else {
-                    list.join("\n")
-                },
-                json!(list),
-            )
-        }
-        Reply::Store(holdings) => {
-            let mut text = format!("{} names stored here:", holdings.len());
-            for h in holdings {
-                let vs: Vec<String> = h.versions.iter().map(|v| v.to_string()).collect();
-                text.push_str(&format!("\n  {}  versions {}", h.name, vs.join(", ")));
-            }
-            CtlReply::new(
-                text,
-                json!(holdings
-                    .iter()
-                    .map(|h| json!({"name": h.name.as_str(), "versions": h.versions, "tombstone": h.tombstone}))
-                    .collect::<Vec<_>>()),
-            )
-        }
-    }
+    d.reply.send(result);
 }
 
 impl Actor for SdfsActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        for e in self.core.start(clock::now()) {
-            self.execute(e, ctx);
-        }
-        self.pump(ctx);
+        self.feed(Input::Start, ctx);
     }
 }
 
@@ -955,6 +657,20 @@ impl Handler<Exec> for SdfsActor {
     type Result = ();
     fn handle(&mut self, m: Exec, ctx: &mut Context<Self>) {
         self.exec(m.cmd, m.reply, ctx);
+    }
+}
+
+impl Handler<PutLocal> for SdfsActor {
+    type Result = ();
+    fn handle(&mut self, m: PutLocal, ctx: &mut Context<Self>) {
+        match SdfsName::parse(&m.name) {
+            Ok(name) => self.put_local(&m.local, name, PutReply::Typed(m.reply), ctx),
+            Err(e) => {
+                let _ = m
+                    .reply
+                    .send(Err(format!("bad SDFS name {:?}: {e}", m.name)));
+            }
+        }
     }
 }
 

@@ -29,6 +29,20 @@ pub fn seed(name: &str, default: u64) -> u64 {
     seed
 }
 
+/// The seeds of a scenario that runs under several: `DML_SIM_SEED` alone when set (to
+/// replay one failing run), else `defaults`. Printed like [`seed`].
+pub fn seeds(name: &str, defaults: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let replay = std::env::var("DML_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let seeds: Vec<u64> = match replay {
+        Some(seed) => vec![seed],
+        None => defaults.into_iter().collect(),
+    };
+    println!("sim {name}: seeds {seeds:?} (replay one with DML_SIM_SEED=<seed>)");
+    seeds
+}
+
 /// A derived seed for one node's core, stable for a given world seed and index.
 pub fn node_seed(world: u64, i: usize) -> u64 {
     world ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -44,6 +58,8 @@ pub struct World<E> {
     events: BTreeMap<u64, (NodeAddr, Option<NodeAddr>, E)>,
     cut: BTreeSet<(NodeAddr, NodeAddr)>,
     latency: (Millis, Millis),
+    /// Last delivery time per ordered link (`send_ordered`), so it stays FIFO.
+    ordered: BTreeMap<(NodeAddr, NodeAddr, u8), Millis>,
     loss: f64,
     sent: u64,
     dropped: u64,
@@ -69,6 +85,7 @@ impl<E> World<E> {
             events: BTreeMap::new(),
             cut: BTreeSet::new(),
             latency: (1, 3),
+            ordered: BTreeMap::new(),
             loss: 0.0,
             sent: 0,
             dropped: 0,
@@ -123,6 +140,32 @@ impl<E> World<E> {
         let at = self.now + lat;
         self.push(at, to.clone(), Some(from.clone()), ev);
         true
+    }
+
+    /// Like [`World::send`], but on an ordered stream (a TCP connection): messages on
+    /// `from -> to` with the same `lane` arrive in the order they were sent, whatever
+    /// latency each one draws. Streams of different lanes interleave freely.
+    pub fn send_ordered(&mut self, from: &NodeAddr, to: &NodeAddr, lane: u8, ev: E) -> bool {
+        self.sent += 1;
+        if self.is_cut(from, to) || (self.loss > 0.0 && self.rng.gen_bool(self.loss)) {
+            self.dropped += 1;
+            return false;
+        }
+        let lat = self.rng.gen_range(self.latency.0..=self.latency.1);
+        let last = self
+            .ordered
+            .entry((from.clone(), to.clone(), lane))
+            .or_insert(0);
+        // Same time as the previous one: the queue's sequence number keeps the order.
+        let at = (self.now + lat).max(*last);
+        *last = at;
+        self.push(at, to.clone(), Some(from.clone()), ev);
+        true
+    }
+
+    /// Whether any queued event matches `f` (e.g. anything but timers is in flight).
+    pub fn any_queued(&self, f: impl Fn(&E) -> bool) -> bool {
+        self.events.values().any(|(_, _, ev)| f(ev))
     }
 
     /// Delivers `ev` to `node` at the absolute time `at` (timers, local completions):

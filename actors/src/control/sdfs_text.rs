@@ -1,0 +1,126 @@
+//! Console text and JSON of SDFS results (`put`, `get`, `ls`, `store`, ...), for the
+//! interactive console and `dml ctl --json`. Formatting only: what a result is, and
+//! whether it is an error, is decided by the SDFS core and its shell.
+
+use serde_json::json;
+
+use crate::control::Reply as CtlReply;
+use crate::sdfs::sdfs_actor::PutLocalDone;
+use crate::sdfs::Reply;
+
+/// Text and JSON of a core reply; `local` is the file a get wrote, if any.
+pub fn reply(r: &Reply, local: Option<&str>) -> CtlReply {
+    match r {
+        Reply::Put { name, version } => put_file(name.as_str(), *version),
+        Reply::Get {
+            name,
+            version,
+            bytes,
+        } => CtlReply::new(
+            format!(
+                "got {name} version {version} ({bytes} bytes) into {}",
+                local.unwrap_or("-")
+            ),
+            json!({"name": name.as_str(), "version": version, "bytes": bytes, "local": local}),
+        ),
+        Reply::GetVersions { name, versions } => CtlReply::new(
+            format!(
+                "got {} versions of {name} ({}) into {}",
+                versions.len(),
+                versions
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                local.unwrap_or("-")
+            ),
+            json!({"name": name.as_str(), "versions": versions, "local": local}),
+        ),
+        Reply::Deleted { name, tombstone } => CtlReply::new(
+            format!("deleted {name} (versions up to {tombstone})"),
+            json!({"name": name.as_str(), "deleted": true, "upto": tombstone}),
+        ),
+        Reply::Ls { name, versions } => {
+            let mut text = format!("{name}:");
+            if versions.is_empty() {
+                text.push_str(" no versions");
+            }
+            for v in versions {
+                let hs: Vec<&str> = v.holders.iter().map(|h| h.as_str()).collect();
+                text.push_str(&format!("\n  version {}: {}", v.version, hs.join(", ")));
+            }
+            let latest = versions.first();
+            CtlReply::new(
+                text,
+                json!({
+                    "name": name.as_str(),
+                    "version": latest.map(|v| v.version),
+                    "holders": latest.map(|v| v.holders.iter().map(|h| h.as_str()).collect::<Vec<_>>()).unwrap_or_default(),
+                    "versions": versions.iter().map(|v| json!({
+                        "version": v.version,
+                        "holders": v.holders.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                }),
+            )
+        }
+        Reply::Names(names) => {
+            let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+            CtlReply::new(
+                if list.is_empty() {
+                    "no names".to_string()
+                } else {
+                    list.join("\n")
+                },
+                json!(list),
+            )
+        }
+        Reply::Store(holdings) => {
+            let mut text = format!("{} names stored here:", holdings.len());
+            for h in holdings {
+                let vs: Vec<String> = h.versions.iter().map(|v| v.to_string()).collect();
+                text.push_str(&format!("\n  {}  versions {}", h.name, vs.join(", ")));
+            }
+            CtlReply::new(
+                text,
+                json!(holdings
+                    .iter()
+                    .map(|h| json!({"name": h.name.as_str(), "versions": h.versions, "tombstone": h.tombstone}))
+                    .collect::<Vec<_>>()),
+            )
+        }
+    }
+}
+
+fn put_file(name: &str, version: u64) -> CtlReply {
+    CtlReply::new(
+        format!("put {name}: version {version}"),
+        json!({"name": name, "version": version}),
+    )
+}
+
+/// Text and JSON of a finished put of a local file or directory.
+pub fn put_local(done: &PutLocalDone) -> CtlReply {
+    match done {
+        PutLocalDone::File { name, version } => put_file(name, *version),
+        PutLocalDone::Dir { prefix, stored } => {
+            let total = stored.len();
+            let mut text = format!("put {total} files under {prefix}/ ({total} stored, 0 failed)");
+            for (i, (n, v)) in stored.iter().enumerate() {
+                text.push_str(&format!("\n  [{}/{total}] {n} v{v}", i + 1));
+            }
+            let stored: Vec<_> = stored
+                .iter()
+                .map(|(n, v)| json!({"name": n, "version": v}))
+                .collect();
+            CtlReply::new(
+                text,
+                json!({"name": prefix, "files": total, "stored": stored}),
+            )
+        }
+    }
+}
+
+/// The error of a directory put some of whose files failed.
+pub fn dir_put_failed(prefix: &str, failed: usize, total: usize, first: &str) -> String {
+    format!("put {prefix}/: {failed} of {total} files failed; first: {first}")
+}

@@ -1,0 +1,132 @@
+//! Events of the SDFS core: things worth a log line, never a decision.
+
+use super::*;
+
+/// Things worth a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    ChecksumMismatch {
+        name: SdfsName,
+        version: Version,
+        chunk: u64,
+        node: NodeAddr,
+    },
+    ReadFallback {
+        name: SdfsName,
+        version: Version,
+        from: NodeAddr,
+        reason: String,
+    },
+    ReplicaLostMidPut {
+        name: SdfsName,
+        version: Version,
+        node: NodeAddr,
+    },
+    WriteAborted {
+        name: SdfsName,
+        version: Version,
+        from: NodeAddr,
+        reason: String,
+    },
+    VersionDropped {
+        name: SdfsName,
+        version: Version,
+    },
+    Repaired {
+        name: SdfsName,
+        version: Version,
+        node: NodeAddr,
+    },
+    ReReplicated {
+        name: SdfsName,
+        took_ms: Millis,
+        copies: usize,
+    },
+    ReReplicationIdle {
+        took_ms: Millis,
+    },
+    DataLost {
+        name: SdfsName,
+        version: Version,
+    },
+    StoreFailure {
+        what: String,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::ChecksumMismatch {
+                name,
+                version,
+                chunk,
+                node,
+            } => {
+                write!(
+                    f,
+                    "checksum mismatch in {name} v{version} chunk {chunk} on {node}"
+                )
+            }
+            Event::ReadFallback {
+                name,
+                version,
+                from,
+                reason,
+            } => {
+                write!(f, "read of {name} v{version} from {from} failed ({reason}); trying another replica")
+            }
+            Event::ReplicaLostMidPut {
+                name,
+                version,
+                node,
+            } => {
+                write!(
+                    f,
+                    "replica {node} lost during put of {name} v{version}; retrying"
+                )
+            }
+            Event::WriteAborted {
+                name,
+                version,
+                from,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "incoming write of {name} v{version} from {from} aborted: {reason}"
+                )
+            }
+            Event::VersionDropped { name, version } => {
+                write!(f, "dropped unacknowledged {name} v{version}")
+            }
+            Event::Repaired {
+                name,
+                version,
+                node,
+            } => {
+                write!(f, "repaired {name} v{version} on {node}")
+            }
+            Event::ReReplicated {
+                name,
+                took_ms,
+                copies,
+            } => {
+                write!(
+                    f,
+                    "re-replication of {name} took {took_ms} ms ({copies} copies made)"
+                )
+            }
+            Event::ReReplicationIdle { took_ms } => {
+                write!(
+                    f,
+                    "re-replication after membership change finished in {took_ms} ms"
+                )
+            }
+            Event::DataLost { name, version } => {
+                write!(f, "no live copy of {name} v{version} is left")
+            }
+            Event::StoreFailure { what } => write!(f, "local store failure: {what}"),
+        }
+    }
+}

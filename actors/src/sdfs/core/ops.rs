@@ -1,0 +1,318 @@
+//! Client operations of the SDFS core: commands in, requests to the name's primary,
+//! resends and backoff, failures, listings.
+
+use super::*;
+
+impl SdfsCore {
+    /// Answers to client requests and listings.
+    pub(super) fn on_ops_msg(&mut self, from: NodeAddr, msg: Msg) {
+        match msg {
+            Msg::Deleted {
+                op,
+                name,
+                tombstone,
+            } => {
+                if let Some(ClientOp::Delete(_)) = self.ops.get(&op) {
+                    self.ops.remove(&op);
+                    self.reply(op, Ok(Reply::Deleted { name, tombstone }));
+                }
+            }
+            Msg::Refused { op, error } => self.on_refused(op, error),
+            Msg::ListPrefix { op, prefix } => {
+                let names = self.store.names_with_prefix(&prefix).unwrap_or_else(|e| {
+                    self.out.push(Effect::Event(Event::StoreFailure {
+                        what: e.to_string(),
+                    }));
+                    Vec::new()
+                });
+                self.send(&from, Msg::ListReply { op, names });
+            }
+            Msg::ListReply { op, names } => {
+                if let Some(ClientOp::List(l)) = self.ops.get_mut(&op) {
+                    if l.waiting.remove(&from) {
+                        l.names.extend(names);
+                    }
+                }
+                self.maybe_finish_list(op);
+            }
+            // `on_peer` routes only the messages above here.
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_command(&mut self, op: OpId, cmd: Command) {
+        if self.ops.contains_key(&op) {
+            self.reply(op, Err(SdfsError::DuplicateOp(op)));
+            return;
+        }
+        match cmd {
+            Command::Put { name } => {
+                self.ops.insert(
+                    op,
+                    ClientOp::Put(PutOp {
+                        name,
+                        version: None,
+                        stage: PutStage::Granting,
+                        ctl: None,
+                        attempts: 0,
+                        excluded: BTreeSet::new(),
+                        holders: Vec::new(),
+                    }),
+                );
+                self.ctl_send(op);
+            }
+            Command::Get { name } => self.start_read(op, name, ReadKind::Get),
+            Command::GetVersions { name, k } => self.start_read(op, name, ReadKind::Versions(k)),
+            Command::Ls { name } => self.start_read(op, name, ReadKind::Ls),
+            Command::Delete { name } => {
+                self.ops.insert(
+                    op,
+                    ClientOp::Delete(DeleteOp {
+                        name,
+                        ctl: None,
+                        attempts: 0,
+                    }),
+                );
+                self.ctl_send(op);
+            }
+            Command::LsPrefix { prefix } => {
+                let mut names = BTreeSet::new();
+                match self.store.names_with_prefix(&prefix) {
+                    Ok(local) => names.extend(local),
+                    Err(e) => self.log(Event::StoreFailure {
+                        what: e.to_string(),
+                    }),
+                }
+                let me = self.cfg.me.clone();
+                let waiting: BTreeSet<NodeAddr> =
+                    self.ring.members().filter(|m| **m != me).cloned().collect();
+                for m in &waiting {
+                    self.send(
+                        m,
+                        Msg::ListPrefix {
+                            op,
+                            prefix: prefix.clone(),
+                        },
+                    );
+                }
+                self.ops
+                    .insert(op, ClientOp::List(ListOp { waiting, names }));
+                self.maybe_finish_list(op);
+            }
+            Command::Store => {
+                let result = self
+                    .store
+                    .holdings()
+                    .map(|hs| {
+                        Reply::Store(hs.into_iter().filter(|h| !h.versions.is_empty()).collect())
+                    })
+                    .map_err(|e| SdfsError::Store(e.to_string()));
+                self.reply(op, result);
+            }
+        }
+    }
+
+    pub(super) fn start_read(&mut self, op: OpId, name: SdfsName, kind: ReadKind) {
+        self.ops.insert(
+            op,
+            ClientOp::Read(ReadOp {
+                name,
+                kind,
+                ctl: None,
+                attempts: 0,
+                queue: VecDeque::new(),
+                cur: None,
+                done: Vec::new(),
+                last_bytes: 0,
+            }),
+        );
+        self.ctl_send(op);
+    }
+
+    /// (Re)sends the request `op` is waiting on to the name's current primary, or fails
+    /// the op after too many attempts.
+    pub(super) fn ctl_send(&mut self, op: OpId) {
+        let now = self.now;
+        let max = self.cfg.max_attempts;
+        let Some(entry) = self.ops.get_mut(&op) else {
+            return;
+        };
+        let (name, attempts, msg, expects_answer) = match entry {
+            ClientOp::Put(p) => {
+                let msg = match (&p.stage, p.version) {
+                    (PutStage::Granting, _) => Msg::PutBegin {
+                        op,
+                        name: p.name.clone(),
+                    },
+                    (PutStage::Uploading { .. }, Some(v)) => Msg::PutClaim {
+                        op,
+                        name: p.name.clone(),
+                        version: v,
+                    },
+                    (PutStage::Committing, Some(v)) => Msg::PutCommitted {
+                        op,
+                        name: p.name.clone(),
+                        version: v,
+                        holders: p.holders.clone(),
+                    },
+                    _ => return,
+                };
+                p.attempts += 1;
+                // A claim is only remembered by the primary; the put keeps uploading.
+                let expects = !matches!(p.stage, PutStage::Uploading { .. });
+                (p.name.clone(), p.attempts, msg, expects)
+            }
+            ClientOp::Read(r) => {
+                r.attempts += 1;
+                (
+                    r.name.clone(),
+                    r.attempts,
+                    Msg::MetaGet {
+                        op,
+                        name: r.name.clone(),
+                    },
+                    true,
+                )
+            }
+            ClientOp::Delete(d) => {
+                d.attempts += 1;
+                (
+                    d.name.clone(),
+                    d.attempts,
+                    Msg::Delete {
+                        op,
+                        name: d.name.clone(),
+                    },
+                    true,
+                )
+            }
+            ClientOp::List(_) => return,
+        };
+        if attempts > max {
+            let err = SdfsError::GaveUp {
+                name: name.to_string(),
+                attempts: max,
+                last: "no answer from the primary".into(),
+            };
+            self.fail_op(op, err);
+            return;
+        }
+        let Some(primary) = self.primary_of(&name) else {
+            self.fail_op(op, SdfsError::NoMembers);
+            return;
+        };
+        if expects_answer {
+            let ctl = Some(Ctl {
+                primary: primary.clone(),
+                sent_at: now,
+                backoff_until: None,
+            });
+            match self.ops.get_mut(&op) {
+                Some(ClientOp::Put(p)) => p.ctl = ctl,
+                Some(ClientOp::Read(r)) => r.ctl = ctl,
+                Some(ClientOp::Delete(d)) => d.ctl = ctl,
+                _ => {}
+            }
+        }
+        self.send(&primary, msg);
+    }
+
+    /// Fails any client op, cleaning up what it holds.
+    pub(super) fn fail_op(&mut self, op: OpId, err: SdfsError) {
+        match self.ops.remove(&op) {
+            Some(ClientOp::Put(p)) => {
+                self.ops.insert(op, ClientOp::Put(p));
+                self.fail_put(op, err);
+            }
+            Some(ClientOp::Read(r)) => {
+                if let Some(f) = r.cur {
+                    self.read_xfers.remove(&f.xfer);
+                    self.send(&f.holder, Msg::ReadCancel { xfer: f.xfer });
+                }
+                self.reply(op, Err(err));
+            }
+            Some(_) => self.reply(op, Err(err)),
+            None => {}
+        }
+    }
+
+    pub(super) fn fail_put(&mut self, op: OpId, err: SdfsError) {
+        if !matches!(self.ops.get(&op), Some(ClientOp::Put(_))) {
+            return;
+        }
+        let Some(ClientOp::Put(p)) = self.ops.remove(&op) else {
+            return;
+        };
+        if let PutStage::Uploading { xfer } = p.stage {
+            self.cancel_upload(xfer);
+        }
+        if let (Some(v), Some(primary)) = (p.version, self.primary_of(&p.name)) {
+            self.send(
+                &primary,
+                Msg::PutAbort {
+                    name: p.name.clone(),
+                    version: v,
+                },
+            );
+        }
+        self.reply(op, Err(err));
+    }
+
+    pub(super) fn on_refused(&mut self, op: OpId, error: RemoteError) {
+        let now = self.now;
+        let backoff = self.cfg.retry_backoff_ms;
+        match (self.ops.get_mut(&op), &error) {
+            (Some(ClientOp::Put(p)), RemoteError::Conflict)
+                if !matches!(p.stage, PutStage::Granting) =>
+            {
+                // The version was taken (primary failover race) or dropped: start over
+                // with a fresh grant.
+                if let PutStage::Uploading { xfer } = p.stage {
+                    self.cancel_upload(xfer);
+                }
+                if let Some(ClientOp::Put(p)) = self.ops.get_mut(&op) {
+                    p.stage = PutStage::Granting;
+                    p.version = None;
+                }
+                self.ctl_send(op);
+            }
+            (Some(ClientOp::Put(p)), RemoteError::NotPrimary) => {
+                set_backoff(&mut p.ctl, now + backoff)
+            }
+            (Some(ClientOp::Read(r)), RemoteError::NotPrimary) => {
+                set_backoff(&mut r.ctl, now + backoff)
+            }
+            (Some(ClientOp::Delete(d)), RemoteError::NotPrimary) => {
+                set_backoff(&mut d.ctl, now + backoff)
+            }
+            (Some(ClientOp::Read(r)), RemoteError::NoSuchFile)
+            | (Some(ClientOp::Read(r)), RemoteError::NotFound) => {
+                let name = r.name.clone();
+                self.ops.remove(&op);
+                self.reply(op, Err(SdfsError::NoSuchFile(name)));
+            }
+            (Some(ClientOp::Delete(d)), RemoteError::NoSuchFile) => {
+                let name = d.name.clone();
+                self.ops.remove(&op);
+                self.reply(op, Err(SdfsError::NoSuchFile(name)));
+            }
+            (Some(_), _) => self.fail_op(op, SdfsError::Remote(error)),
+            (None, _) => {}
+        }
+    }
+
+    pub(super) fn maybe_finish_list(&mut self, op: OpId) {
+        if !matches!(self.ops.get(&op), Some(ClientOp::List(l)) if l.waiting.is_empty()) {
+            return;
+        }
+        if let Some(ClientOp::List(l)) = self.ops.remove(&op) {
+            self.reply(op, Ok(Reply::Names(l.names.into_iter().collect())));
+        }
+    }
+}
+
+fn set_backoff(ctl: &mut Option<Ctl>, until: Millis) {
+    if let Some(c) = ctl.as_mut() {
+        c.backoff_until = Some(until);
+    }
+}
