@@ -14,6 +14,7 @@ pub use store::{
 
 pub mod client;
 pub mod core;
+pub mod dir_put;
 mod local_io;
 pub mod msg;
 pub mod ring;
