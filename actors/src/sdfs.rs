@@ -1,7 +1,9 @@
 //! SDFS, the replicated versioned file store: validated names ([`name`]), a node's
 //! durable local store ([`store`]), and the cluster protocol as a pure state machine
-//! ([`core`]) that an actor shell drives. Design and consistency rules:
-//! docs/ARCHITECTURE-sdfs.md.
+//! ([`core`], one file per role under `sdfs/core/`) that the actor shell
+//! ([`sdfs_actor`]) drives, with its local files in `local_io` and the decisions of a
+//! directory put in [`dir_put`]. Other actors use SDFS through [`client::SdfsClient`].
+//! Design and consistency rules: docs/ARCHITECTURE-sdfs.md.
 
 pub mod name;
 pub mod store;
@@ -14,6 +16,7 @@ pub use store::{
 
 pub mod client;
 pub mod core;
+pub mod dir_put;
 mod local_io;
 pub mod msg;
 pub mod ring;

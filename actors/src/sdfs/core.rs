@@ -32,9 +32,6 @@ mod staged;
 mod upload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fmt;
-use std::io::Read;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 

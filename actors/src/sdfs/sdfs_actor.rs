@@ -14,7 +14,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -31,6 +30,7 @@ use crate::net::body::Body;
 use crate::net::transport::Transport;
 use crate::net::wire::Lane;
 use crate::sdfs::core::{staging_file_name, STAGING_DIR};
+use crate::sdfs::dir_put::DirPut;
 use crate::sdfs::local_io::{
     absolute, close_sink, deliver, dir_files, open_sink, prepare_staging, Sink, Source, StageSource,
 };
@@ -45,8 +45,6 @@ use crate::types::NodeAddr;
 /// Inputs handled per mailbox turn before yielding, so a long local stream (a put whose
 /// every replica is this node) cannot starve other messages.
 const INPUTS_PER_TURN: usize = 256;
-/// Files of a directory put in flight at once.
-const DIR_PARALLELISM: usize = 4;
 
 /// An SDFS protocol message from a peer (or from this node to itself).
 #[derive(Message)]
@@ -109,7 +107,7 @@ pub enum PutLocalDone {
         name: String,
         version: u64,
     },
-    /// Every file of the directory, by SDFS name, in name order.
+    /// Every file of the directory, by SDFS name, in the order they were stored.
     Dir {
         prefix: String,
         stored: Vec<(String, u64)>,
@@ -170,17 +168,6 @@ struct OpState {
     done: Done,
 }
 
-/// A directory put: files queued, in flight, and the results so far.
-struct DirPut {
-    prefix: String,
-    queue: VecDeque<(PathBuf, SdfsName)>,
-    running: usize,
-    total: usize,
-    stored: Vec<(String, u64)>,
-    errors: Vec<String>,
-    reply: PutReply,
-}
-
 /// What the scp transfer needs: credentials and every node's staging directory.
 struct ScpShell {
     creds: scp::Credentials,
@@ -193,7 +180,8 @@ pub struct SdfsActor {
     core: SdfsCore,
     next_op: OpId,
     ops: HashMap<OpId, OpState>,
-    dirs: HashMap<u64, DirPut>,
+    /// Directory puts in flight, and who waits for each.
+    dirs: HashMap<u64, (DirPut, PutReply)>,
     queue: VecDeque<Input>,
     continue_pending: bool,
     scp: Option<ScpShell>,
@@ -482,25 +470,11 @@ impl SdfsActor {
     fn put_local(&mut self, local: &str, name: SdfsName, reply: PutReply, ctx: &mut Context<Self>) {
         let path = absolute(local);
         if path.is_dir() {
-            match dir_files(&path, name.as_str()) {
-                Ok(files) if files.is_empty() => {
-                    reply.send(Err(format!("{}: no files to put", path.display())));
-                }
-                Ok(files) => {
+            match dir_files(&path, name.as_str()).and_then(|f| DirPut::new(&path, &name, f)) {
+                Ok(d) => {
                     let id = self.next_op.wrapping_add(1);
                     self.next_op = id;
-                    self.dirs.insert(
-                        id,
-                        DirPut {
-                            prefix: name.to_string(),
-                            total: files.len(),
-                            queue: files.into(),
-                            running: 0,
-                            stored: Vec::new(),
-                            errors: Vec::new(),
-                            reply,
-                        },
-                    );
+                    self.dirs.insert(id, (d, reply));
                     self.dir_pump(id, ctx);
                 }
                 Err(e) => reply.send(Err(e)),
@@ -519,21 +493,15 @@ impl SdfsActor {
 
     /// Starts the next files of a directory put, or answers when all are done.
     fn dir_pump(&mut self, dir: u64, ctx: &mut Context<Self>) {
-        let mut starts = Vec::new();
-        if let Some(d) = self.dirs.get_mut(&dir) {
-            while d.running < DIR_PARALLELISM {
-                let Some(next) = d.queue.pop_front() else {
-                    break;
-                };
-                d.running += 1;
-                starts.push(next);
+        let Some((d, _)) = self.dirs.get_mut(&dir) else {
+            return;
+        };
+        let starts = d.start_next();
+        if d.is_done() {
+            if let Some((d, reply)) = self.dirs.remove(&dir) {
+                reply.send(d.result());
             }
-            if d.running == 0 && d.queue.is_empty() {
-                if let Some(d) = self.dirs.remove(&dir) {
-                    answer_dir(d);
-                }
-                return;
-            }
+            return;
         }
         for (path, name) in starts {
             match File::open(&path) {
@@ -560,22 +528,15 @@ impl SdfsActor {
         result: Result<Reply, String>,
         ctx: &mut Context<Self>,
     ) {
-        let Some(d) = self.dirs.get_mut(&dir) else {
+        let Some((d, _)) = self.dirs.get_mut(&dir) else {
             return;
         };
-        d.running = d.running.saturating_sub(1);
-        match result {
-            Ok(Reply::Put { version, .. }) => {
-                d.stored.push((name.clone(), version));
-                info!(
-                    "put {}: [{}/{}] {name} v{version}",
-                    d.prefix,
-                    d.stored.len() + d.errors.len(),
-                    d.total
-                );
-            }
-            Ok(other) => d.errors.push(format!("{name}: unexpected reply {other:?}")),
-            Err(e) => d.errors.push(format!("{name}: {e}")),
+        let result = result.and_then(|r| match r {
+            Reply::Put { version, .. } => Ok(version),
+            other => Err(format!("unexpected reply {other:?}")),
+        });
+        if let Some(line) = d.file_done(&name, result) {
+            info!("{line}");
         }
         self.dir_pump(dir, ctx);
     }
@@ -589,22 +550,6 @@ fn log_event(ev: &Event) {
         }
         _ => info!(wall, "sdfs: {ev}"),
     }
-}
-
-fn answer_dir(d: DirPut) {
-    let result = match d.errors.first() {
-        Some(first) => Err(sdfs_text::dir_put_failed(
-            &d.prefix,
-            d.errors.len(),
-            d.total,
-            first,
-        )),
-        None => Ok(PutLocalDone::Dir {
-            prefix: d.prefix,
-            stored: d.stored,
-        }),
-    };
-    d.reply.send(result);
 }
 
 impl Actor for SdfsActor {

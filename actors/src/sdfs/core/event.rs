@@ -1,6 +1,10 @@
 //! Events of the SDFS core: things worth a log line, never a decision.
 
-use super::*;
+use std::fmt;
+
+use crate::sdfs::name::SdfsName;
+use crate::sdfs::store::Version;
+use crate::types::{Millis, NodeAddr};
 
 /// Things worth a log line.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,14 @@
 //! Membership changes (what dies with a node, what must be re-replicated) and the
 //! housekeeping sweep (resends, stalled transfers).
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::sdfs::msg::{JobId, Msg, OpId, RemoteError, XferId};
+use crate::sdfs::ring::Ring;
+use crate::sdfs::store::Holding;
+use crate::types::NodeAddr;
+
+use super::{ClientOp, DeleteOp, Event, PutOp, PutStage, ReadOp, RepairTask, SdfsCore};
 
 impl SdfsCore {
     pub(super) fn on_members(&mut self, live: Vec<NodeAddr>) {

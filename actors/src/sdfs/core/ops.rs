@@ -1,7 +1,16 @@
 //! Client operations of the SDFS core: commands in, requests to the name's primary,
 //! resends and backoff, failures, listings.
 
-use super::*;
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::sdfs::msg::{Msg, OpId, RemoteError};
+use crate::sdfs::name::SdfsName;
+use crate::types::{Millis, NodeAddr};
+
+use super::{
+    ClientOp, Command, Ctl, DeleteOp, Effect, Event, ListOp, PutOp, PutStage, ReadKind, ReadOp,
+    Reply, SdfsCore, SdfsError,
+};
 
 impl SdfsCore {
     /// Answers to client requests and listings.

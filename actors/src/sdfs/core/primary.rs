@@ -1,7 +1,14 @@
 //! Primary side: versions are sequenced, commits recorded and deletes run here; the
 //! metadata of a name is rebuilt by asking its placement (`MetaQuery`).
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::sdfs::msg::{JobId, Msg, OpId, RemoteError, VersionInfo};
+use crate::sdfs::name::SdfsName;
+use crate::sdfs::store::Version;
+use crate::types::NodeAddr;
+
+use super::{DeleteJob, Event, Meta, PrimaryReq, Query, SdfsCore};
 
 impl SdfsCore {
     /// Requests to this node as a primary, and metadata queries between placement nodes.

@@ -1,7 +1,13 @@
 //! Client side of a put: placing the upload once the primary grants a version, retrying
 //! it when a replica is lost, feeding it the local source.
 
-use super::*;
+use crate::sdfs::msg::{Msg, OpId};
+use crate::types::NodeAddr;
+
+use super::{
+    ClientOp, Event, PutOp, PutStage, Reply, SdfsCore, SdfsError, TargetState, Upload, UploadFor,
+    UploadSource,
+};
 
 impl SdfsCore {
     /// The primary's grant and acknowledgement of a put.

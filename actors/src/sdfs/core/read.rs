@@ -1,7 +1,17 @@
 //! Reads: the client side (ask the primary for versions, fetch each from a holder, fall
 //! back to another on failure) and the holder side (serve a stored version).
 
-use super::*;
+use std::collections::BTreeSet;
+
+use crate::sdfs::msg::{Msg, OpId, RemoteError, VersionInfo, XferId};
+use crate::sdfs::name::SdfsName;
+use crate::sdfs::store::{StoreError, Version};
+use crate::types::NodeAddr;
+
+use super::{
+    store_err, ClientOp, Delivery, Effect, Event, Fetch, ReadKind, ReadOp, Reply, SdfsCore,
+    SdfsError, Serving,
+};
 
 impl SdfsCore {
     /// Read streams, both as reader and as holder.

@@ -1,7 +1,16 @@
 //! Re-replication, planned by a name's primary: checks after membership changes,
 //! the repair queue, and the holder side of a `Replicate` order.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use crate::sdfs::msg::{JobId, Msg};
+use crate::sdfs::name::SdfsName;
+use crate::sdfs::store::Version;
+use crate::types::NodeAddr;
+
+use super::{
+    Event, PrimaryReq, RepairTask, SdfsCore, TargetState, Upload, UploadFor, UploadSource,
+};
 
 impl SdfsCore {
     /// Holding reports and replication orders.

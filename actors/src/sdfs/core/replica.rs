@@ -1,7 +1,12 @@
 //! Replica side of writes: incoming chunk streams become durable versions; deletes and
 //! drops of versions ordered by a primary.
 
-use super::*;
+use crate::sdfs::msg::{Msg, RemoteError, XferId};
+use crate::sdfs::name::SdfsName;
+use crate::sdfs::store::Version;
+use crate::types::NodeAddr;
+
+use super::{store_err, ChunkIn, Event, Incoming, SdfsCore};
 
 impl SdfsCore {
     /// Writes, deletes and drops arriving at a replica.

@@ -1,17 +1,21 @@
-//! Staged transfer (`[sdfs] transfer = "scp"`): the shell copies a put's source into
-//! every target's staging directory and each target commits the staged file.
+//! Staged transfer (`[sdfs] transfer = "scp"`). A put's upload does not stream chunks:
+//! the shell copies the whole source into every target's staging directory (over SSH),
+//! reports its size and CRC-32, and the core tells each target to commit the staged file
+//! (`WriteStaged`). The target re-chunks it exactly as a native stream would (same chunk
+//! size, so chunk boundaries match on every copy), checks size and CRC, and commits
+//! through the same durable path (temp file, fsync, rename, dir fsync) before
+//! `WriteDone`. Everything after that (commit at the primary, ack) is the native path,
+//! so the guarantees are the same.
 
-use super::*;
+use std::io::Read;
+use std::path::PathBuf;
 
-// ------------------------------------------------------------------------------------
-// Staged transfer (`[sdfs] transfer = "scp"`). Added by the SdfsActor work; the native
-// stream above is untouched. A put's upload does not stream chunks: the shell copies the
-// whole source into every target's staging directory (over SSH), reports its size and
-// CRC-32, and the core tells each target to commit the staged file (`WriteStaged`). The
-// target re-chunks it exactly as a native stream would (same chunk size, so chunk
-// boundaries match on every copy), checks size and CRC, and commits through the same
-// durable path (temp file, fsync, rename, dir fsync) before `WriteDone`. Everything after
-// that (commit at the primary, ack) is the native path, so the guarantees are the same.
+use crate::sdfs::msg::{Msg, OpId, RemoteError, XferId};
+use crate::sdfs::name::SdfsName;
+use crate::sdfs::store::Version;
+use crate::types::NodeAddr;
+
+use super::{store_err, Effect, Event, SdfsCore, SdfsError, UploadFor};
 
 /// Directory, under a store's root, where staged copies arrive.
 pub const STAGING_DIR: &str = "staging";

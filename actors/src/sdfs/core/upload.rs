@@ -1,7 +1,10 @@
 //! Sender side of uploads (puts and repairs): streaming chunks to every target under a
 //! window, end of stream, and losing a target.
 
-use super::*;
+use crate::sdfs::msg::{Msg, RemoteError, XferId};
+use crate::types::NodeAddr;
+
+use super::{ClientOp, Effect, PutStage, SdfsCore, SdfsError, UploadFor, UploadSource};
 
 impl SdfsCore {
     /// Targets acknowledging or refusing an upload.
