@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod jobs_text;
+
 /// A command a node executes for the console or `dml ctl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {

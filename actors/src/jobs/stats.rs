@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::coordinator::Coordinator;
 use super::state::CoordState;
 use super::types::{BatchId, JobId};
 use crate::types::{Millis, NodeAddr};
@@ -138,11 +137,6 @@ pub fn c2(state: &CoordState) -> Vec<JobTimes> {
             }
         })
         .collect()
-}
-
-/// C5: every live worker of a coordinating node and the batch it runs.
-pub fn c5(coord: &Coordinator) -> Vec<Assignment> {
-    coord.assignment()
 }
 
 /// Mean, standard deviation and nearest-rank percentiles of `(value, weight)` samples:
