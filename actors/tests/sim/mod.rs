@@ -29,6 +29,22 @@ pub fn seed(name: &str, default: u64) -> u64 {
     seed
 }
 
+/// The seeds of a scenario that runs several times: `DML_SIM_SEED` alone when set (to
+/// replay one failure), else `defaults`. Each is printed as it starts, so the last
+/// seed printed before a failure is the one to replay.
+pub fn seeds(name: &str, defaults: &[u64]) -> Vec<u64> {
+    match std::env::var("DML_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        Some(seed) => vec![seed],
+        None => defaults.to_vec(),
+    }
+    .into_iter()
+    .inspect(|seed| println!("sim {name}: DML_SIM_SEED={seed}"))
+    .collect()
+}
+
 /// A derived seed for one node's core, stable for a given world seed and index.
 pub fn node_seed(world: u64, i: usize) -> u64 {
     world ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -45,6 +61,8 @@ pub struct World<E> {
     cut: BTreeSet<(NodeAddr, NodeAddr)>,
     latency: (Millis, Millis),
     loss: f64,
+    /// Per-link order: the arrival time of the last message on each (from, to).
+    fifo: Option<BTreeMap<(NodeAddr, NodeAddr), Millis>>,
     sent: u64,
     dropped: u64,
 }
@@ -70,6 +88,7 @@ impl<E> World<E> {
             cut: BTreeSet::new(),
             latency: (1, 3),
             loss: 0.0,
+            fifo: None,
             sent: 0,
             dropped: 0,
         }
@@ -83,6 +102,12 @@ impl<E> World<E> {
     /// Every message is lost with probability `p` (links that are up only).
     pub fn set_loss(&mut self, p: f64) {
         self.loss = p.clamp(0.0, 1.0);
+    }
+
+    /// Messages on one link (from, to) arrive in the order they were sent, as on one
+    /// TCP connection: a message never overtakes an earlier one on its link.
+    pub fn set_fifo(&mut self) {
+        self.fifo.get_or_insert_with(BTreeMap::new);
     }
 
     /// The world's seed.
@@ -120,7 +145,12 @@ impl<E> World<E> {
             return false;
         }
         let lat = self.rng.gen_range(self.latency.0..=self.latency.1);
-        let at = self.now + lat;
+        let mut at = self.now + lat;
+        if let Some(last) = &mut self.fifo {
+            let key = (from.clone(), to.clone());
+            at = at.max(last.get(&key).copied().unwrap_or(0));
+            last.insert(key, at);
+        }
         self.push(at, to.clone(), Some(from.clone()), ev);
         true
     }
