@@ -690,21 +690,24 @@ impl Sim {
 
 #[test]
 fn one_job_completes_with_exactly_one_result_per_query() {
-    for_seeds("one_job_completes_with_exactly_one_result_per_query", |seed| {
-        let mut sim = Sim::new(seed, 6, cfg(8, 100.0, 170.0), 100.0, 170.0);
-        sim.add_inputs("imgs/", 203);
-        let job = sim.submit_and_wait("resnet50", "imgs/");
-        sim.run_until_cond(120_000, "job completed", |s| s.completed(job));
-        sim.assert_exactly_once(job);
-        // Every node took part (the coordinator and standby work too).
-        let workers: BTreeSet<&NodeAddr> = sim.executed.iter().map(|(_, w, _)| w).collect();
-        assert_eq!(workers.len(), 6, "seed {seed}");
-        // No batch ran twice in a fault-free run.
-        assert!(
-            sim.sdfs_results.values().all(|m| m.writes == 1),
-            "seed {seed}"
-        );
-    });
+    for_seeds(
+        "one_job_completes_with_exactly_one_result_per_query",
+        |seed| {
+            let mut sim = Sim::new(seed, 6, cfg(8, 100.0, 170.0), 100.0, 170.0);
+            sim.add_inputs("imgs/", 203);
+            let job = sim.submit_and_wait("resnet50", "imgs/");
+            sim.run_until_cond(120_000, "job completed", |s| s.completed(job));
+            sim.assert_exactly_once(job);
+            // Every node took part (the coordinator and standby work too).
+            let workers: BTreeSet<&NodeAddr> = sim.executed.iter().map(|(_, w, _)| w).collect();
+            assert_eq!(workers.len(), 6, "seed {seed}");
+            // No batch ran twice in a fault-free run.
+            assert!(
+                sim.sdfs_results.values().all(|m| m.writes == 1),
+                "seed {seed}"
+            );
+        },
+    );
 }
 
 #[test]
@@ -757,106 +760,110 @@ fn unknown_model_and_missing_inputs_are_refused_with_typed_errors() {
 
 #[test]
 fn two_jobs_with_different_costs_get_equal_rates_and_the_second_starts_fast() {
-    for_seeds("two_jobs_with_different_costs_get_equal_rates_and_the_second_starts_fast", |seed| {
-        let (resnet, inception) = (100.0, 180.0);
-        let mut sim = Sim::new(seed, 8, cfg(4, resnet, inception), resnet, inception);
-        sim.add_inputs("a/", 4_000);
-        sim.add_inputs("b/", 1_500);
-        let a = sim.submit_and_wait("resnet50", "a/");
-        sim.run_until(20_000);
-        let submitted_b = sim.now();
-        let rb = sim.submit("inception_v3", "b/");
-        sim.run_until_cond(30_000, "b accepted", |s| s.accepted(rb).is_some());
-        let b = sim.accepted(rb).expect("accepted");
-        sim.run_until_cond(submitted_b + 3_000, "b's first batch running", |s| {
-            s.executed.iter().any(|(_, _, r)| r.job == b)
-        });
-        let started = sim
-            .executed
-            .iter()
-            .find(|(_, _, r)| r.job == b)
-            .map(|(t, _, _)| *t)
-            .unwrap();
-        assert!(
-            started - submitted_b < 3_000,
-            "seed {seed}: b started after {} ms",
-            started - submitted_b
-        );
-        assert!(sim.accepted_at(rb).unwrap() - submitted_b < 100);
-
-        // Once a whole 10 s window lies after b's start, the rates stay within 10%,
-        // until one of the jobs runs out of queued queries.
-        let mut t = started + 12_000;
-        let mut checks = 0;
-        let mut worst: f64 = 0.0;
-        loop {
-            sim.run_until(t);
-            let c = sim.primary_coord();
-            if c.pending_queries(a) == 0 || c.pending_queries(b) == 0 {
-                break;
-            }
-            let rates = stats::c1(c.state(), sim.now(), 10_000);
-            let ra = rates.iter().find(|r| r.job == a).unwrap().rate_qps;
-            let rb = rates.iter().find(|r| r.job == b).unwrap().rate_qps;
-            let gap = (ra - rb).abs() / ra.max(rb);
-            worst = worst.max(gap);
+    for_seeds(
+        "two_jobs_with_different_costs_get_equal_rates_and_the_second_starts_fast",
+        |seed| {
+            let (resnet, inception) = (100.0, 180.0);
+            let mut sim = Sim::new(seed, 8, cfg(4, resnet, inception), resnet, inception);
+            sim.add_inputs("a/", 4_000);
+            sim.add_inputs("b/", 1_500);
+            let a = sim.submit_and_wait("resnet50", "a/");
+            sim.run_until(20_000);
+            let submitted_b = sim.now();
+            let rb = sim.submit("inception_v3", "b/");
+            sim.run_until_cond(30_000, "b accepted", |s| s.accepted(rb).is_some());
+            let b = sim.accepted(rb).expect("accepted");
+            sim.run_until_cond(submitted_b + 3_000, "b's first batch running", |s| {
+                s.executed.iter().any(|(_, _, r)| r.job == b)
+            });
+            let started = sim
+                .executed
+                .iter()
+                .find(|(_, _, r)| r.job == b)
+                .map(|(t, _, _)| *t)
+                .unwrap();
             assert!(
-                gap <= 0.10,
-                "seed {seed} at {t}: rates {ra:.1} vs {rb:.1} q/s ({:.1}%)",
-                gap * 100.0
+                started - submitted_b < 3_000,
+                "seed {seed}: b started after {} ms",
+                started - submitted_b
             );
-            checks += 1;
-            t += 500;
-        }
-        assert!(checks >= 40, "seed {seed}: only {checks} checks");
-        eprintln!(
-            "seed {seed}: worst rate gap {:.1}% over {checks} checks",
-            worst * 100.0
-        );
+            assert!(sim.accepted_at(rb).unwrap() - submitted_b < 100);
 
-        // The slower model holds more of the cluster, as the target shares say.
-        if let StatusReport::Assignment { shares, .. } =
-            sim.primary_coord().status(sim.now(), StatusKind::Assignment)
-        {
-            let sa = shares.iter().find(|s| s.job == a).unwrap();
-            let sb = shares.iter().find(|s| s.job == b).unwrap();
-            assert!(sb.target_share > sa.target_share, "seed {seed}: {shares:?}");
-            assert!(
-                (sb.target_share - inception / (resnet + inception)).abs() < 0.05,
-                "seed {seed}: {shares:?}"
-            );
-        } else {
-            panic!("wrong report kind");
-        }
-
-        // Hysteresis: in the shared period a worker rarely changes job between batches.
-        let (from, to) = (started + 12_000, t);
-        let mut last: BTreeMap<&NodeAddr, JobId> = BTreeMap::new();
-        let (mut switches, mut batches) = (0, 0);
-        for (at, _, w, r) in &sim.dispatched {
-            if *at >= from && *at < to {
-                batches += 1;
-                if last.get(w).is_some_and(|j| *j != r.job) {
-                    switches += 1;
+            // Once a whole 10 s window lies after b's start, the rates stay within 10%,
+            // until one of the jobs runs out of queued queries.
+            let mut t = started + 12_000;
+            let mut checks = 0;
+            let mut worst: f64 = 0.0;
+            loop {
+                sim.run_until(t);
+                let c = sim.primary_coord();
+                if c.pending_queries(a) == 0 || c.pending_queries(b) == 0 {
+                    break;
                 }
+                let rates = stats::c1(c.state(), sim.now(), 10_000);
+                let ra = rates.iter().find(|r| r.job == a).unwrap().rate_qps;
+                let rb = rates.iter().find(|r| r.job == b).unwrap().rate_qps;
+                let gap = (ra - rb).abs() / ra.max(rb);
+                worst = worst.max(gap);
+                assert!(
+                    gap <= 0.10,
+                    "seed {seed} at {t}: rates {ra:.1} vs {rb:.1} q/s ({:.1}%)",
+                    gap * 100.0
+                );
+                checks += 1;
+                t += 500;
             }
-            last.insert(w, r.job);
-        }
-        eprintln!(
+            assert!(checks >= 40, "seed {seed}: only {checks} checks");
+            eprintln!(
+                "seed {seed}: worst rate gap {:.1}% over {checks} checks",
+                worst * 100.0
+            );
+
+            // The slower model holds more of the cluster, as the target shares say.
+            if let StatusReport::Assignment { shares, .. } = sim
+                .primary_coord()
+                .status(sim.now(), StatusKind::Assignment)
+            {
+                let sa = shares.iter().find(|s| s.job == a).unwrap();
+                let sb = shares.iter().find(|s| s.job == b).unwrap();
+                assert!(sb.target_share > sa.target_share, "seed {seed}: {shares:?}");
+                assert!(
+                    (sb.target_share - inception / (resnet + inception)).abs() < 0.05,
+                    "seed {seed}: {shares:?}"
+                );
+            } else {
+                panic!("wrong report kind");
+            }
+
+            // Hysteresis: in the shared period a worker rarely changes job between batches.
+            let (from, to) = (started + 12_000, t);
+            let mut last: BTreeMap<&NodeAddr, JobId> = BTreeMap::new();
+            let (mut switches, mut batches) = (0, 0);
+            for (at, _, w, r) in &sim.dispatched {
+                if *at >= from && *at < to {
+                    batches += 1;
+                    if last.get(w).is_some_and(|j| *j != r.job) {
+                        switches += 1;
+                    }
+                }
+                last.insert(w, r.job);
+            }
+            eprintln!(
             "seed {seed}: b started {} ms after submission; {switches} switches in {batches} batches",
             started - submitted_b
         );
-        assert!(
-            switches * 5 < batches,
-            "seed {seed}: {switches} switches in {batches} batches"
-        );
+            assert!(
+                switches * 5 < batches,
+                "seed {seed}: {switches} switches in {batches} batches"
+            );
 
-        sim.run_until_cond(400_000, "both complete", |s| {
-            s.completed(a) && s.completed(b)
-        });
-        sim.assert_exactly_once(a);
-        sim.assert_exactly_once(b);
-    });
+            sim.run_until_cond(400_000, "both complete", |s| {
+                s.completed(a) && s.completed(b)
+            });
+            sim.assert_exactly_once(a);
+            sim.assert_exactly_once(b);
+        },
+    );
 }
 
 /// A worker (not coordinator, not standby) with a batch in flight.
@@ -873,255 +880,272 @@ fn busy_plain_worker(sim: &Sim) -> NodeAddr {
 
 #[test]
 fn killed_worker_batch_is_requeued_without_loss_or_double_count() {
-    for_seeds("killed_worker_batch_is_requeued_without_loss_or_double_count", |seed| {
-        let mut sim = Sim::new(seed, 6, cfg(8, 100.0, 170.0), 100.0, 170.0);
-        sim.add_inputs("imgs/", 400);
-        let job = sim.submit_and_wait("inception_v3", "imgs/");
-        sim.run_until(sim.now() + 3_000);
-        let victim = busy_plain_worker(&sim);
-        let lost: Vec<QueryId> = sim
-            .primary_coord()
-            .assignment()
-            .into_iter()
-            .find(|a| a.node == victim)
-            .and_then(|a| a.batch)
-            .and_then(|b| sim.dispatched.iter().find(|(_, _, _, r)| r.batch == b))
-            .map(|(_, _, _, r)| r.queries.clone())
-            .unwrap();
-        let killed_at = sim.now();
-        sim.kill(&victim);
-        sim.run_until_cond(200_000, "job completed", |s| s.completed(job));
-        assert!(
-            sim.primary_coord().counters().requeued >= lost.len() as u64,
-            "seed {seed}"
-        );
-        // The lost queries ran again, elsewhere, after the failure was detected.
-        for q in &lost {
+    for_seeds(
+        "killed_worker_batch_is_requeued_without_loss_or_double_count",
+        |seed| {
+            let mut sim = Sim::new(seed, 6, cfg(8, 100.0, 170.0), 100.0, 170.0);
+            sim.add_inputs("imgs/", 400);
+            let job = sim.submit_and_wait("inception_v3", "imgs/");
+            sim.run_until(sim.now() + 3_000);
+            let victim = busy_plain_worker(&sim);
+            let lost: Vec<QueryId> = sim
+                .primary_coord()
+                .assignment()
+                .into_iter()
+                .find(|a| a.node == victim)
+                .and_then(|a| a.batch)
+                .and_then(|b| sim.dispatched.iter().find(|(_, _, _, r)| r.batch == b))
+                .map(|(_, _, _, r)| r.queries.clone())
+                .unwrap();
+            let killed_at = sim.now();
+            sim.kill(&victim);
+            sim.run_until_cond(200_000, "job completed", |s| s.completed(job));
             assert!(
-                sim.executed
-                    .iter()
-                    .any(|(t, w, r)| *t > killed_at && *w != victim && r.queries.contains(q)),
-                "seed {seed}: {q} was not re-run"
+                sim.primary_coord().counters().requeued >= lost.len() as u64,
+                "seed {seed}"
             );
-        }
-        sim.assert_exactly_once(job);
-    });
+            // The lost queries ran again, elsewhere, after the failure was detected.
+            for q in &lost {
+                assert!(
+                    sim.executed
+                        .iter()
+                        .any(|(t, w, r)| *t > killed_at && *w != victim && r.queries.contains(q)),
+                    "seed {seed}: {q} was not re-run"
+                );
+            }
+            sim.assert_exactly_once(job);
+        },
+    );
 }
 
 #[test]
 fn killed_coordinator_standby_takes_over_with_stats_intact() {
-    for_seeds("killed_coordinator_standby_takes_over_with_stats_intact", |seed| {
-        let mut sim = Sim::new(seed, 6, cfg(8, 100.0, 170.0), 100.0, 170.0);
-        sim.add_inputs("r/", 500);
-        sim.add_inputs("i/", 300);
-        let a = sim.submit_and_wait("resnet50", "r/");
-        let b = sim.submit_and_wait("inception_v3", "i/");
-        sim.run_until(sim.now() + 4_000);
-        let old = sim.primary().unwrap();
-        let old_epoch = sim.primary_coord().reign().unwrap().term.epoch;
-        let standby = sim.standby_of_primary().expect("a standby");
-        // What the standby holds is what was acknowledged: it must all survive.
-        let held_a = sim.processed(&sim.nodes[&standby].coord, a);
-        let held_b = sim.processed(&sim.nodes[&standby].coord, b);
-        assert!(
-            held_a > 0 && held_a < 500,
-            "seed {seed}: kill mid-job ({held_a})"
-        );
-        sim.kill(&old);
-        sim.run_until_cond(sim.now() + 5_000, "standby took over", |s| {
-            s.primary().as_ref() == Some(&standby)
-        });
-        let c = sim.primary_coord();
-        let reign = c.reign().unwrap().clone();
-        assert_eq!(reign.term.epoch, old_epoch + 1, "seed {seed}");
-        assert!(
-            reign.standby.is_some() && reign.standby != Some(old.clone()),
-            "seed {seed}: new standby"
-        );
-        assert!(
-            sim.processed(c, a) >= held_a && sim.processed(c, b) >= held_b,
-            "seed {seed}"
-        );
-        let c2 = stats::c2(c.state());
-        let count_a = c2
-            .iter()
-            .find(|t| t.job == a)
-            .and_then(|t| t.stats.as_ref())
-            .map_or(0, |s| s.count);
-        assert!(
-            count_a >= held_a,
-            "seed {seed}: C2 lost samples in the takeover"
-        );
-
-        sim.run_until_cond(300_000, "jobs completed", |s| {
-            s.completed(a) && s.completed(b)
-        });
-        sim.assert_exactly_once(a);
-        sim.assert_exactly_once(b);
-        // No worker ran a batch of the old term after learning the new one.
-        let new_term_at = sim
-            .roles
-            .iter()
-            .find(|(_, n, r, e)| *n == standby && *r == RoleKind::Primary && *e == old_epoch + 1)
-            .map(|(t, ..)| *t)
-            .unwrap();
-        assert!(
-            !sim.executed
+    for_seeds(
+        "killed_coordinator_standby_takes_over_with_stats_intact",
+        |seed| {
+            let mut sim = Sim::new(seed, 6, cfg(8, 100.0, 170.0), 100.0, 170.0);
+            sim.add_inputs("r/", 500);
+            sim.add_inputs("i/", 300);
+            let a = sim.submit_and_wait("resnet50", "r/");
+            let b = sim.submit_and_wait("inception_v3", "i/");
+            sim.run_until(sim.now() + 4_000);
+            let old = sim.primary().unwrap();
+            let old_epoch = sim.primary_coord().reign().unwrap().term.epoch;
+            let standby = sim.standby_of_primary().expect("a standby");
+            // What the standby holds is what was acknowledged: it must all survive.
+            let held_a = sim.processed(&sim.nodes[&standby].coord, a);
+            let held_b = sim.processed(&sim.nodes[&standby].coord, b);
+            assert!(
+                held_a > 0 && held_a < 500,
+                "seed {seed}: kill mid-job ({held_a})"
+            );
+            sim.kill(&old);
+            sim.run_until_cond(sim.now() + 5_000, "standby took over", |s| {
+                s.primary().as_ref() == Some(&standby)
+            });
+            let c = sim.primary_coord();
+            let reign = c.reign().unwrap().clone();
+            assert_eq!(reign.term.epoch, old_epoch + 1, "seed {seed}");
+            assert!(
+                reign.standby.is_some() && reign.standby != Some(old.clone()),
+                "seed {seed}: new standby"
+            );
+            assert!(
+                sim.processed(c, a) >= held_a && sim.processed(c, b) >= held_b,
+                "seed {seed}"
+            );
+            let c2 = stats::c2(c.state());
+            let count_a = c2
                 .iter()
-                .any(|(t, _, r)| *t > new_term_at + 100 && r.term.epoch == old_epoch),
-            "seed {seed}"
-        );
-    });
+                .find(|t| t.job == a)
+                .and_then(|t| t.stats.as_ref())
+                .map_or(0, |s| s.count);
+            assert!(
+                count_a >= held_a,
+                "seed {seed}: C2 lost samples in the takeover"
+            );
+
+            sim.run_until_cond(300_000, "jobs completed", |s| {
+                s.completed(a) && s.completed(b)
+            });
+            sim.assert_exactly_once(a);
+            sim.assert_exactly_once(b);
+            // No worker ran a batch of the old term after learning the new one.
+            let new_term_at = sim
+                .roles
+                .iter()
+                .find(|(_, n, r, e)| {
+                    *n == standby && *r == RoleKind::Primary && *e == old_epoch + 1
+                })
+                .map(|(t, ..)| *t)
+                .unwrap();
+            assert!(
+                !sim.executed
+                    .iter()
+                    .any(|(t, _, r)| *t > new_term_at + 100 && r.term.epoch == old_epoch),
+                "seed {seed}"
+            );
+        },
+    );
 }
 
 #[test]
 fn coordinator_standby_and_a_worker_killed_together_lose_nothing() {
-    for_seeds("coordinator_standby_and_a_worker_killed_together_lose_nothing", |seed| {
-        let mut sim = Sim::new(seed, 7, cfg(8, 100.0, 170.0), 100.0, 170.0);
-        sim.add_inputs("r/", 600);
-        sim.add_inputs("i/", 300);
-        let a = sim.submit_and_wait("resnet50", "r/");
-        let b = sim.submit_and_wait("inception_v3", "i/");
-        sim.run_until(sim.now() + 3_000);
-        let coord = sim.primary().unwrap();
-        let standby = sim.standby_of_primary().unwrap();
-        let epoch = sim.primary_coord().reign().unwrap().term.epoch;
-        let worker = busy_plain_worker(&sim);
-        for v in [&coord, &standby, &worker] {
-            sim.kill(v);
-        }
-        let live: BTreeSet<NodeAddr> = sim
-            .view
-            .iter()
-            .filter(|n| ![&coord, &standby, &worker].contains(n))
-            .cloned()
-            .collect();
-        let heir = dml_actors::jobs::successor(&live, &standby).unwrap();
-        sim.run_until_cond(sim.now() + 5_000, "heir coordinates", |s| {
-            s.primary().as_ref() == Some(&heir)
-        });
-        assert!(
-            sim.roles
+    for_seeds(
+        "coordinator_standby_and_a_worker_killed_together_lose_nothing",
+        |seed| {
+            let mut sim = Sim::new(seed, 7, cfg(8, 100.0, 170.0), 100.0, 170.0);
+            sim.add_inputs("r/", 600);
+            sim.add_inputs("i/", 300);
+            let a = sim.submit_and_wait("resnet50", "r/");
+            let b = sim.submit_and_wait("inception_v3", "i/");
+            sim.run_until(sim.now() + 3_000);
+            let coord = sim.primary().unwrap();
+            let standby = sim.standby_of_primary().unwrap();
+            let epoch = sim.primary_coord().reign().unwrap().term.epoch;
+            let worker = busy_plain_worker(&sim);
+            for v in [&coord, &standby, &worker] {
+                sim.kill(v);
+            }
+            let live: BTreeSet<NodeAddr> = sim
+                .view
                 .iter()
-                .any(|(_, n, r, _)| *n == heir && *r == RoleKind::Recovering),
-            "seed {seed}: heir rebuilt from SDFS"
-        );
-        assert!(sim.primary_coord().reign().unwrap().term.epoch > epoch);
-        sim.run_until_cond(400_000, "jobs completed", |s| {
-            s.completed(a) && s.completed(b)
-        });
-        sim.assert_exactly_once(a);
-        sim.assert_exactly_once(b);
-    });
+                .filter(|n| ![&coord, &standby, &worker].contains(n))
+                .cloned()
+                .collect();
+            let heir = dml_actors::jobs::successor(&live, &standby).unwrap();
+            sim.run_until_cond(sim.now() + 5_000, "heir coordinates", |s| {
+                s.primary().as_ref() == Some(&heir)
+            });
+            assert!(
+                sim.roles
+                    .iter()
+                    .any(|(_, n, r, _)| *n == heir && *r == RoleKind::Recovering),
+                "seed {seed}: heir rebuilt from SDFS"
+            );
+            assert!(sim.primary_coord().reign().unwrap().term.epoch > epoch);
+            sim.run_until_cond(400_000, "jobs completed", |s| {
+                s.completed(a) && s.completed(b)
+            });
+            sim.assert_exactly_once(a);
+            sim.assert_exactly_once(b);
+        },
+    );
 }
 
 #[test]
 fn paused_old_coordinator_is_fenced_when_it_wakes_up() {
-    for_seeds("paused_old_coordinator_is_fenced_when_it_wakes_up", |seed| {
-        let mut sim = Sim::new(seed, 6, cfg(8, 100.0, 170.0), 100.0, 170.0);
-        sim.add_inputs("r/", 600);
-        let job = sim.submit_and_wait("resnet50", "r/");
-        sim.run_until(sim.now() + 2_000);
-        let old = sim.primary().unwrap();
-        let old_epoch = sim.primary_coord().reign().unwrap().term.epoch;
-        let standby = sim.standby_of_primary().unwrap();
-        sim.pause(&old);
-        sim.run_until(sim.now() + 4_000);
-        assert_eq!(
-            sim.primary(),
-            Some(standby.clone()),
-            "seed {seed}: standby took over"
-        );
-        let resumed_at = sim.now();
-        sim.resume(&old);
-        // It wakes up believing it coordinates, acts on what it missed...
-        assert_eq!(sim.nodes[&old].coord.role(), RoleKind::Primary);
-        sim.run_until(sim.now() + 500);
-        // ...and every command it sent was refused: its standby fenced its replication,
-        // workers refused its batches, so it committed and acknowledged nothing.
-        let stale_sent: Vec<&NodeAddr> = sim
-            .dispatched
-            .iter()
-            .filter(|(t, from, to, r)| {
-                *t >= resumed_at && *from == old && *to != old && r.term.epoch == old_epoch
-            })
-            .map(|(_, _, to, _)| to)
-            .collect();
-        let refused = sim
-            .refused_stale
-            .iter()
-            .filter(|(t, w, to)| *t >= resumed_at && *to == old && *w != old)
-            .count();
-        let fenced = sim
-            .fenced
-            .iter()
-            .filter(|(t, _, to)| *t >= resumed_at && *to == old)
-            .count();
-        assert!(
-            fenced >= 1,
-            "seed {seed}: the new coordinator fenced the old one"
-        );
-        assert_eq!(
-            refused,
-            stale_sent.len(),
-            "seed {seed}: every stale batch refused"
-        );
-        assert!(
-            !sim.executed
+    for_seeds(
+        "paused_old_coordinator_is_fenced_when_it_wakes_up",
+        |seed| {
+            let mut sim = Sim::new(seed, 6, cfg(8, 100.0, 170.0), 100.0, 170.0);
+            sim.add_inputs("r/", 600);
+            let job = sim.submit_and_wait("resnet50", "r/");
+            sim.run_until(sim.now() + 2_000);
+            let old = sim.primary().unwrap();
+            let old_epoch = sim.primary_coord().reign().unwrap().term.epoch;
+            let standby = sim.standby_of_primary().unwrap();
+            sim.pause(&old);
+            sim.run_until(sim.now() + 4_000);
+            assert_eq!(
+                sim.primary(),
+                Some(standby.clone()),
+                "seed {seed}: standby took over"
+            );
+            let resumed_at = sim.now();
+            sim.resume(&old);
+            // It wakes up believing it coordinates, acts on what it missed...
+            assert_eq!(sim.nodes[&old].coord.role(), RoleKind::Primary);
+            sim.run_until(sim.now() + 500);
+            // ...and every command it sent was refused: its standby fenced its replication,
+            // workers refused its batches, so it committed and acknowledged nothing.
+            let stale_sent: Vec<&NodeAddr> = sim
+                .dispatched
                 .iter()
-                .any(|(t, w, r)| *t >= resumed_at && *w != old && r.term.epoch == old_epoch),
-            "seed {seed}: a worker ran a fenced batch"
-        );
-        assert_ne!(
-            sim.nodes[&old].coord.role(),
-            RoleKind::Primary,
-            "seed {seed}"
-        );
-        assert!(sim.nodes[&old].coord.counters().stepped_down >= 1);
-        sim.run_until_cond(300_000, "job completed", |s| s.completed(job));
-        sim.assert_exactly_once(job);
-        // It rejoined as a member and works again.
-        let back = sim
-            .executed
-            .iter()
-            .any(|(t, w, r)| *t > resumed_at && *w == old && r.term.epoch > old_epoch);
-        assert!(back, "seed {seed}: old coordinator works again as a member");
-    });
+                .filter(|(t, from, to, r)| {
+                    *t >= resumed_at && *from == old && *to != old && r.term.epoch == old_epoch
+                })
+                .map(|(_, _, to, _)| to)
+                .collect();
+            let refused = sim
+                .refused_stale
+                .iter()
+                .filter(|(t, w, to)| *t >= resumed_at && *to == old && *w != old)
+                .count();
+            let fenced = sim
+                .fenced
+                .iter()
+                .filter(|(t, _, to)| *t >= resumed_at && *to == old)
+                .count();
+            assert!(
+                fenced >= 1,
+                "seed {seed}: the new coordinator fenced the old one"
+            );
+            assert_eq!(
+                refused,
+                stale_sent.len(),
+                "seed {seed}: every stale batch refused"
+            );
+            assert!(
+                !sim.executed
+                    .iter()
+                    .any(|(t, w, r)| *t >= resumed_at && *w != old && r.term.epoch == old_epoch),
+                "seed {seed}: a worker ran a fenced batch"
+            );
+            assert_ne!(
+                sim.nodes[&old].coord.role(),
+                RoleKind::Primary,
+                "seed {seed}"
+            );
+            assert!(sim.nodes[&old].coord.counters().stepped_down >= 1);
+            sim.run_until_cond(300_000, "job completed", |s| s.completed(job));
+            sim.assert_exactly_once(job);
+            // It rejoined as a member and works again.
+            let back = sim
+                .executed
+                .iter()
+                .any(|(t, w, r)| *t > resumed_at && *w == old && r.term.epoch > old_epoch);
+            assert!(back, "seed {seed}: old coordinator works again as a member");
+        },
+    );
 }
 
 #[test]
 fn slow_worker_batch_is_reissued_and_the_first_result_wins() {
-    for_seeds("slow_worker_batch_is_reissued_and_the_first_result_wins", |seed| {
-        let mut sim = Sim::new(seed, 5, cfg(8, 100.0, 170.0), 100.0, 170.0);
-        let slow = addr(4);
-        sim.node(&slow).speed = 25.0;
-        sim.add_inputs("r/", 240);
-        let job = sim.submit_and_wait("resnet50", "r/");
-        sim.run_until_cond(120_000, "job completed", |s| s.completed(job));
-        let c = sim.primary_coord();
-        assert!(c.counters().reissued >= 1, "seed {seed}: no re-issue");
-        sim.assert_exactly_once(job);
-        // The slow worker's batches were committed from the faster copies.
-        let slow_batches: Vec<&RunBatch> = sim
-            .executed
-            .iter()
-            .filter(|(_, w, _)| *w == slow)
-            .map(|(_, _, r)| r)
-            .collect();
-        assert!(!slow_batches.is_empty());
-        let j = &c.state().jobs[&job];
-        assert!(
-            j.commits.iter().all(|cm| cm.worker != slow),
-            "seed {seed}: slow worker won a race"
-        );
-        // When the slow worker finally reports, its results are duplicates: counted once.
-        sim.run_until(sim.now() + 30_000);
-        assert!(
-            sim.primary_coord().counters().duplicate_results >= 8,
-            "seed {seed}"
-        );
-        sim.assert_exactly_once(job);
-    });
+    for_seeds(
+        "slow_worker_batch_is_reissued_and_the_first_result_wins",
+        |seed| {
+            let mut sim = Sim::new(seed, 5, cfg(8, 100.0, 170.0), 100.0, 170.0);
+            let slow = addr(4);
+            sim.node(&slow).speed = 25.0;
+            sim.add_inputs("r/", 240);
+            let job = sim.submit_and_wait("resnet50", "r/");
+            sim.run_until_cond(120_000, "job completed", |s| s.completed(job));
+            let c = sim.primary_coord();
+            assert!(c.counters().reissued >= 1, "seed {seed}: no re-issue");
+            sim.assert_exactly_once(job);
+            // The slow worker's batches were committed from the faster copies.
+            let slow_batches: Vec<&RunBatch> = sim
+                .executed
+                .iter()
+                .filter(|(_, w, _)| *w == slow)
+                .map(|(_, _, r)| r)
+                .collect();
+            assert!(!slow_batches.is_empty());
+            let j = &c.state().jobs[&job];
+            assert!(
+                j.commits.iter().all(|cm| cm.worker != slow),
+                "seed {seed}: slow worker won a race"
+            );
+            // When the slow worker finally reports, its results are duplicates: counted once.
+            sim.run_until(sim.now() + 30_000);
+            assert!(
+                sim.primary_coord().counters().duplicate_results >= 8,
+                "seed {seed}"
+            );
+            sim.assert_exactly_once(job);
+        },
+    );
 }
 
 #[test]
@@ -1200,39 +1224,48 @@ fn batch_ids_of_a_reissue_differ_but_target_the_same_queries() {
 /// goes out, once, to the first coordinator; its answer reaches the console.
 #[test]
 fn a_console_request_waits_until_a_coordinator_is_known() {
-    for_seeds("a_console_request_waits_until_a_coordinator_is_known", |seed| {
-        let mut sim = Sim::forming(seed, 4, cfg(8, 100.0, 170.0), 100.0, 170.0, 2_000);
-        let asker = addr(3);
-        sim.console(&asker, 1, Request::Status(StatusKind::Rates));
-        sim.run_until(1_000);
-        assert!(sim.primary().is_none(), "seed {seed}: no reign within the grace");
-        assert!(
-            sim.client_sent.is_empty(),
-            "seed {seed}: sent before a coordinator was known"
-        );
-        assert!(sim.answer(&asker, 1).is_none());
-        sim.run_until_cond(5_000, "answer", |s| s.answer(&asker, 1).is_some());
-        let (began, first) = sim
-            .roles
-            .iter()
-            .find(|(_, _, r, _)| *r == RoleKind::Primary)
-            .map(|(t, n, ..)| (*t, n.clone()))
-            .expect("a first reign");
-        assert_eq!(first, addr(1), "seed {seed}: the ring's first node");
-        assert!(began >= 2_000, "seed {seed}: reign before the grace ({began})");
-        let sent: Vec<_> = sim
-            .client_sent
-            .iter()
-            .filter(|(_, from, ..)| *from == asker)
-            .collect();
-        assert_eq!(sent.len(), 1, "seed {seed}: sent once");
-        assert_eq!(sent[0].2, first);
-        assert!(sent[0].0 >= began);
-        match sim.answer(&asker, 1) {
-            Some((_, Answer::Status(StatusReport::Rates(rows)))) => assert!(rows.is_empty()),
-            other => panic!("seed {seed}: {other:?}"),
-        }
-    });
+    for_seeds(
+        "a_console_request_waits_until_a_coordinator_is_known",
+        |seed| {
+            let mut sim = Sim::forming(seed, 4, cfg(8, 100.0, 170.0), 100.0, 170.0, 2_000);
+            let asker = addr(3);
+            sim.console(&asker, 1, Request::Status(StatusKind::Rates));
+            sim.run_until(1_000);
+            assert!(
+                sim.primary().is_none(),
+                "seed {seed}: no reign within the grace"
+            );
+            assert!(
+                sim.client_sent.is_empty(),
+                "seed {seed}: sent before a coordinator was known"
+            );
+            assert!(sim.answer(&asker, 1).is_none());
+            sim.run_until_cond(5_000, "answer", |s| s.answer(&asker, 1).is_some());
+            let (began, first) = sim
+                .roles
+                .iter()
+                .find(|(_, _, r, _)| *r == RoleKind::Primary)
+                .map(|(t, n, ..)| (*t, n.clone()))
+                .expect("a first reign");
+            assert_eq!(first, addr(1), "seed {seed}: the ring's first node");
+            assert!(
+                began >= 2_000,
+                "seed {seed}: reign before the grace ({began})"
+            );
+            let sent: Vec<_> = sim
+                .client_sent
+                .iter()
+                .filter(|(_, from, ..)| *from == asker)
+                .collect();
+            assert_eq!(sent.len(), 1, "seed {seed}: sent once");
+            assert_eq!(sent[0].2, first);
+            assert!(sent[0].0 >= began);
+            match sim.answer(&asker, 1) {
+                Some((_, Answer::Status(StatusReport::Rates(rows)))) => assert!(rows.is_empty()),
+                other => panic!("seed {seed}: {other:?}"),
+            }
+        },
+    );
 }
 
 /// A job submitted from a node's console to a coordinator that just died is sent again,

@@ -354,13 +354,17 @@ mod tests {
             )]
         );
         // The same coordinator again: nothing is sent twice.
-        assert!(c.handle(7, Input::Coordinator(Some("c:1".into()))).is_empty());
+        assert!(c
+            .handle(7, Input::Coordinator(Some("c:1".into())))
+            .is_empty());
         let fx = c.handle(20_005, Input::Timer(Timer::Expire { request_id: 100 }));
         assert!(matches!(
             fx.as_slice(),
             [Effect::Answer {
                 ticket: 1,
-                answer: Answer::NoAnswer { coordinator: Some(_) }
+                answer: Answer::NoAnswer {
+                    coordinator: Some(_)
+                }
             }]
         ));
         assert_eq!(c.outstanding(), 0);

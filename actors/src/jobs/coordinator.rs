@@ -12,9 +12,9 @@
 //! The shell feeds `now` and one [`Input`] at a time into [`Machine::handle`] and
 //! executes the returned [`Effect`]s; the rules are in docs/ARCHITECTURE-jobs.md. The
 //! core is split by concern:
-//! - [`reign`]: the first reign, takeovers, standby choice, fencing and replication;
-//! - [`requests`]: client requests (submission, C3, status) and manifest bookkeeping;
-//! - [`dispatch`]: the primary's batches: forming, assigning, re-issuing, committing.
+//! - `reign`: the first reign, takeovers, standby choice, fencing and replication;
+//! - `requests`: client requests (submission, C3, status) and manifest bookkeeping;
+//! - `dispatch`: the primary's batches: forming, assigning, re-issuing, committing.
 //!
 //! [`Record`]: super::record::Record
 

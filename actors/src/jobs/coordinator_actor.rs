@@ -182,8 +182,7 @@ impl CoordinatorActor {
             ),
             Effect::Event(Event::Bootstrap { used_epoch }) => info!(
                 wall = clock::wall_ms(),
-                used_epoch,
-                "event=bootstrap (no coordinator known: starting the first reign)"
+                used_epoch, "event=bootstrap (no coordinator known: starting the first reign)"
             ),
         }
     }

@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::JobError;
+pub use super::record::{Commit, Record};
 use super::state::CoordState;
 use super::stats::{Assignment, JobRate, JobShare, JobTimes};
-pub use super::record::{Commit, Record};
 use super::types::{BatchId, JobId, QueryId, Reign, Term};
 use crate::types::Millis;
 

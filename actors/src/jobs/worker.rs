@@ -153,13 +153,7 @@ impl Worker {
         fx
     }
 
-    fn on_run_batch(
-        &mut self,
-        now: Millis,
-        from: &NodeAddr,
-        rb: RunBatch,
-        fx: &mut Vec<Effect>,
-    ) {
+    fn on_run_batch(&mut self, now: Millis, from: &NodeAddr, rb: RunBatch, fx: &mut Vec<Effect>) {
         if let Some(t) = &self.term {
             if rb.term < *t {
                 self.refused_stale += 1;

@@ -74,7 +74,13 @@ impl Coordinator {
     /// queued (whatever was in flight under the previous coordinator is re-run; results
     /// are keyed by query, so a re-run counts once), a standby is chosen and sent a
     /// snapshot, every member learns the reign.
-    pub(super) fn begin_reign(&mut self, now: Millis, term: Term, state: CoordState, fx: &mut Vec<Effect>) {
+    pub(super) fn begin_reign(
+        &mut self,
+        now: Millis,
+        term: Term,
+        state: CoordState,
+        fx: &mut Vec<Effect>,
+    ) {
         let view = self
             .reign
             .as_ref()

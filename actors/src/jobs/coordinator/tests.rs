@@ -12,7 +12,10 @@ fn solo(me: &NodeAddr, cfg: JobsConfig, used_epoch: u64) -> Coordinator {
         at: 0,
         timer: Timer::Bootstrap
     }));
-    assert_eq!(c.handle(0, Input::Timer(Timer::Bootstrap)), vec![Effect::ReadUsedEpoch]);
+    assert_eq!(
+        c.handle(0, Input::Timer(Timer::Bootstrap)),
+        vec![Effect::ReadUsedEpoch]
+    );
     c.handle(0, Input::UsedEpoch(used_epoch));
     c
 }
@@ -186,4 +189,3 @@ fn requests_to_a_member_name_the_coordinator() {
         } if c.as_str() == "boss:1"
     ));
 }
-
