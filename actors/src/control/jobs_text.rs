@@ -178,3 +178,33 @@ pub fn format_report(report: StatusReport) -> Reply {
 pub fn bad_result_file(error: &dyn std::fmt::Display) -> String {
     format!("bad result file: {error}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_read_as_before_the_client_core_existed() {
+        let accepted = answer(Answer::Accepted {
+            job: JobId { epoch: 2, seq: 1 },
+            queries: 3,
+            model: "resnet50".into(),
+            input: "inputs/imgs".into(),
+        })
+        .expect("accepted is a reply");
+        assert_eq!(
+            accepted.text,
+            "job 2-1 accepted: 3 queries of resnet50 over inputs/imgs"
+        );
+        let none = answer(Answer::NoAnswer { coordinator: None }).unwrap_err();
+        assert!(
+            none.starts_with("the coordinator (none yet) did not answer"),
+            "{none}"
+        );
+        let refused = answer(Answer::Refused(crate::jobs::JobError::NoInputs {
+            input: "x/".into(),
+        }))
+        .unwrap_err();
+        assert_eq!(refused, "no input files under `x/` (missing or empty)");
+    }
+}

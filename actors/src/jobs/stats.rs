@@ -1,6 +1,7 @@
-//! The console statistics, as plain functions over the coordinator's state: C1 (query
-//! rate over the last window, totals), C2 (processing-time statistics) and C5 (who runs
-//! what). C1 and C2 read only the replicated state, so they survive a takeover.
+//! The console statistics: C1 (query rate over the last window, totals) and C2
+//! (processing-time statistics) as plain functions over the replicated state, so they
+//! survive a takeover, and the rows of C5 (who runs what), which the coordinator fills
+//! from its volatile dispatch state.
 
 use serde::{Deserialize, Serialize};
 

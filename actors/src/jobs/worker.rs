@@ -317,6 +317,16 @@ mod tests {
         })
     }
 
+    /// Delivers `msg` from `from` through `handle`.
+    fn message(w: &mut Worker, now: Millis, from: &NodeAddr, msg: Msg) -> Vec<Effect> {
+        let from = from.clone();
+        w.handle(now, Input::Message { from, msg })
+    }
+
+    fn executed(w: &mut Worker, now: Millis, batch: BatchId, ex: Executed) -> Vec<Effect> {
+        w.handle(now, Input::Executed { batch, ex })
+    }
+
     fn sends(fx: &[Effect]) -> Vec<(&NodeAddr, &Msg)> {
         fx.iter()
             .filter_map(|e| match e {
@@ -330,13 +340,14 @@ mod tests {
     fn older_terms_are_refused_and_reports_follow_the_new_coordinator() {
         let mut w = Worker::new(WorkerSettings::default());
         let c1: NodeAddr = "c1:1".into();
-        let fx = w.on_message(0, &c1, rb(1, "c1:1", 1, "resnet50"));
+        let fx = message(&mut w, 0, &c1, rb(1, "c1:1", 1, "resnet50"));
         assert!(matches!(fx.as_slice(), [Effect::Execute(_)]));
 
         // A new reign: the report of the old batch goes to the new coordinator.
-        let fx = w.on_message(1, &"c2:1".into(), rb(2, "c2:1", 1, "inception_v3"));
+        let fx = message(&mut w, 1, &"c2:1".into(), rb(2, "c2:1", 1, "inception_v3"));
         assert!(matches!(fx.as_slice(), [Effect::Execute(_)]));
-        let fx = w.on_executed(
+        let fx = executed(
+            &mut w,
             2,
             BatchId { epoch: 1, seq: 1 },
             Executed {
@@ -350,7 +361,7 @@ mod tests {
         assert_eq!(s[0].0.as_str(), "c2:1");
 
         // The old coordinator is fenced.
-        let fx = w.on_message(3, &c1, rb(1, "c1:1", 2, "resnet50"));
+        let fx = message(&mut w, 3, &c1, rb(1, "c1:1", 2, "resnet50"));
         assert!(matches!(
             sends(&fx)[0].1,
             Msg::WorkerRefused {
@@ -361,15 +372,19 @@ mod tests {
         assert_eq!(w.refused_stale(), 1);
 
         // Unacked reports are repeated on the timer until acked.
-        assert_eq!(sends(&w.on_timer(2_002, Timer::Resend)).len(), 1);
-        w.on_message(
+        assert_eq!(
+            sends(&w.handle(2_002, Input::Timer(Timer::Resend))).len(),
+            1
+        );
+        message(
+            &mut w,
             2_003,
             &"c2:1".into(),
             Msg::BatchAck {
                 batch: BatchId { epoch: 1, seq: 1 },
             },
         );
-        assert!(sends(&w.on_timer(4_003, Timer::Resend)).is_empty());
+        assert!(sends(&w.handle(4_003, Input::Timer(Timer::Resend))).is_empty());
     }
 
     #[test]
@@ -379,12 +394,12 @@ mod tests {
             resend_ms: 1000,
         });
         let c: NodeAddr = "c:1".into();
-        assert_eq!(w.on_message(0, &c, rb(1, "c:1", 1, "resnet50")).len(), 1);
+        assert_eq!(message(&mut w, 0, &c, rb(1, "c:1", 1, "resnet50")).len(), 1);
         assert!(
-            w.on_message(0, &c, rb(1, "c:1", 2, "resnet50")).is_empty(),
+            message(&mut w, 0, &c, rb(1, "c:1", 2, "resnet50")).is_empty(),
             "queued"
         );
-        let fx = w.on_message(0, &c, rb(1, "c:1", 3, "resnet50"));
+        let fx = message(&mut w, 0, &c, rb(1, "c:1", 3, "resnet50"));
         assert!(matches!(
             sends(&fx)[0].1,
             Msg::WorkerRefused {
@@ -392,7 +407,8 @@ mod tests {
                 ..
             }
         ));
-        let fx = w.on_executed(
+        let fx = executed(
+            &mut w,
             5,
             BatchId { epoch: 1, seq: 1 },
             Executed {
