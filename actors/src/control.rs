@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod membership_text;
 pub mod sdfs_text;
+pub mod jobs_text;
 
 /// A command a node executes for the console or `dml ctl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

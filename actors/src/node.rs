@@ -17,8 +17,10 @@ use crate::jobs::JobsConfig;
 use crate::membership::{Membership, Settings};
 use crate::membership::membership_actor::{Exec, MembershipActor, Subscribe};
 use crate::jobs::model_actor::ModelActor;
+use crate::jobs::outbox::Outbox;
 use crate::net::body::Body;
 use crate::membership::ping::ProbeSettings;
+use crate::sdfs::client::SdfsClient;
 use crate::sdfs::sdfs_actor::SdfsActor;
 use crate::net::transport::{Transport, TransportConfig};
 use crate::net::transport_actor::{Routes, TransportActor};
@@ -130,27 +132,30 @@ pub fn run_node(config: Config, me: NodeAddr) -> Result<(), NodeError> {
         let sdfs_arbiter = Arbiter::new();
         let sdfs = SdfsActor::start_in_arbiter(&sdfs_arbiter.handle(), move |_| sdfs_actor);
         let models = start_models(&config)?;
-        // The coordinator and the worker each need the other's address.
+        // The job actors reach each other through one outbox holding both as recipients,
+        // so both addresses exist before either actor starts.
         let coord_ctx = Context::<CoordinatorActor>::new();
+        let worker_ctx = Context::<WorkerActor>::new();
         let coordinator = coord_ctx.address();
-        let worker = WorkerActor::new(
+        let outbox = Outbox::new(
             me.clone(),
             transport.clone(),
-            sdfs.clone(),
+            worker_ctx.address().recipient(),
+            coordinator.clone().recipient(),
+        );
+        let sdfs_client = SdfsClient::new(sdfs.clone());
+        let worker = worker_ctx.run(WorkerActor::new(
+            outbox.clone(),
+            sdfs_client.clone(),
             models,
-            coordinator.clone(),
-        )
-        .start();
-        let mut coord = CoordinatorActor::new(
-            me.clone(),
+        ));
+        coord_ctx.run(CoordinatorActor::new(
+            outbox,
             JobsConfig::default(),
-            transport.clone(),
-            sdfs.clone(),
+            sdfs_client,
             config.ring(),
             Duration::from_secs(2),
-        );
-        coord.set_worker(worker.clone());
-        coord_ctx.run(coord);
+        ));
         let t = transport.clone();
         let membership = Supervisor::start(move |_| MembershipActor::new(core, t, probe, true));
         membership.do_send(Subscribe(sdfs.clone().recipient()));

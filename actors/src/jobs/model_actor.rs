@@ -13,14 +13,18 @@ use tracing::{info, warn};
 #[derive(Message)]
 #[rtype(result = "Result<BatchResult, String>")]
 pub struct ClassifyBatch {
+    /// The encoded images, in the order of the results.
     pub images: Vec<Vec<u8>>,
 }
 
 /// Per-image results in input order, and the batch's compute time.
 #[derive(Debug, Clone)]
 pub struct BatchResult {
+    /// One prediction (or why the image could not be classified) per input.
     pub results: Vec<Result<Prediction, String>>,
+    /// Time the whole batch took (ms).
     pub compute_ms: f64,
+    /// The network runs on synthetic weights: labels mean nothing.
     pub synthetic: bool,
 }
 

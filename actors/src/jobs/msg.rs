@@ -4,10 +4,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::JobError;
+pub use super::record::{Commit, Record};
 use super::state::CoordState;
 use super::stats::{Assignment, JobRate, JobShare, JobTimes};
-use super::types::{BatchId, JobId, JobManifest, QueryId, Reign, Term};
-use crate::types::{Millis, NodeAddr};
+use super::types::{BatchId, JobId, QueryId, Reign, Term};
+use crate::types::Millis;
 
 /// Coordinator -> worker: run these queries with this model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,48 +40,6 @@ pub struct BatchDone {
     pub failed: Vec<QueryId>,
     /// Worker-measured time from start of fetching to the last result written.
     pub compute_ms: Millis,
-}
-
-/// One committed batch result, as replicated and stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Commit {
-    /// The job.
-    pub job: JobId,
-    /// Queries committed with a result (first result wins: none committed before).
-    pub ok: Vec<QueryId>,
-    /// Queries committed as failed after `max_attempts`.
-    pub failed: Vec<QueryId>,
-    /// Processing time per query of the batch that produced them (ms).
-    pub per_query_ms: f64,
-    /// The worker whose result won.
-    pub worker: NodeAddr,
-    /// Coordinator clock at commit.
-    pub at: Millis,
-}
-
-/// A state change that must survive the coordinator: applied by the coordinator,
-/// replicated to the standby, acknowledged only once the standby has it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Record {
-    /// A job was accepted.
-    JobAccepted {
-        /// Its manifest (also written to SDFS).
-        manifest: JobManifest,
-    },
-    /// The job's manifest is in SDFS: a new coordinator need not write it again.
-    ManifestStored {
-        /// The job.
-        job: JobId,
-    },
-    /// Results were committed.
-    BatchCommitted(Commit),
-    /// C3: the batch size of a model for the batches formed from now on.
-    BatchSizeSet {
-        /// The model.
-        model: String,
-        /// The new size.
-        size: u32,
-    },
 }
 
 /// Why a worker did not run a batch.
@@ -279,7 +238,7 @@ impl Msg {
 mod tests {
     use super::*;
     use crate::jobs::state::ResultFound;
-    use crate::jobs::types::JobsConfig;
+    use crate::jobs::types::{JobManifest, JobsConfig};
 
     fn term() -> Term {
         Term {

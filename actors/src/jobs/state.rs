@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::msg::{Commit, Record};
+use super::record::{Commit, Record};
 use super::types::{JobId, JobManifest, JobsConfig, QueryId};
 use crate::types::{Millis, NodeAddr};
 

@@ -1,10 +1,10 @@
-//! The console statistics, as plain functions over the coordinator's state: C1 (query
-//! rate over the last window, totals), C2 (processing-time statistics) and C5 (who runs
-//! what). C1 and C2 read only the replicated state, so they survive a takeover.
+//! The console statistics: C1 (query rate over the last window, totals) and C2
+//! (processing-time statistics) as plain functions over the replicated state, so they
+//! survive a takeover, and the rows of C5 (who runs what), which the coordinator fills
+//! from its volatile dispatch state.
 
 use serde::{Deserialize, Serialize};
 
-use super::coordinator::Coordinator;
 use super::state::CoordState;
 use super::types::{BatchId, JobId};
 use crate::types::{Millis, NodeAddr};
@@ -138,11 +138,6 @@ pub fn c2(state: &CoordState) -> Vec<JobTimes> {
             }
         })
         .collect()
-}
-
-/// C5: every live worker of a coordinating node and the batch it runs.
-pub fn c5(coord: &Coordinator) -> Vec<Assignment> {
-    coord.assignment()
 }
 
 /// Mean, standard deviation and nearest-rank percentiles of `(value, weight)` samples:

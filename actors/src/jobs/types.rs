@@ -118,6 +118,29 @@ pub struct JobManifest {
     pub submitted_at: Millis,
 }
 
+/// What a worker writes to `results/<job>/<query>`: the query's output, or its error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryResult {
+    /// The job (as its id's text).
+    pub job: String,
+    /// The query (the input's SDFS name).
+    pub query: String,
+    /// The model that ran it.
+    pub model: String,
+    /// Top-5 classes (empty when `error` is set).
+    pub top5: Vec<dml_models::TopClass>,
+    /// Why the input could not be classified (not an image, say).
+    pub error: Option<String>,
+    /// The network ran on synthetic weights: labels mean nothing.
+    pub synthetic: bool,
+    /// Processing time per query of its batch (ms).
+    pub per_query_ms: f64,
+    /// The worker that wrote it.
+    pub worker: String,
+    /// Wall time of the write (Unix ms).
+    pub at_wall_ms: u64,
+}
+
 /// SDFS name of a job's manifest.
 pub fn manifest_name(job: JobId) -> String {
     format!("jobs/{job}.manifest")

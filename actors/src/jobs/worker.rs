@@ -2,15 +2,16 @@
 //! runs at most one batch per model at a time, and reports `BatchDone` until the
 //! coordinator acknowledges it (the acknowledgement means the standby has the commit).
 //!
-//! The shell executes [`WorkerEffect::Execute`]: fetch each input from SDFS (preferring
+//! The shell executes [`Effect::Execute`]: fetch each input from SDFS (preferring
 //! a local replica), run the ModelActor, write one result per query under
-//! `result_name(job, query)`, then call [`Worker::on_executed`]. Results are written
+//! `result_name(job, query)`, then hand back [`Input::Executed`]. Results are written
 //! before they are reported, so a reported result is never lost with the coordinator.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use super::msg::{BatchDone, Msg, RefuseReason, RunBatch};
 use super::types::{BatchId, QueryId, Term};
+use crate::machine::Machine;
 use crate::types::{Millis, NodeAddr};
 
 /// Tunables of a worker.
@@ -34,7 +35,7 @@ impl Default for WorkerSettings {
 
 /// The worker's only timer: send unacknowledged reports again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WorkerTimer {
+pub enum Timer {
     /// Resend every report not yet acknowledged.
     Resend,
 }
@@ -50,9 +51,30 @@ pub struct Executed {
     pub compute_ms: Millis,
 }
 
+/// Everything that can happen to a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// A job message for the worker (see `Msg::is_for_worker`).
+    Message {
+        /// Sender.
+        from: NodeAddr,
+        /// Message.
+        msg: Msg,
+    },
+    /// The shell finished running `batch` (an [`Effect::Execute`]).
+    Executed {
+        /// The batch.
+        batch: BatchId,
+        /// What came of it.
+        ex: Executed,
+    },
+    /// A timer this worker set fired.
+    Timer(Timer),
+}
+
 /// What the shell must do after driving the worker.
 #[derive(Clone, Debug, PartialEq)]
-pub enum WorkerEffect {
+pub enum Effect {
     /// Send a message.
     Send {
         /// Recipient.
@@ -60,14 +82,14 @@ pub enum WorkerEffect {
         /// Message.
         msg: Msg,
     },
-    /// Run this batch (fetch, infer, write results), then call `on_executed`.
+    /// Run this batch (fetch, infer, write results), then hand back `Input::Executed`.
     Execute(RunBatch),
-    /// Call `on_timer(timer)` at `at`.
+    /// Hand `timer` back at `at`.
     SetTimer {
         /// When (caller's clock).
         at: Millis,
         /// Which.
-        timer: WorkerTimer,
+        timer: Timer,
     },
 }
 
@@ -117,8 +139,7 @@ impl Worker {
         self.unacked.len()
     }
 
-    /// A message for the worker (see `Msg::is_for_worker`).
-    pub fn on_message(&mut self, now: Millis, from: &NodeAddr, msg: Msg) -> Vec<WorkerEffect> {
+    fn on_message(&mut self, now: Millis, from: &NodeAddr, msg: Msg) -> Vec<Effect> {
         let mut fx = Vec::new();
         match msg {
             Msg::RunBatch(rb) => self.on_run_batch(now, from, rb, &mut fx),
@@ -132,17 +153,11 @@ impl Worker {
         fx
     }
 
-    fn on_run_batch(
-        &mut self,
-        now: Millis,
-        from: &NodeAddr,
-        rb: RunBatch,
-        fx: &mut Vec<WorkerEffect>,
-    ) {
+    fn on_run_batch(&mut self, now: Millis, from: &NodeAddr, rb: RunBatch, fx: &mut Vec<Effect>) {
         if let Some(t) = &self.term {
             if rb.term < *t {
                 self.refused_stale += 1;
-                fx.push(WorkerEffect::Send {
+                fx.push(Effect::Send {
                     to: from.clone(),
                     msg: Msg::WorkerRefused {
                         batch: rb.batch,
@@ -166,11 +181,11 @@ impl Worker {
         }
         if !self.running.contains_key(&rb.model) {
             self.running.insert(rb.model.clone(), rb.clone());
-            fx.push(WorkerEffect::Execute(rb));
+            fx.push(Effect::Execute(rb));
         } else if self.queued.len() < self.settings.max_queued {
             self.queued.push_back(rb);
         } else {
-            fx.push(WorkerEffect::Send {
+            fx.push(Effect::Send {
                 to: from.clone(),
                 msg: Msg::WorkerRefused {
                     batch: rb.batch,
@@ -183,7 +198,7 @@ impl Worker {
 
     /// Adopts a newer term: queued (not started) batches of older terms are dropped,
     /// because the new coordinator re-queued them; unacknowledged reports go to it.
-    fn adopt(&mut self, now: Millis, term: Term, fx: &mut Vec<WorkerEffect>) {
+    fn adopt(&mut self, now: Millis, term: Term, fx: &mut Vec<Effect>) {
         if self.term.as_ref().is_some_and(|t| *t >= term) {
             return;
         }
@@ -196,8 +211,7 @@ impl Worker {
         self.arm(now, fx);
     }
 
-    /// The shell finished running `batch`.
-    pub fn on_executed(&mut self, now: Millis, batch: BatchId, ex: Executed) -> Vec<WorkerEffect> {
+    fn on_executed(&mut self, now: Millis, batch: BatchId, ex: Executed) -> Vec<Effect> {
         let mut fx = Vec::new();
         let Some(model) = self
             .running
@@ -224,17 +238,16 @@ impl Worker {
         if let Some(pos) = self.queued.iter().position(|r| r.model == model) {
             if let Some(next) = self.queued.remove(pos) {
                 self.running.insert(model, next.clone());
-                fx.push(WorkerEffect::Execute(next));
+                fx.push(Effect::Execute(next));
             }
         }
         fx
     }
 
-    /// A timer set by this worker fired.
-    pub fn on_timer(&mut self, now: Millis, timer: WorkerTimer) -> Vec<WorkerEffect> {
+    fn on_timer(&mut self, now: Millis, timer: Timer) -> Vec<Effect> {
         let mut fx = Vec::new();
         match timer {
-            WorkerTimer::Resend => {
+            Timer::Resend => {
                 self.resend_armed = false;
                 let reports: Vec<BatchDone> = self.unacked.values().cloned().collect();
                 for done in reports {
@@ -246,25 +259,38 @@ impl Worker {
         fx
     }
 
-    fn report(&self, done: BatchDone) -> WorkerEffect {
+    fn report(&self, done: BatchDone) -> Effect {
         // To the coordinator of the newest term: after a takeover that is the new one.
         let to = self
             .term
             .as_ref()
             .map_or_else(|| done.term.coordinator.clone(), |t| t.coordinator.clone());
-        WorkerEffect::Send {
+        Effect::Send {
             to,
             msg: Msg::BatchDone(done),
         }
     }
 
-    fn arm(&mut self, now: Millis, fx: &mut Vec<WorkerEffect>) {
+    fn arm(&mut self, now: Millis, fx: &mut Vec<Effect>) {
         if !self.resend_armed && !self.unacked.is_empty() {
             self.resend_armed = true;
-            fx.push(WorkerEffect::SetTimer {
+            fx.push(Effect::SetTimer {
                 at: now.saturating_add(self.settings.resend_ms),
-                timer: WorkerTimer::Resend,
+                timer: Timer::Resend,
             });
+        }
+    }
+}
+
+impl Machine for Worker {
+    type Input = Input;
+    type Effect = Effect;
+
+    fn handle(&mut self, now: Millis, input: Input) -> Vec<Effect> {
+        match input {
+            Input::Message { from, msg } => self.on_message(now, &from, msg),
+            Input::Executed { batch, ex } => self.on_executed(now, batch, ex),
+            Input::Timer(timer) => self.on_timer(now, timer),
         }
     }
 }
@@ -291,10 +317,20 @@ mod tests {
         })
     }
 
-    fn sends(fx: &[WorkerEffect]) -> Vec<(&NodeAddr, &Msg)> {
+    /// Delivers `msg` from `from` through `handle`.
+    fn message(w: &mut Worker, now: Millis, from: &NodeAddr, msg: Msg) -> Vec<Effect> {
+        let from = from.clone();
+        w.handle(now, Input::Message { from, msg })
+    }
+
+    fn executed(w: &mut Worker, now: Millis, batch: BatchId, ex: Executed) -> Vec<Effect> {
+        w.handle(now, Input::Executed { batch, ex })
+    }
+
+    fn sends(fx: &[Effect]) -> Vec<(&NodeAddr, &Msg)> {
         fx.iter()
             .filter_map(|e| match e {
-                WorkerEffect::Send { to, msg } => Some((to, msg)),
+                Effect::Send { to, msg } => Some((to, msg)),
                 _ => None,
             })
             .collect()
@@ -304,13 +340,14 @@ mod tests {
     fn older_terms_are_refused_and_reports_follow_the_new_coordinator() {
         let mut w = Worker::new(WorkerSettings::default());
         let c1: NodeAddr = "c1:1".into();
-        let fx = w.on_message(0, &c1, rb(1, "c1:1", 1, "resnet50"));
-        assert!(matches!(fx.as_slice(), [WorkerEffect::Execute(_)]));
+        let fx = message(&mut w, 0, &c1, rb(1, "c1:1", 1, "resnet50"));
+        assert!(matches!(fx.as_slice(), [Effect::Execute(_)]));
 
         // A new reign: the report of the old batch goes to the new coordinator.
-        let fx = w.on_message(1, &"c2:1".into(), rb(2, "c2:1", 1, "inception_v3"));
-        assert!(matches!(fx.as_slice(), [WorkerEffect::Execute(_)]));
-        let fx = w.on_executed(
+        let fx = message(&mut w, 1, &"c2:1".into(), rb(2, "c2:1", 1, "inception_v3"));
+        assert!(matches!(fx.as_slice(), [Effect::Execute(_)]));
+        let fx = executed(
+            &mut w,
             2,
             BatchId { epoch: 1, seq: 1 },
             Executed {
@@ -324,7 +361,7 @@ mod tests {
         assert_eq!(s[0].0.as_str(), "c2:1");
 
         // The old coordinator is fenced.
-        let fx = w.on_message(3, &c1, rb(1, "c1:1", 2, "resnet50"));
+        let fx = message(&mut w, 3, &c1, rb(1, "c1:1", 2, "resnet50"));
         assert!(matches!(
             sends(&fx)[0].1,
             Msg::WorkerRefused {
@@ -335,15 +372,19 @@ mod tests {
         assert_eq!(w.refused_stale(), 1);
 
         // Unacked reports are repeated on the timer until acked.
-        assert_eq!(sends(&w.on_timer(2_002, WorkerTimer::Resend)).len(), 1);
-        w.on_message(
+        assert_eq!(
+            sends(&w.handle(2_002, Input::Timer(Timer::Resend))).len(),
+            1
+        );
+        message(
+            &mut w,
             2_003,
             &"c2:1".into(),
             Msg::BatchAck {
                 batch: BatchId { epoch: 1, seq: 1 },
             },
         );
-        assert!(sends(&w.on_timer(4_003, WorkerTimer::Resend)).is_empty());
+        assert!(sends(&w.handle(4_003, Input::Timer(Timer::Resend))).is_empty());
     }
 
     #[test]
@@ -353,12 +394,12 @@ mod tests {
             resend_ms: 1000,
         });
         let c: NodeAddr = "c:1".into();
-        assert_eq!(w.on_message(0, &c, rb(1, "c:1", 1, "resnet50")).len(), 1);
+        assert_eq!(message(&mut w, 0, &c, rb(1, "c:1", 1, "resnet50")).len(), 1);
         assert!(
-            w.on_message(0, &c, rb(1, "c:1", 2, "resnet50")).is_empty(),
+            message(&mut w, 0, &c, rb(1, "c:1", 2, "resnet50")).is_empty(),
             "queued"
         );
-        let fx = w.on_message(0, &c, rb(1, "c:1", 3, "resnet50"));
+        let fx = message(&mut w, 0, &c, rb(1, "c:1", 3, "resnet50"));
         assert!(matches!(
             sends(&fx)[0].1,
             Msg::WorkerRefused {
@@ -366,7 +407,8 @@ mod tests {
                 ..
             }
         ));
-        let fx = w.on_executed(
+        let fx = executed(
+            &mut w,
             5,
             BatchId { epoch: 1, seq: 1 },
             Executed {
@@ -377,6 +419,6 @@ mod tests {
         );
         assert!(fx
             .iter()
-            .any(|e| matches!(e, WorkerEffect::Execute(r) if r.batch.seq == 2)));
+            .any(|e| matches!(e, Effect::Execute(r) if r.batch.seq == 2)));
     }
 }

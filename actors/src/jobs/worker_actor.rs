@@ -1,122 +1,87 @@
 //! WorkerActor: the shell around the job [`Worker`] core. It runs the batches the
 //! coordinator assigns: fetches the inputs from SDFS, runs the model's ModelActor, writes
 //! one result per query into SDFS (before reporting, so a reported result is never lost),
-//! and reports back.
+//! and reports back through the [`Outbox`].
+//!
+//! Not supervised: its state (the newest term seen, the batches running, the reports not
+//! yet acknowledged) lives only here, and a restart that forgot it would let a fenced
+//! coordinator's batches run again and leave reports unsent; a failed worker is instead
+//! a failed node, whose batches the coordinator requeues.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use futures_util::future::join_all;
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::clock;
-use crate::jobs::coordinator_actor::{self, get_bytes, put_bytes, CoordinatorActor};
-use crate::jobs::types::{result_name, JobId};
-use crate::jobs::{Executed, Msg, RunBatch, Worker, WorkerEffect, WorkerSettings, WorkerTimer};
 use crate::jobs::model_actor::{ClassifyBatch, ModelActor};
-use crate::net::body::Body;
-use crate::sdfs::sdfs_actor::SdfsActor;
-use crate::net::transport::Transport;
+use crate::jobs::outbox::Outbox;
+use crate::jobs::types::{result_name, JobId};
+use crate::jobs::worker::{Effect, Input, Worker, WorkerSettings};
+use crate::jobs::{Executed, RunBatch};
+use crate::machine::Machine;
+use crate::sdfs::client::SdfsClient;
 use crate::types::NodeAddr;
-use crate::net::wire::Lane;
 
-/// A job message for the worker core.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct FromPeer {
-    pub from: NodeAddr,
-    pub msg: Msg,
-}
+pub use crate::jobs::outbox::FromPeer;
+pub use crate::jobs::types::QueryResult;
 
-/// What a worker writes to `results/<job>/<query>`: the query's output, or its error.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QueryResult {
-    pub job: String,
-    pub query: String,
-    pub model: String,
-    /// Top-5 classes (empty when `error` is set).
-    pub top5: Vec<dml_models::TopClass>,
-    /// Why the input could not be classified (not an image, say).
-    pub error: Option<String>,
-    /// The network ran on synthetic weights: labels mean nothing.
-    pub synthetic: bool,
-    pub per_query_ms: f64,
-    pub worker: String,
-    pub at_wall_ms: u64,
-}
-
+/// The actor hosting a node's worker core.
 pub struct WorkerActor {
-    me: NodeAddr,
     core: Worker,
-    transport: Transport<Body>,
-    sdfs: Addr<SdfsActor>,
+    outbox: Outbox,
+    sdfs: SdfsClient,
     models: Arc<HashMap<String, Addr<ModelActor>>>,
-    coordinator: Addr<CoordinatorActor>,
     /// Jobs this node has started computing for: the first batch of each is logged as an
     /// event, which is when a job "starts executing" here.
     started: HashSet<JobId>,
 }
 
 impl WorkerActor {
+    /// The worker of node `outbox.me()`, running `models` (one ModelActor per network).
     pub fn new(
-        me: NodeAddr,
-        transport: Transport<Body>,
-        sdfs: Addr<SdfsActor>,
+        outbox: Outbox,
+        sdfs: SdfsClient,
         models: HashMap<String, Addr<ModelActor>>,
-        coordinator: Addr<CoordinatorActor>,
     ) -> Self {
         WorkerActor {
-            me,
             core: Worker::new(WorkerSettings::default()),
-            transport,
+            outbox,
             sdfs,
             models: Arc::new(models),
-            coordinator,
             started: HashSet::new(),
         }
     }
 
-    fn exec(&mut self, effects: Vec<WorkerEffect>, ctx: &mut Context<Self>) {
-        for effect in effects {
+    fn drive(&mut self, input: Input, ctx: &mut Context<Self>) {
+        for effect in self.core.handle(clock::now(), input) {
             match effect {
-                WorkerEffect::Send { to, msg } => {
-                    if to == self.me {
-                        coordinator_actor::deliver_local(
-                            &self.me,
-                            msg,
-                            &self.coordinator,
-                            &ctx.address(),
-                        );
-                    } else if let Err(e) = self.transport.send(&to, Lane::Control, Body::Jobs(msg))
-                    {
+                Effect::Send { to, msg } => {
+                    if let Err(e) = self.outbox.send(&to, msg) {
                         debug!(peer = %to, "job message dropped: {e}");
                     }
                 }
-                WorkerEffect::SetTimer { at, timer } => {
-                    ctx.run_later(clock::until(at), move |act, ctx| act.on_timer(timer, ctx));
+                Effect::SetTimer { at, timer } => {
+                    ctx.run_later(clock::until(at), move |act, ctx| {
+                        act.drive(Input::Timer(timer), ctx)
+                    });
                 }
-                WorkerEffect::Execute(rb) => self.execute(rb, ctx),
+                Effect::Execute(rb) => self.execute(rb, ctx),
             }
         }
-    }
-
-    fn on_timer(&mut self, timer: WorkerTimer, ctx: &mut Context<Self>) {
-        let fx = self.core.on_timer(clock::now(), timer);
-        self.exec(fx, ctx);
     }
 
     fn execute(&mut self, rb: RunBatch, ctx: &mut Context<Self>) {
         let sdfs = self.sdfs.clone();
         let models = self.models.clone();
-        let me = self.me.clone();
+        let me = self.outbox.me().clone();
         let batch = rb.batch;
         let first = self.started.insert(rb.job);
         let work = async move { run_batch(rb, sdfs, models, me, first).await };
         ctx.spawn(work.into_actor(self).map(move |ex, act, ctx| {
-            let fx = act.core.on_executed(clock::now(), batch, ex);
-            act.exec(fx, ctx);
+            act.drive(Input::Executed { batch, ex }, ctx);
         }));
     }
 }
@@ -126,7 +91,7 @@ impl WorkerActor {
 /// an image gets an error *result* (it was processed; its output is the error).
 async fn run_batch(
     rb: RunBatch,
-    sdfs: Addr<SdfsActor>,
+    sdfs: SdfsClient,
     models: Arc<HashMap<String, Addr<ModelActor>>>,
     me: NodeAddr,
     first_of_job: bool,
@@ -140,7 +105,7 @@ async fn run_batch(
             compute_ms: 0,
         };
     };
-    let fetched = join_all(rb.queries.iter().map(|q| get_bytes(&sdfs, q.clone()))).await;
+    let fetched = join_all(rb.queries.iter().map(|q| sdfs.get_bytes(q.clone()))).await;
     let mut names = Vec::new();
     let mut images = Vec::new();
     for (q, r) in rb.queries.iter().zip(fetched) {
@@ -212,7 +177,7 @@ async fn run_batch(
         let data = serde_json::to_vec(&result).unwrap_or_default();
         let sdfs = sdfs.clone();
         let name = result_name(rb.job, q);
-        async move { (q.clone(), put_bytes(&sdfs, name, data).await) }
+        async move { (q.clone(), sdfs.put_bytes(name, data).await) }
     });
     let mut written = Vec::new();
     for (q, r) in join_all(writes).await {
@@ -238,7 +203,7 @@ impl Actor for WorkerActor {
 impl Handler<FromPeer> for WorkerActor {
     type Result = ();
     fn handle(&mut self, m: FromPeer, ctx: &mut Context<Self>) {
-        let fx = self.core.on_message(clock::now(), &m.from, m.msg);
-        self.exec(fx, ctx);
+        let FromPeer { from, msg } = m;
+        self.drive(Input::Message { from, msg }, ctx);
     }
 }

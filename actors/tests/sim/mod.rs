@@ -29,18 +29,20 @@ pub fn seed(name: &str, default: u64) -> u64 {
     seed
 }
 
-/// The seeds of a scenario that runs under several: `DML_SIM_SEED` alone when set (to
-/// replay one failing run), else `defaults`. Printed like [`seed`].
-pub fn seeds(name: &str, defaults: impl IntoIterator<Item = u64>) -> Vec<u64> {
-    let replay = std::env::var("DML_SIM_SEED")
+/// The seeds of a scenario that runs several times: `DML_SIM_SEED` alone when set (to
+/// replay one failure), else `defaults`. Each is printed as it starts, so the last
+/// seed printed before a failure is the one to replay.
+pub fn seeds(name: &str, defaults: &[u64]) -> Vec<u64> {
+    match std::env::var("DML_SIM_SEED")
         .ok()
-        .and_then(|s| s.parse().ok());
-    let seeds: Vec<u64> = match replay {
+        .and_then(|s| s.parse::<u64>().ok())
+    {
         Some(seed) => vec![seed],
-        None => defaults.into_iter().collect(),
-    };
-    println!("sim {name}: seeds {seeds:?} (replay one with DML_SIM_SEED=<seed>)");
-    seeds
+        None => defaults.to_vec(),
+    }
+    .into_iter()
+    .inspect(|seed| println!("sim {name}: DML_SIM_SEED={seed}"))
+    .collect()
 }
 
 /// A derived seed for one node's core, stable for a given world seed and index.
@@ -61,6 +63,8 @@ pub struct World<E> {
     /// Last delivery time per ordered link (`send_ordered`), so it stays FIFO.
     ordered: BTreeMap<(NodeAddr, NodeAddr, u8), Millis>,
     loss: f64,
+    /// Per-link order: the arrival time of the last message on each (from, to).
+    fifo: Option<BTreeMap<(NodeAddr, NodeAddr), Millis>>,
     sent: u64,
     dropped: u64,
 }
@@ -87,6 +91,7 @@ impl<E> World<E> {
             latency: (1, 3),
             ordered: BTreeMap::new(),
             loss: 0.0,
+            fifo: None,
             sent: 0,
             dropped: 0,
         }
@@ -100,6 +105,12 @@ impl<E> World<E> {
     /// Every message is lost with probability `p` (links that are up only).
     pub fn set_loss(&mut self, p: f64) {
         self.loss = p.clamp(0.0, 1.0);
+    }
+
+    /// Messages on one link (from, to) arrive in the order they were sent, as on one
+    /// TCP connection: a message never overtakes an earlier one on its link.
+    pub fn set_fifo(&mut self) {
+        self.fifo.get_or_insert_with(BTreeMap::new);
     }
 
     /// The world's seed.
@@ -137,7 +148,12 @@ impl<E> World<E> {
             return false;
         }
         let lat = self.rng.gen_range(self.latency.0..=self.latency.1);
-        let at = self.now + lat;
+        let mut at = self.now + lat;
+        if let Some(last) = &mut self.fifo {
+            let key = (from.clone(), to.clone());
+            at = at.max(last.get(&key).copied().unwrap_or(0));
+            last.insert(key, at);
+        }
         self.push(at, to.clone(), Some(from.clone()), ev);
         true
     }

@@ -1,0 +1,210 @@
+//! The console's words for the job commands (C1-C5, `C4 --results`): the job actors
+//! hand over answers and reports as data, and this module turns them into the text and
+//! JSON a console shows.
+
+use crate::control::{Outcome, Reply};
+use crate::jobs::client::Answer;
+use crate::jobs::msg::{Msg, StatusReport};
+use crate::jobs::types::{JobId, QueryResult};
+use crate::types::NodeAddr;
+
+/// The console's reply to a job request that ended with `answer`.
+pub fn answer(answer: Answer) -> Outcome {
+    match answer {
+        Answer::Status(report) => Ok(format_report(report)),
+        Answer::BatchSizeSet { model, size } => Ok(Reply::new(
+            format!("batch size of {model} is now {size} (applies to the next batches)"),
+            serde_json::json!({"model": model, "batch_size": size}),
+        )),
+        Answer::Accepted {
+            job,
+            queries,
+            model,
+            input,
+        } => Ok(Reply::new(
+            format!("job {job} accepted: {queries} queries of {model} over {input}"),
+            serde_json::json!({"job": job.to_string(), "queries": queries, "model": model, "input": input}),
+        )),
+        Answer::Refused(error) => Err(error.to_string()),
+        Answer::Unexpected(msg) => Err(unexpected(&msg)),
+        Answer::NoAnswer { coordinator } => Err(no_answer(coordinator.as_ref())),
+    }
+}
+
+fn unexpected(msg: &Msg) -> String {
+    format!("unexpected answer from the coordinator: {msg:?}")
+}
+
+fn no_answer(coordinator: Option<&NodeAddr>) -> String {
+    let coordinator = coordinator.map_or_else(|| "none yet".to_string(), |c| c.to_string());
+    format!(
+        "the coordinator ({coordinator}) did not answer; try again (a takeover may be in progress)"
+    )
+}
+
+/// C4 with a local directory that could not be stored in SDFS.
+pub fn not_stored(input: &str, error: &str) -> String {
+    format!("cannot store {input} in SDFS: {error}")
+}
+
+/// A console command the job actor does not execute.
+pub fn not_a_job_command(cmd: &crate::control::Command) -> String {
+    format!("{cmd:?} is not a job command")
+}
+
+/// `C4 --results` with something that is not a job id.
+pub fn not_a_job_id(job: &str) -> String {
+    format!("{job:?} is not a job id (like 1-2)")
+}
+
+/// `C4 --results` for a job with no result in SDFS.
+pub fn no_results(job: JobId) -> String {
+    format!("no results for job {job} in SDFS (unknown job, or none finished yet)")
+}
+
+/// `C4 --results`: every result of `job`, sorted by query.
+pub fn results(job: JobId, mut results: Vec<QueryResult>) -> Reply {
+    results.sort_by(|a, b| a.query.cmp(&b.query));
+    let synthetic = results.iter().any(|r| r.synthetic);
+    let mut text = format!(
+        "job {job}: {} results{}",
+        results.len(),
+        if synthetic {
+            " (SYNTHETIC weights: labels are meaningless)"
+        } else {
+            ""
+        }
+    );
+    for r in &results {
+        match &r.error {
+            Some(e) => text.push_str(&format!("\n{}: error: {e}", r.query)),
+            None => {
+                let tops: Vec<String> = r
+                    .top5
+                    .iter()
+                    .map(|t| format!("{} ({:.3})", t.label, t.prob))
+                    .collect();
+                text.push_str(&format!("\n{}: {}", r.query, tops.join(", ")));
+            }
+        }
+    }
+    Reply::new(text, serde_json::to_value(&results).unwrap_or_default())
+}
+
+/// C1, C2 or C5 as a table.
+pub fn format_report(report: StatusReport) -> Reply {
+    match report {
+        StatusReport::Rates(rows) => {
+            let mut text = String::from(
+                "job      model          rate(q/s, 10 s)  processed/total  failed  state",
+            );
+            for r in &rows {
+                text.push_str(&format!(
+                    "\n{:<8} {:<14} {:>15.2}  {:>7}/{:<7}  {:>6}  {}",
+                    r.job.to_string(),
+                    r.model,
+                    r.rate_qps,
+                    r.processed,
+                    r.total,
+                    r.failed,
+                    if r.complete { "complete" } else { "running" }
+                ));
+            }
+            if rows.is_empty() {
+                text.push_str("\n(no jobs)");
+            }
+            Reply::new(text, serde_json::to_value(&rows).unwrap_or_default())
+        }
+        StatusReport::Times(rows) => {
+            let mut text = String::from("job      model          count   mean(ms)   std(ms)  median(ms)  p90(ms)  p95(ms)  p99(ms)");
+            for r in &rows {
+                match &r.stats {
+                    Some(s) => text.push_str(&format!(
+                        "\n{:<8} {:<14} {:>5} {:>10.1} {:>9.1} {:>11.1} {:>8.1} {:>8.1} {:>8.1}",
+                        r.job.to_string(),
+                        r.model,
+                        s.count,
+                        s.mean_ms,
+                        s.std_ms,
+                        s.median_ms,
+                        s.p90_ms,
+                        s.p95_ms,
+                        s.p99_ms
+                    )),
+                    None => text.push_str(&format!(
+                        "\n{:<8} {:<14} (no queries yet)",
+                        r.job.to_string(),
+                        r.model
+                    )),
+                }
+            }
+            if rows.is_empty() {
+                text.push_str("\n(no jobs)");
+            }
+            Reply::new(text, serde_json::to_value(&rows).unwrap_or_default())
+        }
+        StatusReport::Assignment { nodes, shares } => {
+            let mut text =
+                String::from("node                   job      model          batch queries");
+            for a in &nodes {
+                text.push_str(&format!(
+                    "\n{:<22} {:<8} {:<14} {}",
+                    a.node.to_string(),
+                    a.job.map_or("-".into(), |j| j.to_string()),
+                    a.model.clone().unwrap_or_else(|| "idle".into()),
+                    if a.queries > 0 {
+                        a.queries.to_string()
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+            for s in &shares {
+                text.push_str(&format!(
+                    "\njob {} ({}): {:.0} ms/query, target share {:.0}%, {} workers now",
+                    s.job,
+                    s.model,
+                    s.per_query_ms,
+                    s.target_share * 100.0,
+                    s.workers_now
+                ));
+            }
+            Reply::new(text, serde_json::json!({"nodes": nodes, "shares": shares}))
+        }
+    }
+}
+
+/// `C4 --results` found a result file it cannot parse.
+pub fn bad_result_file(error: &dyn std::fmt::Display) -> String {
+    format!("bad result file: {error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_read_as_before_the_client_core_existed() {
+        let accepted = answer(Answer::Accepted {
+            job: JobId { epoch: 2, seq: 1 },
+            queries: 3,
+            model: "resnet50".into(),
+            input: "inputs/imgs".into(),
+        })
+        .expect("accepted is a reply");
+        assert_eq!(
+            accepted.text,
+            "job 2-1 accepted: 3 queries of resnet50 over inputs/imgs"
+        );
+        let none = answer(Answer::NoAnswer { coordinator: None }).unwrap_err();
+        assert!(
+            none.starts_with("the coordinator (none yet) did not answer"),
+            "{none}"
+        );
+        let refused = answer(Answer::Refused(crate::jobs::JobError::NoInputs {
+            input: "x/".into(),
+        }))
+        .unwrap_err();
+        assert_eq!(refused, "no input files under `x/` (missing or empty)");
+    }
+}

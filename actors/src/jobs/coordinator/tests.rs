@@ -1,0 +1,191 @@
+//! Unit tests of the coordinator core, driven through `handle`.
+
+use super::*;
+use crate::jobs::msg::{BatchDone, RunBatch};
+
+/// A coordinator alone on a one-node ring, started as the ring's first node with
+/// `used_epoch` already in SDFS.
+fn solo(me: &NodeAddr, cfg: JobsConfig, used_epoch: u64) -> Coordinator {
+    let mut c = Coordinator::new(me.clone(), cfg, vec![me.clone()], 0);
+    let fx = c.handle(0, Input::Members(vec![me.clone()]));
+    assert!(fx.contains(&Effect::SetTimer {
+        at: 0,
+        timer: Timer::Bootstrap
+    }));
+    assert_eq!(
+        c.handle(0, Input::Timer(Timer::Bootstrap)),
+        vec![Effect::ReadUsedEpoch]
+    );
+    c.handle(0, Input::UsedEpoch(used_epoch));
+    c
+}
+
+fn listed(client: &str, request_id: u64, queries: &[&str]) -> Input {
+    Input::InputsListed {
+        client: client.into(),
+        request_id,
+        model: "resnet50".into(),
+        input: "in/".into(),
+        queries: queries.iter().map(|q| q.to_string()).collect(),
+    }
+}
+
+fn sends(fx: &[Effect]) -> Vec<(&NodeAddr, &Msg)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Send { to, msg } => Some((to, msg)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn run_batches(fx: &[Effect]) -> Vec<RunBatch> {
+    sends(fx)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Msg::RunBatch(rb) => Some(rb.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn successor_wraps_and_skips_the_start() {
+    let live: BTreeSet<NodeAddr> = ["a:1", "b:1", "c:1"]
+        .iter()
+        .map(|s| NodeAddr::from(*s))
+        .collect();
+    assert_eq!(successor(&live, &"b:1".into()), Some("c:1".into()));
+    assert_eq!(successor(&live, &"c:1".into()), Some("a:1".into()));
+    assert_eq!(successor(&live, &"bb:1".into()), Some("c:1".into()));
+    let one: BTreeSet<NodeAddr> = [NodeAddr::from("a:1")].into();
+    assert_eq!(successor(&one, &"a:1".into()), None);
+}
+
+/// One node, no standby: failing queries are retried, then committed as failed.
+#[test]
+fn a_query_that_keeps_failing_is_committed_as_failed_after_max_attempts() {
+    let me = NodeAddr::from("solo:1");
+    let cfg = JobsConfig {
+        max_attempts: 2,
+        ..JobsConfig::default()
+    };
+    let mut c = solo(&me, cfg, 0);
+    assert_eq!(c.role(), RoleKind::Primary);
+    let client = NodeAddr::from("client:1");
+    let fx = c.handle(1, listed("client:1", 1, &["in/a", "in/b"]));
+    let manifest = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::WriteManifest { manifest } => Some(manifest.clone()),
+            _ => None,
+        })
+        .expect("manifest written before the ack");
+    assert!(!sends(&fx)
+        .iter()
+        .any(|(_, m)| matches!(m, Msg::JobAccepted { .. })));
+    let mut rb = run_batches(&fx);
+    let fx = c.handle(2, Input::ManifestWritten(manifest.id));
+    assert!(sends(&fx)
+        .iter()
+        .any(|(to, m)| *to == &client && matches!(m, Msg::JobAccepted { .. })));
+
+    for attempt in 1..=2u64 {
+        let b = rb.pop().expect("a batch");
+        let done = BatchDone {
+            term: b.term.clone(),
+            batch: b.batch,
+            job: b.job,
+            results_written: vec!["in/a".into()],
+            failed: vec!["in/b".into()],
+            compute_ms: 30,
+        };
+        let fx = c.handle(
+            10 * attempt,
+            Input::Message {
+                from: me.clone(),
+                msg: Msg::BatchDone(done),
+            },
+        );
+        rb = run_batches(&fx);
+        if attempt == 1 {
+            assert_eq!(rb.len(), 1, "in/b retried");
+            assert_eq!(rb[0].queries, vec!["in/b".to_string()]);
+        } else {
+            assert!(rb.is_empty());
+            assert!(sends(&fx).iter().any(|(_, m)| matches!(
+                m,
+                Msg::JobCompleted {
+                    ok: 1,
+                    failed: 1,
+                    ..
+                }
+            )));
+        }
+    }
+    let j = &c.state().jobs[&manifest.id];
+    assert!(j.is_complete());
+    assert_eq!(j.ok_count(), 1);
+}
+
+/// A cluster restarted on SDFS data that holds jobs of epochs up to 4 starts at 5, so
+/// its first job cannot reuse an old id (and so old manifest and result names).
+#[test]
+fn bootstrap_starts_above_the_epochs_already_in_sdfs() {
+    let me = NodeAddr::from("solo:1");
+    let fresh = solo(&me, JobsConfig::default(), 0);
+    assert_eq!(fresh.reign().map(|r| r.term.epoch), Some(1));
+
+    let mut c = solo(&me, JobsConfig::default(), 4);
+    assert_eq!(c.reign().map(|r| r.term.epoch), Some(5));
+    let fx = c.handle(1, listed("client:1", 1, &["in/a"]));
+    let id = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::WriteManifest { manifest } => Some(manifest.id),
+            _ => None,
+        })
+        .expect("manifest written");
+    assert_eq!(id.to_string(), "5-1");
+    // A late second answer changes nothing: a reign is known.
+    c.handle(2, Input::UsedEpoch(9));
+    assert_eq!(c.reign().map(|r| r.term.epoch), Some(5));
+}
+
+#[test]
+fn requests_to_a_member_name_the_coordinator() {
+    let mut c = Coordinator::new("m:1".into(), JobsConfig::default(), Vec::new(), 0);
+    let r = Reign {
+        term: Term {
+            epoch: 3,
+            coordinator: "boss:1".into(),
+        },
+        standby: None,
+        view: 0,
+    };
+    c.handle(
+        0,
+        Input::Message {
+            from: "boss:1".into(),
+            msg: Msg::Reign(r),
+        },
+    );
+    let fx = c.handle(
+        1,
+        Input::Message {
+            from: "client:1".into(),
+            msg: Msg::SetBatchSize {
+                request_id: 5,
+                model: "resnet50".into(),
+                size: 4,
+            },
+        },
+    );
+    assert!(matches!(
+        sends(&fx)[0].1,
+        Msg::Refused {
+            error: JobError::NotCoordinator { coordinator: Some(c) },
+            ..
+        } if c.as_str() == "boss:1"
+    ));
+}
