@@ -31,7 +31,7 @@ const MEMBERSHIP: &str = "membership:0";
 
 /// Runs `f` once per seed of the scenario `name`.
 fn for_seeds(name: &str, f: impl Fn(u64)) {
-    for seed in sim::seeds(name, &[11, 22, 33]) {
+    for seed in sim::seeds(name, [11, 22, 33]) {
         f(seed);
     }
 }

@@ -32,13 +32,13 @@ pub fn seed(name: &str, default: u64) -> u64 {
 /// The seeds of a scenario that runs several times: `DML_SIM_SEED` alone when set (to
 /// replay one failure), else `defaults`. Each is printed as it starts, so the last
 /// seed printed before a failure is the one to replay.
-pub fn seeds(name: &str, defaults: &[u64]) -> Vec<u64> {
+pub fn seeds(name: &str, defaults: impl IntoIterator<Item = u64>) -> Vec<u64> {
     match std::env::var("DML_SIM_SEED")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
     {
         Some(seed) => vec![seed],
-        None => defaults.to_vec(),
+        None => defaults.into_iter().collect(),
     }
     .into_iter()
     .inspect(|seed| println!("sim {name}: DML_SIM_SEED={seed}"))
