@@ -220,8 +220,7 @@ impl Introducer {
                     .collect();
                 for addr in silent {
                     self.entries.remove(&addr);
-                    self.effects
-                        .push(Effect::Event(Event::Forgot { addr }));
+                    self.effects.push(Effect::Event(Event::Forgot { addr }));
                 }
                 self.set_reap(now);
             }
@@ -261,11 +260,10 @@ impl Introducer {
                 members,
             },
         );
-        self.effects
-            .push(Effect::Event(Event::Admitted {
-                addr: from.clone(),
-                incarnation,
-            }));
+        self.effects.push(Effect::Event(Event::Admitted {
+            addr: from.clone(),
+            incarnation,
+        }));
     }
 
     fn learn(&mut self, now: Millis, u: Update) {
@@ -275,18 +273,16 @@ impl Introducer {
             .is_some_and(|(old, _)| !old.state.is_tombstone());
         if u.state.is_tombstone() {
             if was_live {
-                self.effects
-                    .push(Effect::Event(Event::Removed {
-                        addr: u.addr.clone(),
-                        state: u.state,
-                    }));
+                self.effects.push(Effect::Event(Event::Removed {
+                    addr: u.addr.clone(),
+                    state: u.state,
+                }));
             }
         } else if !was_live {
-            self.effects
-                .push(Effect::Event(Event::Learned {
-                    addr: u.addr.clone(),
-                    incarnation: u.incarnation,
-                }));
+            self.effects.push(Effect::Event(Event::Learned {
+                addr: u.addr.clone(),
+                incarnation: u.incarnation,
+            }));
         }
         self.entries.insert(u.addr.clone(), (u, now));
     }

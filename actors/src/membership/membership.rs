@@ -407,7 +407,6 @@ impl Membership {
         self.broadcast(vec![suspect], false);
     }
 
-
     fn on_msg(&mut self, now: Millis, from: &NodeAddr, msg: Msg) {
         if *from == self.me {
             return;
@@ -559,7 +558,6 @@ impl Membership {
         );
     }
 
-
     pub(super) fn set_suspect_timer(&mut self, now: Millis, u: &Update) {
         self.effects.push(Effect::SetTimer {
             at: now.saturating_add(self.settings.cleanup_time),
@@ -569,7 +567,6 @@ impl Membership {
             },
         });
     }
-
 
     pub(super) fn self_update(&self, state: UpdateState) -> Update {
         Update {
