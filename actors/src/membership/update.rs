@@ -189,8 +189,8 @@ impl Membership {
         }
     }
 
-    /// This life was declared failed: start a new one (fresh incarnation), announce it
-
+    /// Buries `entry`'s life. Its originator (the node whose prober raised the
+    /// suspicion) broadcasts the failure; others only gossip it and tell the introducer.
     pub(super) fn declare_failed(&mut self, _now: Millis, entry: Update, originator: bool) {
         let failed = Update {
             state: UpdateState::Failed,

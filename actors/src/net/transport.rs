@@ -14,6 +14,10 @@
 //!   not listen (`dml ctl`, via [`Client`]) still gets them.
 //! - A misbehaving connection (failed handshake, junk, oversized or unknown frame) is
 //!   closed with a warning; nothing else is affected.
+//!
+//! This file is the public API (config, errors, [`Transport`], [`Inbound`], [`Responder`],
+//! stats); the connections and lanes behind it live in `transport/conn.rs`, the tools'
+//! [`Client`] in `transport/client.rs`.
 #![deny(missing_docs)]
 
 use std::collections::HashMap;
