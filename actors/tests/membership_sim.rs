@@ -25,7 +25,7 @@ use sim::World;
 const PD: Millis = 500;
 const PT: Millis = 300;
 const CLEANUP: Millis = 1500;
-/// Max one-way latency of the simulated network (the world's default 1..=3 ms).
+/// Max one-way latency of the simulated network (latency is 1..=MAX_LAT ms).
 const MAX_LAT: Millis = 3;
 /// Allowance for spreading: a few hops of latency.
 const SPREAD: Millis = 20;
@@ -83,8 +83,10 @@ impl Sim {
     fn new(seed: u64, n_ring: usize, m: usize) -> Sim {
         let ring: Vec<NodeAddr> = (1..=n_ring).map(h).collect();
         let settings = Settings::new(ring.clone(), m, PD, CLEANUP, Some(intro_addr()));
+        let mut world = World::new(seed);
+        world.set_latency(1, MAX_LAT);
         Sim {
-            world: World::new(seed),
+            world,
             nodes: BTreeMap::new(),
             ring,
             settings,

@@ -469,17 +469,7 @@ impl Membership {
     fn on_timer(&mut self, now: Millis, timer: Timer) {
         match timer {
             Timer::SuspectTimeout { addr, incarnation } => {
-                if self.status != Status::Member {
-                    return;
-                }
-                let still = match self.entries.get(&addr) {
-                    Some(u) if u.state == UpdateState::Suspect && u.incarnation == incarnation => {
-                        u.clone()
-                    }
-                    _ => return,
-                };
-                let mine = self.originated.remove(&(addr, incarnation));
-                self.declare_failed(now, still, mine);
+                self.on_suspect_timeout(now, addr, incarnation)
             }
             Timer::JoinTimeout { attempt } => self.on_join_timeout(now, attempt),
             Timer::JoinRetry { attempt } => self.on_join_retry(now, attempt),
@@ -523,6 +513,20 @@ impl Membership {
             }
         }
         self.refresh_monitors(now);
+    }
+
+    /// The suspect had `cleanup_time` to refute: if it is still suspect at the same
+    /// incarnation, it is removed (a refutation raised the incarnation, so it stays).
+    fn on_suspect_timeout(&mut self, now: Millis, addr: NodeAddr, incarnation: Incarnation) {
+        if self.status != Status::Member {
+            return;
+        }
+        let still = match self.entries.get(&addr) {
+            Some(u) if u.state == UpdateState::Suspect && u.incarnation == incarnation => u.clone(),
+            _ => return,
+        };
+        let mine = self.originated.remove(&(addr, incarnation));
+        self.declare_failed(now, still, mine);
     }
 
     // ---- message handlers ----
