@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use crate::machine::Machine;
-use crate::membership::{supersedes, Member, MemberState, Msg, Update, UpdateState};
+use crate::membership::{supersedes, Member, Msg, Update, UpdateState};
 use crate::types::{Incarnation, Millis, NodeAddr};
 
 /// Errors of the introducer core; nothing is created when one is returned.
@@ -139,19 +139,7 @@ impl Introducer {
     pub fn members(&self) -> Vec<Member> {
         self.entries
             .values()
-            .filter_map(|(u, _)| {
-                let state = match u.state {
-                    UpdateState::Alive => MemberState::Alive,
-                    UpdateState::Suspect => MemberState::Suspect,
-                    UpdateState::Failed | UpdateState::Left => return None,
-                };
-                Some(Member {
-                    addr: u.addr.clone(),
-                    incarnation: u.incarnation,
-                    joined: u.joined,
-                    state,
-                })
-            })
+            .filter_map(|(u, _)| u.listed())
             .collect()
     }
 

@@ -319,23 +319,7 @@ impl Membership {
     /// The member list (`list_mem`): this node (when a member) and every alive or
     /// suspect member, in ring order. Failed and departed members are not listed.
     pub fn members(&self) -> Vec<Member> {
-        let mut out: Vec<Member> = self
-            .entries
-            .values()
-            .filter_map(|u| {
-                let state = match u.state {
-                    UpdateState::Alive => MemberState::Alive,
-                    UpdateState::Suspect => MemberState::Suspect,
-                    UpdateState::Failed | UpdateState::Left => return None,
-                };
-                Some(Member {
-                    addr: u.addr.clone(),
-                    incarnation: u.incarnation,
-                    joined: u.joined,
-                    state,
-                })
-            })
-            .collect();
+        let mut out: Vec<Member> = self.entries.values().filter_map(Update::listed).collect();
         if self.status == Status::Member {
             out.push(self.self_member());
         }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::membership::{Event, Membership, Msg, Status};
+use super::membership::{Event, Member, MemberState, Membership, Msg, Status};
 use super::MAX_UPDATES_PER_MSG;
 use crate::types::{Incarnation, Millis, NodeAddr};
 
@@ -34,6 +34,23 @@ pub struct Update {
     /// Incarnation the member's current life started with (see the module docs).
     pub joined: Incarnation,
     pub state: UpdateState,
+}
+
+impl Update {
+    /// The member as `list_mem` shows it; `None` for a tombstone (not listed).
+    pub fn listed(&self) -> Option<Member> {
+        let state = match self.state {
+            UpdateState::Alive => MemberState::Alive,
+            UpdateState::Suspect => MemberState::Suspect,
+            UpdateState::Failed | UpdateState::Left => return None,
+        };
+        Some(Member {
+            addr: self.addr.clone(),
+            incarnation: self.incarnation,
+            joined: self.joined,
+            state,
+        })
+    }
 }
 
 /// Whether `new` replaces `old` (both about the same address). The whole ordering
