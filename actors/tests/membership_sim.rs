@@ -15,8 +15,8 @@ use dml_actors::machine::Machine;
 use dml_actors::membership::introducer::{self, Introducer, IntroducerSettings};
 use dml_actors::membership::ping::{self, ProbeSettings, Prober};
 use dml_actors::membership::{
-    compute_monitors, Effect, Event, Input, MemberState, Membership, Msg, Settings, Status,
-    Timer, UpdateState,
+    compute_monitors, Effect, Event, Input, MemberState, Membership, Msg, Settings, Status, Timer,
+    UpdateState,
 };
 use dml_actors::types::{Incarnation, Millis, NodeAddr};
 use rand::Rng;
@@ -25,7 +25,7 @@ use sim::World;
 const PD: Millis = 500;
 const PT: Millis = 300;
 const CLEANUP: Millis = 1500;
-/// Max one-way latency of the simulated network (the world's default 1..=3 ms).
+/// Max one-way latency of the simulated network (latency is 1..=MAX_LAT ms).
 const MAX_LAT: Millis = 3;
 /// Allowance for spreading: a few hops of latency.
 const SPREAD: Millis = 20;
@@ -83,8 +83,10 @@ impl Sim {
     fn new(seed: u64, n_ring: usize, m: usize) -> Sim {
         let ring: Vec<NodeAddr> = (1..=n_ring).map(h).collect();
         let settings = Settings::new(ring.clone(), m, PD, CLEANUP, Some(intro_addr()));
+        let mut world = World::new(seed);
+        world.set_latency(1, MAX_LAT);
         Sim {
-            world: World::new(seed),
+            world,
             nodes: BTreeMap::new(),
             ring,
             settings,
@@ -265,7 +267,9 @@ impl Sim {
             Ev::MemTimer(timer) => {
                 self.run_core(&to, Input::Timer(timer));
             }
-            Ev::ProbeTimer { peer, timer } => self.run_prober(&to, &peer, ping::Input::Timer(timer)),
+            Ev::ProbeTimer { peer, timer } => {
+                self.run_prober(&to, &peer, ping::Input::Timer(timer))
+            }
             Ev::IntroTimer(_) => {}
         }
     }
@@ -294,7 +298,9 @@ impl Sim {
             match e {
                 Effect::Send { to, msg } => self.send(addr.clone(), to, msg),
                 Effect::SetTimer { at, timer } => self.world.at(at, addr, Ev::MemTimer(timer)),
-                Effect::Acked { peer, seq } => self.run_prober(addr, &peer, ping::Input::Ack { seq }),
+                Effect::Acked { peer, seq } => {
+                    self.run_prober(addr, &peer, ping::Input::Ack { seq })
+                }
                 Effect::Refused(_) => {}
                 Effect::Event(ev) => {
                     if let Event::MonitorsChanged(list) = &ev {
@@ -467,8 +473,7 @@ impl Sim {
     }
 
     fn count_failures(&self) -> usize {
-        self.events(|e| matches!(e, Event::Failed { .. }))
-            .count()
+        self.events(|e| matches!(e, Event::Failed { .. })).count()
     }
 
     fn incarnation(&self, i: usize) -> Incarnation {
@@ -489,16 +494,18 @@ const REMOVAL_BOUND: Millis = PD + PT + CLEANUP + SPREAD;
 
 #[test]
 fn fault_free_run_has_no_suspicion_and_seed_monitors() {
-    let mut sim = Sim::new(sim::seed("fault_free_run_has_no_suspicion_and_seed_monitors", 1), 10, 3);
+    let mut sim = Sim::new(
+        sim::seed("fault_free_run_has_no_suspicion_and_seed_monitors", 1),
+        10,
+        3,
+    );
     sim.boot(10);
     sim.run_for(120_000);
     let bad: Vec<&Logged> = sim
         .events(|e| {
             matches!(
                 e,
-                Event::Suspected { .. }
-                    | Event::Failed { .. }
-                    | Event::Rejoin { .. }
+                Event::Suspected { .. } | Event::Failed { .. } | Event::Rejoin { .. }
             )
         })
         .collect();
@@ -511,7 +518,14 @@ fn fault_free_run_has_no_suspicion_and_seed_monitors() {
 
 #[test]
 fn killed_node_is_suspected_then_removed_everywhere_within_bound() {
-    let mut sim = Sim::new(sim::seed("killed_node_is_suspected_then_removed_everywhere_within_bound", 2), 10, 3);
+    let mut sim = Sim::new(
+        sim::seed(
+            "killed_node_is_suspected_then_removed_everywhere_within_bound",
+            2,
+        ),
+        10,
+        3,
+    );
     sim.boot(10);
     // Several kills at random phases of the probe period, one after the other.
     for victim in [5usize, 9, 2] {
@@ -527,7 +541,9 @@ fn killed_node_is_suspected_then_removed_everywhere_within_bound() {
             .collect();
         sim.run_for(REMOVAL_BOUND + 5 * PD);
         let first_suspect = sim
-            .events(|e| matches!(e, Event::Suspected { addr, by_me: true, .. } if *addr == h(victim)))
+            .events(
+                |e| matches!(e, Event::Suspected { addr, by_me: true, .. } if *addr == h(victim)),
+            )
             .map(|l| l.at)
             .min()
             .unwrap_or_else(|| panic!("{}: H{victim} never suspected", sim.ctx()));
@@ -568,7 +584,14 @@ fn three_ring_neighbours_killed_at_once_are_all_removed_and_nobody_is_unwatched(
         .into_iter()
         .enumerate()
     {
-        let mut sim = Sim::new(sim::seed("three_ring_neighbours_killed_at_once_are_all_removed_and_nobody_is_unwatched", 30 + k as u64), 10, 3);
+        let mut sim = Sim::new(
+            sim::seed(
+                "three_ring_neighbours_killed_at_once_are_all_removed_and_nobody_is_unwatched",
+                30 + k as u64,
+            ),
+            10,
+            3,
+        );
         sim.boot(10);
         sim.run_for(137);
         let t = sim.now();
@@ -602,7 +625,11 @@ fn three_ring_neighbours_killed_at_once_are_all_removed_and_nobody_is_unwatched(
 
 #[test]
 fn falsely_suspected_live_node_refutes_and_is_not_removed() {
-    let mut sim = Sim::new(sim::seed("falsely_suspected_live_node_refutes_and_is_not_removed", 4), 10, 3);
+    let mut sim = Sim::new(
+        sim::seed("falsely_suspected_live_node_refutes_and_is_not_removed", 4),
+        10,
+        3,
+    );
     sim.boot(10);
     let before = sim.incarnation(3);
     // H2's prober lost an ack from H3 (as if the network ate it).
@@ -640,7 +667,11 @@ fn falsely_suspected_live_node_refutes_and_is_not_removed() {
 
 #[test]
 fn stale_updates_never_resurrect_a_removed_member() {
-    let mut sim = Sim::new(sim::seed("stale_updates_never_resurrect_a_removed_member", 5), 10, 3);
+    let mut sim = Sim::new(
+        sim::seed("stale_updates_never_resurrect_a_removed_member", 5),
+        10,
+        3,
+    );
     sim.boot(10);
     let old = sim.core(6).self_member();
     sim.kill(6);
@@ -676,7 +707,11 @@ fn stale_updates_never_resurrect_a_removed_member() {
 
 #[test]
 fn leave_is_seen_by_all_and_never_counted_as_failure() {
-    let mut sim = Sim::new(sim::seed("leave_is_seen_by_all_and_never_counted_as_failure", 6), 10, 3);
+    let mut sim = Sim::new(
+        sim::seed("leave_is_seen_by_all_and_never_counted_as_failure", 6),
+        10,
+        3,
+    );
     sim.boot(10);
     sim.input(4, Input::Leave);
     sim.run_for(SPREAD);
@@ -708,7 +743,14 @@ fn leave_is_seen_by_all_and_never_counted_as_failure() {
 
 #[test]
 fn pause_shorter_than_cleanup_is_refuted_longer_is_removal_then_rejoin() {
-    let mut sim = Sim::new(sim::seed("pause_shorter_than_cleanup_is_refuted_longer_is_removal_then_rejoin", 7), 10, 3);
+    let mut sim = Sim::new(
+        sim::seed(
+            "pause_shorter_than_cleanup_is_refuted_longer_is_removal_then_rejoin",
+            7,
+        ),
+        10,
+        3,
+    );
     sim.boot(10);
     // Short: long enough to be suspected (> PD + PT), well inside cleanup_time.
     let before = sim.incarnation(6);
@@ -747,9 +789,7 @@ fn pause_shorter_than_cleanup_is_refuted_longer_is_removal_then_rejoin() {
     sim.assert_views(&except(10, &[6]));
     sim.resume(6);
     sim.run_until_views(&all(10), 4 * PD);
-    let rejoins: Vec<&Logged> = sim
-        .events(|e| matches!(e, Event::Rejoin { .. }))
-        .collect();
+    let rejoins: Vec<&Logged> = sim.events(|e| matches!(e, Event::Rejoin { .. })).collect();
     assert_eq!(rejoins.len(), 1, "{}: {rejoins:?}", sim.ctx());
     assert_eq!(rejoins[0].node, h(6));
     let now_life = sim.core(6).self_member();
@@ -772,7 +812,11 @@ fn pause_shorter_than_cleanup_is_refuted_longer_is_removal_then_rejoin() {
 
 #[test]
 fn explicit_topology_is_honoured_and_skips_dead_nodes() {
-    let mut sim = Sim::new(sim::seed("explicit_topology_is_honoured_and_skips_dead_nodes", 8), 6, 3);
+    let mut sim = Sim::new(
+        sim::seed("explicit_topology_is_honoured_and_skips_dead_nodes", 8),
+        6,
+        3,
+    );
     // Each node watches the next two on the ring (not the default sets).
     let mut topo = BTreeMap::new();
     for i in 1..=6usize {
@@ -797,7 +841,14 @@ fn explicit_topology_is_honoured_and_skips_dead_nodes() {
 
 #[test]
 fn members_survive_introducer_loss_and_a_restarted_introducer_relearns() {
-    let mut sim = Sim::new(sim::seed("members_survive_introducer_loss_and_a_restarted_introducer_relearns", 9), 11, 3);
+    let mut sim = Sim::new(
+        sim::seed(
+            "members_survive_introducer_loss_and_a_restarted_introducer_relearns",
+            9,
+        ),
+        11,
+        3,
+    );
     sim.boot(10);
     sim.kill_introducer();
     sim.run_for(20_000);
@@ -891,7 +942,10 @@ fn false_removals(sim: &Sim) -> usize {
 fn dropped_pings_cause_no_false_removal_with_suspicion_but_do_without() {
     const RUN: Millis = 600_000;
     const DROP: f64 = 0.1;
-    let seed = sim::seed("dropped_pings_cause_no_false_removal_with_suspicion_but_do_without", 11);
+    let seed = sim::seed(
+        "dropped_pings_cause_no_false_removal_with_suspicion_but_do_without",
+        11,
+    );
     let mut with = Sim::new(seed, 10, 3);
     with.boot(10);
     with.drop_probes = DROP;
@@ -927,7 +981,11 @@ fn dropped_pings_cause_no_false_removal_with_suspicion_but_do_without() {
 
 #[test]
 fn lost_broadcasts_still_converge_through_piggyback() {
-    let mut sim = Sim::new(sim::seed("lost_broadcasts_still_converge_through_piggyback", 12), 10, 3);
+    let mut sim = Sim::new(
+        sim::seed("lost_broadcasts_still_converge_through_piggyback", 12),
+        10,
+        3,
+    );
     sim.boot(10);
     // Every direct broadcast is lost; only gossip on pings/acks carries the news.
     sim.drop_other = 1.0;
@@ -945,7 +1003,14 @@ fn lost_broadcasts_still_converge_through_piggyback() {
 #[test]
 fn background_bytes_per_node_do_not_grow_with_cluster_size() {
     let per_node = |n: usize| {
-        let mut sim = Sim::new(sim::seed("background_bytes_per_node_do_not_grow_with_cluster_size", 13), n, 3);
+        let mut sim = Sim::new(
+            sim::seed(
+                "background_bytes_per_node_do_not_grow_with_cluster_size",
+                13,
+            ),
+            n,
+            3,
+        );
         sim.boot(n);
         sim.run_for(10_000);
         sim.bytes_sent.clear();

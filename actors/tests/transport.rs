@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
-use dml_actors::net::transport::{Client, Inbound, Lane, Transport, TransportConfig, TransportError};
-use dml_actors::types::NodeAddr;
+use dml_actors::net::transport::{
+    Client, Inbound, Lane, Transport, TransportConfig, TransportError,
+};
 use dml_actors::net::wire::{self, ClientHandshake, Envelope, FrameDecoder, HandshakeError, Role};
+use dml_actors::types::NodeAddr;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[path = "../../actors/src/types.rs"]
 mod types;
 #[allow(dead_code)]
-#[path = "../../actors/src/wire.rs"]
+#[path = "../../actors/src/net/wire.rs"]
 mod wire;
 
 use types::NodeAddr;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use crate::machine::Machine;
-use crate::membership::{supersedes, Member, MemberState, Msg, Update, UpdateState};
+use crate::membership::{supersedes, Member, Msg, Update, UpdateState};
 use crate::types::{Incarnation, Millis, NodeAddr};
 
 /// Errors of the introducer core; nothing is created when one is returned.
@@ -139,19 +139,7 @@ impl Introducer {
     pub fn members(&self) -> Vec<Member> {
         self.entries
             .values()
-            .filter_map(|(u, _)| {
-                let state = match u.state {
-                    UpdateState::Alive => MemberState::Alive,
-                    UpdateState::Suspect => MemberState::Suspect,
-                    UpdateState::Failed | UpdateState::Left => return None,
-                };
-                Some(Member {
-                    addr: u.addr.clone(),
-                    incarnation: u.incarnation,
-                    joined: u.joined,
-                    state,
-                })
-            })
+            .filter_map(|(u, _)| u.listed())
             .collect()
     }
 
@@ -220,8 +208,7 @@ impl Introducer {
                     .collect();
                 for addr in silent {
                     self.entries.remove(&addr);
-                    self.effects
-                        .push(Effect::Event(Event::Forgot { addr }));
+                    self.effects.push(Effect::Event(Event::Forgot { addr }));
                 }
                 self.set_reap(now);
             }
@@ -261,11 +248,10 @@ impl Introducer {
                 members,
             },
         );
-        self.effects
-            .push(Effect::Event(Event::Admitted {
-                addr: from.clone(),
-                incarnation,
-            }));
+        self.effects.push(Effect::Event(Event::Admitted {
+            addr: from.clone(),
+            incarnation,
+        }));
     }
 
     fn learn(&mut self, now: Millis, u: Update) {
@@ -275,18 +261,16 @@ impl Introducer {
             .is_some_and(|(old, _)| !old.state.is_tombstone());
         if u.state.is_tombstone() {
             if was_live {
-                self.effects
-                    .push(Effect::Event(Event::Removed {
-                        addr: u.addr.clone(),
-                        state: u.state,
-                    }));
+                self.effects.push(Effect::Event(Event::Removed {
+                    addr: u.addr.clone(),
+                    state: u.state,
+                }));
             }
         } else if !was_live {
-            self.effects
-                .push(Effect::Event(Event::Learned {
-                    addr: u.addr.clone(),
-                    incarnation: u.incarnation,
-                }));
+            self.effects.push(Effect::Event(Event::Learned {
+                addr: u.addr.clone(),
+                incarnation: u.incarnation,
+            }));
         }
         self.entries.insert(u.addr.clone(), (u, now));
     }

@@ -91,19 +91,13 @@ impl StreamHandler<Inbound<Body>> for IntroducerActor {
     fn handle(&mut self, m: Inbound<Body>, ctx: &mut Context<Self>) {
         match m.body {
             Body::Membership(msg) => {
-                self.step(
-                    Input::Msg {
-                        from: m.from,
-                        msg,
-                    },
-                    ctx,
-                );
+                self.step(Input::Msg { from: m.from, msg }, ctx);
             }
             Body::Command(cmd) => {
                 let outcome = match cmd {
-                    Command::ListMem => Ok(membership_text::introducer_members(
-                        &self.core.members(),
-                    )),
+                    Command::ListMem => {
+                        Ok(membership_text::introducer_members(&self.core.members()))
+                    }
                     _ => Err(membership_text::introducer_only_list_mem()),
                 };
                 if let Some(r) = m.responder {

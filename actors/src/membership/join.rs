@@ -53,7 +53,6 @@ impl Membership {
         Ok(())
     }
 
-
     pub(super) fn on_join_reply(
         &mut self,
         now: Millis,
@@ -105,7 +104,12 @@ impl Membership {
 
     /// This life was declared failed: start a new one (fresh incarnation), announce it
     /// to everyone we know and to whoever told us, and re-register with the introducer.
-    pub(super) fn rejoin(&mut self, now: Millis, new_incarnation: Incarnation, informer: Option<NodeAddr>) {
+    pub(super) fn rejoin(
+        &mut self,
+        now: Millis,
+        new_incarnation: Incarnation,
+        informer: Option<NodeAddr>,
+    ) {
         let old = self.incarnation;
         self.incarnation = new_incarnation;
         self.joined = new_incarnation;

@@ -319,23 +319,7 @@ impl Membership {
     /// The member list (`list_mem`): this node (when a member) and every alive or
     /// suspect member, in ring order. Failed and departed members are not listed.
     pub fn members(&self) -> Vec<Member> {
-        let mut out: Vec<Member> = self
-            .entries
-            .values()
-            .filter_map(|u| {
-                let state = match u.state {
-                    UpdateState::Alive => MemberState::Alive,
-                    UpdateState::Suspect => MemberState::Suspect,
-                    UpdateState::Failed | UpdateState::Left => return None,
-                };
-                Some(Member {
-                    addr: u.addr.clone(),
-                    incarnation: u.incarnation,
-                    joined: u.joined,
-                    state,
-                })
-            })
-            .collect();
+        let mut out: Vec<Member> = self.entries.values().filter_map(Update::listed).collect();
         if self.status == Status::Member {
             out.push(self.self_member());
         }
@@ -407,7 +391,6 @@ impl Membership {
         self.broadcast(vec![suspect], false);
     }
 
-
     fn on_msg(&mut self, now: Millis, from: &NodeAddr, msg: Msg) {
         if *from == self.me {
             return;
@@ -470,17 +453,7 @@ impl Membership {
     fn on_timer(&mut self, now: Millis, timer: Timer) {
         match timer {
             Timer::SuspectTimeout { addr, incarnation } => {
-                if self.status != Status::Member {
-                    return;
-                }
-                let still = match self.entries.get(&addr) {
-                    Some(u) if u.state == UpdateState::Suspect && u.incarnation == incarnation => {
-                        u.clone()
-                    }
-                    _ => return,
-                };
-                let mine = self.originated.remove(&(addr, incarnation));
-                self.declare_failed(now, still, mine);
+                self.on_suspect_timeout(now, addr, incarnation)
             }
             Timer::JoinTimeout { attempt } => self.on_join_timeout(now, attempt),
             Timer::JoinRetry { attempt } => self.on_join_retry(now, attempt),
@@ -526,6 +499,20 @@ impl Membership {
         self.refresh_monitors(now);
     }
 
+    /// The suspect had `cleanup_time` to refute: if it is still suspect at the same
+    /// incarnation, it is removed (a refutation raised the incarnation, so it stays).
+    fn on_suspect_timeout(&mut self, now: Millis, addr: NodeAddr, incarnation: Incarnation) {
+        if self.status != Status::Member {
+            return;
+        }
+        let still = match self.entries.get(&addr) {
+            Some(u) if u.state == UpdateState::Suspect && u.incarnation == incarnation => u.clone(),
+            _ => return,
+        };
+        let mine = self.originated.remove(&(addr, incarnation));
+        self.declare_failed(now, still, mine);
+    }
+
     // ---- message handlers ----
 
     fn on_ping(
@@ -559,7 +546,6 @@ impl Membership {
         );
     }
 
-
     pub(super) fn set_suspect_timer(&mut self, now: Millis, u: &Update) {
         self.effects.push(Effect::SetTimer {
             at: now.saturating_add(self.settings.cleanup_time),
@@ -569,7 +555,6 @@ impl Membership {
             },
         });
     }
-
 
     pub(super) fn self_update(&self, state: UpdateState) -> Update {
         Update {

@@ -56,9 +56,7 @@ impl View {
         let mut live: Vec<NodeAddr> = self
             .members
             .iter()
-            .filter(|m| {
-                matches!(m.state, MemberState::Alive | MemberState::Suspect)
-            })
+            .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
             .map(|m| m.addr.clone())
             .collect();
         live.push(self.me.clone());

@@ -70,7 +70,9 @@ impl PingActor {
     fn step(&mut self, input: Input, ctx: &mut Context<Self>) {
         for effect in self.prober.handle(clock::now(), input) {
             match effect {
-                Effect::Ping { peer, seq } => self.membership.send_ping.do_send(SendPing { peer, seq }),
+                Effect::Ping { peer, seq } => {
+                    self.membership.send_ping.do_send(SendPing { peer, seq })
+                }
                 Effect::SetTimer { at, timer } => {
                     ctx.run_later(clock::until(at), move |act, ctx| act.on_timer(timer, ctx));
                 }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::membership::{Event, Membership, Msg, Status};
+use super::membership::{Event, Member, MemberState, Membership, Msg, Status};
 use super::MAX_UPDATES_PER_MSG;
 use crate::types::{Incarnation, Millis, NodeAddr};
 
@@ -34,6 +34,23 @@ pub struct Update {
     /// Incarnation the member's current life started with (see the module docs).
     pub joined: Incarnation,
     pub state: UpdateState,
+}
+
+impl Update {
+    /// The member as `list_mem` shows it; `None` for a tombstone (not listed).
+    pub fn listed(&self) -> Option<Member> {
+        let state = match self.state {
+            UpdateState::Alive => MemberState::Alive,
+            UpdateState::Suspect => MemberState::Suspect,
+            UpdateState::Failed | UpdateState::Left => return None,
+        };
+        Some(Member {
+            addr: self.addr.clone(),
+            incarnation: self.incarnation,
+            joined: self.joined,
+            state,
+        })
+    }
 }
 
 /// Whether `new` replaces `old` (both about the same address). The whole ordering
@@ -189,8 +206,8 @@ impl Membership {
         }
     }
 
-    /// This life was declared failed: start a new one (fresh incarnation), announce it
-
+    /// Buries `entry`'s life. Its originator (the node whose prober raised the
+    /// suspicion) broadcasts the failure; others only gossip it and tell the introducer.
     pub(super) fn declare_failed(&mut self, _now: Millis, entry: Update, originator: bool) {
         let failed = Update {
             state: UpdateState::Failed,

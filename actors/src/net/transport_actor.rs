@@ -10,12 +10,12 @@ use tracing::{debug, warn};
 
 use crate::control::Outcome;
 use crate::jobs::coordinator_actor::{self, CoordinatorActor};
+use crate::jobs::worker_actor::{self, WorkerActor};
 use crate::membership::membership_actor::{Exec, FromPeer, MembershipActor};
 use crate::net::body::Body;
 use crate::net::route::{command_route, route, To};
-use crate::sdfs::sdfs_actor::{self, SdfsActor};
 use crate::net::transport::{Inbound, Responder};
-use crate::jobs::worker_actor::{self, WorkerActor};
+use crate::sdfs::sdfs_actor::{self, SdfsActor};
 
 /// Where the messages of each protocol go.
 #[derive(Clone)]
@@ -85,10 +85,13 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
                             msg: msg.clone(),
                         }),
                         // The coordinator actor also hosts this node's job client.
-                        _ => self.routes.coordinator.do_send(coordinator_actor::FromPeer {
-                            from: from.clone(),
-                            msg: msg.clone(),
-                        }),
+                        _ => self
+                            .routes
+                            .coordinator
+                            .do_send(coordinator_actor::FromPeer {
+                                from: from.clone(),
+                                msg: msg.clone(),
+                            }),
                     }
                 }
             }

@@ -1,0 +1,128 @@
+//! [`Client`]: the connection of a one-shot tool (`dml ctl`), which does not listen:
+//! it dials a node's control lane, authenticates, and reads each reply from the same
+//! connection.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::net::wire::{self, Envelope, FrameDecoder, HANDSHAKE_MAX_FRAME, MAX_FRAME};
+use crate::types::NodeAddr;
+
+use super::conn::{client_handshake, READ_CHUNK};
+use super::{Lane, Role, TransportError};
+
+/// A connection for one-shot tools (`dml ctl`): it does not listen, sends requests and
+/// reads the replies from the same connection.
+#[derive(Debug)]
+pub struct Client<B> {
+    stream: TcpStream,
+    dec: FrameDecoder,
+    peer: NodeAddr,
+    next_id: u64,
+    /// Set when a request was cut off mid-way: the stream may hold half a frame.
+    broken: bool,
+    _body: PhantomData<fn() -> B>,
+}
+
+impl<B: Serialize + DeserializeOwned> Client<B> {
+    /// Connects to a node's control lane and authenticates, all within `timeout`.
+    pub async fn connect(
+        addr: &str,
+        secret: &[u8],
+        timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        Self::connect_lane(addr, Lane::Control, secret, timeout).await
+    }
+
+    /// Connects on a chosen lane (bulk for large uploads or downloads).
+    pub async fn connect_lane(
+        addr: &str,
+        lane: Lane,
+        secret: &[u8],
+        timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let work = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let label = match stream.local_addr() {
+                Ok(a) => format!("tool@{a}"),
+                Err(_) => "tool".to_string(),
+            };
+            let mut dec = FrameDecoder::new(HANDSHAKE_MAX_FRAME);
+            client_handshake(
+                &mut stream,
+                &mut dec,
+                &NodeAddr(label),
+                Role::Tool,
+                lane,
+                secret,
+            )
+            .await?;
+            dec.set_max(MAX_FRAME);
+            Ok::<_, TransportError>((stream, dec))
+        };
+        let (stream, dec) = tokio::time::timeout(timeout, work).await.map_err(|_| {
+            TransportError::ConnectTimeout {
+                addr: addr.to_string(),
+            }
+        })??;
+        Ok(Client {
+            stream,
+            dec,
+            peer: NodeAddr(addr.to_string()),
+            next_id: 0,
+            broken: false,
+            _body: PhantomData,
+        })
+    }
+
+    /// The node this client talks to.
+    pub fn peer(&self) -> &NodeAddr {
+        &self.peer
+    }
+
+    /// Sends a request and waits for its reply, at most `timeout`. After a timeout the
+    /// connection is unusable (a frame may be half written); connect again.
+    pub async fn request(&mut self, body: B, timeout: Duration) -> Result<B, TransportError> {
+        if self.broken {
+            return Err(TransportError::Closed);
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let frame = wire::encode_frame(&Envelope::request(id, body))?;
+        self.broken = true;
+        let Client { stream, dec, .. } = self;
+        let work = async {
+            stream.write_all(&frame).await?;
+            let mut chunk = vec![0u8; READ_CHUNK];
+            loop {
+                while let Some(env) = dec.next_envelope::<B>()? {
+                    if env.reply_to == Some(id) {
+                        return Ok(env.body);
+                    }
+                    // Anything else (an unsolicited message) is not for a tool.
+                }
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(TransportError::PeerClosed);
+                }
+                dec.push(chunk.get(..n).unwrap_or_default());
+            }
+        };
+        let res =
+            tokio::time::timeout(timeout, work)
+                .await
+                .map_err(|_| TransportError::Timeout {
+                    peer: self.peer.clone(),
+                    after: timeout,
+                })?;
+        // A protocol error also leaves the stream in an unknown state.
+        self.broken = res.is_err();
+        res
+    }
+}
