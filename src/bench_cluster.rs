@@ -24,12 +24,12 @@ use anyhow::{anyhow, bail, Context};
 use dml_actors::clock::wall_ms;
 use dml_actors::config::Config;
 use dml_actors::control::Command;
-use dml_actors::membership::Membership;
 use dml_actors::membership::membership_actor::{Exec, FromPeer, MembershipActor};
-use dml_actors::net::body::Body;
-use dml_actors::node::membership_settings;
 use dml_actors::membership::ping::ProbeSettings;
+use dml_actors::membership::Membership;
+use dml_actors::net::body::Body;
 use dml_actors::net::transport::{Client, Inbound, Transport, TransportConfig};
+use dml_actors::node::membership_settings;
 use dml_actors::types::NodeAddr;
 use tokio::sync::mpsc;
 

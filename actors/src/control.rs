@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod jobs_text;
 pub mod membership_text;
 pub mod sdfs_text;
-pub mod jobs_text;
 
 /// A command a node executes for the console or `dml ctl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,20 +12,20 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::jobs::coordinator_actor::CoordinatorActor;
-use crate::membership::introducer::{Introducer, IntroducerSettings};
-use crate::jobs::JobsConfig;
-use crate::membership::{Membership, Settings};
-use crate::membership::membership_actor::{Exec, MembershipActor, Subscribe};
 use crate::jobs::model_actor::ModelActor;
 use crate::jobs::outbox::Outbox;
-use crate::net::body::Body;
+use crate::jobs::worker_actor::WorkerActor;
+use crate::jobs::JobsConfig;
+use crate::membership::introducer::{Introducer, IntroducerSettings};
+use crate::membership::membership_actor::{Exec, MembershipActor, Subscribe};
 use crate::membership::ping::ProbeSettings;
-use crate::sdfs::client::SdfsClient;
-use crate::sdfs::sdfs_actor::SdfsActor;
+use crate::membership::{Membership, Settings};
+use crate::net::body::Body;
 use crate::net::transport::{Transport, TransportConfig};
 use crate::net::transport_actor::{Routes, TransportActor};
+use crate::sdfs::client::SdfsClient;
+use crate::sdfs::sdfs_actor::SdfsActor;
 use crate::types::NodeAddr;
-use crate::jobs::worker_actor::WorkerActor;
 
 /// Why a node or the introducer could not run.
 #[derive(Debug, Error)]
@@ -198,7 +198,8 @@ pub fn run_introducer(config: Config) -> Result<(), NodeError> {
             member_ttl: announce * 3 + ms(config.fd.cleanup_time),
             reap_interval: announce,
         })?;
-        crate::membership::introducer_actor::IntroducerActor::new(core, transport.clone(), inbound).start();
+        crate::membership::introducer_actor::IntroducerActor::new(core, transport.clone(), inbound)
+            .start();
         info!(introducer = %me, "introducer started");
         shutdown_signal().await;
         transport.shutdown();
