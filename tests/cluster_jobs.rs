@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, RoleEvent, Timings};
 use dml_actors::control::Command;
+use dml_actors::jobs::worker_actor::QueryResult;
 use dml_actors::jobs::{BatchId, JobId, Msg, RunBatch, Term};
 use dml_actors::net::body::Body;
-use dml_actors::jobs::worker_actor::QueryResult;
 use serde_json::Value;
 
 const NODES: usize = 8;
