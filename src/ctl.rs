@@ -4,11 +4,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use dml_actors::config::Config;
 use dml_actors::control::{self, Command, Outcome};
-use dml_actors::net::body::Body;
-use dml_actors::net::transport::Client;
 
 /// Sends one command and waits for the outcome.
 pub fn call(
@@ -17,33 +15,7 @@ pub fn call(
     cmd: Command,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")?;
-    rt.block_on(async {
-        let mut client = Client::<Body>::connect(node, &config.secret, Duration::from_secs(5))
-            .await
-            .with_context(|| format!("cannot reach node {node}"))?;
-        match client.request(Body::Command(cmd), timeout).await {
-            Ok(Body::Outcome(o)) => Ok(o),
-            Ok(other) => Err(anyhow!(
-                "node {node} sent an unexpected answer: {}",
-                other.kind()
-            )),
-            Err(e) => Err(anyhow!("node {node}: {e}")),
-        }
-    })
-}
-
-/// How many members the node lists as alive.
-pub fn alive_count(config: &Config, node: &str) -> anyhow::Result<usize> {
-    let reply =
-        call(config, node, Command::ListMem, Duration::from_secs(2))?.map_err(|e| anyhow!(e))?;
-    let v: serde_json::Value = serde_json::from_str(&reply.json)?;
-    Ok(v.as_array()
-        .map(|a| a.iter().filter(|m| m["state"] == "alive").count())
-        .unwrap_or(0))
+    dml_cluster::ask(node, &config.secret, cmd, Duration::from_secs(5), timeout)
 }
 
 pub fn run(

@@ -13,7 +13,7 @@ use dml_actors::control::{Command, Reply};
 use dml_models::Network;
 
 use crate::ctl;
-use crate::up::{self, LocalCluster};
+use crate::up;
 
 /// Options of `dml demo`.
 #[derive(clap::Args, Debug, Clone)]
@@ -58,7 +58,7 @@ fn sample_set(samples: &Path, dir: &Path, n: usize) -> anyhow::Result<usize> {
     }
     let mut i = 0u32;
     while count < n {
-        let img = generated_image(i, 160 + (i * 37) % 200, 120 + (i * 53) % 180);
+        let img = dml_bench::images::generated_image(i, 160 + (i * 37) % 200, 120 + (i * 53) % 180);
         let path = dir.join(format!("generated-{i:04}.png"));
         img.save(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -66,25 +66,6 @@ fn sample_set(samples: &Path, dir: &Path, n: usize) -> anyhow::Result<usize> {
         i += 1;
     }
     Ok(count)
-}
-
-/// A deterministic test picture: a smooth colour field with a disc, varied by `i`.
-pub fn generated_image(i: u32, w: u32, h: u32) -> image::RgbImage {
-    let t = i as f32 * 0.37;
-    image::RgbImage::from_fn(w, h, |x, y| {
-        let (xf, yf) = (x as f32 / w as f32, y as f32 / h as f32);
-        let inside = ((xf - 0.5).powi(2) + (yf - 0.5).powi(2)) < 0.04 + 0.02 * (t.sin() + 1.0);
-        let base = [
-            (255.0 * (0.5 + 0.5 * (t + xf * 6.0).sin())) as u8,
-            (255.0 * (0.5 + 0.5 * (t * 1.3 + yf * 5.0).cos())) as u8,
-            (255.0 * (0.5 + 0.5 * (t * 0.7 + (xf + yf) * 4.0).sin())) as u8,
-        ];
-        if inside {
-            image::Rgb([255 - base[0], 255 - base[1], base[2] / 2])
-        } else {
-            image::Rgb(base)
-        }
-    })
 }
 
 pub fn run(
@@ -115,7 +96,7 @@ pub fn run(
             config.weights_dir.display(),
             dir.display()
         );
-        crate::models_cli::weights_synth(&dir, 0)?;
+        dml_models::cli::weights_synth(&dir, 0)?;
         overrides.push(format!("inference.weights_dir={}", dir.display()));
     }
     // Every node of the local cluster shares this machine's cores.
@@ -128,8 +109,8 @@ pub fn run(
         config.nodes.len(),
         config.log_dir.display()
     );
-    let cluster = LocalCluster::start(config_path, overrides, config)?;
-    let n = up::wait_formed(config, Duration::from_secs(120))?;
+    let cluster = up::start(config_path, overrides, config)?;
+    let n = up::wait_formed(&cluster, Duration::from_secs(120))?;
     println!(
         "demo: cluster formed: {n} nodes alive ({:.1} s)",
         started.elapsed().as_secs_f64()

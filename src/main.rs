@@ -2,14 +2,9 @@
 //! thin edge over the `dml-actors` and `dml-models` crates; errors become one line on
 //! stderr and a non-zero exit code (2 for configuration errors).
 
-mod bench_cluster;
-mod bench_idunno;
-mod bench_pings;
-mod config_load;
 mod console;
 mod ctl;
 mod demo;
-mod models_cli;
 mod up;
 
 use std::path::PathBuf;
@@ -17,6 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dml_actors::config::ConfigError;
+use dml_cluster::config_file as config_load;
+use dml_models::cli as models_cli;
 
 #[derive(Parser)]
 #[command(
@@ -152,18 +149,18 @@ enum BenchCmd {
     /// after worker and coordinator crashes, cluster overhead.
     Idunno {
         #[command(flatten)]
-        args: bench_idunno::Args,
+        args: dml_bench::idunno::Args,
     },
     /// Ping round-trip times of the failure detector, idle and with every node running
     /// inference at full speed (goal: p99 within 50 ms).
     Pings {
         #[command(flatten)]
-        args: bench_pings::Args,
+        args: dml_bench::pings::Args,
     },
     /// Failure detection and removal times, and background bytes per node.
     Cluster {
         #[command(flatten)]
-        args: bench_cluster::Args,
+        args: dml_bench::cluster::Args,
     },
 }
 
@@ -281,13 +278,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 batches,
                 all_kernels,
                 passes_from_stdin: false,
-            } => models_cli::bench_models(&weights, threads, &batches, all_kernels)?,
+            } => dml_bench::models::bench_models(&weights, threads, &batches, all_kernels)?,
             BenchCmd::Models {
                 weights, threads, ..
-            } => models_cli::serve_passes(&weights, threads)?,
-            BenchCmd::Cluster { args } => bench_cluster::run(&args)?,
-            BenchCmd::Idunno { args } => bench_idunno::run(&args)?,
-            BenchCmd::Pings { args } => bench_pings::run(&args)?,
+            } => dml_bench::models::serve_passes(&weights, threads)?,
+            BenchCmd::Cluster { args } => dml_bench::cluster::run(&args)?,
+            BenchCmd::Idunno { args } => dml_bench::idunno::run(&args)?,
+            BenchCmd::Pings { args } => dml_bench::pings::run(&args)?,
         },
     }
     Ok(ExitCode::SUCCESS)

@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 pub mod classifier;
+pub mod cli;
 pub mod error;
 pub mod inception_v3;
 mod kernels;

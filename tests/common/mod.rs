@@ -1,11 +1,10 @@
-//! Test harness: a real local cluster of `dml` processes on loopback ports, with a
-//! config written to a temporary directory, per-process logs, and an in-process client.
+//! Test harness: a real local cluster of `dml` processes on loopback ports (the shared
+//! `dml-cluster` harness), with a config written to a temporary directory, per-process
+//! logs, and an in-process client.
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 use dml_actors::control::{self, Command as Cmd, Outcome};
 use dml_actors::net::body::Body;
 use dml_actors::net::transport::Client;
+use dml_cluster::{Options, Stop, TestConfig};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 
@@ -22,13 +22,7 @@ pub fn dml_bin() -> &'static str {
 
 /// Free loopback ports (bound once and released; collisions are unlikely, not impossible).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    dml_cluster::free_ports(n).expect("bind port 0")
 }
 
 pub struct Timings {
@@ -50,115 +44,78 @@ impl Timings {
     }
 }
 
+/// A started cluster; dropping it kills every process and, unless the test failed,
+/// removes its directory.
 pub struct Cluster {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub introducer: String,
     pub nodes: Vec<(String, String)>,
-    pub procs: BTreeMap<String, Child>,
+    procs: dml_cluster::Cluster,
 }
 
 impl Cluster {
     /// Writes a config for `n` nodes and starts the introducer and every node.
     pub fn start(name: &str, n: usize, t: &Timings, extra: &str) -> Cluster {
         let dir = std::env::temp_dir().join(format!("dml-test-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let ports = free_ports(n + 1);
-        let mut toml = format!(
-            "[cluster]\nsecret = \"{SECRET}\"\ndata_dir = \"data\"\nlog_dir = \"logs\"\n\n\
-             [introducer]\nhost = \"127.0.0.1\"\nport = {}\n\n\
-             [failure_detector]\nm = 3\nping_duration = {}\nping_timeout = {}\ncleanup_time = {}\n\n{extra}\n",
-            ports[0], t.ping_duration, t.ping_timeout, t.cleanup_time
-        );
-        let mut nodes = Vec::new();
-        for (i, port) in ports.iter().enumerate().skip(1) {
-            toml.push_str(&format!(
-                "[[nodes]]\nname = \"H{i}\"\nhost = \"127.0.0.1\"\nport = {port}\n\n"
-            ));
-            nodes.push((format!("H{i}"), format!("127.0.0.1:{port}")));
+        let layout = TestConfig {
+            secret: SECRET,
+            nodes: n,
+            ping_duration: t.ping_duration,
+            ping_timeout: t.ping_timeout,
+            cleanup_time: t.cleanup_time,
+            fd_extra: "",
+            extra,
         }
-        let config = dir.join("config.toml");
-        fs::write(&config, toml).unwrap();
-        fs::create_dir_all(dir.join("logs")).unwrap();
-        let mut c = Cluster {
-            dir,
-            config,
-            introducer: format!("127.0.0.1:{}", ports[0]),
-            nodes,
-            procs: BTreeMap::new(),
+        .write(&dir)
+        .unwrap();
+        let opts = Options {
+            env: vec![("RUST_LOG".into(), "info".into())],
+            stop: Stop::Kill,
+            own_dir: Some(dir.clone()),
+            reply_within: Duration::from_secs(60),
+            ..Options::default()
         };
-        c.spawn("introducer", &["introducer"]);
-        wait_port(&c.introducer);
-        for (name, addr) in c.nodes.clone() {
-            c.start_node(&name, &addr);
+        Cluster {
+            dir,
+            config: layout.config.clone(),
+            introducer: layout.introducer.clone(),
+            nodes: layout.nodes.clone(),
+            procs: dml_cluster::Cluster::start(Path::new(dml_bin()), layout, opts)
+                .expect("start the cluster"),
         }
-        c
-    }
-
-    fn spawn(&mut self, name: &str, args: &[&str]) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(name))
-            .unwrap();
-        let child = Command::new(dml_bin())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn dml");
-        self.procs.insert(name.to_string(), child);
     }
 
     /// Starts the introducer again (after `kill9("introducer")`).
     pub fn start_introducer(&mut self) {
-        self.spawn("introducer", &["introducer"]);
-        wait_port(&self.introducer);
+        self.procs
+            .start_introducer()
+            .expect("restart the introducer");
     }
 
-    pub fn start_node(&mut self, name: &str, addr: &str) {
-        let (host, port) = addr.rsplit_once(':').unwrap();
-        self.spawn(
-            name,
-            &["node", "--no-console", "--hostname", host, "--port", port],
-        );
+    /// Starts node `name` again (its address is the configured one, `_addr`).
+    pub fn start_node(&mut self, name: &str, _addr: &str) {
+        self.procs.start_node(name).expect("start a node");
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
-        self.dir.join("logs").join(format!("{name}.log"))
+        self.procs.layout.log_path(name)
     }
 
     pub fn addr(&self, name: &str) -> String {
-        self.nodes
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1
-            .clone()
+        self.procs.layout.addr(name).unwrap().to_string()
     }
 
     pub fn pid(&self, name: &str) -> u32 {
-        self.procs[name].id()
+        self.procs.pid(name).unwrap()
     }
 
     pub fn signal(&self, name: &str, sig: &str) {
-        let st = Command::new("kill")
-            .args([sig, &self.pid(name).to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill {sig} {name}");
+        assert!(self.procs.signal(name, sig).is_ok(), "kill {sig} {name}");
     }
 
     pub fn kill9(&mut self, name: &str) {
-        self.signal(name, "-KILL");
-        if let Some(mut c) = self.procs.remove(name) {
-            let _ = c.wait();
-        }
+        self.procs.kill9(name).expect("kill -9");
     }
 
     /// Runs a console command on a node, in process.
@@ -168,20 +125,7 @@ impl Cluster {
 
     /// `list_mem --json` of a node: (addr, incarnation, state).
     pub fn members(&self, addr: &str) -> Option<Vec<(String, u64, String)>> {
-        let reply = ctl(addr, Cmd::ListMem).ok()?.ok()?;
-        let v: serde_json::Value = serde_json::from_str(&reply.json).ok()?;
-        Some(
-            v.as_array()?
-                .iter()
-                .map(|m| {
-                    (
-                        m["addr"].as_str().unwrap_or("").to_string(),
-                        m["incarnation"].as_u64().unwrap_or(0),
-                        m["state"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect(),
-        )
+        self.procs.members(addr)
     }
 
     /// Waits until `pred` holds for every node in `on`, polling; returns the time it took.
@@ -210,7 +154,7 @@ impl Cluster {
     }
 
     pub fn log(&self, name: &str) -> String {
-        fs::read_to_string(self.log_path(name)).unwrap_or_default()
+        self.procs.log(name)
     }
 
     /// Wall-clock ms of every `event=<kind>` line about `peer` in a node's log.
@@ -230,21 +174,6 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, c) in self.procs.iter_mut() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
 pub fn ctl(addr: &str, cmd: Cmd) -> Result<Outcome, String> {
     ctl_within(addr, cmd, Duration::from_secs(60))
 }
@@ -254,13 +183,8 @@ pub fn parse(line: &str) -> Cmd {
 }
 
 pub fn wait_port(addr: &str) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "nothing listens on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    if let Err(e) = dml_cluster::wait_listening(addr, Duration::from_secs(10)) {
+        panic!("{e}");
     }
 }
 
@@ -297,11 +221,11 @@ impl Cluster {
 
     /// The node name of an address.
     pub fn name_of(&self, addr: &str) -> String {
-        self.nodes
-            .iter()
-            .find(|(_, a)| a == addr)
-            .map(|(n, _)| n.clone())
+        self.procs
+            .layout
+            .name_of(addr)
             .unwrap_or_default()
+            .to_string()
     }
 
     /// Runs a command line on a node; the reply's JSON, or the node's one-line error.
@@ -433,20 +357,14 @@ pub fn start_sshd(dir: &Path) -> Sshd {
 /// Like [`ctl`], but gives up after `timeout` (a poll during a takeover must not hang on
 /// a coordinator that is gone).
 pub fn ctl_within(addr: &str, cmd: Cmd, timeout: Duration) -> Result<Outcome, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = Client::<Body>::connect(addr, SECRET.as_bytes(), Duration::from_secs(2))
-            .await
-            .map_err(|e| e.to_string())?;
-        match c.request(Body::Command(cmd), timeout).await {
-            Ok(Body::Outcome(o)) => Ok(o),
-            Ok(other) => Err(format!("unexpected {}", other.kind())),
-            Err(e) => Err(e.to_string()),
-        }
-    })
+    dml_cluster::ask(
+        addr,
+        SECRET.as_bytes(),
+        cmd,
+        Duration::from_secs(2),
+        timeout,
+    )
+    .map_err(|e| format!("{e:#}"))
 }
 
 /// Delivers one message to a node as a tool connection and does not wait for an answer

@@ -1,13 +1,13 @@
-//! Runs the root crate's `src/models_cli.rs` without the rest of `dml` (handy while the
-//! other crates are being built, and for benchmarks):
+//! The models' command-line shells (`dml_models::cli`, `dml_bench::models`) without the
+//! rest of `dml` (handy while the other crates are being built, and for benchmarks):
 //!   cli synth DIR [SEED] | fetch DIR | classify MODEL WEIGHTS DIR [--json] | bench WEIGHTS [BATCH..]
 //!   | passes WEIGHTS (one forward pass per stdin line `<network> <batch>`)
 //! Threads come from DML_THREADS (default 2).
 
-#[path = "../../src/models_cli.rs"]
-mod models_cli;
-
 use std::path::Path;
+
+use dml_bench::models::{bench_models, serve_passes};
+use dml_models::cli as models_cli;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,9 +29,9 @@ fn main() -> anyhow::Result<()> {
         "bench" => {
             let batches: Vec<usize> = args.iter().skip(2).filter_map(|b| b.parse().ok()).collect();
             let all = args.iter().any(|a| a == "--all-kernels");
-            models_cli::bench_models(Path::new(arg(1)), threads, &batches, all)
+            bench_models(Path::new(arg(1)), threads, &batches, all)
         }
-        "passes" => models_cli::serve_passes(Path::new(arg(1)), threads),
+        "passes" => serve_passes(Path::new(arg(1)), threads),
         _ => anyhow::bail!("usage: cli synth DIR [SEED] | fetch DIR | classify MODEL WEIGHTS DIR [--json] | bench WEIGHTS [BATCH..] | passes WEIGHTS"),
     }
 }

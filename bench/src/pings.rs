@@ -18,7 +18,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use dml_actors::clock::wall_ms;
 
-use crate::bench_idunno::{self as idunno, Run};
+use crate::images::write_images;
+use crate::session::{self, Run};
+use crate::stats::percentile;
 
 /// The figure the issue asks about: p99 RTT at or below this, in ms.
 const GOAL_MS: f64 = 50.0;
@@ -141,16 +143,6 @@ pub struct Stats {
     pub over_goal: f64,
 }
 
-/// Nearest-rank percentile (`q` in 0..=1) of sorted values; `None` when empty.
-pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    let n = sorted.len();
-    if n == 0 {
-        return None;
-    }
-    let rank = (q.clamp(0.0, 1.0) * n as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, n) - 1).copied()
-}
-
 /// Statistics of the probes logged within `[from, to]` (unix ms); `None` when none.
 pub fn stats(probes: &[Probe], from: u64, to: u64) -> Option<Stats> {
     let mut v: Vec<f64> = probes
@@ -163,8 +155,8 @@ pub fn stats(probes: &[Probe], from: u64, to: u64) -> Option<Stats> {
     Some(Stats {
         samples: v.len(),
         timeouts: v.iter().filter(|x| x.is_infinite()).count(),
-        p50: percentile(&v, 0.50)?,
-        p99: percentile(&v, 0.99)?,
+        p50: percentile(&v, 50.0)?,
+        p99: percentile(&v, 99.0)?,
         max: *v.last()?,
         over_goal: over as f64 / v.len() as f64,
     })
@@ -241,12 +233,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Some(w) => w.clone(),
         None => {
             let w = root.join("weights");
-            crate::models_cli::weights_synth(&w, 0)?;
+            dml_models::cli::weights_synth(&w, 0)?;
             w
         }
     };
     let images = root.join("images");
-    idunno::write_images(&images, args.images)?;
+    write_images(&images, args.images)?;
     // The nodes inherit this process's environment; nothing else runs yet, so setting
     // it here races with no other thread.
     std::env::set_var("RUST_LOG", &args.log_filter);
@@ -262,7 +254,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         } else {
             "SYNTHETIC"
         },
-        idunno::cpu_model(),
+        session::cpu_model(),
         root.display()
     );
     let result = measure(args, threads, &root, &weights, &images);
@@ -287,9 +279,9 @@ fn measure(
     weights: &std::path::Path,
     images: &std::path::Path,
 ) -> anyhow::Result<(Rows, Vec<String>)> {
-    let (config_path, config) = idunno::write_config(&root.join("cluster"), args.nodes, weights)?;
+    let layout = session::write_config(&root.join("cluster"), args.nodes, weights)?;
     let overrides = [format!("inference.threads={threads}")];
-    let mut run = Run::start(&config_path, &overrides, config)?;
+    let mut run = Run::start(layout, &overrides)?;
     let models: Vec<&str> = args.models.iter().map(String::as_str).collect();
     let stored = run.prepare(&models, args.batch, images)?;
     println!(
@@ -310,10 +302,10 @@ fn measure(
     // Loaded: from the first completed batch until every job is done or the cap.
     let mut jobs = Vec::new();
     for model in &args.models {
-        jobs.push(idunno::submit(&run, model)?);
+        jobs.push(session::submit(&run, model)?);
     }
     run.poll_until(Duration::from_secs(120), |rows, _| {
-        jobs.iter().any(|j| idunno::processed_of(rows, j) > 0)
+        jobs.iter().any(|j| session::processed_of(rows, j) > 0)
     })
     .context("no batch completed within 120 s")?;
     let start = wall_ms();
@@ -357,13 +349,13 @@ fn measure(
 
     let mut all = Vec::new();
     let mut per_node = Vec::new();
-    for n in &run.config.nodes {
-        let path = run.config.log_dir.join(format!("{}.log", n.name));
+    for (name, _) in &run.layout().nodes {
+        let path = run.layout().log_path(name);
         let text =
             fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let probes = parse_probes(&text);
         per_node.push((
-            format!("loaded, pinged by {}", n.name),
+            format!("loaded, pinged by {name}"),
             stats(&probes, start, end),
         ));
         all.extend(probes);
@@ -388,7 +380,7 @@ fn measure(
         ));
     }
     if args.keep {
-        notes.push(format!("logs in {}", run.config.log_dir.display()));
+        notes.push(format!("logs in {}", run.layout().log_dir.display()));
     }
     drop(run);
     Ok((rows, notes))
@@ -442,13 +434,7 @@ mod tests {
 
     #[test]
     fn percentiles_and_phase_stats() {
-        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&sorted, 0.5), Some(50.0));
-        assert_eq!(percentile(&sorted, 0.99), Some(99.0));
-        assert_eq!(percentile(&sorted, 1.0), Some(100.0));
-        assert_eq!(percentile(&sorted, 0.0), Some(1.0));
-        assert_eq!(percentile(&[], 0.5), None);
-
+        // The percentile cases themselves are in crate::stats.
         let mut probes: Vec<Probe> = (0..100)
             .map(|i| Probe {
                 wall: 1000 + i,

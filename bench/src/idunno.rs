@@ -16,22 +16,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use dml_actors::clock::wall_ms;
-use dml_actors::config::Config;
-use dml_actors::control::{Command, Reply};
 use dml_models::{Classifier, Network};
 
-use crate::ctl;
-use crate::up::{self, LocalCluster};
-
-/// The secret of the throw-away benchmark clusters (their config lives in a temp dir).
-const SECRET: &str = "dml-bench-idunno-secret-0123456789";
-/// C1 polling cadence.
-const POLL: Duration = Duration::from_millis(100);
-/// A poll waits at most this long: a request caught by a dead coordinator must not
-/// stall the sampling for the node's 20 s request timeout.
-const POLL_TIMEOUT: Duration = Duration::from_millis(1500);
+use crate::images::write_images;
+use crate::session::{cpu_model, processed_of, submit, write_config, Run};
+use crate::stats::mean_std;
 /// "Back to normal": this fraction of the completion rate before the crash.
 const NORMAL_FRACTION: f64 = 0.9;
 
@@ -73,23 +64,6 @@ pub struct Args {
 // ------------------------------------------------------------------------------------
 // Pure part: statistics, log events, C1/C5 parsing, the recovery rule.
 // ------------------------------------------------------------------------------------
-
-/// Mean and sample standard deviation (n - 1; 0 for one value) of the finite values;
-/// `None` when there are none.
-pub fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
-    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let std = if v.len() < 2 {
-        0.0
-    } else {
-        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    };
-    Some((mean, std))
-}
 
 /// One `event=...` line of a node's log with its `key=value` fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,209 +425,6 @@ pub fn render(trials: &[Trial]) -> String {
     out
 }
 
-// ------------------------------------------------------------------------------------
-// Process shell: clusters, polling, kills.
-// ------------------------------------------------------------------------------------
-
-/// Writes the trial's config (fast failure-detector timings, one inference thread per
-/// node, the shared synthetic weights) and loads it as the nodes will.
-pub(crate) fn write_config(
-    dir: &Path,
-    nodes: usize,
-    weights: &Path,
-) -> anyhow::Result<(PathBuf, Config)> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let ports = crate::bench_cluster::free_ports(nodes + 1)?;
-    let (intro, node_ports) = ports.split_first().context("no ports")?;
-    let mut toml = format!(
-        "[cluster]\nsecret = \"{SECRET}\"\ndata_dir = \"data\"\nlog_dir = \"logs\"\n\n\
-         [introducer]\nhost = \"127.0.0.1\"\nport = {intro}\n\n\
-         [failure_detector]\nm = 3\nping_duration = 0.5\nping_timeout = 0.3\ncleanup_time = 1.5\n\n\
-         [inference]\nthreads = 1\nweights_dir = \"{}\"\n\n",
-        weights.display()
-    );
-    for (i, port) in node_ports.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[nodes]]\nname = \"H{}\"\nhost = \"127.0.0.1\"\nport = {port}\n\n",
-            i + 1
-        ));
-    }
-    let path = dir.join("config.toml");
-    fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
-    let config = crate::config_load::load(&path, &[])?;
-    Ok((path, config))
-}
-
-/// Deterministic generated images (smooth colour fields with a disc), small so that
-/// storing a few hundred in SDFS is quick; the networks resize them anyway.
-pub(crate) fn write_images(dir: &Path, n: usize) -> anyhow::Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for i in 0..n {
-        let iu = i as u32;
-        let (w, h) = (96 + (iu * 37) % 64, 72 + (iu * 53) % 64);
-        let img = crate::demo::generated_image(iu, w, h);
-        let path = dir.join(format!("bench-{i:04}.png"));
-        img.save(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// A running trial cluster and the node the benchmark talks to.
-pub(crate) struct Run {
-    pub(crate) config: Config,
-    pub(crate) cluster: LocalCluster,
-    /// Node name -> address, and back.
-    pub(crate) by_name: BTreeMap<String, String>,
-    /// Node the console commands go to; never killed.
-    pub(crate) console: String,
-    /// Nodes killed so far (their logs are no longer read for detection).
-    pub(crate) dead: Vec<String>,
-    /// (wall ms, processed summed over jobs) from every C1 poll.
-    pub(crate) series: Vec<(u64, u64)>,
-}
-
-impl Run {
-    /// Starts the cluster of `config` (with `--set` overrides) and names its nodes.
-    pub(crate) fn start(
-        config_path: &Path,
-        overrides: &[String],
-        config: Config,
-    ) -> anyhow::Result<Self> {
-        let cluster = LocalCluster::start(config_path, overrides, &config)?;
-        let mut by_name = BTreeMap::new();
-        for n in &config.nodes {
-            by_name.insert(n.name.clone(), n.addr.to_string());
-            by_name.insert(n.addr.to_string(), n.name.clone());
-        }
-        let console = config.nodes.last().context("no nodes")?.addr.to_string();
-        Ok(Run {
-            config,
-            cluster,
-            by_name,
-            console,
-            dead: Vec::new(),
-            series: Vec::new(),
-        })
-    }
-
-    /// Waits for the cluster to form, sets each model's batch size with C3 and stores the
-    /// images under `inputs/bench`; returns how long storing took.
-    pub(crate) fn prepare(
-        &self,
-        models: &[&str],
-        batch: usize,
-        images: &Path,
-    ) -> anyhow::Result<Duration> {
-        up::wait_formed(&self.config, Duration::from_secs(120))?;
-        for model in models {
-            self.ask(
-                Command::C3 {
-                    model: (*model).into(),
-                    batch,
-                },
-                Duration::from_secs(60),
-            )?;
-        }
-        let t = Instant::now();
-        self.ask(
-            Command::Put {
-                local: std::path::absolute(images)?.display().to_string(),
-                name: "inputs/bench".into(),
-            },
-            Duration::from_secs(600),
-        )?;
-        Ok(t.elapsed())
-    }
-
-    pub(crate) fn ask(&self, cmd: Command, timeout: Duration) -> anyhow::Result<Reply> {
-        ctl::call(&self.config, &self.console, cmd, timeout)?.map_err(|e| anyhow!(e))
-    }
-
-    /// One C1 poll: the rows, also appended to the completion series.
-    pub(crate) fn c1(&mut self) -> Option<Vec<Rate>> {
-        let reply = self.ask(Command::C1, POLL_TIMEOUT).ok()?;
-        let rows = parse_c1(&reply.json).ok()?;
-        let total = rows.iter().map(|r| r.processed).sum();
-        self.series.push((wall_ms(), total));
-        Some(rows)
-    }
-
-    pub(crate) fn c5(&self) -> Option<Vec<(String, Option<String>)>> {
-        let reply = self.ask(Command::C5, POLL_TIMEOUT).ok()?;
-        parse_c5(&reply.json).ok()
-    }
-
-    /// Polls C1 every [`POLL`] until `done` says so or `within` passes.
-    pub(crate) fn poll_until(
-        &mut self,
-        within: Duration,
-        mut done: impl FnMut(&[Rate], &Self) -> bool,
-    ) -> Option<Vec<Rate>> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            let tick = Instant::now();
-            if let Some(rows) = self.c1() {
-                if done(&rows, self) {
-                    return Some(rows);
-                }
-            }
-            std::thread::sleep(POLL.saturating_sub(tick.elapsed()));
-        }
-        None
-    }
-
-    /// Events of every node still alive (and of the dead ones if `all`).
-    fn events(&self, all: bool) -> Vec<(String, Vec<LogEvent>)> {
-        self.by_name
-            .keys()
-            .filter(|n| n.starts_with('H') && (all || !self.dead.contains(n)))
-            .map(|n| {
-                let path = self.config.log_dir.join(format!("{n}.log"));
-                let text = fs::read_to_string(path).unwrap_or_default();
-                (n.clone(), parse_events(&text))
-            })
-            .collect()
-    }
-
-    fn reign(&self) -> Option<(String, Option<String>)> {
-        let all: Vec<LogEvent> = self.events(true).into_iter().flat_map(|(_, e)| e).collect();
-        current_reign(&all)
-    }
-
-    fn name_of(&self, addr: &str) -> Option<String> {
-        self.by_name.get(addr).cloned()
-    }
-
-    fn kill(&mut self, name: &str) -> anyhow::Result<u64> {
-        let at = wall_ms();
-        self.cluster.kill9(name)?;
-        self.dead.push(name.to_string());
-        Ok(at)
-    }
-}
-
-pub(crate) fn processed_of(rows: &[Rate], job: &str) -> u64 {
-    rows.iter()
-        .find(|r| r.job == job)
-        .map_or(0, |r| r.processed)
-}
-
-pub(crate) fn submit(run: &Run, model: &str) -> anyhow::Result<String> {
-    let r = run.ask(
-        Command::C4 {
-            model: model.into(),
-            input: "inputs/bench".into(),
-        },
-        Duration::from_secs(60),
-    )?;
-    let v: serde_json::Value = serde_json::from_str(&r.json)?;
-    Ok(v["job"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no job id in {}", r.json))?
-        .to_string())
-}
-
 /// One trial: a fresh cluster, (1) to (3) in sequence, then (4)'s one-process side.
 fn trial(
     k: usize,
@@ -664,8 +435,7 @@ fn trial(
 ) -> anyhow::Result<Trial> {
     let mut out = Trial::default();
     let dir = root.join(format!("trial-{k}"));
-    let (config_path, config) = write_config(&dir, args.nodes, weights)?;
-    let mut run = Run::start(&config_path, &[], config)?;
+    let mut run = Run::start(write_config(&dir, args.nodes, weights)?, &[])?;
     let stored = run.prepare(&["resnet50", "inception_v3"], args.batch, images)?;
     println!(
         "  trial {k}: cluster of {} formed, {} images stored in {:.1} s",
@@ -751,7 +521,7 @@ fn trial(
         Some(victim) => {
             let now = wall_ms();
             let normal = rate_between(&run.series, now.saturating_sub(8000), now).unwrap_or(0.0);
-            let addr = run.by_name.get(&victim).cloned().unwrap_or_default();
+            let addr = run.layout().addr(&victim).unwrap_or_default().to_string();
             let crash = run.kill(&victim)?;
             let window = (args.window_secs * 1000.0) as u64;
             run.poll_until(Duration::from_secs(40), |_, run| {
@@ -821,7 +591,7 @@ fn trial(
         }
         other => println!("  trial {k}: no coordinator/standby pair to test ({other:?})"),
     }
-    let logs = run.config.log_dir.clone();
+    let logs = run.layout().log_dir.clone();
     drop(run);
     if !args.keep {
         let _ = fs::remove_dir_all(&dir);
@@ -877,18 +647,6 @@ fn classify_ips(
     Ok(done as f64 / secs)
 }
 
-pub(crate) fn cpu_model() -> String {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.trials == 0 || args.nodes < 4 || args.batch == 0 {
         bail!("need --trials >= 1, --nodes >= 4 (coordinator, standby, victim, console), --batch >= 1");
@@ -898,7 +656,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let _ = fs::remove_dir_all(&root);
     let weights = root.join("weights");
     // Written once: every node of every trial loads these files instead of generating.
-    crate::models_cli::weights_synth(&weights, 0)?;
+    dml_models::cli::weights_synth(&weights, 0)?;
     let images = root.join("images");
     write_images(&images, args.images)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -936,96 +694,4 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mean_and_sample_std() {
-        let (m, s) = mean_std(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).unwrap();
-        assert!((m - 5.0).abs() < 1e-12);
-        assert!((s - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
-        assert_eq!(mean_std(&[3.0]), Some((3.0, 0.0)));
-        assert_eq!(mean_std(&[]), None);
-        assert_eq!(mean_std(&[f64::NAN]), None);
-    }
-
-    #[test]
-    fn parses_role_and_failed_lines() {
-        let log = "2026-01-01T00:00:00Z  INFO dml_actors::jobs::coordinator_actor: event=role wall=100 \
-                   role=Standby epoch=1 coordinator=127.0.0.1:9001 standby=Some(\"127.0.0.1:9002\")\n\
-                   noise without events\n\
-                   x WARN dml_actors::membership::membership_actor: event=failed wall=250 peer=127.0.0.1:9001 incarnation=3\n\
-                   y INFO c: event=role wall=300 role=Primary epoch=2 coordinator=127.0.0.1:9002 standby=Some(\"127.0.0.1:9003\")\n\
-                   z INFO c: event=role wall=50 role=Primary epoch=1 coordinator=127.0.0.1:9001 standby=None\n";
-        let ev = parse_events(log);
-        assert_eq!(ev.len(), 4);
-        assert_eq!(ev[1].get("peer"), Some("127.0.0.1:9001"));
-        assert_eq!(
-            current_reign(&ev),
-            Some(("127.0.0.1:9002".into(), Some("127.0.0.1:9003".into())))
-        );
-        assert_eq!(first_failed(&ev, "127.0.0.1:9001", 200), Some(250));
-        assert_eq!(first_failed(&ev, "127.0.0.1:9001", 251), None);
-        assert_eq!(first_primary(&ev, 60), Some(300));
-        assert_eq!(first_primary(&ev, 0), Some(50));
-        assert!(parse_event("event=role wall=notanumber").is_none());
-    }
-
-    #[test]
-    fn parses_c1_and_c5() {
-        let c1 = r#"[{"job":"1-1","model":"resnet50","rate_qps":2.5,"processed":40,"failed":0,"total":100,"complete":false}]"#;
-        let rows = parse_c1(c1).unwrap();
-        assert_eq!(rows[0].job, "1-1");
-        assert_eq!(rows[0].processed, 40);
-        assert!((rows[0].rate_qps - 2.5).abs() < 1e-12);
-        assert!(parse_c1("{}").is_err());
-        let c5 = r#"{"nodes":[{"node":"a","job":"1-1","model":"resnet50","batch":3,"queries":2},
-                    {"node":"b","job":null,"model":null,"batch":null,"queries":0},
-                    {"node":"c","job":"1-2","model":"inception_v3","batch":4,"queries":2},
-                    {"node":"d","job":"1-1","model":"resnet50","batch":5,"queries":2}],"shares":[]}"#;
-        let a = parse_c5(c5).unwrap();
-        assert_eq!(workers_of(&a, "1-1"), 2);
-        assert_eq!(workers_of(&a, "1-2"), 1);
-        assert_eq!(a[1], ("b".to_string(), None));
-    }
-
-    #[test]
-    fn rates_and_recovery() {
-        // 10 q/s until the crash at 10 s, a stall of 2 s, then 10 q/s again.
-        let mut series = Vec::new();
-        let mut p = 0u64;
-        for t in (0..=20_000u64).step_by(100) {
-            series.push((t, p));
-            if !(10_000..12_000).contains(&t) {
-                p += 1;
-            }
-        }
-        let normal = rate_between(&series, 2000, 10_000).unwrap();
-        assert!((normal - 10.0).abs() < 1e-9);
-        // The first 3 s window at >= 9 q/s starts once at most 0.3 s of stall is in it.
-        assert_eq!(recovery_ms(&series, 10_000, normal, 3000, 0.9), Some(1700));
-        // Without a stall the rate never dropped.
-        let steady: Vec<(u64, u64)> = (0..200u64).map(|i| (i * 100, i)).collect();
-        assert_eq!(recovery_ms(&steady, 5000, 10.0, 3000, 0.9), Some(0));
-        // No full window after the crash yet.
-        assert_eq!(recovery_ms(&steady, 19_000, 10.0, 3000, 0.9), None);
-        assert!((rate_gap(10.0, 9.0) - 0.1).abs() < 1e-12);
-        assert_eq!(rate_gap(0.0, 0.0), 0.0);
-    }
-
-    #[test]
-    fn table_names_every_figure() {
-        let t = Trial {
-            cluster_ips: Some(8.0),
-            classify_ips: Some(10.0),
-            workers: Some((3.0, 4.0)),
-            rates: Some((2.0, 1.9)),
-            second_start_ms: Some(1500.0),
-            ..Trial::default()
-        };
-        let s = render(&[t.clone(), t]);
-        assert!(s.contains("0.80 ± 0.00"), "{s}");
-        assert!(s.contains("1.50 ± 0.00 s"), "{s}");
-        assert!(s.contains("  0/2"), "{s}");
-    }
-}
+mod tests;

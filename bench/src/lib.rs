@@ -1,0 +1,12 @@
+//! The benchmarks behind `dml bench ...`: `cluster` (failure detection, background
+//! traffic, false removals), `idunno` (the inference assignment's measurements), `pings`
+//! (ping round trips under load) and `models` (forward-pass speed). Each prints its
+//! figures; the binary only parses the options and calls `run`.
+
+pub mod cluster;
+pub mod idunno;
+pub mod images;
+pub mod models;
+pub mod pings;
+pub mod session;
+pub mod stats;
