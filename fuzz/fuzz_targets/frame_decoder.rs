@@ -6,17 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};
 
-// The real modules, compiled from the actors crate's source so that what is fuzzed is
-// exactly what ships, without pulling the crate's runtime dependencies into the build.
-#[allow(dead_code)]
-#[path = "../../actors/src/types.rs"]
-mod types;
-#[allow(dead_code)]
-#[path = "../../actors/src/net/wire.rs"]
-mod wire;
-
-use types::NodeAddr;
-use wire::{FrameDecoder, Lane, Role, ServerHandshake, MAX_FRAME};
+use dml_wire::types::NodeAddr;
+use dml_wire::{FrameDecoder, Lane, Role, ServerHandshake, MAX_FRAME};
 
 /// A body with the shapes the cluster's messages use: strings, bytes, nesting, options.
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         match dec.next_envelope::<Body>() {
             Ok(Some(env)) => {
                 // Whatever decodes must encode again.
-                let _ = wire::encode_frame(&env);
+                let _ = dml_wire::encode_frame(&env);
             }
             Ok(None) if !fed_rest => {
                 dec.push(b);
@@ -51,6 +42,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // The input as one handshake payload, as an unauthenticated peer would send it.
-    let _ = wire::decode_payload::<Body>(data);
+    let _ = dml_wire::decode_payload::<Body>(data);
     let _ = ServerHandshake::on_hello(b"secret", &NodeAddr("a:1".into()), [0; 32], data);
 });
