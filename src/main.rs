@@ -12,7 +12,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dml_actors::config::ConfigError;
-use dml_cluster::config_file as config_load;
 use dml_models::cli as models_cli;
 
 #[derive(Parser)]
@@ -208,7 +207,7 @@ fn init_logs() {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Introducer { cfg } => {
-            let config = config_load::load(&cfg.config, &cfg.set)?;
+            let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
             init_logs();
             dml_actors::node::run_introducer(config)?;
         }
@@ -218,7 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             port,
             no_console,
         } => {
-            let config = config_load::load(&cfg.config, &cfg.set)?;
+            let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
             let addr = dml_actors::types::NodeAddr::new(&hostname, port);
             if config.node(&addr).is_none() {
                 return Err(ConfigError {
@@ -238,12 +237,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Demo { cfg, args } => {
             init_logs();
-            let config = config_load::load(&cfg.config, &cfg.set)?;
+            let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
             demo::run(&cfg.config, &cfg.set, &config, &args)?;
         }
         Cmd::Up { cfg } => {
             init_logs();
-            let config = config_load::load(&cfg.config, &cfg.set)?;
+            let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
             up::run(&cfg.config, &cfg.set, &config)?;
         }
         Cmd::Ctl {
@@ -254,7 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             detach,
             command,
         } => {
-            let config = config_load::load(&cfg.config, &cfg.set)?;
+            let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
             return ctl::run(&config, &node, json, timeout, detach, &command);
         }
         Cmd::Weights { what, dir } => match what {

@@ -13,6 +13,9 @@ use thiserror::Error;
 
 use crate::types::NodeAddr;
 
+mod load;
+pub use load::load;
+
 /// A configuration error; `key` is the dotted config key at fault.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("config: {key}: {msg}")]

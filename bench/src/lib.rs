@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod idunno;
 pub mod images;
+pub mod logs;
 pub mod models;
 pub mod pings;
 pub mod session;

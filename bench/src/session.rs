@@ -11,7 +11,7 @@ use dml_actors::clock::wall_ms;
 use dml_actors::control::{Command, Reply};
 use dml_cluster::{Cluster, Layout, Options, TestConfig};
 
-use crate::idunno::{current_reign, parse_c1, parse_c5, parse_events, LogEvent, Rate};
+use crate::logs::{current_reign, parse_c1, parse_c5, parse_events, LogEvent, Rate};
 
 /// The secret of the throw-away benchmark clusters (their config lives in a temp dir).
 const SECRET: &str = "dml-bench-idunno-secret-0123456789";

@@ -89,7 +89,7 @@ mod tests {
         }
         .write(&dir)
         .unwrap();
-        let config = config_file::load(&layout.config, &[]).unwrap();
+        let config = dml_actors::config::load(&layout.config, &[]).unwrap();
         let again = Layout::of(&layout.config, &config);
         assert_eq!(again.nodes, layout.nodes);
         assert_eq!(again.introducer, layout.introducer);

@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use crate::control::Reply as CtlReply;
-use crate::sdfs::sdfs_actor::PutLocalDone;
+use crate::sdfs::dir_put::PutLocalDone;
 use crate::sdfs::Reply;
 
 /// Text and JSON of a core reply; `local` is the file a get wrote, if any.
@@ -118,9 +118,4 @@ pub fn put_local(done: &PutLocalDone) -> CtlReply {
             )
         }
     }
-}
-
-/// The error of a directory put some of whose files failed.
-pub fn dir_put_failed(prefix: &str, failed: usize, total: usize, first: &str) -> String {
-    format!("put {prefix}/: {failed} of {total} files failed; first: {first}")
 }

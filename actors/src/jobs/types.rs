@@ -4,8 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
-use super::error::ConfigError;
 use crate::types::{Millis, NodeAddr};
 
 /// One query = one input file in SDFS, named by its SDFS name.
@@ -272,6 +272,32 @@ impl JobsConfig {
         let names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
         names.join(", ")
     }
+}
+
+/// A setting of `JobsConfig` that cannot work; nothing is started.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// At least one model is needed.
+    #[error("no models configured")]
+    NoModels,
+    /// Two models with the same name.
+    #[error("model `{0}` configured twice")]
+    DuplicateModel(String),
+    /// A default batch size of zero or above the maximum.
+    #[error("model `{0}`: batch size {1} out of range")]
+    BadBatchSize(String, u32),
+    /// A prior per-query time that is not a positive number.
+    #[error("model `{0}`: prior per-query time must be positive")]
+    BadPrior(String),
+    /// k must exceed 1, or every batch would be re-issued.
+    #[error("slow_factor must be a number above 1")]
+    BadSlowFactor,
+    /// Hysteresis must be a non-negative number.
+    #[error("hysteresis_batches must be a non-negative number")]
+    BadHysteresis,
+    /// rate window, attempts and time samples must be positive.
+    #[error("rate_window_ms, max_attempts and time_samples must be positive")]
+    Zero,
 }
 
 #[cfg(test)]

@@ -6,9 +6,26 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use super::sdfs_actor::PutLocalDone;
 use super::SdfsName;
-use crate::control::sdfs_text;
+
+/// What a put of a local file or directory stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutLocalDone {
+    /// One file, stored as `version` of `name`.
+    File {
+        /// The SDFS name.
+        name: String,
+        /// The version stored.
+        version: u64,
+    },
+    /// Every file of the directory, by SDFS name, in the order they were stored.
+    Dir {
+        /// The SDFS prefix the directory went under.
+        prefix: String,
+        /// (name, version) of each file.
+        stored: Vec<(String, u64)>,
+    },
+}
 
 /// Files of a directory put in flight at once.
 pub const PARALLELISM: usize = 4;
@@ -87,11 +104,11 @@ impl DirPut {
     /// The answer of a finished put: every file stored, or the first error.
     pub fn result(self) -> Result<PutLocalDone, String> {
         match self.errors.first() {
-            Some(first) => Err(sdfs_text::dir_put_failed(
-                &self.prefix,
+            Some(first) => Err(format!(
+                "put {}/: {} of {} files failed; first: {first}",
+                self.prefix,
                 self.errors.len(),
-                self.total,
-                first,
+                self.total
             )),
             None => Ok(PutLocalDone::Dir {
                 prefix: self.prefix,

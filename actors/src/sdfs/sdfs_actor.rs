@@ -30,7 +30,7 @@ use crate::net::body::Body;
 use crate::net::transport::Transport;
 use crate::net::wire::Lane;
 use crate::sdfs::core::{staging_file_name, STAGING_DIR};
-use crate::sdfs::dir_put::DirPut;
+use crate::sdfs::dir_put::{DirPut, PutLocalDone};
 use crate::sdfs::local_io::{
     absolute, close_sink, deliver, dir_files, open_sink, prepare_staging, Sink, Source, StageSource,
 };
@@ -98,20 +98,6 @@ pub struct PutLocal {
     /// The SDFS name (a directory's files go under `name/...`).
     pub name: String,
     pub reply: oneshot::Sender<Result<PutLocalDone, String>>,
-}
-
-/// What a put of a local file or directory stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PutLocalDone {
-    File {
-        name: String,
-        version: u64,
-    },
-    /// Every file of the directory, by SDFS name, in the order they were stored.
-    Dir {
-        prefix: String,
-        stored: Vec<(String, u64)>,
-    },
 }
 
 /// Who waits for a local put: the console (text) or an actor (typed).

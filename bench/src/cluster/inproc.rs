@@ -32,7 +32,7 @@ pub(super) struct InProcNodes {
 
 impl InProcNodes {
     pub(super) fn start(c: &Cluster) -> anyhow::Result<Self> {
-        let config = dml_cluster::config_file::load(&c.layout.config, &[])?;
+        let config = dml_actors::config::load(&c.layout.config, &[])?;
         let addrs: Vec<NodeAddr> = c
             .layout
             .nodes
