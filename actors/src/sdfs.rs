@@ -3,7 +3,7 @@
 //! ([`core`], one file per role under `sdfs/core/`) that the actor shell
 //! ([`sdfs_actor`]) drives, with its local files in `local_io` and the decisions of a
 //! directory put in [`dir_put`]. Other actors use SDFS through [`client::SdfsClient`].
-//! Design and consistency rules: docs/ARCHITECTURE-sdfs.md.
+//! Design and consistency rules: docs/ARCHITECTURE.md, "SDFS".
 
 pub mod name;
 pub mod store;

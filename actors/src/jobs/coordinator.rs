@@ -10,8 +10,8 @@
 //! - `Member`: everyone else (they still run the worker core).
 //!
 //! The shell feeds `now` and one [`Input`] at a time into [`Machine::handle`] and
-//! executes the returned [`Effect`]s; the rules are in docs/ARCHITECTURE-jobs.md. The
-//! core is split by concern:
+//! executes the returned [`Effect`]s; the rules are in docs/ARCHITECTURE.md ("Inference
+//! jobs"). The core is split by concern:
 //! - `reign`: the first reign, takeovers, standby choice, fencing and replication;
 //! - `requests`: client requests (submission, C3, status) and manifest bookkeeping;
 //! - `dispatch`: the primary's batches: forming, assigning, re-issuing, committing.

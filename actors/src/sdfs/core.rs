@@ -8,7 +8,7 @@
 //! runs the core on a thread of its own, never on the thread that answers pings. Every
 //! step is bounded by one chunk, so a call never does more than `window` chunks of I/O.
 //!
-//! Roles per name (see docs/ARCHITECTURE-sdfs.md): the first node of the name's placement
+//! Roles per name (see docs/ARCHITECTURE.md, "SDFS"): the first node of the name's placement
 //! is its *primary*; it sequences versions, records commits and drives re-replication.
 //! Every replica keeps the version files themselves, so a new primary rebuilds the
 //! metadata by asking the placement nodes (`MetaQuery`).
