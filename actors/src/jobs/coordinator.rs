@@ -50,7 +50,17 @@ pub enum Timer {
     },
     /// The first live node of the ring waited its grace period for news of a reign.
     Bootstrap,
+    /// Write `job`'s manifest again (an earlier write failed). Stale when it has been
+    /// stored since, or this node no longer coordinates.
+    RetryManifest {
+        /// The job whose manifest is still missing from SDFS.
+        job: JobId,
+    },
 }
+
+/// How long the coordinator waits before writing a manifest again after SDFS refused
+/// it (SDFS refuses while its ring is still forming, for about a membership change).
+pub const MANIFEST_RETRY_MS: Millis = 1_000;
 
 /// Everything that can happen to the coordinator core.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +91,8 @@ pub enum Input {
     },
     /// The manifest of an [`Effect::WriteManifest`] is in SDFS.
     ManifestWritten(JobId),
+    /// The manifest of an [`Effect::WriteManifest`] could not be written.
+    ManifestFailed(JobId),
     /// The shell read SDFS for an [`Effect::LoadJobsFromSdfs`].
     SdfsLoaded {
         /// The term the rebuild is for.
@@ -513,6 +525,14 @@ impl Coordinator {
                 });
             }
             Timer::Bootstrap => self.on_bootstrap_timer(&mut fx),
+            Timer::RetryManifest { job } => {
+                let missing = self.state.jobs.get(&job).filter(|j| !j.manifest_stored);
+                if let (RoleKind::Primary, Some(j)) = (self.role(), missing) {
+                    fx.push(Effect::WriteManifest {
+                        manifest: j.manifest.clone(),
+                    });
+                }
+            }
         }
         fx
     }
@@ -535,6 +555,10 @@ impl Machine for Coordinator {
                 queries,
             } => self.on_inputs_listed(now, client, request_id, &model, &input, queries),
             Input::ManifestWritten(job) => self.on_manifest_written(now, job),
+            Input::ManifestFailed(job) => vec![Effect::SetTimer {
+                at: now + MANIFEST_RETRY_MS,
+                timer: Timer::RetryManifest { job },
+            }],
             Input::SdfsLoaded {
                 term,
                 manifests,

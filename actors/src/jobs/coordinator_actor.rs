@@ -197,11 +197,8 @@ impl CoordinatorActor {
                 .map(move |r, act, ctx| match r {
                     Ok(_) => act.coord(coordinator::Input::ManifestWritten(id), ctx),
                     Err(e) => {
-                        // SDFS refuses while its ring is forming: the core waits for this.
-                        warn!(job = %id, "manifest not written ({e}); retrying");
-                        ctx.run_later(Duration::from_secs(1), move |act, ctx| {
-                            act.write_manifest(manifest, ctx)
-                        });
+                        warn!(job = %id, "manifest not written ({e}); the core retries");
+                        act.coord(coordinator::Input::ManifestFailed(id), ctx)
                     }
                 }),
         );

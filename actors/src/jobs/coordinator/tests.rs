@@ -189,3 +189,46 @@ fn requests_to_a_member_name_the_coordinator() {
         } if c.as_str() == "boss:1"
     ));
 }
+
+fn manifests(fx: &[Effect]) -> Vec<JobManifest> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::WriteManifest { manifest } => Some(manifest.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// SDFS refuses a manifest while its ring forms: the core writes it again after
+/// `MANIFEST_RETRY_MS`, acknowledges the job only once it is stored, and a retry timer
+/// that fires after that is stale.
+#[test]
+fn a_failed_manifest_write_is_retried_and_the_job_acknowledged_only_when_stored() {
+    let me = NodeAddr::from("solo:1");
+    let mut c = solo(&me, JobsConfig::default(), 0);
+    let fx = c.handle(1, listed("client:1", 1, &["in/a"]));
+    let manifest = manifests(&fx).pop().expect("a manifest to write");
+    let id = manifest.id;
+
+    let fx = c.handle(5, Input::ManifestFailed(id));
+    let retry = Timer::RetryManifest { job: id };
+    assert_eq!(
+        fx,
+        vec![Effect::SetTimer {
+            at: 5 + MANIFEST_RETRY_MS,
+            timer: retry,
+        }]
+    );
+    let fx = c.handle(5 + MANIFEST_RETRY_MS, Input::Timer(retry));
+    assert_eq!(manifests(&fx), vec![manifest]);
+    assert!(!sends(&fx)
+        .iter()
+        .any(|(_, m)| matches!(m, Msg::JobAccepted { .. })));
+
+    let fx = c.handle(1_100, Input::ManifestWritten(id));
+    assert!(sends(&fx)
+        .iter()
+        .any(|(_, m)| matches!(m, Msg::JobAccepted { .. })));
+    // Stored now: a late retry timer writes nothing.
+    assert!(manifests(&c.handle(2_000, Input::Timer(retry))).is_empty());
+}
