@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use dml_actors::machine::Machine;
 use dml_actors::sdfs::store::{flip_byte, FIRST_DATA_OFFSET};
 use dml_actors::sdfs::{
-    Command, Delivery, Effect, Event, Input, Lane, LocalStore, OpId, Reply, SdfsConfig, SdfsCore,
-    SdfsError, SdfsName, StoreConfig, Timer,
+    Command, Delivery, Effect, Event, Input, Lane, LocalStore, Msg, OpId, Reply, SdfsConfig,
+    SdfsCore, SdfsError, SdfsName, StoreConfig, Timer,
 };
 use dml_actors::types::{Millis, NodeAddr};
 use sim::World;
@@ -26,6 +26,9 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
+/// Decides whether the network loses a message: `(from, to, msg)`.
+type LoseFn = Box<dyn FnMut(&NodeAddr, &NodeAddr, &Msg) -> bool>;
+
 struct Sim {
     nodes: BTreeMap<NodeAddr, Node>,
     /// Peer messages, timers and local completions (source reads, staging copies) are
@@ -38,6 +41,9 @@ struct Sim {
     next_op: OpId,
     /// Staged-transfer runs: how many of the next staging copies arrive damaged.
     damage_stages: u32,
+    /// Messages the network loses on purpose (a full send queue drops a message the
+    /// same way): `lose(from, to, msg)` true drops it.
+    lose: Option<LoseFn>,
 }
 
 fn addr(i: usize) -> NodeAddr {
@@ -70,6 +76,7 @@ impl Sim {
             events: Vec::new(),
             next_op: 0,
             damage_stages: 0,
+            lose: None,
         };
         for i in 0..n {
             let dir = tempfile::tempdir().unwrap();
@@ -123,6 +130,9 @@ impl Sim {
         for e in effects {
             match e {
                 Effect::Send { to, msg } => {
+                    if self.lose.as_mut().is_some_and(|lose| lose(at, &to, &msg)) {
+                        continue;
+                    }
                     let lane = match msg.lane() {
                         Lane::Control => 0,
                         Lane::Bulk => 1,
@@ -779,5 +789,44 @@ fn staged_puts_commit_exact_bytes_and_reject_damaged_copies() {
             let left = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
             assert_eq!(left, 0, "staging files left on {a}");
         }
+    }
+}
+
+/// A metadata answer lost on its way to a new primary (issue 13: a full send queue
+/// dropped it) used to leave the name's query waiting for ever: every get and ls of the
+/// name then failed with "no answer from the primary", and its copies were never
+/// restored. The primary asks again from its sweep.
+#[test]
+fn a_lost_metadata_answer_is_asked_again_and_the_file_stays_readable() {
+    for seed in sim::seeds("a_lost_metadata_answer_is_asked_again", 1..=SEEDS) {
+        let mut sim = Sim::new(8, seed);
+        let bytes = data(3, 3 * CHUNK + 5);
+        let v = sim.put_ok(&addr(0), "lost/answer.bin", bytes.clone());
+        let holders = sim.holders("lost/answer.bin", v);
+        assert_eq!(holders.len(), 4);
+        // The primary and two other holders die; the first metadata answer anyone
+        // sends after that is lost.
+        let mut lost = 0;
+        sim.lose = Some(Box::new(move |_, _, msg| {
+            if matches!(msg, Msg::MetaReply { .. }) && lost == 0 {
+                lost += 1;
+                return true;
+            }
+            false
+        }));
+        let victims: Vec<NodeAddr> = holders.iter().take(3).cloned().collect();
+        sim.kill(&victims);
+        sim.run();
+        let reader = sim.live()[0].clone();
+        assert_eq!(
+            sim.get(&reader, "lost/answer.bin"),
+            (v, bytes),
+            "seed {seed}"
+        );
+        assert_eq!(
+            sim.holders("lost/answer.bin", v).len(),
+            4,
+            "seed {seed}: copies restored"
+        );
     }
 }

@@ -415,7 +415,12 @@ enum PrimaryReq {
 #[derive(Debug)]
 struct Query {
     name: SdfsName,
+    /// Nodes whose answer is still missing.
     waiting: BTreeSet<NodeAddr>,
+    /// When `MetaQuery` last went to the `waiting` nodes: a query or answer lost on the
+    /// way (a full send queue drops it) is asked again from the sweep, never forgotten,
+    /// since every request for the name waits on this query.
+    asked_at: Millis,
     acc: Meta,
     node_tombstones: BTreeMap<NodeAddr, Version>,
 }

@@ -229,6 +229,7 @@ impl SdfsCore {
         }
         self.serving
             .retain(|_, s| now.saturating_sub(s.last) < idle);
+        self.resend_stale_queries();
 
         let stale_up: Vec<(XferId, NodeAddr)> = self
             .uploads

@@ -118,6 +118,7 @@ impl SdfsCore {
         let mut q = Query {
             name: name.clone(),
             waiting: targets.clone(),
+            asked_at: self.now,
             acc: Meta::default(),
             node_tombstones: BTreeMap::new(),
         };
@@ -135,6 +136,34 @@ impl SdfsCore {
         self.queries.insert(qid, q);
         self.querying.insert(name.clone(), qid);
         self.maybe_finish_query(qid);
+    }
+
+    /// Asks again every node that has not answered a metadata query within
+    /// `request_timeout_ms`. A `MetaQuery` only reads, and a second answer from the same
+    /// node is ignored, so asking twice is harmless.
+    pub(super) fn resend_stale_queries(&mut self) {
+        let now = self.now;
+        let timeout = self.cfg.request_timeout_ms;
+        let stale: Vec<(JobId, SdfsName, Vec<NodeAddr>)> = self
+            .queries
+            .iter_mut()
+            .filter(|(_, q)| !q.waiting.is_empty() && now.saturating_sub(q.asked_at) >= timeout)
+            .map(|(qid, q)| {
+                q.asked_at = now;
+                (*qid, q.name.clone(), q.waiting.iter().cloned().collect())
+            })
+            .collect();
+        for (qid, name, nodes) in stale {
+            for n in nodes {
+                self.send(
+                    &n,
+                    Msg::MetaQuery {
+                        qid,
+                        name: name.clone(),
+                    },
+                );
+            }
+        }
     }
 
     pub(super) fn local_state(&mut self, name: &SdfsName) -> (Vec<Version>, Version, Vec<Version>) {
