@@ -163,8 +163,23 @@ enum BenchCmd {
     },
 }
 
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`dml ctl store | head`) made
+/// `println!` panic. `dml ctl` should end quietly instead, as Unix filters do. Only
+/// `ctl`: a node or `dml up` must never die of a peer's or a reader's closed pipe.
+fn restore_sigpipe() {
+    // SAFETY: called first thing in `main`, before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Ctl { .. }) {
+        restore_sigpipe();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
