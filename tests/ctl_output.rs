@@ -24,5 +24,9 @@ fn ctl_into_a_closed_pipe_ends_without_a_panic() {
         .unwrap();
     let status = child.wait().unwrap();
     assert!(!stderr.contains("panicked"), "ctl panicked: {stderr}");
-    assert_ne!(status.code(), Some(101), "ctl exited as a panic does: {stderr}");
+    assert_ne!(
+        status.code(),
+        Some(101),
+        "ctl exited as a panic does: {stderr}"
+    );
 }
