@@ -26,8 +26,8 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
-/// Decides whether the network loses a message: `(from, to, msg)`.
-type LoseFn = Box<dyn FnMut(&NodeAddr, &NodeAddr, &Msg) -> bool>;
+/// Decides whether the network loses a message: `(now, from, to, msg)`.
+type LoseFn = Box<dyn FnMut(Millis, &NodeAddr, &NodeAddr, &Msg) -> bool>;
 
 struct Sim {
     nodes: BTreeMap<NodeAddr, Node>,
@@ -42,7 +42,7 @@ struct Sim {
     /// Staged-transfer runs: how many of the next staging copies arrive damaged.
     damage_stages: u32,
     /// Messages the network loses on purpose (a full send queue drops a message the
-    /// same way): `lose(from, to, msg)` true drops it.
+    /// same way): `lose(now, from, to, msg)` true drops it.
     lose: Option<LoseFn>,
 }
 
@@ -127,10 +127,15 @@ impl Sim {
     }
 
     fn apply(&mut self, at: &NodeAddr, effects: Vec<Effect>) {
+        let now = self.world.now();
         for e in effects {
             match e {
                 Effect::Send { to, msg } => {
-                    if self.lose.as_mut().is_some_and(|lose| lose(at, &to, &msg)) {
+                    if self
+                        .lose
+                        .as_mut()
+                        .is_some_and(|lose| lose(now, at, &to, &msg))
+                    {
                         continue;
                     }
                     let lane = match msg.lane() {
@@ -217,7 +222,17 @@ impl Sim {
                 return;
             }
         }
-        panic!("simulation did not settle ({})", self.world.ctx());
+        let busy: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|(a, n)| n.core.as_ref().map(|c| (a, c)))
+            .filter(|(_, c)| !c.is_idle())
+            .map(|(a, c)| format!("{a}: {}", c.pending_work()))
+            .collect();
+        panic!(
+            "simulation did not settle ({}); busy: {busy:?}",
+            self.world.ctx()
+        );
     }
 
     fn steps(&mut self, n: usize) {
@@ -807,7 +822,7 @@ fn a_lost_metadata_answer_is_asked_again_and_the_file_stays_readable() {
         // The primary and two other holders die; the first metadata answer anyone
         // sends after that is lost.
         let mut lost = 0;
-        sim.lose = Some(Box::new(move |_, _, msg| {
+        sim.lose = Some(Box::new(move |_, _, _, msg| {
             if matches!(msg, Msg::MetaReply { .. }) && lost == 0 {
                 lost += 1;
                 return true;
@@ -828,5 +843,186 @@ fn a_lost_metadata_answer_is_asked_again_and_the_file_stays_readable() {
             4,
             "seed {seed}: copies restored"
         );
+    }
+}
+
+/// Issue 13: a message lost on the way (a full send queue drops it) must be recovered by
+/// a later resend, whatever it was. Control messages beyond a few from one node to
+/// another in the same instant overflow here, while two back-to-back waves of three
+/// crashes re-replicate hundreds of names: every name ends with m + 1 copies after each
+/// wave and reads back byte-exact. Before the fix, dropped holding reports, replication
+/// answers and metadata answers left names with too few copies or hung repairs.
+#[test]
+fn bursts_that_overflow_send_queues_lose_nothing_over_two_waves() {
+    for seed in sim::seeds("bursts_that_overflow_send_queues", 1..=2) {
+        let mut sim = Sim::new(10, seed);
+        const FILES: usize = 300;
+        let mut files = Vec::new();
+        for i in 0..FILES {
+            let n = format!("burst/f{i:04}");
+            let bytes = data(i as u8, 100 + (i * 37) % (2 * CHUNK));
+            let v = sim.put_ok(&addr(i % 10), &n, bytes.clone());
+            files.push((n, v, bytes));
+        }
+        let mut sent: HashMap<(Millis, NodeAddr, NodeAddr), usize> = HashMap::new();
+        sim.lose = Some(Box::new(move |now, from, to, msg| {
+            if msg.lane() != Lane::Control {
+                return false;
+            }
+            let n = sent.entry((now, from.clone(), to.clone())).or_default();
+            *n += 1;
+            *n > 8
+        }));
+        for wave in [[1, 4, 7], [2, 5, 8]] {
+            let victims: Vec<NodeAddr> = wave.iter().map(|i| addr(*i)).collect();
+            sim.kill(&victims);
+            sim.run();
+            for (n, v, _) in &files {
+                assert_eq!(
+                    sim.holders(n, *v).len(),
+                    4,
+                    "seed {seed}: copies of {n} after wave {wave:?}"
+                );
+            }
+        }
+        sim.lose = None;
+        for (n, v, bytes) in &files {
+            assert_eq!(
+                sim.get(&addr(0), n),
+                (*v, bytes.clone()),
+                "seed {seed}: {n}"
+            );
+        }
+        assert!(
+            sim.logged(|e| matches!(e, Event::DataLost { .. }))
+                .is_empty(),
+            "seed {seed}"
+        );
+    }
+}
+
+/// A holder reports a name whose placement changed to its primary until the primary
+/// acknowledges it. Before, the report was sent once: a lost report left the name with
+/// too few copies for good.
+#[test]
+fn a_lost_holding_report_is_sent_again() {
+    for seed in sim::seeds("a_lost_holding_report_is_sent_again", 1..=SEEDS) {
+        let mut sim = Sim::new(8, seed);
+        let mut files = Vec::new();
+        for i in 0..12 {
+            let n = format!("report/f{i}");
+            let bytes = data(i as u8, 2 * CHUNK + i);
+            let v = sim.put_ok(&addr(0), &n, bytes.clone());
+            files.push((n, v, bytes));
+        }
+        // Every node's first holding report to each primary is lost.
+        let mut lost = std::collections::HashSet::new();
+        sim.lose = Some(Box::new(move |_, from, to, msg| {
+            matches!(msg, Msg::HoldingReport { .. }) && lost.insert((from.clone(), to.clone()))
+        }));
+        let victims = sim.holders(&files[0].0, files[0].1)[..3].to_vec();
+        sim.kill(&victims);
+        sim.run();
+        for (n, v, bytes) in &files {
+            assert_eq!(sim.holders(n, *v).len(), 4, "seed {seed}: copies of {n}");
+            assert_eq!(sim.get(&sim.live()[0].clone(), n), (*v, bytes.clone()));
+        }
+    }
+}
+
+/// A primary sends a replication order again while its holder stays silent, and the
+/// holder answers a repeat by its job id. Before, a lost answer kept the order
+/// "running" for ever and, with four of them lost, re-replication stopped.
+#[test]
+fn a_lost_replication_answer_is_asked_again_and_repair_finishes() {
+    for seed in sim::seeds("a_lost_replication_answer", 1..=SEEDS) {
+        let mut sim = Sim::new(8, seed);
+        let mut files = Vec::new();
+        for i in 0..10 {
+            let n = format!("answer/f{i}");
+            let bytes = data(i as u8, CHUNK + 7 * i);
+            let v = sim.put_ok(&addr(1), &n, bytes.clone());
+            files.push((n, v, bytes));
+        }
+        let mut lost = std::collections::HashSet::new();
+        sim.lose = Some(Box::new(move |_, _, _, msg| match msg {
+            Msg::ReplicateDone { job, .. } | Msg::ReplicateBusy { job } => lost.insert(*job),
+            _ => false,
+        }));
+        let victims = sim.holders(&files[0].0, files[0].1)[..3].to_vec();
+        sim.kill(&victims);
+        sim.run();
+        for (n, v, bytes) in &files {
+            assert_eq!(sim.holders(n, *v).len(), 4, "seed {seed}: copies of {n}");
+            assert_eq!(sim.get(&sim.live()[0].clone(), n), (*v, bytes.clone()));
+        }
+    }
+}
+
+/// A primary that is alive but silent (hung, or dead and not yet detected) must not
+/// make its names unreadable: after one request timeout the reader asks the holders.
+/// Before, the read gave up after five unanswered attempts.
+#[test]
+fn a_read_is_served_by_the_holders_when_the_primary_is_silent() {
+    for seed in sim::seeds("a_read_is_served_by_the_holders", 1..=SEEDS) {
+        let mut sim = Sim::new(6, seed);
+        let bytes = data(9, 3 * CHUNK + 1);
+        let v = sim.put_ok(&addr(0), "silent/primary.bin", bytes.clone());
+        let placement = sim.nodes[&addr(0)]
+            .core
+            .as_ref()
+            .unwrap()
+            .placement(&name("silent/primary.bin"));
+        let primary = placement[0].clone();
+        let others: Vec<NodeAddr> = sim.live().into_iter().filter(|a| *a != primary).collect();
+        sim.world.partition(std::slice::from_ref(&primary), &others);
+        // A reader that holds no copy, so that the bytes come over the network.
+        let reader = others
+            .iter()
+            .find(|a| !placement.contains(a))
+            .unwrap()
+            .clone();
+        assert_eq!(
+            sim.get(&reader, "silent/primary.bin"),
+            (v, bytes),
+            "seed {seed}"
+        );
+        assert!(!sim
+            .logged(|e| matches!(e, Event::ReadFromHolders { .. }))
+            .is_empty());
+    }
+}
+
+/// A copy that keeps failing (its target takes no data for ten minutes) is retried
+/// after a pause, never given up. Before, a name whose checks exceeded a bound was
+/// dropped silently and kept too few copies.
+#[test]
+fn a_repair_that_keeps_failing_is_retried_until_it_succeeds() {
+    for seed in sim::seeds("a_repair_that_keeps_failing", 1..=2) {
+        let mut sim = Sim::new(5, seed);
+        let bytes = data(4, 2 * CHUNK);
+        let v = sim.put_ok(&addr(0), "stubborn/f", bytes.clone());
+        let holders = sim.holders("stubborn/f", v);
+        let target = sim
+            .live()
+            .into_iter()
+            .find(|a| !holders.contains(a))
+            .unwrap();
+        let until = sim.world.now() + 600_000;
+        let t = target.clone();
+        sim.lose = Some(Box::new(move |now, _, to, msg| {
+            msg.lane() == Lane::Bulk && *to == t && now < until
+        }));
+        sim.kill(&holders[..1]);
+        sim.run();
+        assert!(
+            sim.world.now() >= until,
+            "seed {seed}: ended before the target healed"
+        );
+        assert!(
+            sim.holders("stubborn/f", v).contains(&target),
+            "seed {seed}: the copy was given up"
+        );
+        assert_eq!(sim.get(&target, "stubborn/f"), (v, bytes));
     }
 }

@@ -72,6 +72,10 @@ pub struct SdfsConfig {
     pub max_attempts: u32,
     /// Re-replication transfers a primary runs at once.
     pub repair_parallelism: usize,
+    /// Names a primary checks at once after a membership change (each check asks the
+    /// placement for its metadata): thousands of names must not burst into the peers'
+    /// send queues at once.
+    pub check_window: usize,
     /// High bits of this run's ids, so ids of a restarted node do not collide with
     /// the ones peers may still remember (the shell passes something random).
     pub id_seed: u32,
@@ -95,6 +99,7 @@ impl SdfsConfig {
             sweep_ms: 1_000,
             max_attempts: 5,
             repair_parallelism: 4,
+            check_window: 64,
             id_seed: 0,
             staged: false,
         }
@@ -338,11 +343,22 @@ struct Fetch {
     last: Millis,
 }
 
+/// A read's own metadata query to the name's holders, made when the primary does not
+/// answer in time (dead but not yet detected, or busy).
+#[derive(Debug)]
+struct Direct {
+    qid: JobId,
+    waiting: BTreeSet<NodeAddr>,
+    asked_at: Millis,
+    acc: Meta,
+}
+
 #[derive(Debug)]
 struct ReadOp {
     name: SdfsName,
     kind: ReadKind,
     ctl: Option<Ctl>,
+    direct: Option<Box<Direct>>,
     attempts: u32,
     queue: VecDeque<VersionInfo>,
     cur: Option<Fetch>,
@@ -359,8 +375,11 @@ struct DeleteOp {
 
 #[derive(Debug)]
 struct ListOp {
+    prefix: String,
     waiting: BTreeSet<NodeAddr>,
     names: BTreeSet<SdfsName>,
+    /// When the nodes still `waiting` were last asked (a lost answer is asked again).
+    asked_at: Millis,
 }
 
 #[derive(Debug)]
@@ -432,6 +451,8 @@ struct DeleteJob {
     name: SdfsName,
     tombstone: Version,
     waiting: BTreeSet<NodeAddr>,
+    /// When the nodes still `waiting` were last told (a lost answer is asked again).
+    asked_at: Millis,
 }
 
 #[derive(Debug, Clone)]
@@ -444,21 +465,45 @@ struct RepairTask {
     left: usize,
 }
 
+/// A copy a primary ordered and is waiting on.
+#[derive(Debug, Clone)]
+struct Running {
+    task: RepairTask,
+    /// Last word from the holder (or when the order was last sent): a silent holder is
+    /// sent the order again, so a lost order or answer never leaves the task hanging.
+    heard: Millis,
+}
+
+/// The holder side of a `Replicate` order, kept by (requester, job) so that a repeated
+/// order is answered instead of copied twice.
+#[derive(Debug, Clone, Copy)]
+enum Replicating {
+    Copying,
+    Done { ok: bool, bytes: u64, at: Millis },
+}
+
 #[derive(Debug, Default)]
 struct Repairs {
     queue: Vec<RepairTask>,
-    running: HashMap<JobId, RepairTask>,
+    running: HashMap<JobId, Running>,
     outstanding: HashMap<SdfsName, (usize, usize)>,
+    /// Checks of a name since the last membership change; past a bound a name is
+    /// checked again only after a pause (`later`), never given up.
     checks: HashMap<SdfsName, u32>,
     /// Nodes outside the placement that reported holding a name: extra sources.
     sources: HashMap<SdfsName, BTreeSet<NodeAddr>>,
+    /// Names waiting for a check; at most `check_window` are `checking` at once.
+    pending: BTreeSet<SdfsName>,
+    checking: BTreeSet<SdfsName>,
+    /// Names to check again at a time (repairs that keep failing).
+    later: BTreeMap<SdfsName, Millis>,
     /// When the current round started (the membership change), for the log.
     since: Option<Millis>,
-    /// Copies made in the current round.
+    /// Copies made and bytes copied in the current round.
     made: usize,
-    /// Names reported to this node while it did not consider itself their primary
-    /// (its view lagged the reporter's); looked at again after the next change.
-    deferred: BTreeSet<SdfsName>,
+    bytes: u64,
+    /// When progress was last logged.
+    logged_at: Millis,
 }
 
 #[derive(Debug)]
@@ -547,6 +592,13 @@ pub struct SdfsCore {
     waiting: HashMap<SdfsName, Vec<PrimaryReq>>,
     deletes: HashMap<JobId, DeleteJob>,
     repairs: Repairs,
+    /// Holder side of replication orders.
+    replicating: HashMap<(NodeAddr, JobId), Replicating>,
+    /// Holder side of re-replication: names whose placement changed, to be reported to
+    /// their primary until it acknowledges them; `Some((primary, at))` once sent.
+    reports: BTreeMap<SdfsName, Option<(NodeAddr, Millis)>>,
+    /// Reads' direct metadata queries -> the op.
+    read_queries: HashMap<JobId, OpId>,
     uploads: HashMap<XferId, Upload>,
     incoming: HashMap<(NodeAddr, XferId), Incoming>,
     serving: HashMap<(NodeAddr, XferId), Serving>,
@@ -572,6 +624,7 @@ impl SdfsCore {
         cfg.window = cfg.window.max(1);
         cfg.replicas = cfg.replicas.max(1);
         cfg.repair_parallelism = cfg.repair_parallelism.max(1);
+        cfg.check_window = cfg.check_window.max(1);
         let next_id = u64::from(cfg.id_seed) << 32;
         SdfsCore {
             cfg,
@@ -591,6 +644,9 @@ impl SdfsCore {
             waiting: HashMap::new(),
             deletes: HashMap::new(),
             repairs: Repairs::default(),
+            replicating: HashMap::new(),
+            reports: BTreeMap::new(),
+            read_queries: HashMap::new(),
             uploads: HashMap::new(),
             incoming: HashMap::new(),
             serving: HashMap::new(),
@@ -621,6 +677,30 @@ impl SdfsCore {
             && self.deletes.is_empty()
             && self.repairs.queue.is_empty()
             && self.repairs.running.is_empty()
+            && self.repairs.pending.is_empty()
+            && self.repairs.checking.is_empty()
+            && self.repairs.later.is_empty()
+            && self.reports.is_empty()
+    }
+
+    /// What keeps this node from being idle, for failure messages of tests.
+    pub fn pending_work(&self) -> String {
+        format!(
+            "ops {}, uploads {}, incoming {}, serving {}, queries {}, deletes {}, \
+             repairs queued {} running {} pending {} checking {} later {}, reports {}",
+            self.ops.len(),
+            self.uploads.len(),
+            self.incoming.len(),
+            self.serving.len(),
+            self.queries.len(),
+            self.deletes.len(),
+            self.repairs.queue.len(),
+            self.repairs.running.len(),
+            self.repairs.pending.len(),
+            self.repairs.checking.len(),
+            self.repairs.later.len(),
+            self.reports.len(),
+        )
     }
 
     /// Asks for the next housekeeping sweep, `sweep_ms` from now.
@@ -692,7 +772,9 @@ impl SdfsCore {
                 self.on_upload_msg(from, msg)
             }
             msg @ (Msg::HoldingReport { .. }
+            | Msg::HoldingAck { .. }
             | Msg::Replicate { .. }
+            | Msg::ReplicateBusy { .. }
             | Msg::ReplicateDone { .. }) => self.on_repair_msg(from, msg),
             msg @ Msg::WriteStaged { .. } => self.on_staged_msg(from, msg),
         }

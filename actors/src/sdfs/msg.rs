@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::name::SdfsName;
-use super::store::{Holding, Version};
+use super::store::Version;
 use crate::types::NodeAddr;
 
 /// A client operation's id, chosen by the node that started it (unique per node).
@@ -148,16 +148,28 @@ pub enum Msg {
         name: SdfsName,
         version: Version,
     },
-    /// Sent to a name's primary when its placement changed: what the sender holds.
+    /// Sent to the primary of names whose placement changed: the sender holds copies of
+    /// them. The sender reports a name again until the primary acknowledges it
+    /// (`HoldingAck`), then the primary learns the versions from the placement.
     HoldingReport {
-        holdings: Vec<Holding>,
+        names: Vec<SdfsName>,
     },
-    /// Push a copy of `version` to `to` (re-replication or repair of a bad copy).
+    /// The names of a `HoldingReport` this node took charge of as their primary; the
+    /// others go again, to whoever is primary then.
+    HoldingAck {
+        names: Vec<SdfsName>,
+    },
+    /// Push a copy of `version` to `to` (re-replication or repair of a bad copy). Sent
+    /// again while no answer comes: the holder answers a repeat by the job id.
     Replicate {
         job: JobId,
         name: SdfsName,
         version: Version,
         to: NodeAddr,
+    },
+    /// The copy of a `Replicate` is still being made.
+    ReplicateBusy {
+        job: JobId,
     },
     ReplicateDone {
         job: JobId,
@@ -165,6 +177,8 @@ pub enum Msg {
         version: Version,
         to: NodeAddr,
         ok: bool,
+        /// Bytes copied (0 when it failed).
+        bytes: u64,
     },
 
     // ---- write stream: sender -> replica chunks (bulk), replica -> sender acks ----

@@ -40,6 +40,7 @@ use crate::sdfs::{
     Command as SdfsCommand, Effect, Event, Input, LocalStore, OpId, Reply, SdfsConfig, SdfsCore,
     SdfsError, SdfsName, StoreConfig,
 };
+use crate::types::Millis;
 use crate::types::NodeAddr;
 
 /// Inputs handled per mailbox turn before yielding, so a long local stream (a put whose
@@ -171,6 +172,10 @@ pub struct SdfsActor {
     queue: VecDeque<Input>,
     continue_pending: bool,
     scp: Option<ScpShell>,
+    /// Sends refused by a full peer queue since the last log line, and when that was:
+    /// the protocol sends them again, so a burst is one line a second, not one per drop.
+    dropped: u64,
+    dropped_logged: Millis,
 }
 
 impl SdfsActor {
@@ -219,6 +224,8 @@ impl SdfsActor {
             queue: VecDeque::new(),
             continue_pending: false,
             scp,
+            dropped: 0,
+            dropped_logged: 0,
         })
     }
 
@@ -259,9 +266,21 @@ impl SdfsActor {
                     crate::sdfs::Lane::Control => Lane::Control,
                     crate::sdfs::Lane::Bulk => Lane::Bulk,
                 };
-                // A refused send is a lost message: the protocol's timeouts retry.
+                // A refused send is a lost message: the protocol sends it again (every
+                // request, report and order is resent until answered).
                 if let Err(e) = self.transport.send(&to, lane, Body::Sdfs(msg)) {
-                    warn!(peer = %to, "sdfs send dropped: {e}");
+                    self.dropped += 1;
+                    let now = clock::now();
+                    if now.saturating_sub(self.dropped_logged) >= 1_000 {
+                        warn!(
+                            peer = %to,
+                            "sdfs sends dropped (peer queue full): {} since the last such \
+                             line, last: {e}; the protocol sends them again",
+                            self.dropped
+                        );
+                        self.dropped = 0;
+                        self.dropped_logged = now;
+                    }
                 }
             }
             Effect::ReadSource { op, offset, len } => {
@@ -531,7 +550,10 @@ impl SdfsActor {
 fn log_event(ev: &Event) {
     let wall = clock::wall_ms();
     match ev {
-        Event::ChecksumMismatch { .. } | Event::DataLost { .. } | Event::StoreFailure { .. } => {
+        Event::ChecksumMismatch { .. }
+        | Event::DataLost { .. }
+        | Event::StoreFailure { .. }
+        | Event::RepairDeferred { .. } => {
             warn!(wall, "sdfs: {ev}")
         }
         _ => info!(wall, "sdfs: {ev}"),

@@ -48,6 +48,26 @@ pub enum Event {
     },
     ReReplicationIdle {
         took_ms: Millis,
+        copies: usize,
+        bytes: u64,
+    },
+    /// A re-replication round still running on this primary.
+    ReReplicationProgress {
+        /// Names waiting for a check, being checked, or with copies still to make.
+        pending: usize,
+        copies: usize,
+        bytes: u64,
+        took_ms: Millis,
+    },
+    /// A name's repair failed too often in a row: it is checked again later.
+    RepairDeferred {
+        name: SdfsName,
+        checks: u32,
+    },
+    /// The primary of a name did not answer a read in time; the read asked the holders.
+    ReadFromHolders {
+        name: SdfsName,
+        primary: NodeAddr,
     },
     DataLost {
         name: SdfsName,
@@ -121,10 +141,39 @@ impl fmt::Display for Event {
                     "re-replication of {name} took {took_ms} ms ({copies} copies made)"
                 )
             }
-            Event::ReReplicationIdle { took_ms } => {
+            Event::ReReplicationIdle {
+                took_ms,
+                copies,
+                bytes,
+            } => {
                 write!(
                     f,
-                    "re-replication after membership change finished in {took_ms} ms"
+                    "re-replication after membership change finished in {took_ms} ms \
+                     ({copies} copies, {bytes} bytes)"
+                )
+            }
+            Event::ReReplicationProgress {
+                pending,
+                copies,
+                bytes,
+                took_ms,
+            } => {
+                write!(
+                    f,
+                    "re-replication in progress: {pending} names pending, {copies} copies \
+                     made, {bytes} bytes, {took_ms} ms"
+                )
+            }
+            Event::RepairDeferred { name, checks } => {
+                write!(
+                    f,
+                    "repair of {name} failed {checks} times; checking it again later"
+                )
+            }
+            Event::ReadFromHolders { name, primary } => {
+                write!(
+                    f,
+                    "primary {primary} of {name} did not answer; asking its holders"
                 )
             }
             Event::DataLost { name, version } => {

@@ -1,11 +1,10 @@
 //! Membership changes (what dies with a node, what must be re-replicated) and the
 //! housekeeping sweep (resends, stalled transfers).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::sdfs::msg::{JobId, Msg, OpId, RemoteError, XferId};
 use crate::sdfs::ring::Ring;
-use crate::sdfs::store::Holding;
 use crate::types::NodeAddr;
 
 use super::{ClientOp, DeleteOp, Event, PutOp, PutStage, ReadOp, RepairTask, SdfsCore};
@@ -138,14 +137,16 @@ impl SdfsCore {
             .repairs
             .running
             .iter()
-            .filter(|(_, t)| dead.contains(&t.from) || dead.contains(&t.to))
+            .filter(|(_, r)| dead.contains(&r.task.from) || dead.contains(&r.task.to))
             .map(|(j, _)| *j)
             .collect();
         for job in failed {
-            if let Some(t) = self.repairs.running.remove(&job) {
-                self.repair_task_finished(t, false);
+            if let Some(r) = self.repairs.running.remove(&job) {
+                self.repair_task_finished(r.task, false);
             }
         }
+        self.replicating
+            .retain(|(requester, _), _| !dead.contains(requester));
         let (stale, keep): (Vec<RepairTask>, Vec<RepairTask>) =
             std::mem::take(&mut self.repairs.queue)
                 .into_iter()
@@ -156,10 +157,15 @@ impl SdfsCore {
         }
 
         // Every name this node holds whose placement changed is reported to its
-        // primary, which restores m + 1 copies. After at most m failures at least one
-        // holder of every version survives to report it.
+        // primary (until acknowledged), which restores m + 1 copies. After at most m
+        // failures at least one holder of every version survives to report it. Checks
+        // start afresh: names that kept failing get their attempts back.
         self.repairs.since = Some(now);
         self.repairs.checks.clear();
+        let later = std::mem::take(&mut self.repairs.later);
+        self.repairs.pending.extend(later.into_keys());
+        let (ring, pending) = (&self.ring, &mut self.repairs.pending);
+        pending.retain(|n| ring.primary(n).as_ref() == Some(&me));
         let holdings = match self.store.holdings() {
             Ok(h) => h,
             Err(e) => {
@@ -169,37 +175,14 @@ impl SdfsCore {
                 Vec::new()
             }
         };
-        let mut reports: BTreeMap<NodeAddr, Vec<Holding>> = BTreeMap::new();
         for h in holdings {
-            if old.placement(&h.name, replicas) == self.ring.placement(&h.name, replicas) {
-                continue;
-            }
-            if let Some(p) = self.ring.primary(&h.name) {
-                reports.entry(p).or_default().push(h);
+            if old.placement(&h.name, replicas) != self.ring.placement(&h.name, replicas) {
+                self.reports.insert(h.name, None);
             }
         }
-        for name in std::mem::take(&mut self.repairs.deferred) {
-            if self.primary_of(&name).as_ref() == Some(&me) {
-                self.schedule_check(&name);
-            }
-        }
-        for (primary, hs) in reports {
-            if primary == me {
-                for h in hs {
-                    self.schedule_check(&h.name);
-                }
-            } else {
-                for batch in hs.chunks(256) {
-                    self.send(
-                        &primary,
-                        Msg::HoldingReport {
-                            holdings: batch.to_vec(),
-                        },
-                    );
-                }
-            }
-        }
+        self.pump_reports();
         self.dispatch_repairs();
+        self.pump_checks();
         self.maybe_repairs_idle();
     }
 
@@ -230,6 +213,10 @@ impl SdfsCore {
         self.serving
             .retain(|_, s| now.saturating_sub(s.last) < idle);
         self.resend_stale_queries();
+        self.resend_stale_deletes();
+        self.sweep_repairs();
+        let ops = &self.ops;
+        self.read_queries.retain(|_, op| ops.contains_key(op));
 
         let stale_up: Vec<(XferId, NodeAddr)> = self
             .uploads
@@ -248,7 +235,7 @@ impl SdfsCore {
 
         let ops: Vec<OpId> = self.ops.keys().copied().collect();
         for op in ops {
-            let (resend, read_stalled) = match self.ops.get(&op) {
+            let (resend, read_stalled, list_again) = match self.ops.get(&op) {
                 Some(ClientOp::Put(PutOp { ctl: Some(c), .. }))
                 | Some(ClientOp::Read(ReadOp { ctl: Some(c), .. }))
                 | Some(ClientOp::Delete(DeleteOp { ctl: Some(c), .. })) => (
@@ -257,20 +244,33 @@ impl SdfsCore {
                         None => now.saturating_sub(c.sent_at) >= req_timeout,
                     },
                     false,
+                    false,
                 ),
                 Some(ClientOp::Read(ReadOp {
                     cur: Some(f),
                     ctl: None,
                     ..
-                })) => (false, now.saturating_sub(f.last) >= idle),
-                _ => (false, false),
+                })) => (false, now.saturating_sub(f.last) >= idle, false),
+                Some(ClientOp::List(l)) => {
+                    (false, false, now.saturating_sub(l.asked_at) >= req_timeout)
+                }
+                _ => (false, false, false),
             };
             if resend {
+                // A primary that does not answer a read may be dead and not yet
+                // detected, or busy: the holders are asked as well.
+                if matches!(self.ops.get(&op), Some(ClientOp::Read(_))) {
+                    self.read_direct(op);
+                }
                 self.ctl_send(op);
             }
             if read_stalled {
                 self.read_fallback(op, "transfer stalled".into(), false);
             }
+            if list_again {
+                self.resend_list(op);
+            }
+            self.maybe_finish_direct(op);
         }
     }
 }

@@ -104,8 +104,16 @@ impl SdfsCore {
                         },
                     );
                 }
-                self.ops
-                    .insert(op, ClientOp::List(ListOp { waiting, names }));
+                let asked_at = self.now;
+                self.ops.insert(
+                    op,
+                    ClientOp::List(ListOp {
+                        prefix,
+                        waiting,
+                        names,
+                        asked_at,
+                    }),
+                );
                 self.maybe_finish_list(op);
             }
             Command::Store => {
@@ -128,6 +136,7 @@ impl SdfsCore {
                 name,
                 kind,
                 ctl: None,
+                direct: None,
                 attempts: 0,
                 queue: VecDeque::new(),
                 cur: None,
@@ -234,6 +243,9 @@ impl SdfsCore {
                 self.fail_put(op, err);
             }
             Some(ClientOp::Read(r)) => {
+                if let Some(d) = r.direct {
+                    self.read_queries.remove(&d.qid);
+                }
                 if let Some(f) = r.cur {
                     self.read_xfers.remove(&f.xfer);
                     self.send(&f.holder, Msg::ReadCancel { xfer: f.xfer });
@@ -307,6 +319,21 @@ impl SdfsCore {
             }
             (Some(_), _) => self.fail_op(op, SdfsError::Remote(error)),
             (None, _) => {}
+        }
+    }
+
+    /// Asks the nodes that have not answered a listing again (a lost answer would
+    /// otherwise leave it waiting for ever; a repeated answer is ignored).
+    pub(super) fn resend_list(&mut self, op: OpId) {
+        let now = self.now;
+        let Some(ClientOp::List(l)) = self.ops.get_mut(&op) else {
+            return;
+        };
+        l.asked_at = now;
+        let (prefix, nodes) = (l.prefix.clone(), l.waiting.clone());
+        for n in nodes {
+            let prefix = prefix.clone();
+            self.send(&n, Msg::ListPrefix { op, prefix });
         }
     }
 

@@ -57,6 +57,10 @@ impl SdfsCore {
                 tombstone,
                 inflight,
             } => {
+                if let Some(&op) = self.read_queries.get(&qid) {
+                    self.on_direct_reply(op, qid, from, &versions, tombstone);
+                    return;
+                }
                 if let Some(q) = self.queries.get_mut(&qid) {
                     if q.name == name && q.waiting.remove(&from) {
                         merge_reply(q, &from, &versions, tombstone, &inflight);
@@ -469,9 +473,29 @@ impl SdfsCore {
                 name: name.clone(),
                 tombstone: t,
                 waiting: targets,
+                asked_at: self.now,
             },
         );
         self.maybe_finish_delete(job);
+    }
+
+    /// Tells the nodes that have not confirmed a delete again (`DeleteUpTo` is
+    /// idempotent): a lost confirmation must not leave the delete waiting for ever.
+    pub(super) fn resend_stale_deletes(&mut self) {
+        let now = self.now;
+        let timeout = self.cfg.request_timeout_ms;
+        let mut again = Vec::new();
+        for (job, d) in self.deletes.iter_mut() {
+            if !d.waiting.is_empty() && now.saturating_sub(d.asked_at) >= timeout {
+                d.asked_at = now;
+                for n in &d.waiting {
+                    again.push((n.clone(), *job, d.name.clone(), d.tombstone));
+                }
+            }
+        }
+        for (n, job, name, upto) in again {
+            self.send(&n, Msg::DeleteUpTo { job, name, upto });
+        }
     }
 
     pub(super) fn maybe_finish_delete(&mut self, job: JobId) {

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeSet;
 
-use crate::sdfs::msg::{Msg, OpId, RemoteError, VersionInfo, XferId};
+use crate::sdfs::msg::{JobId, Msg, OpId, RemoteError, VersionInfo, XferId};
 use crate::sdfs::name::SdfsName;
 use crate::sdfs::store::{StoreError, Version};
 use crate::types::NodeAddr;
 
 use super::{
-    store_err, ClientOp, Delivery, Effect, Event, Fetch, ReadKind, ReadOp, Reply, SdfsCore,
-    SdfsError, Serving,
+    store_err, ClientOp, Delivery, Direct, Effect, Event, Fetch, Meta, ReadKind, ReadOp, Reply,
+    SdfsCore, SdfsError, Serving,
 };
 
 impl SdfsCore {
@@ -96,6 +96,117 @@ impl SdfsCore {
                 self.next_fetch(op);
             }
         }
+    }
+
+    /// The primary has not answered a read in time: ask the name's placement directly
+    /// (once per read). The answer serves the read if it comes before the primary's.
+    pub(super) fn read_direct(&mut self, op: OpId) {
+        let Some(ClientOp::Read(r)) = self.ops.get(&op) else {
+            return;
+        };
+        if r.direct.is_some() || r.ctl.is_none() {
+            return;
+        }
+        let name = r.name.clone();
+        let primary = r.ctl.as_ref().map(|c| c.primary.clone());
+        let me = self.cfg.me.clone();
+        let qid = self.id();
+        let mut waiting: BTreeSet<NodeAddr> = self.placement(&name).into_iter().collect();
+        waiting.remove(&me);
+        let mut acc = Meta::default();
+        let (versions, tombstone, _) = self.local_state(&name);
+        merge_direct(&mut acc, &me, &versions, tombstone);
+        for n in &waiting {
+            self.send(
+                n,
+                Msg::MetaQuery {
+                    qid,
+                    name: name.clone(),
+                },
+            );
+        }
+        if let Some(primary) = primary {
+            self.log(Event::ReadFromHolders {
+                name: name.clone(),
+                primary,
+            });
+        }
+        self.read_queries.insert(qid, op);
+        if let Some(ClientOp::Read(r)) = self.ops.get_mut(&op) {
+            r.direct = Some(Box::new(Direct {
+                qid,
+                waiting,
+                asked_at: self.now,
+                acc,
+            }));
+        }
+        self.maybe_finish_direct(op);
+    }
+
+    pub(super) fn on_direct_reply(
+        &mut self,
+        op: OpId,
+        qid: JobId,
+        from: NodeAddr,
+        versions: &[Version],
+        tombstone: Version,
+    ) {
+        let mine = match self.ops.get_mut(&op) {
+            Some(ClientOp::Read(ReadOp {
+                direct: Some(d), ..
+            })) if d.qid == qid => {
+                if d.waiting.remove(&from) {
+                    merge_direct(&mut d.acc, &from, versions, tombstone);
+                }
+                true
+            }
+            _ => false,
+        };
+        if mine {
+            self.maybe_finish_direct(op);
+        } else {
+            self.read_queries.remove(&qid);
+        }
+    }
+
+    /// Serves the read from its direct query once every holder answered, or all but one
+    /// (the silent primary) after `request_timeout_ms`. Holders that answer nothing do
+    /// not make a name missing while others are still to answer.
+    pub(super) fn maybe_finish_direct(&mut self, op: OpId) {
+        let now = self.now;
+        let timeout = self.cfg.request_timeout_ms;
+        let Some(ClientOp::Read(r)) = self.ops.get_mut(&op) else {
+            return;
+        };
+        let Some(d) = r.direct.as_ref() else { return };
+        if r.ctl.is_none() {
+            // The primary answered first (or the read moved on).
+            self.read_queries.remove(&d.qid);
+            r.direct = None;
+            return;
+        }
+        let all = d.waiting.is_empty();
+        let enough = all || (now.saturating_sub(d.asked_at) >= timeout && d.waiting.len() <= 1);
+        if !enough {
+            return;
+        }
+        let t = d.acc.tombstone;
+        let versions: Vec<VersionInfo> = d
+            .acc
+            .versions
+            .range(t + 1..)
+            .rev()
+            .map(|(v, hs)| VersionInfo {
+                version: *v,
+                holders: hs.iter().cloned().collect(),
+            })
+            .collect();
+        if versions.is_empty() && !all {
+            return;
+        }
+        self.read_queries.remove(&d.qid);
+        r.direct = None;
+        self.on_meta_info(op, versions);
     }
 
     /// Starts fetching the next queued version, or replies when none is left.
@@ -404,4 +515,11 @@ impl SdfsCore {
             }),
         }
     }
+}
+
+fn merge_direct(acc: &mut Meta, from: &NodeAddr, versions: &[Version], tombstone: Version) {
+    for v in versions {
+        acc.versions.entry(*v).or_default().insert(from.clone());
+    }
+    acc.tombstone = acc.tombstone.max(tombstone);
 }

@@ -154,16 +154,7 @@ impl SdfsCore {
                     .cloned()
                     .unwrap_or_else(|| self.cfg.me.clone());
                 self.cancel_upload(xfer);
-                self.send(
-                    &requester,
-                    Msg::ReplicateDone {
-                        job,
-                        name,
-                        version,
-                        to,
-                        ok: false,
-                    },
-                );
+                self.finish_replicate(requester, job, name, version, to, false, 0);
             }
         }
     }
@@ -213,16 +204,7 @@ impl SdfsCore {
                     .into_iter()
                     .next()
                     .unwrap_or_else(|| self.cfg.me.clone());
-                self.send(
-                    &requester,
-                    Msg::ReplicateDone {
-                        job,
-                        name: u.name,
-                        version: u.version,
-                        to,
-                        ok: true,
-                    },
-                );
+                self.finish_replicate(requester, job, u.name, u.version, to, true, u.bytes);
             }
         }
     }
