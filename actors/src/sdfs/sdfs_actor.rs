@@ -531,7 +531,11 @@ impl SdfsActor {
 fn log_event(ev: &Event) {
     let wall = clock::wall_ms();
     match ev {
-        Event::ChecksumMismatch { .. } | Event::DataLost { .. } | Event::StoreFailure { .. } => {
+        Event::ChecksumMismatch { .. }
+        | Event::DataLost { .. }
+        | Event::StoreFailure { .. }
+        | Event::DiskFull { .. }
+        | Event::ScrubDamage { .. } => {
             warn!(wall, "sdfs: {ev}")
         }
         _ => info!(wall, "sdfs: {ev}"),

@@ -272,5 +272,6 @@ impl SdfsCore {
                 self.read_fallback(op, "transfer stalled".into(), false);
             }
         }
+        self.scrub_step();
     }
 }
