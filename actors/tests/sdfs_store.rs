@@ -211,7 +211,11 @@ fn rejects_oversized_chunks_and_version_zero() {
 }
 
 /// A 1 MiB tmpfs under a temp dir, unmounted (lazily) on drop; `None` when not root.
-struct Tmpfs(std::path::PathBuf, tempfile::TempDir);
+struct Tmpfs {
+    path: std::path::PathBuf,
+    /// Removed after the unmount in `drop`.
+    _dir: tempfile::TempDir,
+}
 
 impl Tmpfs {
     fn mount() -> Option<Tmpfs> {
@@ -226,7 +230,10 @@ impl Tmpfs {
             eprintln!("skipped: mounting a tmpfs needs root");
             return None;
         }
-        Some(Tmpfs(dir.path().to_path_buf(), dir))
+        Some(Tmpfs {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        })
     }
 }
 
@@ -234,7 +241,7 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
             .arg("-l")
-            .arg(&self.0)
+            .arg(&self.path)
             .status();
     }
 }
@@ -242,7 +249,7 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_disk_is_disk_full_leaves_nothing_behind_and_delete_frees_it() {
     let Some(fs) = Tmpfs::mount() else { return };
-    let s = open(&fs.0, 5);
+    let s = open(&fs.path, 5);
     let chunk = vec![7u8; 200 * 1024];
     // Fill it with whole versions until one is refused.
     let mut stored = Vec::new();
@@ -274,11 +281,11 @@ fn a_full_disk_is_disk_full_leaves_nothing_behind_and_delete_frees_it() {
         assert_eq!(s.read_all(n, 1).unwrap(), chunk);
     }
     // Not a page left: a delete needs room for its tombstone, and makes it.
-    let mut filler = std::fs::File::create(fs.0.join("filler")).unwrap();
+    let mut filler = std::fs::File::create(fs.path.join("filler")).unwrap();
     while std::io::Write::write_all(&mut filler, &[1u8; 4096]).is_ok() {}
     drop(filler);
     assert!(
-        std::fs::write(fs.0.join("probe"), b"x").is_err(),
+        std::fs::write(fs.path.join("probe"), b"x").is_err(),
         "disk is full"
     );
     s.delete(&stored[0], 1).unwrap();
