@@ -109,7 +109,7 @@ fn a_full_disk_and_a_damaged_copy_are_survived_and_repaired() {
     // Declared after the cluster: unmounted before the cluster's directory is removed.
     let mount = mount.expect("mounted");
     let all: Vec<String> = c.nodes.iter().map(|(_, a)| a.clone()).collect();
-    c.wait_views(&all, Duration::from_secs(30), "formation", |v| {
+    c.wait_views(&all, Duration::from_secs(60), "formation", |v| {
         v.len() == 6 && v.iter().all(|(_, _, s)| s == "alive")
     });
     let work = c.dir.join("work");

@@ -17,9 +17,9 @@
 //! `core/`: `ops` (client commands, requests to primaries, retries), `put` (client side
 //! of a put), `upload` (streaming to replicas), `replica` (receiving writes), `read`
 //! (fetching and serving versions), `primary` (versions, commits, metadata, deletes),
-//! `repair` (re-replication), `members` (membership changes and the sweep), `scrub` (background
-//! verification of stored copies, full disks), `staged`
-//! (scp transfers), `event` (log events).
+//! `repair` (re-replication), `members` (membership changes and the sweep), `scrub`
+//! (background verification of stored copies, full disks), `staged` (scp transfers),
+//! `event` (log events).
 
 mod event;
 mod members;
