@@ -1026,3 +1026,156 @@ fn a_repair_that_keeps_failing_is_retried_until_it_succeeds() {
         assert_eq!(sim.get(&target, "stubborn/f"), (v, bytes));
     }
 }
+
+// ---- disk faults: the background scrub and a node whose disk refuses writes ----
+
+impl Sim {
+    /// Runs every event (timers included) due in the next `ms` of virtual time.
+    fn run_for(&mut self, ms: Millis) {
+        let until = self.world.now().saturating_add(ms);
+        while let Some((at, input)) = self.world.next_until(until) {
+            self.input(&at, input);
+        }
+    }
+
+    fn placement(&self, n: &str) -> Vec<NodeAddr> {
+        let any = &self.live()[0];
+        self.nodes[any].core.as_ref().unwrap().placement(&name(n))
+    }
+}
+
+#[test]
+fn scrub_finds_a_damaged_copy_without_a_read_and_restores_it() {
+    for seed in sim::seeds(
+        "scrub_finds_a_damaged_copy_without_a_read_and_restores_it",
+        1..=SEEDS,
+    ) {
+        scrub_finds_a_damaged_copy_seed(seed);
+    }
+}
+
+fn scrub_finds_a_damaged_copy_seed(seed: u64) {
+    let mut sim = Sim::new(6, seed);
+    let bytes = data(7, 5 * CHUNK + 3);
+    let v = sim.put_ok(&addr(1), "scrub/me", bytes.clone());
+    let placement = sim.placement("scrub/me");
+    assert_eq!(sim.holders("scrub/me", v).len(), 4);
+    // Odd seeds damage the primary's own copy (it must schedule its own repair), even
+    // seeds a plain replica's (it must tell the primary).
+    let bad = placement[if seed % 2 == 1 { 0 } else { 2 }].clone();
+    let path = sim.store(&bad).version_path(&name("scrub/me"), v);
+    flip_byte(&path, FIRST_DATA_OFFSET + 3 * (CHUNK as u64 + 8) + 5).unwrap();
+    assert!(sim.store(&bad).read_all(&name("scrub/me"), v).is_err());
+
+    // Nobody reads: only time passes.
+    sim.run_for(40_000);
+
+    let found = sim.logged(|e| matches!(e, Event::ChecksumMismatch { chunk: 3, .. }));
+    assert_eq!(found.len(), 1, "seed {seed}: {found:?}");
+    assert_eq!(found[0].0, bad, "seed {seed}");
+    assert!(
+        !sim.logged(|e| matches!(e, Event::ScrubDamage { node, .. } if *node == bad))
+            .is_empty(),
+        "seed {seed}"
+    );
+    assert!(
+        sim.logged(|e| matches!(e, Event::ReadFallback { .. }))
+            .is_empty(),
+        "seed {seed}: found by the scrub, not by a read"
+    );
+    assert_eq!(
+        sim.store(&bad).read_all(&name("scrub/me"), v).unwrap(),
+        bytes,
+        "seed {seed}: the damaged copy is replaced by a good one"
+    );
+    assert_eq!(sim.holders("scrub/me", v).len(), 4, "seed {seed}");
+    for a in sim.live() {
+        assert_eq!(sim.get(&a, "scrub/me"), (v, bytes.clone()), "seed {seed}");
+    }
+}
+
+#[test]
+fn scrub_work_per_sweep_is_bounded() {
+    // 40 versions of 4 chunks: with a budget of one chunk per sweep a round takes many
+    // sweeps, and a damaged copy late in the round is still found.
+    let mut sim = Sim::new(4, sim::seed("scrub_work_per_sweep_is_bounded", 1));
+    // The cores have handled nothing yet (their Start is only queued): swap in ones
+    // with a tiny scrub budget.
+    for node in sim.nodes.values_mut() {
+        let core = node.core.take().unwrap();
+        let mut cfg = core.config().clone();
+        cfg.scrub_bytes_per_sweep = CHUNK as u64;
+        node.core = Some(SdfsCore::new(cfg, node.store.clone()));
+    }
+    let mut files = Vec::new();
+    for i in 0..40u8 {
+        let n = format!("many/{i:02}");
+        let v = sim.put_ok(&addr(0), &n, data(i, 4 * CHUNK));
+        files.push((n, v));
+    }
+    let (last, v) = files.last().unwrap().clone();
+    let bad = sim.placement(&last)[1].clone();
+    let path = sim.store(&bad).version_path(&name(&last), v);
+    flip_byte(&path, FIRST_DATA_OFFSET + 1).unwrap();
+    // One open or one chunk uses a sweep's whole budget: a round over 40 versions of 4
+    // chunks takes some 200 sweeps.
+    sim.run_for(20_000);
+    assert!(
+        sim.logged(|e| matches!(e, Event::ChecksumMismatch { .. }))
+            .is_empty(),
+        "a round of 40 versions cannot finish in 20 sweeps of one chunk each"
+    );
+    sim.run_for(400_000);
+    let found = sim.logged(|e| matches!(e, Event::ChecksumMismatch { .. }));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, bad);
+    assert_eq!(
+        sim.store(&bad).read_all(&name(&last), v).unwrap(),
+        data(39, 4 * CHUNK)
+    );
+}
+
+#[test]
+fn a_node_whose_store_refuses_writes_fails_only_its_replica() {
+    for seed in sim::seeds(
+        "a_node_whose_store_refuses_writes_fails_only_its_replica",
+        1..=SEEDS,
+    ) {
+        let mut sim = Sim::new(6, seed);
+        let old = data(1, 3 * CHUNK);
+        let v_old = sim.put_ok(&addr(0), "before", old.clone());
+        let broken = sim.placement("after")[1].clone();
+        // Its temp directory becomes a file: every new version fails to open, as on a
+        // disk that refuses writes (the process test fills a real tmpfs).
+        let tmp = sim.store(&broken).root().join("tmp");
+        std::fs::remove_dir_all(&tmp).unwrap();
+        std::fs::write(&tmp, b"not a directory").unwrap();
+
+        let bytes = data(2, 4 * CHUNK + 1);
+        let v = sim.put_ok(&addr(0), "after", bytes.clone());
+        let holders = sim.holders("after", v);
+        assert_eq!(holders.len(), 4, "seed {seed}: {holders:?}");
+        assert!(!holders.contains(&broken), "seed {seed}");
+        assert!(
+            !sim.logged(|e| matches!(e, Event::StoreFailure { .. }))
+                .is_empty(),
+            "seed {seed}: the refused write is logged"
+        );
+        // It still answers and reads (its own copy first, if it holds one).
+        assert_eq!(
+            sim.get(&broken, "before"),
+            (v_old, old.clone()),
+            "seed {seed}"
+        );
+        assert_eq!(sim.get(&broken, "after"), (v, bytes.clone()), "seed {seed}");
+
+        // Writable again: new writes land on it again.
+        std::fs::remove_file(&tmp).unwrap();
+        std::fs::create_dir(&tmp).unwrap();
+        let v2 = sim.put_ok(&addr(0), "after", data(3, 2 * CHUNK));
+        assert!(
+            sim.holders("after", v2).contains(&broken),
+            "seed {seed}: writes land on the node again"
+        );
+    }
+}

@@ -209,3 +209,93 @@ fn rejects_oversized_chunks_and_version_zero() {
     assert_eq!(s.read_all(&n, 1).unwrap().len(), MAX_CHUNK);
     assert!(matches!(s.begin_write(&n, 0), Err(StoreError::ZeroVersion)));
 }
+
+/// A 1 MiB tmpfs under a temp dir, unmounted (lazily) on drop; `None` when not root.
+struct Tmpfs {
+    path: std::path::PathBuf,
+    /// Removed after the unmount in `drop`.
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount() -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        Some(Tmpfs {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_disk_full_leaves_nothing_behind_and_delete_frees_it() {
+    let Some(fs) = Tmpfs::mount() else { return };
+    let s = open(&fs.path, 5);
+    let chunk = vec![7u8; 200 * 1024];
+    // Fill it with whole versions until one is refused.
+    let mut stored = Vec::new();
+    let err = (0..20)
+        .find_map(|i| {
+            let n = name(&format!("fill/{i}"));
+            let r = s.begin_write(&n, 1).and_then(|mut w| {
+                w.append(&chunk)?;
+                w.commit()
+            });
+            match r {
+                Ok(()) => {
+                    stored.push(n);
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        })
+        .expect("a 1 MiB disk cannot take 4 MiB");
+    assert!(err.is_disk_full(), "{err}");
+    assert!(err.to_string().starts_with("disk full"), "{err}");
+    assert!(
+        s.temp_files().unwrap().is_empty(),
+        "a refused write leaves no temp file"
+    );
+    assert!(!stored.is_empty());
+    // What it holds stays readable.
+    for n in &stored {
+        assert_eq!(s.read_all(n, 1).unwrap(), chunk);
+    }
+    // Not a page left: a delete needs room for its tombstone, and makes it.
+    let mut filler = std::fs::File::create(fs.path.join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[1u8; 4096]).is_ok() {}
+    drop(filler);
+    assert!(
+        std::fs::write(fs.path.join("probe"), b"x").is_err(),
+        "disk is full"
+    );
+    s.delete(&stored[0], 1).unwrap();
+    assert!(s.versions(&stored[0]).unwrap().is_empty());
+    assert_eq!(s.tombstone(&stored[0]).unwrap(), 1);
+    assert!(matches!(
+        s.begin_write(&stored[0], 1),
+        Err(StoreError::Tombstoned { .. })
+    ));
+    // And the freed space takes a new version again.
+    write(&s, &name("after/free"), 1, &[b"fits again"]);
+    assert_eq!(s.read_all(&name("after/free"), 1).unwrap(), b"fits again");
+}

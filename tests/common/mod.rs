@@ -57,6 +57,18 @@ pub struct Cluster {
 impl Cluster {
     /// Writes a config for `n` nodes and starts the introducer and every node.
     pub fn start(name: &str, n: usize, t: &Timings, extra: &str) -> Cluster {
+        Cluster::start_prepared(name, n, t, extra, |_| {})
+    }
+
+    /// Like `start`, with `prepare(dir)` run after the config is written and before any
+    /// process starts (e.g. to mount a small file system on a node's data directory).
+    pub fn start_prepared(
+        name: &str,
+        n: usize,
+        t: &Timings,
+        extra: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> Cluster {
         let dir = std::env::temp_dir().join(format!("dml-test-{name}-{}", std::process::id()));
         let layout = TestConfig {
             secret: SECRET,
@@ -69,6 +81,7 @@ impl Cluster {
         }
         .write(&dir)
         .unwrap();
+        prepare(&dir);
         let opts = Options {
             env: vec![("RUST_LOG".into(), "info".into())],
             stop: Stop::Kill,

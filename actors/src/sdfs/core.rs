@@ -17,8 +17,9 @@
 //! `core/`: `ops` (client commands, requests to primaries, retries), `put` (client side
 //! of a put), `upload` (streaming to replicas), `replica` (receiving writes), `read`
 //! (fetching and serving versions), `primary` (versions, commits, metadata, deletes),
-//! `repair` (re-replication), `members` (membership changes and the sweep), `staged`
-//! (scp transfers), `event` (log events).
+//! `repair` (re-replication), `members` (membership changes and the sweep), `scrub`
+//! (background verification of stored copies, full disks), `staged` (scp transfers),
+//! `event` (log events).
 
 mod event;
 mod members;
@@ -28,6 +29,7 @@ mod put;
 mod read;
 mod repair;
 mod replica;
+mod scrub;
 mod staged;
 mod upload;
 
@@ -83,6 +85,10 @@ pub struct SdfsConfig {
     /// replica's staging directory ([`Effect::Stage`]) and the replica commits it from
     /// there; see `core/staged.rs`.
     pub staged: bool,
+    /// Background scrub: bytes of stored versions re-verified per sweep (0: off).
+    pub scrub_bytes_per_sweep: u64,
+    /// A scrub round starts at most this often.
+    pub scrub_round_ms: Millis,
 }
 
 impl SdfsConfig {
@@ -102,6 +108,8 @@ impl SdfsConfig {
             check_window: 64,
             id_seed: 0,
             staged: false,
+            scrub_bytes_per_sweep: 1 << 20,
+            scrub_round_ms: 10_000,
         }
     }
 }
@@ -604,6 +612,8 @@ pub struct SdfsCore {
     serving: HashMap<(NodeAddr, XferId), Serving>,
     /// Staged puts: targets whose staging copy has not been reported yet.
     staging: HashMap<XferId, BTreeSet<NodeAddr>>,
+    /// Background scrub and disk-full state (`core/scrub.rs`).
+    health: scrub::Health,
 }
 
 fn store_err(e: &StoreError) -> RemoteError {
@@ -651,6 +661,7 @@ impl SdfsCore {
             incoming: HashMap::new(),
             serving: HashMap::new(),
             staging: HashMap::new(),
+            health: scrub::Health::default(),
         }
     }
 

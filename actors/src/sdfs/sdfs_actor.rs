@@ -553,7 +553,9 @@ fn log_event(ev: &Event) {
         Event::ChecksumMismatch { .. }
         | Event::DataLost { .. }
         | Event::StoreFailure { .. }
-        | Event::RepairDeferred { .. } => {
+        | Event::RepairDeferred { .. }
+        | Event::DiskFull { .. }
+        | Event::ScrubDamage { .. } => {
             warn!(wall, "sdfs: {ev}")
         }
         _ => info!(wall, "sdfs: {ev}"),

@@ -58,6 +58,15 @@ pub enum Corruption {
 pub enum StoreError {
     #[error(transparent)]
     Name(#[from] NameError),
+    /// The file system is out of space (or quota): only this write fails; what is
+    /// stored stays readable, and writes work again once space is freed.
+    #[error("disk full: {op} {path}: {source}")]
+    DiskFull {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -86,11 +95,22 @@ pub enum StoreError {
     ZeroVersion,
 }
 
+impl StoreError {
+    /// True when the failure was a full disk (ENOSPC or EDQUOT).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. })
+    }
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        let path = path.to_path_buf();
+        match source.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+                StoreError::DiskFull { op, path, source }
+            }
+            _ => StoreError::Io { op, path, source },
+        }
     }
 }
 
@@ -204,8 +224,13 @@ impl LocalStore {
             return Ok(dir);
         }
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        write_small_file(&self.tmp_dir(), &dir, "NAME", name.as_str().as_bytes())?;
-        sync_dir(&self.names_dir())?;
+        let written = write_small_file(&self.tmp_dir(), &dir, "NAME", name.as_str().as_bytes())
+            .and_then(|()| sync_dir(&self.names_dir()));
+        if let Err(e) = written {
+            // Only succeeds while the directory is empty, i.e. it was made just now.
+            let _ = fs::remove_dir(&dir);
+            return Err(e);
+        }
         Ok(dir)
     }
 
@@ -342,26 +367,39 @@ impl LocalStore {
 
     /// Deletes every version `<= upto` and remembers `upto` as a tombstone, so a late
     /// write of an older version cannot resurrect the name. The tombstone is durable
-    /// before any file is removed.
+    /// before any file is removed, except on a full disk: there the covered versions
+    /// are removed first to make room for it (a crash in between could then let a late
+    /// write of an old version back in, which beats a delete that can never succeed).
     pub fn delete(&self, name: &SdfsName, upto: Version) -> Result<(), StoreError> {
         let t = self.tombstone(name)?;
         let dir = self.ensure_name_dir(name)?;
         if upto > t {
-            write_small_file(
-                &self.tmp_dir(),
-                &dir,
-                "TOMBSTONE",
-                upto.to_string().as_bytes(),
-            )?;
+            let write = || {
+                write_small_file(
+                    &self.tmp_dir(),
+                    &dir,
+                    "TOMBSTONE",
+                    upto.to_string().as_bytes(),
+                )
+            };
+            match write() {
+                Ok(()) => {}
+                Err(e) if e.is_disk_full() => {
+                    self.remove_covered(&dir, upto)?;
+                    write()?;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        for v in list_versions(&dir)?
-            .into_iter()
-            .filter(|v| *v <= upto.max(t))
-        {
+        self.remove_covered(&dir, upto.max(t))
+    }
+
+    fn remove_covered(&self, dir: &Path, upto: Version) -> Result<(), StoreError> {
+        for v in list_versions(dir)?.into_iter().filter(|v| *v <= upto) {
             let p = dir.join(version_file(v));
             fs::remove_file(&p).map_err(io_err("remove", &p))?;
         }
-        sync_dir(&dir)
+        sync_dir(dir)
     }
 
     /// Every name with at least one live version or a tombstone.

@@ -76,6 +76,24 @@ pub enum Event {
     StoreFailure {
         what: String,
     },
+    /// The local disk refused a write for lack of space; logged once until a write
+    /// succeeds again.
+    DiskFull {
+        node: NodeAddr,
+        what: String,
+    },
+    /// A write succeeded after the disk was full.
+    DiskWritable {
+        node: NodeAddr,
+        refused: u64,
+    },
+    /// The background scrub found a damaged copy; it was removed and `primary` told.
+    ScrubDamage {
+        name: SdfsName,
+        version: Version,
+        node: NodeAddr,
+        primary: Option<NodeAddr>,
+    },
 }
 
 impl fmt::Display for Event {
@@ -180,6 +198,31 @@ impl fmt::Display for Event {
                 write!(f, "no live copy of {name} v{version} is left")
             }
             Event::StoreFailure { what } => write!(f, "local store failure: {what}"),
+            Event::DiskFull { node, what } => write!(
+                f,
+                "disk full on {node}: writes to this node fail and go to other replicas \
+                 until space is freed ({what})"
+            ),
+            Event::DiskWritable { node, refused } => write!(
+                f,
+                "disk of {node} takes writes again ({refused} writes refused while full)"
+            ),
+            Event::ScrubDamage {
+                name,
+                version,
+                node,
+                primary,
+            } => match primary {
+                Some(p) => write!(
+                    f,
+                    "scrub: {name} v{version} on {node} is damaged; copy removed, \
+                     primary {p} re-replicates it"
+                ),
+                None => write!(
+                    f,
+                    "scrub: {name} v{version} on {node} is damaged; copy removed"
+                ),
+            },
         }
     }
 }

@@ -272,5 +272,6 @@ impl SdfsCore {
             }
             self.maybe_finish_direct(op);
         }
+        self.scrub_step();
     }
 }

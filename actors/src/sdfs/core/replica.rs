@@ -23,9 +23,7 @@ impl SdfsCore {
                     self.abort_incoming(&k, "deleted");
                 }
                 if let Err(e) = self.store.delete(&name, upto) {
-                    self.log(Event::StoreFailure {
-                        what: e.to_string(),
-                    });
+                    self.store_failed(&e);
                 }
                 if job != 0 {
                     self.send(&from, Msg::DeleteDone { job });
@@ -122,9 +120,7 @@ impl SdfsCore {
         }
         if let Err(e) = inc.writer.append(&data) {
             self.incoming.remove(&key);
-            self.log(Event::StoreFailure {
-                what: e.to_string(),
-            });
+            self.store_failed(&e);
             self.send(
                 &from,
                 Msg::WriteFailed {
@@ -179,6 +175,7 @@ impl SdfsCore {
                 true
             }
             Err(e) => {
+                self.store_failed(&e);
                 self.send(
                     from,
                     Msg::WriteFailed {
@@ -237,11 +234,12 @@ impl SdfsCore {
             return;
         }
         match inc.writer.commit() {
-            Ok(()) => self.send(&from, Msg::WriteDone { xfer }),
+            Ok(()) => {
+                self.store_wrote();
+                self.send(&from, Msg::WriteDone { xfer });
+            }
             Err(e) => {
-                self.log(Event::StoreFailure {
-                    what: e.to_string(),
-                });
+                self.store_failed(&e);
                 self.send(
                     &from,
                     Msg::WriteFailed {
