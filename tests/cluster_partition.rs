@@ -2,7 +2,7 @@
 //! (needs root and iproute2): a short cut removes nobody, a long cut {H1,H2,H3} |
 //! {H4,H5,H6} makes each side remove the other, and after healing the views converge
 //! again; an SDFS file put before the cut is read on both sides during it and from
-//! every node afterwards.
+//! every node afterwards; a restarted node runs in its namespace again.
 
 mod common;
 
@@ -16,6 +16,20 @@ const SIDE_A: [&str; 3] = ["H1", "H2", "H3"];
 const SIDE_B: [&str; 3] = ["H4", "H5", "H6"];
 const NAME: &str = "part/file.bin";
 
+/// The network namespace a node's process runs in, once `ip netns exec` has entered it
+/// (before that the pid is `ip`'s, in the root namespace).
+fn namespace_of(c: &Cluster, node: &str) -> String {
+    let mut ns = String::new();
+    let _ = dml_cluster::wait_until(Duration::from_secs(10), || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "identify", &c.pid(node).to_string()])
+            .output()?;
+        ns = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(!ns.is_empty())
+    });
+    ns
+}
+
 fn listed(view: &[(String, u64, String)]) -> BTreeSet<String> {
     view.iter().map(|(a, _, _)| a.clone()).collect()
 }
@@ -23,7 +37,12 @@ fn listed(view: &[(String, u64, String)]) -> BTreeSet<String> {
 #[test]
 fn partitioned_sides_remove_each_other_and_converge_after_heal() {
     let t = Timings::fast();
-    let c = Cluster::start_netns("partition", 6, &t, "");
+    let mut c = Cluster::start_netns("partition", 6, &t, "");
+    let ns_h6 = namespace_of(&c, "H6");
+    assert!(
+        ns_h6.starts_with("dml") && ns_h6.ends_with("-H6"),
+        "{ns_h6:?}"
+    );
     let addrs = |names: &[&str]| -> Vec<String> { names.iter().map(|n| c.addr(n)).collect() };
     let all = addrs(&[&SIDE_A[..], &SIDE_B[..]].concat());
     let (a, b) = (addrs(&SIDE_A), addrs(&SIDE_B));
@@ -132,4 +151,9 @@ fn partitioned_sides_remove_each_other_and_converge_after_heal() {
             }
         }
     }
+
+    // A restarted node goes back into its own namespace.
+    c.kill9("H6");
+    c.start_node("H6", "");
+    assert_eq!(namespace_of(&c, "H6"), ns_h6);
 }
