@@ -1179,3 +1179,37 @@ fn a_node_whose_store_refuses_writes_fails_only_its_replica() {
         );
     }
 }
+
+/// A re-replication target whose disk refuses writes does not hold a name below m + 1
+/// copies: after it refuses, the copy goes to the next live node of the ring.
+#[test]
+fn a_repair_target_that_refuses_writes_is_replaced_by_the_next_node() {
+    for seed in sim::seeds("a_repair_target_that_refuses_writes", 1..=SEEDS) {
+        let mut sim = Sim::new(6, seed);
+        let bytes = data(5, 2 * CHUNK + 3);
+        let v = sim.put_ok(&addr(0), "refused/f", bytes.clone());
+        let holders = sim.holders("refused/f", v);
+        let spare: Vec<NodeAddr> = sim
+            .live()
+            .into_iter()
+            .filter(|a| !holders.contains(a))
+            .collect();
+        assert_eq!(spare.len(), 2);
+        // Both spare nodes are candidates after one holder dies; whichever the ring
+        // picks first refuses writes.
+        for s in &spare {
+            let tmp = sim.store(s).root().join("tmp");
+            std::fs::remove_dir_all(&tmp).unwrap();
+            std::fs::write(&tmp, b"not a directory").unwrap();
+        }
+        let tmp = sim.store(&spare[1]).root().join("tmp");
+        std::fs::remove_file(&tmp).unwrap();
+        std::fs::create_dir(&tmp).unwrap();
+        sim.kill(&holders[..1]);
+        sim.run();
+        let now = sim.holders("refused/f", v);
+        assert_eq!(now.len(), 4, "seed {seed}: {now:?}");
+        assert!(now.contains(&spare[1]), "seed {seed}");
+        assert_eq!(sim.get(&spare[0], "refused/f"), (v, bytes), "seed {seed}");
+    }
+}

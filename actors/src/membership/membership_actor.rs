@@ -48,6 +48,10 @@ pub struct Exec {
 pub struct View {
     pub me: NodeAddr,
     pub members: Vec<Member>,
+    /// In the cluster (joined, not left). Before its join completes a node's list holds
+    /// only itself, which must not pass for a one-node cluster: SDFS would then answer
+    /// "no such file" for everything, or acknowledge a put with one copy.
+    pub joined: bool,
 }
 
 impl View {
@@ -164,6 +168,7 @@ impl MembershipActor {
             let view = View {
                 me: self.core.me().clone(),
                 members: self.core.members(),
+                joined: self.core.status() == Status::Member,
             };
             self.subscribers
                 .retain(|s| s.try_send(view.clone()).is_ok() || s.connected());
@@ -344,6 +349,7 @@ impl Handler<Subscribe> for MembershipActor {
         let _ = m.0.try_send(View {
             me: self.core.me().clone(),
             members: self.core.members(),
+            joined: self.core.status() == Status::Member,
         });
         self.subscribers.push(m.0);
     }

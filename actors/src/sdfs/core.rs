@@ -228,7 +228,7 @@ pub enum Reply {
 /// get may have delivered part of a file, which the shell discards.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdfsError {
-    #[error("no live members")]
+    #[error("this node is not in the cluster (not joined yet, or left)")]
     NoMembers,
     #[error("{0}: no such file")]
     NoSuchFile(SdfsName),
@@ -505,6 +505,9 @@ struct Repairs {
     checking: BTreeSet<SdfsName>,
     /// Names to check again at a time (repairs that keep failing).
     later: BTreeMap<SdfsName, Millis>,
+    /// Nodes that refused a copy of a name (full or failing disk) since the last
+    /// membership change: the copy goes to the next node of the ring instead.
+    refused: HashMap<SdfsName, BTreeSet<NodeAddr>>,
     /// When the current round started (the membership change), for the log.
     since: Option<Millis>,
     /// Copies made and bytes copied in the current round.

@@ -679,7 +679,8 @@ impl Handler<ListPrefix> for SdfsActor {
 impl Handler<View> for SdfsActor {
     type Result = ();
     fn handle(&mut self, m: View, ctx: &mut Context<Self>) {
-        let live = m.live();
+        // Not in the cluster: no members at all, so commands fail with a clear error.
+        let live = if m.joined { m.live() } else { Vec::new() };
         self.feed(Input::Members { live }, ctx);
     }
 }

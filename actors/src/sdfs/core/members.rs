@@ -162,6 +162,7 @@ impl SdfsCore {
         // start afresh: names that kept failing get their attempts back.
         self.repairs.since = Some(now);
         self.repairs.checks.clear();
+        self.repairs.refused.clear();
         let later = std::mem::take(&mut self.repairs.later);
         self.repairs.pending.extend(later.into_keys());
         let (ring, pending) = (&self.ring, &mut self.repairs.pending);

@@ -118,6 +118,13 @@ impl SdfsCore {
         if let Some(extra) = self.repairs.sources.get(name) {
             targets.extend(extra.iter().filter(|n| self.ring.contains(n)).cloned());
         }
+        // Nodes standing in for ones that refused a copy hold it outside the placement.
+        if let Some(refused) = self.repairs.refused.get(name) {
+            let stand_ins = self
+                .ring
+                .placement_excluding(name, self.cfg.replicas, refused);
+            targets.extend(stand_ins);
+        }
         targets.remove(&me);
         let mut q = Query {
             name: name.clone(),

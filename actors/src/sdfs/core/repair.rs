@@ -213,7 +213,13 @@ impl SdfsCore {
             self.pump_checks();
             return;
         }
-        let placement = self.placement(name);
+        // Nodes that refused a copy are skipped: the next live nodes of the ring stand in.
+        let placement = match self.repairs.refused.get(name) {
+            Some(refused) => self
+                .ring
+                .placement_excluding(name, self.cfg.replicas, refused),
+            None => self.placement(name),
+        };
         let Some(m) = self.meta.get(name) else {
             self.pump_checks();
             return;
@@ -368,6 +374,14 @@ impl SdfsCore {
         };
         if ok {
             self.repairs.bytes += bytes;
+        } else if self.is_live(&r.task.from) && self.is_live(&r.task.to) {
+            // Both ends are up and the copy failed: most likely the target refuses
+            // writes (disk full); the next plan for the name places it elsewhere.
+            self.repairs
+                .refused
+                .entry(r.task.name.clone())
+                .or_default()
+                .insert(r.task.to.clone());
         }
         self.repair_task_finished(r.task, ok);
         let _ = (name, version, to);
