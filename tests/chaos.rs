@@ -23,7 +23,8 @@ fn sdfs_survives_two_waves_of_three_kills_under_load() {
         plan: Plan::Waves(2),
         duration: Duration::ZERO,
         op_timeout: Duration::from_secs(20),
-        converge_within: Duration::from_secs(120),
+        // Re-replication counts as stalled after 2 minutes without progress.
+        stall: Duration::from_secs(120),
         dir: dir.clone(),
         // Kept until the checks pass, so that a failure leaves the logs to read.
         keep: true,
