@@ -1,13 +1,16 @@
-//! Config files of local clusters: writes the loopback config of a throw-away test or
-//! benchmark cluster, and reads the [`Layout`] a cluster of processes is started from
+//! Config files of local clusters: writes the config of a throw-away test or benchmark
+//! cluster (on loopback, or one network namespace per node), and reads the [`Layout`] a cluster of processes is started from
 //! (loading itself is `dml_actors::config::load`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 
 use dml_actors::config::Config;
+
+use crate::netns::Net;
 
 /// Where the processes of a cluster are and what they are called: everything the
 /// harness needs from a config.
@@ -20,6 +23,9 @@ pub struct Layout {
     /// (name, `host:port`) of every node, in config order.
     pub nodes: Vec<(String, String)>,
     pub secret: Vec<u8>,
+    /// The private network when every node runs in its own namespace
+    /// ([`TestConfig::write_netns`]); `None` on loopback.
+    pub net: Option<Arc<Net>>,
 }
 
 impl Layout {
@@ -35,6 +41,7 @@ impl Layout {
                 .map(|n| (n.name.clone(), n.addr.to_string()))
                 .collect(),
             secret: config.secret.clone(),
+            net: None,
         }
     }
 
@@ -79,16 +86,58 @@ pub struct TestConfig<'a> {
 }
 
 impl TestConfig<'_> {
-    /// Replaces `dir` with a fresh one holding `config.toml` and an empty `logs/`.
+    /// Replaces `dir` with a fresh one holding `config.toml` and an empty `logs/`; every
+    /// process on loopback, on free ports.
     pub fn write(&self, dir: &Path) -> anyhow::Result<Layout> {
+        let ports = crate::free_ports(self.nodes + 1).context("cannot bind a loopback port")?;
+        let (intro, node_ports) = ports.split_first().context("no ports")?;
+        let nodes = node_ports.iter().map(|p| ("127.0.0.1".to_string(), *p));
+        self.write_hosts(
+            dir,
+            ("127.0.0.1".to_string(), *intro),
+            nodes.collect(),
+            None,
+        )
+    }
+
+    /// Like [`TestConfig::write`], but every node gets its own network namespace and
+    /// address on a private bridge (see [`crate::netns`]); the introducer listens on the
+    /// bridge's address in the root namespace. Needs root; the network lives as long as
+    /// the returned layout (and its clones).
+    pub fn write_netns(&self, dir: &Path) -> anyhow::Result<Layout> {
+        let names: Vec<String> = (1..=self.nodes).map(|i| format!("H{i}")).collect();
+        let net = Net::create(&names)?;
+        let host = net.host_ip();
+        // A port that is free on the bridge's address right now.
+        let intro = std::net::TcpListener::bind((host, 0))
+            .and_then(|l| l.local_addr())
+            .with_context(|| format!("cannot bind a port on {host}"))?
+            .port();
+        // Each node has its own address, so ports cannot collide; distinct ones keep
+        // logs readable.
+        let nodes = names.iter().enumerate().map(|(i, n)| {
+            (
+                net.ip_of(n).map(|a| a.to_string()).unwrap_or_default(),
+                7001 + i as u16,
+            )
+        });
+        let nodes = nodes.collect();
+        self.write_hosts(dir, (host.to_string(), intro), nodes, Some(Arc::new(net)))
+    }
+
+    fn write_hosts(
+        &self,
+        dir: &Path,
+        (intro_host, intro): (String, u16),
+        hosts: Vec<(String, u16)>,
+        net: Option<Arc<Net>>,
+    ) -> anyhow::Result<Layout> {
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let ports = crate::free_ports(self.nodes + 1).context("cannot bind a loopback port")?;
-        let (intro, node_ports) = ports.split_first().context("no ports")?;
         let mut toml = format!(
             "[cluster]\nsecret = \"{}\"\ndata_dir = \"data\"\nlog_dir = \"logs\"\n\n\
-             [introducer]\nhost = \"127.0.0.1\"\nport = {intro}\n\n\
+             [introducer]\nhost = \"{intro_host}\"\nport = {intro}\n\n\
              [failure_detector]\nm = 3\nping_duration = {}\nping_timeout = {}\ncleanup_time = {}\n{}\n\n{}\n",
             self.secret,
             self.ping_duration,
@@ -98,21 +147,22 @@ impl TestConfig<'_> {
             self.extra
         );
         let mut nodes = Vec::new();
-        for (i, port) in node_ports.iter().enumerate() {
+        for (i, (host, port)) in hosts.iter().enumerate() {
             let name = format!("H{}", i + 1);
             toml.push_str(&format!(
-                "[[nodes]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\n\n"
+                "[[nodes]]\nname = \"{name}\"\nhost = \"{host}\"\nport = {port}\n\n"
             ));
-            nodes.push((name, format!("127.0.0.1:{port}")));
+            nodes.push((name, format!("{host}:{port}")));
         }
         let config = dir.join("config.toml");
         fs::write(&config, toml).with_context(|| format!("cannot write {}", config.display()))?;
         Ok(Layout {
             config,
             log_dir: dir.join("logs"),
-            introducer: format!("127.0.0.1:{intro}"),
+            introducer: format!("{intro_host}:{intro}"),
             nodes,
             secret: self.secret.as_bytes().to_vec(),
+            net,
         })
     }
 }

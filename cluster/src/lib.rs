@@ -1,9 +1,11 @@
 //! Local clusters of `dml` processes, shared by `dml up`, `dml demo`, the benchmarks and
 //! the cluster tests: config files ([`config_file`]), the introducer and nodes as child
-//! processes of a `dml` binary ([`Cluster`]), and the console client ([`ask`]).
+//! processes of a `dml` binary ([`Cluster`]), optionally one network namespace per node
+//! so that tests can partition the network ([`netns`]), and the console client ([`ask`]).
 
 pub mod client;
 pub mod config_file;
+pub mod netns;
 pub mod process;
 
 use std::net::TcpListener;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub use client::ask;
 pub use config_file::{Layout, TestConfig};
+pub use netns::Net;
 pub use process::{Cluster, Member, Options, Stop};
 
 /// How often waits poll.

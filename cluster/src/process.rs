@@ -1,7 +1,8 @@
 //! A local cluster of processes: the introducer and the nodes of a [`Layout`] started as
 //! children of a `dml` binary, each logging to `<log_dir>/<name>.log`; crashes (kill -9),
-//! pauses (SIGSTOP/SIGCONT) and restarts of one process; waits for the membership; and
-//! dropping it stops everything.
+//! pauses (SIGSTOP/SIGCONT) and restarts of one process; network partitions when the
+//! layout has a private network (each node then runs in its namespace); waits for the
+//! membership; and dropping it stops everything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
@@ -108,7 +109,18 @@ impl Cluster {
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         let err = log.try_clone()?;
-        let child = Proc::new(&self.bin)
+        // `ip netns exec` execs the binary in place, so the child's pid is the node's own
+        // (kill -9 and SIGSTOP reach it directly).
+        let ns = self.layout.net.as_ref().and_then(|n| n.namespace(name));
+        let mut proc = match ns {
+            Some(ns) => {
+                let mut p = Proc::new("ip");
+                p.args(["netns", "exec", ns]).arg(&self.bin);
+                p
+            }
+            None => Proc::new(&self.bin),
+        };
+        let child = proc
             .args(args)
             .arg("--config")
             .arg(&self.layout.config)
@@ -273,6 +285,31 @@ impl Cluster {
                 self.layout.log_dir.display()
             )
         })
+    }
+
+    /// The private network, or an error naming why partitions are impossible.
+    fn net(&self) -> anyhow::Result<&crate::Net> {
+        self.layout
+            .net
+            .as_deref()
+            .context("this cluster runs on loopback: partitions need TestConfig::write_netns")
+    }
+
+    /// Cuts the network between groups of nodes (names), both ways, replacing any
+    /// earlier partition; open connections across the cut stall. The harness still
+    /// reaches every node.
+    pub fn partition(&self, groups: &[Vec<String>]) -> anyhow::Result<()> {
+        self.net()?.partition(groups)
+    }
+
+    /// Cuts one node off from every other node.
+    pub fn isolate(&self, name: &str) -> anyhow::Result<()> {
+        self.net()?.isolate(name)
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) -> anyhow::Result<()> {
+        self.net()?.heal()
     }
 
     /// Waits until every node lists every node alive.

@@ -57,8 +57,18 @@ pub struct Cluster {
 impl Cluster {
     /// Writes a config for `n` nodes and starts the introducer and every node.
     pub fn start(name: &str, n: usize, t: &Timings, extra: &str) -> Cluster {
+        Self::start_with(name, n, t, extra, false)
+    }
+
+    /// Like [`Cluster::start`], each node in its own network namespace (needs root), so
+    /// that the test can partition the network.
+    pub fn start_netns(name: &str, n: usize, t: &Timings, extra: &str) -> Cluster {
+        Self::start_with(name, n, t, extra, true)
+    }
+
+    fn start_with(name: &str, n: usize, t: &Timings, extra: &str, netns: bool) -> Cluster {
         let dir = std::env::temp_dir().join(format!("dml-test-{name}-{}", std::process::id()));
-        let layout = TestConfig {
+        let config = TestConfig {
             secret: SECRET,
             nodes: n,
             ping_duration: t.ping_duration,
@@ -66,9 +76,13 @@ impl Cluster {
             cleanup_time: t.cleanup_time,
             fd_extra: "",
             extra,
-        }
-        .write(&dir)
-        .unwrap();
+        };
+        let layout = if netns {
+            config.write_netns(&dir)
+        } else {
+            config.write(&dir)
+        };
+        let layout = layout.unwrap_or_else(|e| panic!("{e:#}"));
         let opts = Options {
             env: vec![("RUST_LOG".into(), "info".into())],
             stop: Stop::Kill,
@@ -112,6 +126,19 @@ impl Cluster {
 
     pub fn signal(&self, name: &str, sig: &str) {
         assert!(self.procs.signal(name, sig).is_ok(), "kill {sig} {name}");
+    }
+
+    /// Cuts the network between groups of node names (namespaced clusters only).
+    pub fn partition(&self, groups: &[&[&str]]) {
+        let groups: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g| g.iter().map(|n| n.to_string()).collect())
+            .collect();
+        self.procs.partition(&groups).expect("partition");
+    }
+
+    pub fn heal(&self) {
+        self.procs.heal().expect("heal");
     }
 
     pub fn kill9(&mut self, name: &str) {
