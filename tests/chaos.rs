@@ -28,6 +28,7 @@ fn sdfs_survives_two_waves_of_three_kills_under_load() {
         dir: dir.clone(),
         // Kept until the checks pass, so that a failure leaves the logs to read.
         keep: true,
+        partitions: false,
     };
     let s = soak(std::path::Path::new(env!("CARGO_BIN_EXE_dml")), &cfg).expect("the soak ran");
     s.print();

@@ -69,13 +69,18 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     pub op_timeout: u64,
     /// Re-replication after a wave (and at the end) counts as stalled, a violation,
-    /// when the number of names short of m+1 copies has not gone down for this many
-    /// seconds (a slow machine is slow, not wrong).
+    /// when no name short of m+1 copies has got them for this many seconds (a slow
+    /// machine is slow, not wrong).
     #[arg(long, default_value_t = 60)]
     pub stall_secs: u64,
     /// Keep the cluster's directory (config, logs, data) afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// No network partitions (by default the random plan partitions a minority of up
+    /// to m nodes now and then, with every node in its own network namespace; that
+    /// needs root and iproute2, and is skipped with a note when unavailable).
+    #[arg(long)]
+    pub no_partitions: bool,
     /// Directory of the run (default: a fresh one under the temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -96,6 +101,8 @@ pub struct Config {
     pub stall: Duration,
     pub dir: PathBuf,
     pub keep: bool,
+    /// Network partitions in the random plan (nodes in network namespaces).
+    pub partitions: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +299,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         stall: Duration::from_secs(args.stall_secs),
         dir,
         keep: args.keep,
+        partitions: !args.no_partitions,
     };
     let exe = std::env::current_exe().context("cannot find the dml executable")?;
     let summary = soak(&exe, &cfg)?;
@@ -309,15 +317,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 pub fn soak(bin: &Path, cfg: &Config) -> anyhow::Result<Summary> {
     let start = Instant::now();
     println!(
-        "chaos: seed {} nodes {} files {} clients {} plan {:?} (cpu: {})",
+        "chaos: seed {} nodes {} files {} clients {} plan {:?} partitions {} (cpu: {})",
         cfg.seed,
         cfg.nodes,
         cfg.files,
         cfg.clients,
         cfg.plan,
+        cfg.partitions,
         crate::session::cpu_model()
     );
-    let layout = TestConfig {
+    let test_config = TestConfig {
         secret: SECRET,
         nodes: cfg.nodes,
         ping_duration: PING,
@@ -325,8 +334,19 @@ pub fn soak(bin: &Path, cfg: &Config) -> anyhow::Result<Summary> {
         cleanup_time: CLEANUP,
         fd_extra: "",
         extra: "",
-    }
-    .write(&cfg.dir)?;
+    };
+    // Partitions need a namespace per node (root and iproute2); without them the run
+    // goes on with the other faults.
+    let (layout, partitions) = match cfg.partitions {
+        true => match test_config.write_netns(&cfg.dir) {
+            Ok(l) => (l, true),
+            Err(e) => {
+                println!("  partitions off: {e:#}");
+                (test_config.write(&cfg.dir)?, false)
+            }
+        },
+        false => (test_config.write(&cfg.dir)?, false),
+    };
     let opts = Options {
         own_dir: Some(cfg.dir.clone()),
         keep: cfg.keep,
@@ -351,7 +371,14 @@ pub fn soak(bin: &Path, cfg: &Config) -> anyhow::Result<Summary> {
 
     let names: Vec<String> = layout.nodes.iter().map(|n| n.0.clone()).collect();
     let plan = match cfg.plan {
-        Plan::Random => nemesis::random(cfg.seed, &names, M, CLEANUP, cfg.duration.as_secs_f64()),
+        Plan::Random => nemesis::random(
+            cfg.seed,
+            &names,
+            M,
+            CLEANUP,
+            cfg.duration.as_secs_f64(),
+            partitions,
+        ),
         Plan::Waves(n) => nemesis::waves(cfg.seed, &names, M, n),
     };
     println!(
@@ -527,8 +554,21 @@ fn run_step(
     };
     let t0 = Instant::now();
     ctx.note(format!("step {n}: {step}"));
-    for v in step.kill.iter().chain(step.pause.iter().map(|p| &p.0)) {
+    for v in step.victims() {
         ctx.set_live(&addr(v)?, false);
+    }
+    if !step.cut.is_empty() {
+        let rest: Vec<String> = layout
+            .nodes
+            .iter()
+            .map(|n| n.0.clone())
+            .filter(|n| !step.cut.contains(n))
+            .collect();
+        cluster.partition(&[step.cut.clone(), rest])?;
+        *summary
+            .faults
+            .entry(format!("partition of {}", step.cut.len()))
+            .or_default() += 1;
     }
     for v in &step.kill {
         cluster.kill9(v)?;
@@ -551,36 +591,55 @@ fn run_step(
     }
     ctx.note(format!(
         "step {n}: down {}",
-        step.kill
-            .iter()
-            .chain(step.pause.iter().map(|p| &p.0))
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(" ")
+        step.victims().cloned().collect::<Vec<_>>().join(" ")
     ));
     // Restores in time order.
-    let mut restores: Vec<(f64, &str, bool)> = step
+    #[derive(Clone, Copy)]
+    enum Undo {
+        Resume,
+        Restart,
+        Heal,
+    }
+    let mut restores: Vec<(f64, &str, Undo)> = step
         .pause
         .iter()
-        .map(|(v, s)| (*s, v.as_str(), false))
+        .map(|(v, s)| (*s, v.as_str(), Undo::Resume))
         .collect();
     if step.restart {
-        restores.extend(step.kill.iter().map(|v| (step.down, v.as_str(), true)));
+        restores.extend(
+            step.kill
+                .iter()
+                .map(|v| (step.down, v.as_str(), Undo::Restart)),
+        );
+    }
+    if !step.cut.is_empty() {
+        restores.push((step.cut_secs, "", Undo::Heal));
     }
     restores.sort_by(|a, b| a.0.total_cmp(&b.0));
-    for (at, v, restart) in restores {
+    for (at, v, undo) in restores {
         std::thread::sleep(Duration::from_secs_f64(at).saturating_sub(t0.elapsed()));
-        let a = addr(v)?;
-        if restart {
-            cluster.restart(v)?;
-            wait_listening(&a, Duration::from_secs(20))?;
-            *summary.faults.entry("restart".into()).or_default() += 1;
-            ctx.note(format!("step {n}: restarted {v}"));
-        } else {
-            cluster.resume(v)?;
-            ctx.note(format!("step {n}: SIGCONT {v}"));
+        match undo {
+            Undo::Restart => {
+                cluster.restart(v)?;
+                let a = addr(v)?;
+                wait_listening(&a, Duration::from_secs(20))?;
+                *summary.faults.entry("restart".into()).or_default() += 1;
+                ctx.note(format!("step {n}: restarted {v}"));
+                ctx.set_live(&a, true);
+            }
+            Undo::Resume => {
+                cluster.resume(v)?;
+                ctx.note(format!("step {n}: SIGCONT {v}"));
+                ctx.set_live(&addr(v)?, true);
+            }
+            Undo::Heal => {
+                cluster.heal()?;
+                ctx.note(format!("step {n}: healed the partition"));
+                for c in &step.cut {
+                    ctx.set_live(&addr(c)?, true);
+                }
+            }
         }
-        ctx.set_live(&a, true);
     }
     if step.wait {
         let label = format!(
@@ -614,13 +673,13 @@ fn stores(ctx: &Ctx, live: &[String]) -> Option<Vec<(String, serde_json::Value)>
 }
 
 /// Waits until every name has its latest version on min(m+1, live) live nodes; a
-/// violation if the number of names short of that stops going down for `stall`. With `settled_only`, names written or
+/// violation if no name short of that gets its copies for `stall`. With `settled_only`, names written or
 /// deleted since `since` (or with such an op in flight) are left out: a put in flight
 /// has fewer copies for reasons that are not the faults'.
 fn converge(ctx: &Ctx, label: &str, since: Instant, settled_only: bool, stall: Duration) -> Wave {
     let mut first: Option<(usize, usize, u64)> = None;
     let mut deadline = Instant::now() + stall;
-    let mut fewest = usize::MAX;
+    let mut before: BTreeSet<String> = BTreeSet::new();
     let mut last: Vec<(String, String)> = Vec::new();
     let mut stuck = 0;
     loop {
@@ -665,10 +724,13 @@ fn converge(ctx: &Ctx, label: &str, since: Instant, settled_only: bool, stall: D
                 };
             }
             stuck = under.len();
-            if stuck < fewest {
-                fewest = stuck;
+            // Progress is a name short of copies that got them; one that a client wrote
+            // since only left the count, so it does not count.
+            let now: BTreeSet<String> = under.iter().map(|(n, _)| n.to_string()).collect();
+            if before.iter().any(|n| !now.contains(n) && !skip.contains(n)) {
                 deadline = Instant::now() + stall;
             }
+            before = now;
             last = under
                 .iter()
                 .take(10)

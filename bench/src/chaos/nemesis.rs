@@ -1,10 +1,11 @@
 //! The nemesis: a seeded schedule of faults (kill -9 and restart, SIGSTOP/SIGCONT
-//! shorter and longer than cleanup_time, waves of up to m simultaneous failures, with
-//! or without waiting for re-replication before the next), generated up front so that
+//! shorter and longer than cleanup_time, network partitions of a minority, waves of up
+//! to m simultaneous failures, with or without waiting for re-replication before the
+//! next), generated up front so that
 //! a seed replays the same faults, and printed before the run.
 //!
 //! The budget: the promise covers at most m concurrent failures, so one step never
-//! takes down more than m nodes, counting every paused node as failed (a pause longer
+//! takes down more than m nodes, counting every paused or partitioned-off node as failed (a pause longer
 //! than cleanup_time is a removal; a shorter one is counted too, to keep the rule
 //! simple). Steps run one after another and each restores what it may restore before
 //! the next starts. A step whose killed nodes stay dead (a permanent wave) waits for
@@ -19,12 +20,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// One fault step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Step {
     /// Nodes killed with SIGKILL at the start.
     pub kill: Vec<String>,
     /// Nodes stopped with SIGSTOP at the start, each resumed after its seconds.
     pub pause: Vec<(String, f64)>,
+    /// A minority cut off from every other node at the start (a network partition),
+    /// and the seconds until it heals.
+    pub cut: Vec<String>,
+    pub cut_secs: f64,
     /// Seconds until the killed nodes are restarted.
     pub down: f64,
     /// Restart the killed nodes (else they stay dead for the rest of the run).
@@ -38,14 +43,22 @@ pub struct Step {
 impl Step {
     /// How many nodes the step takes down at once.
     pub fn failures(&self) -> usize {
-        self.kill.len() + self.pause.len()
+        self.kill.len() + self.pause.len() + self.cut.len()
+    }
+
+    /// Every node the step takes down.
+    pub fn victims(&self) -> impl Iterator<Item = &String> {
+        self.kill
+            .iter()
+            .chain(self.pause.iter().map(|p| &p.0))
+            .chain(&self.cut)
     }
 
     /// Seconds the step is expected to last (re-replication waits guessed at 8 s).
     fn estimate(&self) -> f64 {
         let pauses = self.pause.iter().map(|p| p.1).fold(0.0, f64::max);
         let down = if self.kill.is_empty() { 0.0 } else { self.down };
-        down.max(pauses) + self.rest + if self.wait { 8.0 } else { 0.0 }
+        down.max(pauses).max(self.cut_secs) + self.rest + if self.wait { 8.0 } else { 0.0 }
     }
 }
 
@@ -62,6 +75,13 @@ impl fmt::Display for Step {
         }
         for (n, s) in &self.pause {
             parts.push(format!("SIGSTOP {n} for {s:.2} s"));
+        }
+        if !self.cut.is_empty() {
+            parts.push(format!(
+                "partition {} | rest for {:.1} s",
+                self.cut.join(" "),
+                self.cut_secs
+            ));
         }
         let then = if self.wait {
             "then wait for m+1 replicas"
@@ -84,11 +104,8 @@ pub fn waves(seed: u64, nodes: &[String], m: usize, count: usize) -> Vec<Step> {
             let k = m.min(pool.len().saturating_sub(m + 1));
             Step {
                 kill: pool.drain(..k).collect(),
-                pause: Vec::new(),
-                down: 0.0,
-                restart: false,
                 wait: true,
-                rest: 0.0,
+                ..Step::default()
             }
         })
         .collect()
@@ -96,8 +113,16 @@ pub fn waves(seed: u64, nodes: &[String], m: usize, count: usize) -> Vec<Step> {
 
 /// A random plan of about `secs` seconds (twice that, so the run rarely runs out; it
 /// stops at its duration), for a cluster of `nodes` with `cleanup` seconds of
-/// cleanup_time.
-pub fn random(seed: u64, nodes: &[String], m: usize, cleanup: f64, secs: f64) -> Vec<Step> {
+/// cleanup_time; with `partitions`, a fifth of the steps cut a minority of up to m
+/// nodes off the rest.
+pub fn random(
+    seed: u64,
+    nodes: &[String],
+    m: usize,
+    cleanup: f64,
+    secs: f64,
+    partitions: bool,
+) -> Vec<Step> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut alive = nodes.to_vec();
     let mut plan = Vec::new();
@@ -117,6 +142,13 @@ pub fn random(seed: u64, nodes: &[String], m: usize, cleanup: f64, secs: f64) ->
         let roll = rng.gen_range(0..100);
         let permanent_ok = alive.len() > 3 * m;
         let step = match roll {
+            _ if partitions && rng.gen_bool(0.2) => Step {
+                cut: pick(&mut rng, &alive, k),
+                cut_secs: rng.gen_range(0.5..6.0) * cleanup,
+                wait,
+                rest,
+                ..Step::default()
+            },
             0..30 => Step {
                 kill: pick(&mut rng, &alive, k),
                 pause: Vec::new(),
@@ -124,6 +156,7 @@ pub fn random(seed: u64, nodes: &[String], m: usize, cleanup: f64, secs: f64) ->
                 restart: true,
                 wait,
                 rest,
+                ..Step::default()
             },
             30..45 => Step {
                 kill: Vec::new(),
@@ -135,6 +168,7 @@ pub fn random(seed: u64, nodes: &[String], m: usize, cleanup: f64, secs: f64) ->
                 restart: true,
                 wait: false,
                 rest,
+                ..Step::default()
             },
             45..65 => Step {
                 kill: Vec::new(),
@@ -146,6 +180,7 @@ pub fn random(seed: u64, nodes: &[String], m: usize, cleanup: f64, secs: f64) ->
                 restart: true,
                 wait,
                 rest,
+                ..Step::default()
             },
             65..90 if m >= 2 => {
                 let mut victims = pick(&mut rng, &alive, m);
@@ -160,6 +195,7 @@ pub fn random(seed: u64, nodes: &[String], m: usize, cleanup: f64, secs: f64) ->
                     restart: true,
                     wait,
                     rest,
+                    ..Step::default()
                 }
             }
             90..100 if permanent_ok => {
@@ -172,6 +208,7 @@ pub fn random(seed: u64, nodes: &[String], m: usize, cleanup: f64, secs: f64) ->
                     restart: false,
                     wait: true,
                     rest,
+                    ..Step::default()
                 }
             }
             _ => Step {
@@ -181,6 +218,7 @@ pub fn random(seed: u64, nodes: &[String], m: usize, cleanup: f64, secs: f64) ->
                 restart: true,
                 wait: false,
                 rest: 0.0,
+                ..Step::default()
             },
         };
         total += step.estimate();
@@ -200,13 +238,17 @@ mod tests {
     #[test]
     fn random_plans_replay_and_keep_the_budget() {
         let ns = nodes(10);
-        let a = random(42, &ns, 3, 1.5, 600.0);
-        assert_eq!(a, random(42, &ns, 3, 1.5, 600.0));
-        assert_ne!(a, random(43, &ns, 3, 1.5, 600.0));
+        let a = random(42, &ns, 3, 1.5, 600.0, true);
+        assert_eq!(a, random(42, &ns, 3, 1.5, 600.0, true));
+        assert_ne!(a, random(43, &ns, 3, 1.5, 600.0, true));
+        assert!(a.iter().any(|s| !s.cut.is_empty()), "partitions");
+        assert!(random(42, &ns, 3, 1.5, 600.0, false)
+            .iter()
+            .all(|s| s.cut.is_empty()));
         let mut dead = Vec::new();
         for s in &a {
             assert!((1..=3).contains(&s.failures()), "{s}");
-            let mut all: Vec<&String> = s.kill.iter().chain(s.pause.iter().map(|p| &p.0)).collect();
+            let mut all: Vec<&String> = s.victims().collect();
             all.sort();
             all.dedup();
             assert_eq!(all.len(), s.failures(), "a node twice in {s}");
