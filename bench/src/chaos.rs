@@ -645,10 +645,10 @@ fn run_step(
         let label = format!(
             "step {n} ({} down{})",
             step.failures(),
-            if step.restart {
-                ", restarted"
-            } else {
-                ", left dead"
+            match (step.kill.is_empty(), step.restart) {
+                (true, _) => "",
+                (false, true) => ", restarted",
+                (false, false) => ", left dead",
             }
         );
         let w = converge(ctx, &label, t0, true, cfg.stall);
