@@ -162,7 +162,7 @@ enum BenchCmd {
         args: dml_bench::cluster::Args,
     },
     /// Jepsen-style soak of SDFS: clients and a seeded nemesis (kill -9, restart,
-    /// SIGSTOP/SIGCONT, waves of up to m failures) against a local cluster; a checker
+    /// SIGSTOP/SIGCONT, partitions, waves of up to m failures) against a local cluster; a checker
     /// proves every acknowledged file readable byte-exact. Non-zero exit on a violation.
     Chaos {
         #[command(flatten)]

@@ -93,7 +93,7 @@ pub struct Config {
     pub nodes: usize,
     pub files: usize,
     pub clients: usize,
-    /// None: the `waves` plan with this many waves... see [`Plan`].
+    /// The fault plan.
     pub plan: Plan,
     pub duration: Duration,
     pub op_timeout: Duration,
@@ -105,6 +105,7 @@ pub struct Config {
     pub partitions: bool,
 }
 
+/// Which faults a soak injects (see [`nemesis::random`] and [`nemesis::waves`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
     Random,
@@ -280,6 +281,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(dml_actors::clock::wall_ms);
     anyhow::ensure!(args.nodes > 2 * M, "--nodes must be at least {}", 2 * M + 1);
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
+    anyhow::ensure!(args.files > 0, "--files must be at least 1");
     let dir = args
         .dir
         .clone()
