@@ -161,6 +161,13 @@ enum BenchCmd {
         #[command(flatten)]
         args: dml_bench::cluster::Args,
     },
+    /// Jepsen-style soak of SDFS: clients and a seeded nemesis (kill -9, restart,
+    /// SIGSTOP/SIGCONT, partitions, waves of up to m failures) against a local cluster; a checker
+    /// proves every acknowledged file readable byte-exact. Non-zero exit on a violation.
+    Chaos {
+        #[command(flatten)]
+        args: dml_bench::chaos::Args,
+    },
 }
 
 /// Rust ignores SIGPIPE, so printing into a closed pipe (`dml ctl store | head`) made
@@ -299,6 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCmd::Cluster { args } => dml_bench::cluster::run(&args)?,
             BenchCmd::Idunno { args } => dml_bench::idunno::run(&args)?,
             BenchCmd::Pings { args } => dml_bench::pings::run(&args)?,
+            BenchCmd::Chaos { args } => dml_bench::chaos::run(&args)?,
         },
     }
     Ok(ExitCode::SUCCESS)

@@ -1,8 +1,10 @@
 //! The benchmarks behind `dml bench ...`: `cluster` (failure detection, background
 //! traffic, false removals), `idunno` (the inference assignment's measurements), `pings`
-//! (ping round trips under load) and `models` (forward-pass speed). Each prints its
+//! (ping round trips under load), `models` (forward-pass speed) and `chaos` (a
+//! fault-injection soak of SDFS with a checker). Each prints its
 //! figures; the binary only parses the options and calls `run`.
 
+pub mod chaos;
 pub mod cluster;
 pub mod idunno;
 pub mod images;
