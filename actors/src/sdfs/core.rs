@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::msg::{JobId, Lane, Msg, OpId, RemoteError, VersionInfo, XferId};
+use super::msg::{CopyOutcome, JobId, Lane, Msg, OpId, RemoteError, VersionInfo, XferId};
 use super::name::SdfsName;
 use super::ring::Ring;
 use super::store::{
@@ -487,7 +487,7 @@ struct Running {
 #[derive(Debug, Clone, Copy)]
 enum Replicating {
     Copying,
-    Done { ok: bool, bytes: u64, at: Millis },
+    Done { outcome: CopyOutcome, at: Millis },
 }
 
 #[derive(Debug, Default)]

@@ -23,6 +23,18 @@ pub enum Lane {
 }
 
 /// One version of a name and the live nodes known to hold it.
+/// How a replication order ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyOutcome {
+    Copied {
+        bytes: u64,
+    },
+    /// The target refused the write (its store failed: a full or failing disk).
+    Refused,
+    /// Anything else (the source copy, the transfer).
+    Failed,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {
     pub version: Version,
@@ -176,9 +188,7 @@ pub enum Msg {
         name: SdfsName,
         version: Version,
         to: NodeAddr,
-        ok: bool,
-        /// Bytes copied (0 when it failed).
-        bytes: u64,
+        outcome: CopyOutcome,
     },
 
     // ---- write stream: sender -> replica chunks (bulk), replica -> sender acks ----

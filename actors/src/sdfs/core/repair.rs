@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::sdfs::msg::{JobId, Msg};
+use crate::sdfs::msg::{CopyOutcome, JobId, Msg};
 use crate::sdfs::name::SdfsName;
 use crate::sdfs::store::Version;
 use crate::types::{Millis, NodeAddr};
@@ -81,14 +81,7 @@ impl SdfsCore {
                     }
                 }
             }
-            Msg::ReplicateDone {
-                job,
-                name,
-                version,
-                to,
-                ok,
-                bytes,
-            } => self.on_replicate_done(job, name, version, to, ok, bytes),
+            Msg::ReplicateDone { job, outcome, .. } => self.on_replicate_done(job, outcome),
             // `on_peer` routes only the messages above here.
             _ => {}
         }
@@ -213,13 +206,16 @@ impl SdfsCore {
             self.pump_checks();
             return;
         }
-        // Nodes that refused a copy are skipped: the next live nodes of the ring stand in.
-        let placement = match self.repairs.refused.get(name) {
-            Some(refused) => self
+        // Nodes that refused a copy are skipped while other live nodes can stand in.
+        let mut placement = self.placement(name);
+        if let Some(refused) = self.repairs.refused.get(name) {
+            let stand_ins = self
                 .ring
-                .placement_excluding(name, self.cfg.replicas, refused),
-            None => self.placement(name),
-        };
+                .placement_excluding(name, self.cfg.replicas, refused);
+            if stand_ins.len() == placement.len() {
+                placement = stand_ins;
+            }
+        }
         let Some(m) = self.meta.get(name) else {
             self.pump_checks();
             return;
@@ -350,15 +346,8 @@ impl SdfsCore {
         }
     }
 
-    pub(super) fn on_replicate_done(
-        &mut self,
-        job: JobId,
-        name: SdfsName,
-        version: Version,
-        to: NodeAddr,
-        ok: bool,
-        bytes: u64,
-    ) {
+    pub(super) fn on_replicate_done(&mut self, job: JobId, outcome: CopyOutcome) {
+        let ok = matches!(outcome, CopyOutcome::Copied { .. });
         if let Some((n, v, node)) = self.read_repairs.remove(&job) {
             if ok {
                 self.log(Event::Repaired {
@@ -372,11 +361,11 @@ impl SdfsCore {
         let Some(r) = self.repairs.running.remove(&job) else {
             return;
         };
-        if ok {
+        if let CopyOutcome::Copied { bytes } = outcome {
             self.repairs.bytes += bytes;
-        } else if self.is_live(&r.task.from) && self.is_live(&r.task.to) {
-            // Both ends are up and the copy failed: most likely the target refuses
-            // writes (disk full); the next plan for the name places it elsewhere.
+        } else if outcome == CopyOutcome::Refused {
+            // The target's store refused the copy (full or failing disk): the next plan
+            // for the name places it on another node if there is one.
             self.repairs
                 .refused
                 .entry(r.task.name.clone())
@@ -384,7 +373,6 @@ impl SdfsCore {
                 .insert(r.task.to.clone());
         }
         self.repair_task_finished(r.task, ok);
-        let _ = (name, version, to);
         self.dispatch_repairs();
     }
 
@@ -461,14 +449,13 @@ impl SdfsCore {
                 self.send(&requester, Msg::ReplicateBusy { job });
                 return;
             }
-            Some(Replicating::Done { ok, bytes, .. }) => {
+            Some(Replicating::Done { outcome, .. }) => {
                 let done = Msg::ReplicateDone {
                     job,
                     name,
                     version,
                     to,
-                    ok,
-                    bytes,
+                    outcome,
                 };
                 self.send(&requester, done);
                 return;
@@ -501,13 +488,12 @@ impl SdfsCore {
             }
             Err(e) => {
                 self.local_read_failed(&name, version, &e);
-                self.finish_replicate(requester, job, name, version, to, false, 0);
+                self.finish_replicate(requester, job, name, version, to, CopyOutcome::Failed);
             }
         }
     }
 
     /// Holder side: the copy of an order ended; the answer is kept for repeats.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_replicate(
         &mut self,
         requester: NodeAddr,
@@ -515,14 +501,11 @@ impl SdfsCore {
         name: SdfsName,
         version: Version,
         to: NodeAddr,
-        ok: bool,
-        bytes: u64,
+        outcome: CopyOutcome,
     ) {
         let at = self.now;
-        self.replicating.insert(
-            (requester.clone(), job),
-            Replicating::Done { ok, bytes, at },
-        );
+        self.replicating
+            .insert((requester.clone(), job), Replicating::Done { outcome, at });
         self.send(
             &requester,
             Msg::ReplicateDone {
@@ -530,8 +513,7 @@ impl SdfsCore {
                 name,
                 version,
                 to,
-                ok,
-                bytes,
+                outcome,
             },
         );
     }

@@ -1,7 +1,7 @@
 //! Sender side of uploads (puts and repairs): streaming chunks to every target under a
 //! window, end of stream, and losing a target.
 
-use crate::sdfs::msg::{Msg, RemoteError, XferId};
+use crate::sdfs::msg::{CopyOutcome, Msg, RemoteError, XferId};
 use crate::types::NodeAddr;
 
 use super::{ClientOp, Effect, PutStage, SdfsCore, SdfsError, UploadFor, UploadSource};
@@ -153,8 +153,13 @@ impl SdfsCore {
                     .next()
                     .cloned()
                     .unwrap_or_else(|| self.cfg.me.clone());
+                // The target's own write failed (not a stall or a damaged transfer).
+                let outcome = match lost {
+                    Some((_, true, _)) => CopyOutcome::Refused,
+                    _ => CopyOutcome::Failed,
+                };
                 self.cancel_upload(xfer);
-                self.finish_replicate(requester, job, name, version, to, false, 0);
+                self.finish_replicate(requester, job, name, version, to, outcome);
             }
         }
     }
@@ -204,7 +209,8 @@ impl SdfsCore {
                     .into_iter()
                     .next()
                     .unwrap_or_else(|| self.cfg.me.clone());
-                self.finish_replicate(requester, job, u.name, u.version, to, true, u.bytes);
+                let outcome = CopyOutcome::Copied { bytes: u.bytes };
+                self.finish_replicate(requester, job, u.name, u.version, to, outcome);
             }
         }
     }
