@@ -1,11 +1,13 @@
 //! The benchmarks behind `dml bench ...`: `cluster` (failure detection, background
 //! traffic, false removals), `idunno` (the inference assignment's measurements), `pings`
-//! (ping round trips under load) and `models` (forward-pass speed). Each prints its
+//! (ping round trips under load), `jobs-churn` (a job under two waves of kill -9) and
+//! `models` (forward-pass speed). Each prints its
 //! figures; the binary only parses the options and calls `run`.
 
 pub mod cluster;
 pub mod idunno;
 pub mod images;
+pub mod jobs_churn;
 pub mod logs;
 pub mod models;
 pub mod pings;

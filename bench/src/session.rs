@@ -53,14 +53,20 @@ pub struct Run {
 impl Run {
     /// Starts the cluster of `layout` (this executable, with `--set` overrides).
     pub fn start(layout: Layout, overrides: &[String]) -> anyhow::Result<Self> {
-        let console = layout.nodes.last().context("no nodes")?.1.clone();
         let exe = std::env::current_exe().context("cannot find the dml executable")?;
         let opts = Options {
             overrides: overrides.to_vec(),
             ..Options::default()
         };
+        Self::start_bin(&exe, layout, opts)
+    }
+
+    /// Starts the cluster of `layout` with the `dml` binary `exe` (a test's built binary:
+    /// there the current executable is the test).
+    pub fn start_bin(exe: &Path, layout: Layout, opts: Options) -> anyhow::Result<Self> {
+        let console = layout.nodes.last().context("no nodes")?.1.clone();
         Ok(Run {
-            cluster: Cluster::start(&exe, layout, opts)?,
+            cluster: Cluster::start(exe, layout, opts)?,
             console,
             dead: Vec::new(),
             series: Vec::new(),
