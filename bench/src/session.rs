@@ -171,6 +171,14 @@ impl Run {
         self.layout().name_of(addr).map(String::from)
     }
 
+    /// kill -9 of several nodes at once; the wall-clock ms just before.
+    pub fn kill_all(&mut self, names: &[&str]) -> anyhow::Result<u64> {
+        let at = wall_ms();
+        self.cluster.kill9_all(names)?;
+        self.dead.extend(names.iter().map(|n| n.to_string()));
+        Ok(at)
+    }
+
     /// kill -9 of a node; the wall-clock ms just before.
     pub fn kill(&mut self, name: &str) -> anyhow::Result<u64> {
         let at = wall_ms();

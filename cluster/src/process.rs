@@ -172,6 +172,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills several processes with SIGKILL at once (a wave of crashes: every signal is
+    /// sent before the first, slow, reaping), then reaps them.
+    pub fn kill9_all(&mut self, names: &[&str]) -> anyhow::Result<()> {
+        let mut children = Vec::new();
+        for name in names {
+            let mut child = self
+                .procs
+                .remove(*name)
+                .with_context(|| format!("no running child named {name}"))?;
+            child
+                .kill()
+                .with_context(|| format!("cannot kill {name}"))?;
+            children.push(child);
+        }
+        for mut child in children {
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
     /// Sends a signal (`kill` syntax: `-STOP`, `-CONT`, `-TERM`) to one process.
     pub fn signal(&self, name: &str, sig: &str) -> anyhow::Result<()> {
         let pid = self
