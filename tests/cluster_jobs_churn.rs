@@ -36,6 +36,7 @@ fn a_job_over_2000_images_survives_two_waves_that_take_coordinator_and_standby()
         nodes: NODES,
         seed,
         batch: 8,
+        second_job: false,
     };
     match scenario(&setup, &|line| eprintln!("{line}")) {
         Ok(report) => {

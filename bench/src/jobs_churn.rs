@@ -16,9 +16,8 @@ use dml_actors::jobs::worker_actor::QueryResult;
 use dml_cluster::{Options, Stop};
 use serde_json::Value;
 
-use crate::images::write_images;
 use crate::logs::{LogEvent, Rate};
-use crate::session::{cpu_model, processed_of, submit, write_config, Run};
+use crate::session::{bench_inputs, cpu_model, processed_of, submit, write_config, Run};
 
 /// Replicas per SDFS name (m + 1 with m = 3).
 const REPLICAS: usize = 4;
@@ -49,6 +48,10 @@ pub struct Args {
     /// Batch size set with C3 for both models.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Wave 2 during a second job (Inception-v3 over the same images) once the first is
+    /// done, as in the first reproduction (twice the inference).
+    #[arg(long)]
+    pub second_job: bool,
     /// Keep the temporary configs, logs and data (their directory is printed).
     #[arg(long)]
     pub keep: bool,
@@ -67,6 +70,8 @@ pub struct Setup<'a> {
     pub nodes: usize,
     pub seed: u64,
     pub batch: usize,
+    /// Wave 2 during a second job, after the first is complete.
+    pub second_job: bool,
 }
 
 /// What happened, for the report.
@@ -84,6 +89,8 @@ pub struct Report {
     pub results_read: usize,
     /// Names held by every survivor at the end.
     pub names_checked: usize,
+    /// `sdfs send dropped` lines in all nodes' logs (messages a full queue lost).
+    pub send_dropped: usize,
 }
 
 impl Report {
@@ -111,6 +118,10 @@ impl Report {
             self.results_read,
             self.survivors.len(),
             self.names_checked
+        ));
+        out.push_str(&format!(
+            "\"sdfs send dropped\" log lines, all nodes: {}\n",
+            self.send_dropped
         ));
         out
     }
@@ -441,6 +452,7 @@ fn plan_wave(
 
 /// The scenario; every violation is an error naming what, where and the seed.
 pub fn scenario(s: &Setup, say: &dyn Fn(&str)) -> anyhow::Result<Report> {
+    ensure!(s.batch >= 1, "need --batch >= 1");
     ensure!(
         s.nodes >= 2 * WAVE + REPLICAS,
         "need --nodes >= {} (two waves of {WAVE} leave m+1 = {REPLICAS})",
@@ -521,12 +533,18 @@ pub fn scenario(s: &Setup, say: &dyn Fn(&str)) -> anyhow::Result<Report> {
         say,
     );
     // ---- Wave 2: the new coordinator, the new standby and one more, during a job.
+    let within = if s.second_job {
+        JOBS_WITHIN
+    } else {
+        Duration::from_secs(30)
+    };
     let rows = run
-        .poll_until(Duration::from_secs(30), |_, _| true)
-        .context("C1 does not answer after wave 1")?;
+        .poll_until(within, |rows, _| !s.second_job || complete(rows, &j1))
+        .with_context(|| format!("C1 does not answer or job {j1} is stuck after wave 1"))?;
     let mut running = j1.clone();
     if complete(&rows, &j1) {
-        // The first job outran the takeover: the second wave hits a second job.
+        // The first job is done (it outran the takeover, or `second_job`): the second
+        // wave hits a second job while the first one's results are re-replicated.
         let j2 = submit(&run, "inception_v3")?;
         report
             .jobs
@@ -639,6 +657,12 @@ pub fn scenario(s: &Setup, say: &dyn Fn(&str)) -> anyhow::Result<Report> {
         t,
         say,
     );
+    report.send_dropped = run
+        .layout()
+        .nodes
+        .iter()
+        .map(|n| run.cluster.log(&n.0).matches("sdfs send dropped").count())
+        .sum();
     report.step("whole scenario", started, say);
     Ok(report)
 }
@@ -721,12 +745,7 @@ fn read_back(
 
 /// `dml bench jobs-churn`: synthetic weights, generated images, the scenario, a report.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let root = std::env::temp_dir().join(format!("dml-bench-jobs-churn-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&root);
-    let weights = root.join("weights");
-    dml_models::cli::weights_synth(&weights, 0)?;
-    let images = root.join("images");
-    write_images(&images, args.images)?;
+    let (root, weights, images) = bench_inputs("jobs-churn", args.images)?;
     let exe = std::env::current_exe().context("cannot find the dml executable")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -747,6 +766,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         nodes: args.nodes,
         seed: args.seed,
         batch: args.batch,
+        second_job: args.second_job,
     };
     let out = scenario(&setup, &|line| println!("{line}"));
     match &out {

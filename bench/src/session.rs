@@ -3,7 +3,7 @@
 //! polling into a completion series, the nodes' log events, and kills.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -11,6 +11,7 @@ use dml_actors::clock::wall_ms;
 use dml_actors::control::{Command, Reply};
 use dml_cluster::{Cluster, Layout, Options, TestConfig};
 
+use crate::images::write_images;
 use crate::logs::{current_reign, parse_c1, parse_c5, parse_events, LogEvent, Rate};
 
 /// The secret of the throw-away benchmark clusters (their config lives in a temp dir).
@@ -222,4 +223,17 @@ pub fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// A fresh work directory `<temp>/dml-bench-<name>-<pid>` with synthetic weights for both
+/// networks (written once: every node loads them instead of generating) and `images`
+/// generated pictures; returns (root, weights, images).
+pub fn bench_inputs(name: &str, images: usize) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let root = std::env::temp_dir().join(format!("dml-bench-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let weights = root.join("weights");
+    dml_models::cli::weights_synth(&weights, 0)?;
+    let pictures = root.join("images");
+    write_images(&pictures, images)?;
+    Ok((root, weights, pictures))
 }
