@@ -182,10 +182,7 @@ impl Run {
 
     /// kill -9 of a node; the wall-clock ms just before.
     pub fn kill(&mut self, name: &str) -> anyhow::Result<u64> {
-        let at = wall_ms();
-        self.cluster.kill9(name)?;
-        self.dead.push(name.to_string());
-        Ok(at)
+        self.kill_all(&[name])
     }
 }
 

@@ -161,15 +161,7 @@ impl Cluster {
 
     /// Kills one process with SIGKILL (a crash, no goodbye) and reaps it.
     pub fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
-        let mut child = self
-            .procs
-            .remove(name)
-            .with_context(|| format!("no running child named {name}"))?;
-        child
-            .kill()
-            .with_context(|| format!("cannot kill {name}"))?;
-        let _ = child.wait();
-        Ok(())
+        self.kill9_all(&[name])
     }
 
     /// Kills several processes with SIGKILL at once (a wave of crashes: every signal is
