@@ -150,6 +150,12 @@ enum BenchCmd {
         #[command(flatten)]
         args: dml_bench::idunno::Args,
     },
+    /// An inference job over thousands of images under two waves of kill -9 (coordinator,
+    /// then new coordinator and standby); checks every result afterwards.
+    JobsChurn {
+        #[command(flatten)]
+        args: dml_bench::jobs_churn::Args,
+    },
     /// Ping round-trip times of the failure detector, idle and with every node running
     /// inference at full speed (goal: p99 within 50 ms).
     Pings {
@@ -305,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } => dml_bench::models::serve_passes(&weights, threads)?,
             BenchCmd::Cluster { args } => dml_bench::cluster::run(&args)?,
             BenchCmd::Idunno { args } => dml_bench::idunno::run(&args)?,
+            BenchCmd::JobsChurn { args } => dml_bench::jobs_churn::run(&args)?,
             BenchCmd::Pings { args } => dml_bench::pings::run(&args)?,
             BenchCmd::Chaos { args } => dml_bench::chaos::run(&args)?,
         },

@@ -99,51 +99,16 @@ fn names_under(c: &Cluster, via: &str, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Exactly one result per query: the distinct result names are exactly the job's inputs
-/// (a query that ran twice only adds a version), every result parses as a classified
-/// query of this job, and C1 counts each query once. Returns the results.
-fn check_exactly_once(
-    c: &Cluster,
-    via: &str,
-    job: &str,
-    model: &str,
-    inputs: &[String],
-) -> Vec<QueryResult> {
-    let want: BTreeSet<String> = inputs
-        .iter()
-        .map(|q| format!("results/{job}/{q}"))
-        .collect();
-    let got: BTreeSet<String> = names_under(c, via, &format!("results/{job}/"))
-        .into_iter()
-        .collect();
-    assert_eq!(got, want, "job {job}: result names differ from its inputs");
-    let v = ask(via, Command::C4Results { job: job.into() })
-        .unwrap_or_else(|e| panic!("C4 --results {job}: {e}"));
-    let results: Vec<QueryResult> =
-        serde_json::from_value(v).expect("results parse as QueryResult");
-    assert_eq!(results.len(), inputs.len(), "job {job}");
+/// Exactly one result per query (`dml_bench::jobs_churn::check_exactly_once`: result
+/// names, `C4 --results` and C1), each result from the synthetic weights. Returns the
+/// results.
+fn check_exactly_once(via: &str, job: &str, model: &str, inputs: &[String]) -> Vec<QueryResult> {
+    let results =
+        dml_bench::jobs_churn::check_exactly_once(&|cmd| ask(via, cmd), job, model, inputs)
+            .unwrap_or_else(|e| panic!("{e}"));
     for r in &results {
-        assert_eq!((r.job.as_str(), r.model.as_str()), (job, model), "{r:?}");
-        assert!(inputs.contains(&r.query), "foreign query {r:?}");
-        assert!(r.error.is_none(), "{r:?}");
-        assert_eq!(r.top5.len(), 5, "{r:?}");
         assert!(r.synthetic, "{r:?}");
-        assert!(r.per_query_ms > 0.0, "{r:?}");
     }
-    let rows = common::wait_for(Duration::from_secs(30), "C1", || c1(via)).0;
-    let r = row(&rows, job).unwrap_or_else(|| panic!("no C1 row for {job}: {rows:?}"));
-    let n = inputs.len() as u64;
-    assert_eq!(
-        (
-            r["processed"].as_u64(),
-            r["total"].as_u64(),
-            r["failed"].as_u64(),
-            r["complete"].as_bool()
-        ),
-        (Some(n), Some(n), Some(0), Some(true)),
-        "C1 row of {job}: {r}"
-    );
-    assert_eq!(r["model"], model);
     results
 }
 
@@ -371,8 +336,8 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         Some(&BTreeSet::from([4])),
         "inception_v3 batches after C3 inception_v3 4"
     );
-    let r1 = check_exactly_once(&c, &via, &j1, "resnet50", &inputs1);
-    let r2 = check_exactly_once(&c, &via, &j2, "inception_v3", &inputs2);
+    let r1 = check_exactly_once(&via, &j1, "resnet50", &inputs1);
+    let r2 = check_exactly_once(&via, &j2, "inception_v3", &inputs2);
     assert_eq!(
         batch_sizes(&r1),
         vec![3; 4],
@@ -472,7 +437,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         "2. killed worker {victim} mid-job; job {j3} complete {took:?} later ({:?} in all)",
         t2.elapsed()
     );
-    check_exactly_once(&c, &via, &j3, "resnet50", &inputs3);
+    check_exactly_once(&via, &j3, "resnet50", &inputs3);
     assert_eq!(
         sizes3.iter().max(),
         Some(&2),
@@ -512,7 +477,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
     assert_eq!(new.0, standby, "the hot standby takes over");
     wait_complete(&via, &j4);
     eprintln!("   job {j4} complete {:?} after the kill", t3.elapsed());
-    check_exactly_once(&c, &via, &j4, "inception_v3", &inputs4);
+    check_exactly_once(&via, &j4, "inception_v3", &inputs4);
     done_jobs.push((j4.clone(), n4));
     check_c1_totals(&via, &done_jobs);
     // C2 of the earlier jobs survived the takeover unchanged.
@@ -664,7 +629,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         stale.is_empty(),
         "batches of the fenced term were run: {stale:?}"
     );
-    check_exactly_once(&c, &via, &j5, "inception_v3", &inputs5);
+    check_exactly_once(&via, &j5, "inception_v3", &inputs5);
     done_jobs.push((j5.clone(), n5));
     check_c1_totals(&via, &done_jobs);
     // Asked directly, the old coordinator answers with the new one's figures.
@@ -707,7 +672,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
     eprintln!("5. killed {coord} (coordinator), {standby} (standby), {worker} (worker); {new} rebuilt from SDFS in {:?}", t5.elapsed());
     wait_complete(&via, &j6);
     eprintln!("   job {j6} complete {:?} after the kill", t5.elapsed());
-    check_exactly_once(&c, &via, &j6, "resnet50", &inputs6);
+    check_exactly_once(&via, &j6, "resnet50", &inputs6);
     done_jobs.push((j6.clone(), n6));
     // Every earlier job is back from the manifests and result files alone, statistics
     // included (every result file records its processing time).

@@ -19,12 +19,11 @@ use anyhow::{bail, Context};
 use dml_actors::clock::wall_ms;
 use dml_models::{Classifier, Network};
 
-use crate::images::write_images;
 pub use crate::logs::{
     current_reign, first_failed, first_primary, parse_c1, parse_c5, parse_event, parse_events,
     LogEvent, Rate,
 };
-use crate::session::{cpu_model, processed_of, submit, write_config, Run};
+use crate::session::{bench_inputs, cpu_model, processed_of, submit, write_config, Run};
 use crate::stats::mean_std;
 /// "Back to normal": this fraction of the completion rate before the crash.
 const NORMAL_FRACTION: f64 = 0.9;
@@ -526,13 +525,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("need --trials >= 1, --nodes >= 4 (coordinator, standby, victim, console), --batch >= 1");
     }
     let started = Instant::now();
-    let root = std::env::temp_dir().join(format!("dml-bench-idunno-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&root);
-    let weights = root.join("weights");
-    // Written once: every node of every trial loads these files instead of generating.
-    dml_models::cli::weights_synth(&weights, 0)?;
-    let images = root.join("images");
-    write_images(&images, args.images)?;
+    let (root, weights, images) = bench_inputs("idunno", args.images)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "bench idunno: {} trials, {} nodes x 1 inference thread, {} images, batch {}, \

@@ -1,13 +1,15 @@
 //! The benchmarks behind `dml bench ...`: `cluster` (failure detection, background
 //! traffic, false removals), `idunno` (the inference assignment's measurements), `pings`
-//! (ping round trips under load), `models` (forward-pass speed) and `chaos` (a
-//! fault-injection soak of SDFS with a checker). Each prints its
+//! (ping round trips under load), `jobs-churn` (a job under two waves of kill -9),
+//! `models` (forward-pass speed) and `chaos` (a fault-injection soak of SDFS with a
+//! checker). Each prints its
 //! figures; the binary only parses the options and calls `run`.
 
 pub mod chaos;
 pub mod cluster;
 pub mod idunno;
 pub mod images;
+pub mod jobs_churn;
 pub mod logs;
 pub mod models;
 pub mod pings;

@@ -3,7 +3,7 @@
 //! polling into a completion series, the nodes' log events, and kills.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -11,6 +11,7 @@ use dml_actors::clock::wall_ms;
 use dml_actors::control::{Command, Reply};
 use dml_cluster::{Cluster, Layout, Options, TestConfig};
 
+use crate::images::write_images;
 use crate::logs::{current_reign, parse_c1, parse_c5, parse_events, LogEvent, Rate};
 
 /// The secret of the throw-away benchmark clusters (their config lives in a temp dir).
@@ -53,14 +54,20 @@ pub struct Run {
 impl Run {
     /// Starts the cluster of `layout` (this executable, with `--set` overrides).
     pub fn start(layout: Layout, overrides: &[String]) -> anyhow::Result<Self> {
-        let console = layout.nodes.last().context("no nodes")?.1.clone();
         let exe = std::env::current_exe().context("cannot find the dml executable")?;
         let opts = Options {
             overrides: overrides.to_vec(),
             ..Options::default()
         };
+        Self::start_bin(&exe, layout, opts)
+    }
+
+    /// Starts the cluster of `layout` with the `dml` binary `exe` (a test's built binary:
+    /// there the current executable is the test).
+    pub fn start_bin(exe: &Path, layout: Layout, opts: Options) -> anyhow::Result<Self> {
+        let console = layout.nodes.last().context("no nodes")?.1.clone();
         Ok(Run {
-            cluster: Cluster::start(&exe, layout, opts)?,
+            cluster: Cluster::start(exe, layout, opts)?,
             console,
             dead: Vec::new(),
             series: Vec::new(),
@@ -165,12 +172,17 @@ impl Run {
         self.layout().name_of(addr).map(String::from)
     }
 
+    /// kill -9 of several nodes at once; the wall-clock ms just before.
+    pub fn kill_all(&mut self, names: &[&str]) -> anyhow::Result<u64> {
+        let at = wall_ms();
+        self.cluster.kill9_all(names)?;
+        self.dead.extend(names.iter().map(|n| n.to_string()));
+        Ok(at)
+    }
+
     /// kill -9 of a node; the wall-clock ms just before.
     pub fn kill(&mut self, name: &str) -> anyhow::Result<u64> {
-        let at = wall_ms();
-        self.cluster.kill9(name)?;
-        self.dead.push(name.to_string());
-        Ok(at)
+        self.kill_all(&[name])
     }
 }
 
@@ -208,4 +220,17 @@ pub fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// A fresh work directory `<temp>/dml-bench-<name>-<pid>` with synthetic weights for both
+/// networks (written once: every node loads them instead of generating) and `images`
+/// generated pictures; returns (root, weights, images).
+pub fn bench_inputs(name: &str, images: usize) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let root = std::env::temp_dir().join(format!("dml-bench-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let weights = root.join("weights");
+    dml_models::cli::weights_synth(&weights, 0)?;
+    let pictures = root.join("images");
+    write_images(&pictures, images)?;
+    Ok((root, weights, pictures))
 }

@@ -173,14 +173,26 @@ impl Cluster {
 
     /// Kills one process with SIGKILL (a crash, no goodbye) and reaps it.
     pub fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
-        let mut child = self
-            .procs
-            .remove(name)
-            .with_context(|| format!("no running child named {name}"))?;
-        child
-            .kill()
-            .with_context(|| format!("cannot kill {name}"))?;
-        let _ = child.wait();
+        self.kill9_all(&[name])
+    }
+
+    /// Kills several processes with SIGKILL at once (a wave of crashes: every signal is
+    /// sent before the first, slow, reaping), then reaps them.
+    pub fn kill9_all(&mut self, names: &[&str]) -> anyhow::Result<()> {
+        let mut children = Vec::new();
+        for name in names {
+            let mut child = self
+                .procs
+                .remove(*name)
+                .with_context(|| format!("no running child named {name}"))?;
+            child
+                .kill()
+                .with_context(|| format!("cannot kill {name}"))?;
+            children.push(child);
+        }
+        for mut child in children {
+            let _ = child.wait();
+        }
         Ok(())
     }
 
