@@ -1213,3 +1213,47 @@ fn a_repair_target_that_refuses_writes_is_replaced_by_the_next_node() {
         assert_eq!(sim.get(&spare[0], "refused/f"), (v, bytes), "seed {seed}");
     }
 }
+
+/// Copies can live outside a name's placement (nodes pushed out by joins, stand-ins for
+/// a node that refused a copy) while the placement has none yet. A read whose primary
+/// finds no version in the placement double-checks with every live node before it says
+/// "no such file" (issue 13's soak saw acknowledged files reported missing).
+#[test]
+fn a_copy_outside_the_placement_is_found_before_no_such_file() {
+    for seed in sim::seeds("a_copy_outside_the_placement", 1..=SEEDS) {
+        let mut sim = Sim::new(6, seed);
+        let bytes = data(6, 2 * CHUNK + 9);
+        let v = sim.put_ok(&addr(0), "outside/f", bytes.clone());
+        let holders = sim.holders("outside/f", v);
+        let outsider = sim
+            .live()
+            .into_iter()
+            .find(|a| !holders.contains(a))
+            .unwrap();
+        // The only copy left is on a node outside the placement.
+        let mut w = sim
+            .store(&outsider)
+            .begin_write(&name("outside/f"), v)
+            .unwrap();
+        for c in bytes.chunks(CHUNK) {
+            w.append(c).unwrap();
+        }
+        w.commit().unwrap();
+        for h in &holders {
+            sim.store(h).remove_version(&name("outside/f"), v).unwrap();
+        }
+        // The primary's view flickers (one placement node gone and back), so it drops
+        // its cached metadata and asks the placement again.
+        let placement = sim.placement("outside/f");
+        let all = sim.live();
+        let fewer: Vec<NodeAddr> = all
+            .iter()
+            .filter(|a| **a != placement[3])
+            .cloned()
+            .collect();
+        sim.local(&placement[0], Input::Members { live: fewer });
+        sim.local(&placement[0], Input::Members { live: all });
+        let reader = placement[1].clone();
+        assert_eq!(sim.get(&reader, "outside/f"), (v, bytes), "seed {seed}");
+    }
+}

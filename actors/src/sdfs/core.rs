@@ -359,6 +359,8 @@ struct Direct {
     waiting: BTreeSet<NodeAddr>,
     asked_at: Millis,
     acc: Meta,
+    /// Asked of every live node, not only the placement (see `ReadOp::wide_checked`).
+    wide: bool,
 }
 
 #[derive(Debug)]
@@ -367,6 +369,11 @@ struct ReadOp {
     kind: ReadKind,
     ctl: Option<Ctl>,
     direct: Option<Box<Direct>>,
+    /// An empty answer was double-checked with every live node. A primary or a reader
+    /// whose view just changed (restarted, resumed, partitioned) can find no holder in
+    /// the placement while the file is alive elsewhere: "no such file" is only said once
+    /// no live node holds a version.
+    wide_checked: bool,
     attempts: u32,
     queue: VecDeque<VersionInfo>,
     cur: Option<Fetch>,

@@ -81,6 +81,13 @@ impl SdfsCore {
             if holder_dead {
                 self.read_fallback(op, "holder failed".into(), false);
             }
+            if let Some(ClientOp::Read(ReadOp {
+                direct: Some(d), ..
+            })) = self.ops.get_mut(&op)
+            {
+                d.waiting.retain(|n| !dead.contains(n));
+            }
+            self.maybe_finish_direct(op);
             if primary_dead {
                 self.ctl_send(op);
             }

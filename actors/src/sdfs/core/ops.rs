@@ -137,6 +137,7 @@ impl SdfsCore {
                 kind,
                 ctl: None,
                 direct: None,
+                wide_checked: false,
                 attempts: 0,
                 queue: VecDeque::new(),
                 cur: None,

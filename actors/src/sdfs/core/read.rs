@@ -70,6 +70,22 @@ impl SdfsCore {
             return;
         }
         r.ctl = None;
+        self.serve_versions(op, versions);
+    }
+
+    /// Answers `ls`, or starts fetching, from the versions a primary or the holders gave.
+    pub(super) fn serve_versions(&mut self, op: OpId, versions: Vec<VersionInfo>) {
+        let Some(ClientOp::Read(r)) = self.ops.get_mut(&op) else {
+            return;
+        };
+        if versions.is_empty() && !r.wide_checked {
+            r.wide_checked = true;
+            let me = self.cfg.me.clone();
+            let everyone: BTreeSet<NodeAddr> =
+                self.ring.members().filter(|n| **n != me).cloned().collect();
+            self.ask_holders(op, everyone, true);
+            return;
+        }
         let name = r.name.clone();
         match r.kind {
             ReadKind::Ls => {
@@ -108,11 +124,29 @@ impl SdfsCore {
             return;
         }
         let name = r.name.clone();
-        let primary = r.ctl.as_ref().map(|c| c.primary.clone());
+        if let Some(primary) = r.ctl.as_ref().map(|c| c.primary.clone()) {
+            self.log(Event::ReadFromHolders {
+                name: name.clone(),
+                primary,
+            });
+        }
         let me = self.cfg.me.clone();
-        let qid = self.id();
         let mut waiting: BTreeSet<NodeAddr> = self.placement(&name).into_iter().collect();
         waiting.remove(&me);
+        self.ask_holders(op, waiting, false);
+    }
+
+    /// Sends a read's own `MetaQuery` to `waiting` (this node answers from its store).
+    fn ask_holders(&mut self, op: OpId, waiting: BTreeSet<NodeAddr>, wide: bool) {
+        let Some(ClientOp::Read(r)) = self.ops.get_mut(&op) else {
+            return;
+        };
+        if let Some(old) = r.direct.take() {
+            self.read_queries.remove(&old.qid);
+        }
+        let name = r.name.clone();
+        let me = self.cfg.me.clone();
+        let qid = self.id();
         let mut acc = Meta::default();
         let (versions, tombstone, _) = self.local_state(&name);
         merge_direct(&mut acc, &me, &versions, tombstone);
@@ -125,12 +159,6 @@ impl SdfsCore {
                 },
             );
         }
-        if let Some(primary) = primary {
-            self.log(Event::ReadFromHolders {
-                name: name.clone(),
-                primary,
-            });
-        }
         self.read_queries.insert(qid, op);
         if let Some(ClientOp::Read(r)) = self.ops.get_mut(&op) {
             r.direct = Some(Box::new(Direct {
@@ -138,6 +166,7 @@ impl SdfsCore {
                 waiting,
                 asked_at: self.now,
                 acc,
+                wide,
             }));
         }
         self.maybe_finish_direct(op);
@@ -169,24 +198,29 @@ impl SdfsCore {
         }
     }
 
-    /// Serves the read from its direct query once every holder answered, or all but one
-    /// (the silent primary) after `request_timeout_ms`. Holders that answer nothing do
-    /// not make a name missing while others are still to answer.
+    /// Serves the read from its direct query once every node asked answered, or all but
+    /// one (the silent primary) after `request_timeout_ms`, or anyone after
+    /// `idle_timeout_ms` (nodes paused for good). Nodes that answer nothing do not make a
+    /// name missing while others are still to answer.
     pub(super) fn maybe_finish_direct(&mut self, op: OpId) {
         let now = self.now;
         let timeout = self.cfg.request_timeout_ms;
+        let idle = self.cfg.idle_timeout_ms;
         let Some(ClientOp::Read(r)) = self.ops.get_mut(&op) else {
             return;
         };
         let Some(d) = r.direct.as_ref() else { return };
-        if r.ctl.is_none() {
+        if r.ctl.is_none() && !d.wide {
             // The primary answered first (or the read moved on).
             self.read_queries.remove(&d.qid);
             r.direct = None;
             return;
         }
         let all = d.waiting.is_empty();
-        let enough = all || (now.saturating_sub(d.asked_at) >= timeout && d.waiting.len() <= 1);
+        let waited = now.saturating_sub(d.asked_at);
+        let enough = all
+            || (waited >= timeout && d.waiting.len() <= 1)
+            || (waited >= idle && !d.acc.versions.is_empty());
         if !enough {
             return;
         }
@@ -202,11 +236,25 @@ impl SdfsCore {
             })
             .collect();
         if versions.is_empty() && !all {
+            // Nobody has it so far, and some have not answered: ask those again (a
+            // lost question or answer), until they answer or membership drops them.
+            if waited >= timeout {
+                let (qid, name) = (d.qid, r.name.clone());
+                let again: Vec<NodeAddr> = d.waiting.iter().cloned().collect();
+                if let Some(d) = r.direct.as_mut() {
+                    d.asked_at = now;
+                }
+                for n in again {
+                    let name = name.clone();
+                    self.send(&n, Msg::MetaQuery { qid, name });
+                }
+            }
             return;
         }
         self.read_queries.remove(&d.qid);
         r.direct = None;
-        self.on_meta_info(op, versions);
+        r.ctl = None;
+        self.serve_versions(op, versions);
     }
 
     /// Starts fetching the next queued version, or replies when none is left.
