@@ -73,7 +73,11 @@ fn holders(v: &Value) -> Vec<String> {
 
 fn held_names(c: &Cluster, node: &str) -> usize {
     let r = c.sdfs(&c.addr(node), "store").expect("store answers");
-    r.as_array().map_or(0, |a| a.len())
+    r.as_array().map_or(0, |a| {
+        a.iter()
+            .filter(|h| h["versions"].as_array().is_some_and(|v| !v.is_empty()))
+            .count()
+    })
 }
 
 fn put(c: &Cluster, at: &str, work: &Path, name: &str, bytes: &[u8]) {
@@ -109,7 +113,7 @@ fn a_full_disk_and_a_damaged_copy_are_survived_and_repaired() {
     // Declared after the cluster: unmounted before the cluster's directory is removed.
     let mount = mount.expect("mounted");
     let all: Vec<String> = c.nodes.iter().map(|(_, a)| a.clone()).collect();
-    c.wait_views(&all, Duration::from_secs(60), "formation", |v| {
+    c.wait_views(&all, Duration::from_secs(120), "formation", |v| {
         v.len() == 6 && v.iter().all(|(_, _, s)| s == "alive")
     });
     let work = c.dir.join("work");

@@ -23,7 +23,7 @@ fn ten_node_cluster_detects_failures_and_never_removes_live_nodes() {
     let all: Vec<String> = c.nodes.iter().map(|(_, a)| a.clone()).collect();
 
     // Formation: every node lists all ten, alive.
-    c.wait_views(&all, Duration::from_secs(30), "formation", |v| {
+    c.wait_views(&all, Duration::from_secs(120), "formation", |v| {
         v.len() == 10 && v.iter().all(|(_, _, s)| s == "alive")
     });
     // The introducer answers list_mem too.

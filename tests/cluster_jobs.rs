@@ -264,7 +264,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
     let started = Instant::now();
     let mut c = Cluster::start("jobs", NODES, &t, &extra);
     let all: Vec<String> = c.nodes.iter().map(|(_, a)| a.clone()).collect();
-    c.wait_views(&all, Duration::from_secs(60), "formation", |v| {
+    c.wait_views(&all, Duration::from_secs(120), "formation", |v| {
         v.len() == NODES && v.iter().all(|(_, _, s)| s == "alive")
     });
     let mut live: Vec<String> = c.nodes.iter().map(|(n, _)| n.clone()).collect();

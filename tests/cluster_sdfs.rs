@@ -59,7 +59,7 @@ fn sdfs_on_a_real_cluster() {
     let t = Timings::fast();
     let mut c = Cluster::start("sdfs", 8, &t, "");
     let all: Vec<String> = c.nodes.iter().map(|(_, a)| a.clone()).collect();
-    c.wait_views(&all, Duration::from_secs(30), "formation", |v| {
+    c.wait_views(&all, Duration::from_secs(120), "formation", |v| {
         v.len() == 8 && v.iter().all(|(_, _, s)| s == "alive")
     });
     let work = c.dir.join("work");
@@ -432,7 +432,7 @@ fn sdfs_bench() {
         };
         let mut c = Cluster::start(&format!("bench-{transfer}"), 10, &Timings::fast(), &extra);
         let all: Vec<String> = c.nodes.iter().map(|(_, a)| a.clone()).collect();
-        c.wait_views(&all, Duration::from_secs(30), "formation", |v| {
+        c.wait_views(&all, Duration::from_secs(120), "formation", |v| {
             v.len() == 10
         });
         let pids: Vec<u32> = c.nodes.iter().map(|(n, _)| c.pid(n)).collect();

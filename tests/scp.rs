@@ -31,7 +31,9 @@ fn scp_transfer_against_a_real_sshd() {
     );
     let c = Cluster::start("scp", 4, &Timings::fast(), &extra);
     let all: Vec<String> = c.nodes.iter().map(|(_, a)| a.clone()).collect();
-    c.wait_views(&all, Duration::from_secs(30), "formation", |v| v.len() == 4);
+    c.wait_views(&all, Duration::from_secs(120), "formation", |v| {
+        v.len() == 4
+    });
 
     // put/get through scp, byte for byte; sshd saw the logins.
     let data = seeded_bytes(42, 5 * 1024 * 1024 + 99);

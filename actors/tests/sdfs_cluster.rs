@@ -1257,3 +1257,74 @@ fn a_copy_outside_the_placement_is_found_before_no_such_file() {
         assert_eq!(sim.get(&reader, "outside/f"), (v, bytes), "seed {seed}");
     }
 }
+
+/// A node joins while a put is uploading and becomes the name's primary, after the
+/// replicas already stored the version but before the writer heard so. The new primary
+/// finds the version on the replicas when the writer claims it: that is the writer's own
+/// upload (a number is granted once), so the claim stands and the put is acknowledged
+/// under it. Before, the claim was refused, the writer started over under a new number,
+/// and the old copies surfaced as a second version nobody acknowledged (issue 13's soak).
+#[test]
+fn a_claim_of_a_version_already_on_the_replicas_is_the_writers_own() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    for seed in sim::seeds("a_claim_of_a_version_already_on_the_replicas", 1..=SEEDS) {
+        let mut sim = Sim::new(8, seed);
+        sim.run();
+        let n = "claim/f";
+        // The node that will be primary once it joins starts outside the cluster.
+        let joiner = sim.placement(n)[0].clone();
+        let first: Vec<NodeAddr> = sim.live().into_iter().filter(|a| *a != joiner).collect();
+        for a in &first {
+            sim.local(
+                a,
+                Input::Members {
+                    live: first.clone(),
+                },
+            );
+        }
+        sim.run();
+        let before = sim.nodes[&first[0]]
+            .core
+            .as_ref()
+            .unwrap()
+            .placement(&name(n));
+        let writer = first.iter().find(|a| !before.contains(a)).unwrap().clone();
+        let mute = Rc::new(Cell::new(true));
+        let m = mute.clone();
+        sim.lose = Some(Box::new(move |_, _, _, msg| {
+            m.get() && matches!(msg, Msg::WriteDone { .. })
+        }));
+        let bytes = data(8, 3 * CHUNK + 2);
+        let op = sim.put(&writer, n, bytes.clone());
+        for _ in 0..200_000 {
+            if sim.holders(n, 1).len() == 4 {
+                break;
+            }
+            sim.steps(1);
+        }
+        assert_eq!(
+            sim.holders(n, 1).len(),
+            4,
+            "seed {seed}: the replicas stored v1"
+        );
+        sim.announce();
+        mute.set(false);
+        sim.run();
+        let Ok(Reply::Put { version, .. }) = sim.reply(&writer, op) else {
+            panic!("seed {seed}: put failed: {:?}", sim.reply(&writer, op));
+        };
+        let ls = sim.command(&writer, Command::Ls { name: name(n) });
+        sim.run();
+        let Ok(Reply::Ls { versions, .. }) = sim.reply(&writer, ls) else {
+            panic!("seed {seed}: ls failed");
+        };
+        let listed: Vec<u64> = versions.iter().map(|v| v.version).collect();
+        assert_eq!(
+            listed,
+            vec![version],
+            "seed {seed}: only the acknowledged version"
+        );
+        assert_eq!(sim.get(&writer, n), (version, bytes), "seed {seed}");
+    }
+}

@@ -219,6 +219,7 @@ fn held_by(run: &Run, addr: &str) -> Result<BTreeSet<String>, String> {
     Ok(v.as_array()
         .ok_or("store answers a list")?
         .iter()
+        .filter(|h| h["versions"].as_array().is_some_and(|v| !v.is_empty()))
         .filter_map(|h| h["name"].as_str().map(String::from))
         .collect())
 }

@@ -75,8 +75,10 @@ pub fn reply(r: &Reply, local: Option<&str>) -> CtlReply {
             )
         }
         Reply::Store(holdings) => {
-            let mut text = format!("{} names stored here:", holdings.len());
-            for h in holdings {
+            // The text lists what is held; deleted names (tombstones) are in the JSON.
+            let held: Vec<_> = holdings.iter().filter(|h| !h.versions.is_empty()).collect();
+            let mut text = format!("{} names stored here:", held.len());
+            for h in held {
                 let vs: Vec<String> = h.versions.iter().map(|v| v.to_string()).collect();
                 text.push_str(&format!("\n  {}  versions {}", h.name, vs.join(", ")));
             }

@@ -117,11 +117,17 @@ impl SdfsCore {
                 self.maybe_finish_list(op);
             }
             Command::Store => {
+                // Deleted names are listed with their tombstone (and no versions): a
+                // copy elsewhere that missed the delete is then recognisable as stale.
                 let result = self
                     .store
                     .holdings()
                     .map(|hs| {
-                        Reply::Store(hs.into_iter().filter(|h| !h.versions.is_empty()).collect())
+                        Reply::Store(
+                            hs.into_iter()
+                                .filter(|h| !h.versions.is_empty() || h.tombstone > 0)
+                                .collect(),
+                        )
                     })
                     .map_err(|e| SdfsError::Store(e.to_string()));
                 self.reply(op, result);

@@ -283,11 +283,15 @@ impl SdfsCore {
                     .get(name)
                     .and_then(|g| g.get(&version))
                     .is_some_and(|w| *w != from);
+                // A version found on the replicas is this claimant's own upload: a
+                // number is granted once, and only to it (issue 13's soak: refusing it
+                // made the writer start over under a new number, and the copies of the
+                // old one surfaced as a version nobody acknowledged). Its commit then
+                // simply records the holders.
                 let meta = self.meta.get(name);
-                let committed = meta.is_some_and(|m| m.versions.contains_key(&version));
                 let dead =
                     meta.is_some_and(|m| version <= m.tombstone) || self.is_dropped(name, version);
-                if taken_by_other || committed || dead {
+                if taken_by_other || dead {
                     self.send(
                         &from,
                         Msg::Refused {

@@ -225,6 +225,13 @@ impl SdfsCore {
             return;
         }
         let t = d.acc.tombstone;
+        // Copies of deleted versions on nodes that missed the delete are told to go.
+        let stale: BTreeSet<NodeAddr> = d
+            .acc
+            .versions
+            .range(..=t)
+            .flat_map(|(_, hs)| hs.iter().cloned())
+            .collect();
         let versions: Vec<VersionInfo> = d
             .acc
             .versions
@@ -252,8 +259,20 @@ impl SdfsCore {
             return;
         }
         self.read_queries.remove(&d.qid);
+        let name = r.name.clone();
         r.direct = None;
         r.ctl = None;
+        for n in stale {
+            let name = name.clone();
+            self.send(
+                &n,
+                Msg::DeleteUpTo {
+                    job: 0,
+                    name,
+                    upto: t,
+                },
+            );
+        }
         self.serve_versions(op, versions);
     }
 
