@@ -433,6 +433,7 @@ enum PrimaryReq {
         holders: Vec<NodeAddr>,
     },
     Abort {
+        from: NodeAddr,
         version: Version,
     },
     MetaGet {

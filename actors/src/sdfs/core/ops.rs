@@ -294,13 +294,21 @@ impl SdfsCore {
                 if !matches!(p.stage, PutStage::Granting) =>
             {
                 // The version was taken (primary failover race) or dropped: start over
-                // with a fresh grant.
+                // with a fresh grant. The old number is given up, so that copies this
+                // writer already made of it (e.g. it was paused, declared failed, and
+                // went on uploading after the drop) are removed.
                 if let PutStage::Uploading { xfer } = p.stage {
                     self.cancel_upload(xfer);
                 }
+                let mut old = None;
                 if let Some(ClientOp::Put(p)) = self.ops.get_mut(&op) {
                     p.stage = PutStage::Granting;
-                    p.version = None;
+                    old = p.version.take().map(|v| (p.name.clone(), v));
+                }
+                if let Some((name, version)) = old {
+                    if let Some(primary) = self.primary_of(&name) {
+                        self.send(&primary, Msg::PutAbort { name, version });
+                    }
                 }
                 self.ctl_send(op);
             }

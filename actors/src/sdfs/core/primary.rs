@@ -33,7 +33,7 @@ impl SdfsCore {
                 },
             ),
             Msg::PutAbort { name, version } => {
-                self.primary_req(name, PrimaryReq::Abort { version })
+                self.primary_req(name, PrimaryReq::Abort { from, version })
             }
             Msg::MetaGet { op, name } => self.primary_req(name, PrimaryReq::MetaGet { from, op }),
             Msg::Delete { op, name } => self.primary_req(name, PrimaryReq::Delete { from, op }),
@@ -368,13 +368,15 @@ impl SdfsCore {
                     },
                 );
             }
-            PrimaryReq::Abort { version } => {
-                let granted = self
-                    .granted
-                    .get_mut(name)
-                    .and_then(|g| g.remove(&version))
-                    .is_some();
-                if granted {
+            PrimaryReq::Abort { from, version } => {
+                // Only the writer a version was granted to can give it up.
+                let granted = self.granted.get_mut(name).is_some_and(|g| {
+                    g.get(&version) == Some(&from) && g.remove(&version).is_some()
+                });
+                // An abort of a version already dropped comes from a writer that went
+                // on uploading it after the drop (it was paused): its copies are told
+                // to go again.
+                if granted || self.is_dropped(name, version) {
                     self.drop_version(name, version);
                 }
             }
@@ -413,7 +415,7 @@ impl SdfsCore {
                             .cloned()
                             .collect(),
                     })
-                    .filter(|vi| !vi.holders.is_empty())
+                    .filter(|vi| !vi.holders.is_empty() && !self.is_dropped(name, vi.version))
                     .collect()
             })
             .unwrap_or_default()
