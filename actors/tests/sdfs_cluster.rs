@@ -1328,3 +1328,40 @@ fn a_claim_of_a_version_already_on_the_replicas_is_the_writers_own() {
         assert_eq!(sim.get(&writer, n), (version, bytes), "seed {seed}");
     }
 }
+
+/// A primary paused (SIGSTOP) long enough to be declared failed wakes up with a view
+/// that still names it primary and metadata from before; meanwhile a new version was
+/// acknowledged through the new primary. Issue 13's soak read the old version from it.
+/// A gap of `pause_ms` between two inputs makes a core drop its cached metadata and
+/// learn it again from the holders.
+#[test]
+fn a_primary_resumed_from_a_long_pause_serves_no_stale_version() {
+    for seed in sim::seeds("a_primary_resumed_from_a_long_pause", 1..=SEEDS) {
+        let mut sim = Sim::new(6, seed);
+        let n = "pause/f";
+        let v1 = sim.put_ok(&addr(0), n, data(1, CHUNK + 3));
+        let primary = sim.placement(n)[0].clone();
+        // Warm the primary's cache.
+        assert_eq!(sim.get(&primary, n).0, v1);
+        // The pause: it handles nothing; the others declare it failed.
+        let core = sim.nodes.get_mut(&primary).unwrap().core.take();
+        let others: Vec<NodeAddr> = sim.live();
+        for a in &others {
+            sim.local(
+                a,
+                Input::Members {
+                    live: others.clone(),
+                },
+            );
+        }
+        sim.run();
+        let bytes2 = data(2, 2 * CHUNK);
+        let v2 = sim.put_ok(&others[0], n, bytes2.clone());
+        assert!(v2 > v1);
+        sim.run_for(10_000);
+        // It resumes, still seeing itself as primary, and a client asks it at once.
+        sim.nodes.get_mut(&primary).unwrap().core = core;
+        sim.local(&primary, Input::Timer(Timer::Sweep));
+        assert_eq!(sim.get(&primary, n), (v2, bytes2), "seed {seed}");
+    }
+}

@@ -74,6 +74,10 @@ pub struct SdfsConfig {
     pub max_attempts: u32,
     /// Re-replication transfers a primary runs at once.
     pub repair_parallelism: usize,
+    /// A gap this long between two inputs means the process was paused (SIGSTOP, a
+    /// stalled VM) long enough to be declared failed and replaced as primary: cached
+    /// metadata is dropped and learnt again, never served stale.
+    pub pause_ms: Millis,
     /// Names a primary checks at once after a membership change (each check asks the
     /// placement for its metadata): thousands of names must not burst into the peers'
     /// send queues at once.
@@ -105,6 +109,7 @@ impl SdfsConfig {
             sweep_ms: 1_000,
             max_attempts: 5,
             repair_parallelism: 4,
+            pause_ms: 1_500,
             check_window: 64,
             id_seed: 0,
             staged: false,
@@ -523,6 +528,10 @@ struct Repairs {
     bytes: u64,
     /// When progress was last logged.
     logged_at: Millis,
+    /// `pump_checks` is running: a check that completes at once (no other node to ask)
+    /// must not start the next one from inside the last, or thousands of names nest
+    /// calls until the stack overflows (issue 13's soak: a node cut off alone).
+    pumping: bool,
 }
 
 #[derive(Debug)]
@@ -809,6 +818,11 @@ impl Machine for SdfsCore {
 
     /// Feeds one input; returns the effects to execute, in order.
     fn handle(&mut self, now: Millis, input: Input) -> Vec<Effect> {
+        let gap = now.saturating_sub(self.now);
+        if self.now > 0 && gap >= self.cfg.pause_ms && !self.meta.is_empty() {
+            self.meta.clear();
+            self.log(Event::Paused { gap_ms: gap });
+        }
         self.now = self.now.max(now);
         match input {
             Input::Start => self.set_sweep_timer(),

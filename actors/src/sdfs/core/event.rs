@@ -59,6 +59,11 @@ pub enum Event {
         bytes: u64,
         took_ms: Millis,
     },
+    /// Nothing was handled for `gap_ms` (the process was paused or starved): cached
+    /// metadata was dropped.
+    Paused {
+        gap_ms: Millis,
+    },
     /// A name's repair failed too often in a row: it is checked again later.
     RepairDeferred {
         name: SdfsName,
@@ -180,6 +185,13 @@ impl fmt::Display for Event {
                     f,
                     "re-replication in progress: {pending} names pending, {copies} copies \
                      made, {bytes} bytes, {took_ms} ms"
+                )
+            }
+            Event::Paused { gap_ms } => {
+                write!(
+                    f,
+                    "nothing handled for {gap_ms} ms (paused?): cached metadata dropped, \
+                     to be learnt again from the holders"
                 )
             }
             Event::RepairDeferred { name, checks } => {

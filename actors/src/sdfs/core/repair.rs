@@ -170,6 +170,15 @@ impl SdfsCore {
 
     /// Starts pending checks while fewer than `check_window` run.
     pub(super) fn pump_checks(&mut self) {
+        if self.repairs.pumping {
+            return;
+        }
+        self.repairs.pumping = true;
+        self.pump_checks_now();
+        self.repairs.pumping = false;
+    }
+
+    fn pump_checks_now(&mut self) {
         let me = self.cfg.me.clone();
         // A check whose query went away (the name's primary moved) is no longer running.
         let waiting = &self.waiting;
