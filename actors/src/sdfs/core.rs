@@ -619,6 +619,10 @@ pub struct SdfsCore {
     querying: HashMap<SdfsName, JobId>,
     waiting: HashMap<SdfsName, Vec<PrimaryReq>>,
     deletes: HashMap<JobId, DeleteJob>,
+    /// Deletes answered lately, by (client, op) -> (name, tombstone, when): a client
+    /// that asks again (its answer was slow or lost) gets the same answer, not "no such
+    /// file" for the name it just deleted.
+    deleted: HashMap<(NodeAddr, OpId), (SdfsName, Version, Millis)>,
     repairs: Repairs,
     /// Holder side of replication orders.
     replicating: HashMap<(NodeAddr, JobId), Replicating>,
@@ -673,6 +677,7 @@ impl SdfsCore {
             querying: HashMap::new(),
             waiting: HashMap::new(),
             deletes: HashMap::new(),
+            deleted: HashMap::new(),
             repairs: Repairs::default(),
             replicating: HashMap::new(),
             reports: BTreeMap::new(),

@@ -222,6 +222,9 @@ impl SdfsCore {
             .retain(|_, s| now.saturating_sub(s.last) < idle);
         self.resend_stale_queries();
         self.resend_stale_deletes();
+        let keep = idle.saturating_mul(2);
+        self.deleted
+            .retain(|_, (_, _, at)| now.saturating_sub(*at) < keep);
         self.sweep_repairs();
         let ops = &self.ops;
         self.read_queries.retain(|_, op| ops.contains_key(op));

@@ -446,6 +446,26 @@ impl SdfsCore {
     }
 
     pub(super) fn serve_delete(&mut self, name: &SdfsName, from: NodeAddr, op: OpId) {
+        // A repeat of a delete still waiting for confirmations is answered by it; a
+        // repeat of one already done gets the same answer again.
+        if self.deletes.values().any(|d| d.from == from && d.op == op) {
+            return;
+        }
+        if let Some((n, tombstone, _)) = self.deleted.get(&(from.clone(), op)) {
+            if n == name {
+                let tombstone = *tombstone;
+                let name = name.clone();
+                self.send(
+                    &from,
+                    Msg::Deleted {
+                        op,
+                        name,
+                        tombstone,
+                    },
+                );
+                return;
+            }
+        }
         let t = self.high(name);
         let Some(m) = self.meta.get_mut(name) else {
             return;
@@ -516,6 +536,10 @@ impl SdfsCore {
             return;
         }
         if let Some(d) = self.deletes.remove(&job) {
+            self.deleted.insert(
+                (d.from.clone(), d.op),
+                (d.name.clone(), d.tombstone, self.now),
+            );
             self.send(
                 &d.from,
                 Msg::Deleted {
