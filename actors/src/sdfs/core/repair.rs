@@ -459,14 +459,8 @@ impl SdfsCore {
                 return;
             }
             Some(Replicating::Done { outcome, .. }) => {
-                let done = Msg::ReplicateDone {
-                    job,
-                    name,
-                    version,
-                    to,
-                    outcome,
-                };
-                self.send(&requester, done);
+                // The answer was lost: give it again (and keep it a while longer).
+                self.finish_replicate(requester, job, name, version, to, outcome);
                 return;
             }
             None => {}
