@@ -70,6 +70,18 @@ impl View {
     }
 }
 
+/// Pushes `view` to every subscriber still running. A view is state, not a sample, so
+/// it is never dropped: with `try_send`, a subscriber whose mailbox was full (SDFS in a
+/// burst of re-replication traffic) missed the change that killed a node and went on
+/// waiting for that node's answers until the next change, which might never come.
+/// `do_send` queues past the mailbox's capacity; views are rare and small.
+fn publish(subscribers: &mut Vec<Recipient<View>>, view: &View) {
+    subscribers.retain(|s| s.connected());
+    for s in subscribers.iter() {
+        s.do_send(view.clone());
+    }
+}
+
 /// Subscribe to [`View`] updates.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -170,8 +182,7 @@ impl MembershipActor {
                 members: self.core.members(),
                 joined: self.core.status() == Status::Member,
             };
-            self.subscribers
-                .retain(|s| s.try_send(view.clone()).is_ok() || s.connected());
+            publish(&mut self.subscribers, &view);
         }
     }
 
@@ -346,7 +357,7 @@ impl Handler<Unresponsive> for MembershipActor {
 impl Handler<Subscribe> for MembershipActor {
     type Result = ();
     fn handle(&mut self, m: Subscribe, _ctx: &mut Context<Self>) {
-        let _ = m.0.try_send(View {
+        m.0.do_send(View {
             me: self.core.me().clone(),
             members: self.core.members(),
             joined: self.core.status() == Status::Member,
@@ -389,5 +400,74 @@ impl Handler<Exec> for MembershipActor {
             other => Err(membership_text::not_membership(&other)),
         };
         let _ = m.reply.send(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Blocks in its first message until `gate` opens, so its mailbox fills up behind it.
+    struct Busy {
+        gate: Option<mpsc::Receiver<()>>,
+        seen: mpsc::Sender<usize>,
+    }
+
+    impl Actor for Busy {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<View> for Busy {
+        type Result = ();
+        fn handle(&mut self, v: View, _ctx: &mut Context<Self>) {
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            let _ = self.seen.send(v.members.len());
+        }
+    }
+
+    fn view(n: usize) -> View {
+        View {
+            me: NodeAddr("127.0.0.1:1".into()),
+            members: (0..n)
+                .map(|i| Member {
+                    addr: NodeAddr(format!("127.0.0.1:{}", 2 + i)),
+                    incarnation: 1,
+                    joined: 1,
+                    state: MemberState::Alive,
+                })
+                .collect(),
+            joined: true,
+        }
+    }
+
+    #[test]
+    fn a_subscriber_with_a_full_mailbox_still_gets_every_view() {
+        let sys = System::new();
+        let (open, gate) = mpsc::channel();
+        let (seen_tx, seen) = mpsc::channel();
+        sys.block_on(async move {
+            let arbiter = Arbiter::new();
+            let busy = Busy::start_in_arbiter(&arbiter.handle(), move |_| Busy {
+                gate: Some(gate),
+                seen: seen_tx,
+            });
+            let mut subs = vec![busy.recipient()];
+            // Far more views than a default mailbox (16) holds while the subscriber is stuck.
+            for n in 0..100 {
+                publish(&mut subs, &view(n));
+            }
+            assert_eq!(subs.len(), 1, "a running subscriber is kept");
+            open.send(()).unwrap();
+            let got: Vec<usize> = (0..100)
+                .map_while(|_| seen.recv_timeout(Duration::from_secs(10)).ok())
+                .collect();
+            arbiter.stop();
+            assert_eq!(got, (0..100).collect::<Vec<_>>(), "views lost or reordered");
+        });
     }
 }
