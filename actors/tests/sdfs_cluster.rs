@@ -1396,3 +1396,69 @@ fn a_repeated_delete_is_answered_as_the_delete_it_repeats() {
         ));
     }
 }
+
+/// Issue 14, finding 8: a member that opens thousands of transfers (chunk 0 under new
+/// transfer ids, never finished) holds at most `max_incoming_per_peer` temp files open on
+/// the target; the rest are refused as busy and summarised in one log line per sweep, and
+/// the target keeps taking puts from everyone else.
+#[test]
+fn a_flood_of_new_transfers_is_capped_and_other_writers_go_on() {
+    for seed in sim::seeds(
+        "a_flood_of_new_transfers_is_capped_and_other_writers_go_on",
+        1..=SEEDS,
+    ) {
+        let mut sim = Sim::new(5, seed);
+        sim.run();
+        let target = sim.placement("legit")[0].clone();
+        let flooder = sim.live().into_iter().find(|a| *a != target).unwrap();
+        let writer = sim
+            .live()
+            .into_iter()
+            .find(|a| *a != target && *a != flooder)
+            .unwrap();
+        let cap = SdfsConfig::new(target.clone()).max_incoming_per_peer;
+        for i in 0..3_000u64 {
+            let data = vec![i as u8; 16];
+            let msg = Msg::WriteChunk {
+                xfer: 1_000_000 + i,
+                name: name(&format!("flood/{i}")),
+                version: 1,
+                idx: 0,
+                crc: crc32fast::hash(&data),
+                data,
+            };
+            sim.input(
+                &target,
+                Input::Peer {
+                    from: flooder.clone(),
+                    msg,
+                },
+            );
+        }
+        let open = sim.store(&target).temp_files().unwrap().len();
+        assert!(
+            open <= cap,
+            "seed {seed}: {open} temp files open, cap {cap}"
+        );
+
+        let bytes = data(7, 3 * CHUNK + 5);
+        let v = sim.put_ok(&writer, "legit", bytes.clone());
+        assert!(
+            sim.holders("legit", v).contains(&target),
+            "seed {seed}: the flooded node still takes other writers' copies"
+        );
+        assert_eq!(sim.get(&target, "legit"), (v, bytes), "seed {seed}");
+        let refused: u64 = sim
+            .logged(|e| matches!(e, Event::IncomingRefused { .. }))
+            .into_iter()
+            .map(|(_, e)| match e {
+                Event::IncomingRefused { refused, .. } => refused,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(refused, 3_000 - cap as u64, "seed {seed}");
+        // The abandoned transfers time out and their temp files go.
+        sim.run();
+        sim.assert_no_temp_files();
+    }
+}

@@ -93,6 +93,13 @@ pub struct SdfsConfig {
     pub scrub_bytes_per_sweep: u64,
     /// A scrub round starts at most this often.
     pub scrub_round_ms: Millis,
+    /// Incoming transfers (each an open temp file) one sender may run at once here.
+    /// Legitimate senders stay far below it (a few puts plus `repair_parallelism`
+    /// copies per primary); a flood of new transfer ids is refused past it, so it cannot
+    /// exhaust this node's file descriptors.
+    pub max_incoming_per_peer: usize,
+    /// Incoming transfers from all senders together.
+    pub max_incoming_total: usize,
 }
 
 impl SdfsConfig {
@@ -115,6 +122,8 @@ impl SdfsConfig {
             staged: false,
             scrub_bytes_per_sweep: 1 << 20,
             scrub_round_ms: 10_000,
+            max_incoming_per_peer: 128,
+            max_incoming_total: 512,
         }
     }
 }
@@ -622,6 +631,8 @@ pub struct SdfsCore {
     /// Deletes answered lately, by (client, op) -> (name, tombstone, when): a client
     /// that asks again (its answer was slow or lost) gets the same answer, not "no such
     /// file" for the name it just deleted.
+    /// Incoming transfers refused since the last sweep because of the caps, per sender.
+    busy_refusals: BTreeMap<NodeAddr, u64>,
     deleted: HashMap<(NodeAddr, OpId), (SdfsName, Version, Millis)>,
     repairs: Repairs,
     /// Holder side of replication orders.
@@ -678,6 +689,7 @@ impl SdfsCore {
             waiting: HashMap::new(),
             deletes: HashMap::new(),
             deleted: HashMap::new(),
+            busy_refusals: BTreeMap::new(),
             repairs: Repairs::default(),
             replicating: HashMap::new(),
             reports: BTreeMap::new(),

@@ -60,6 +60,10 @@ pub enum RemoteError {
     Store(String),
     #[error("no file with that name")]
     NoSuchFile,
+    /// The replica runs as many incoming transfers as it allows (from this sender or in
+    /// all): try again later.
+    #[error("too many incoming transfers on that node")]
+    Busy,
 }
 
 /// SDFS protocol messages.

@@ -32,6 +32,12 @@ pub enum Event {
         from: NodeAddr,
         reason: String,
     },
+    /// New incoming transfers refused over the caps since the last sweep.
+    IncomingRefused {
+        from: NodeAddr,
+        refused: u64,
+        open: usize,
+    },
     VersionDropped {
         name: SdfsName,
         version: Version,
@@ -133,6 +139,15 @@ impl fmt::Display for Event {
                     "replica {node} lost during put of {name} v{version}; retrying"
                 )
             }
+            Event::IncomingRefused {
+                from,
+                refused,
+                open,
+            } => write!(
+                f,
+                "refused {refused} new incoming transfers from {from}: too many at once \
+                 ({open} open on this node)"
+            ),
             Event::WriteAborted {
                 name,
                 version,

@@ -222,6 +222,13 @@ impl SdfsCore {
             .retain(|_, s| now.saturating_sub(s.last) < idle);
         self.resend_stale_queries();
         self.resend_stale_deletes();
+        for (from, refused) in std::mem::take(&mut self.busy_refusals) {
+            self.log(Event::IncomingRefused {
+                from,
+                refused,
+                open: self.incoming.len(),
+            });
+        }
         let keep = idle.saturating_mul(2);
         self.deleted
             .retain(|_, (_, _, at)| now.saturating_sub(*at) < keep);

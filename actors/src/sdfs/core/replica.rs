@@ -159,6 +159,21 @@ impl SdfsCore {
             );
             return false;
         }
+        let from_peer = self.incoming.keys().filter(|k| k.0 == *from).count();
+        if from_peer >= self.cfg.max_incoming_per_peer
+            || self.incoming.len() >= self.cfg.max_incoming_total
+        {
+            // Counted and logged once per sweep: a flood must not flood the log too.
+            *self.busy_refusals.entry(from.clone()).or_insert(0) += 1;
+            self.send(
+                from,
+                Msg::WriteFailed {
+                    xfer,
+                    error: RemoteError::Busy,
+                },
+            );
+            return false;
+        }
         match self.store.begin_write(name, version) {
             Ok(writer) => {
                 self.incoming.insert(

@@ -27,7 +27,10 @@ impl SdfsCore {
                         let op = *op;
                         self.on_refused(op, error);
                     } else {
-                        let bad_node = !matches!(error, RemoteError::BadTransfer);
+                        // A damaged transfer or a busy replica says nothing against
+                        // the node: the next attempt may use it again.
+                        let bad_node =
+                            !matches!(error, RemoteError::BadTransfer | RemoteError::Busy);
                         self.upload_failed(xfer, Some((from, bad_node, error.to_string())));
                     }
                 }
