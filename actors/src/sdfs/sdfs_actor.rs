@@ -171,6 +171,8 @@ pub struct SdfsActor {
     dirs: HashMap<u64, (DirPut, PutReply)>,
     queue: VecDeque<Input>,
     continue_pending: bool,
+    /// Inside [`SdfsActor::pump`]: new inputs only queue.
+    pumping: bool,
     scp: Option<ScpShell>,
     /// Sends refused by a full peer queue since the last log line, and when that was:
     /// the protocol sends them again, so a burst is one line a second, not one per drop.
@@ -223,6 +225,7 @@ impl SdfsActor {
             dirs: HashMap::new(),
             queue: VecDeque::new(),
             continue_pending: false,
+            pumping: false,
             scp,
             dropped: 0,
             dropped_logged: 0,
@@ -231,21 +234,29 @@ impl SdfsActor {
 
     fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
         self.queue.push_back(input);
-        self.pump(ctx);
+        // An effect that starts a new command (a directory put's next file, after a reply)
+        // feeds from inside `pump`: the input waits in the queue instead of nesting
+        // another pump, so a chain of thousands of synchronous answers cannot grow the
+        // stack of the SDFS thread.
+        if !self.pumping {
+            self.pump(ctx);
+        }
     }
 
     /// Runs queued inputs through the core and executes the effects. Sends to this node
     /// and source reads come back as new queued inputs, never as recursion.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        self.pumping = true;
         for _ in 0..INPUTS_PER_TURN {
             let Some(input) = self.queue.pop_front() else {
-                return;
+                break;
             };
             let effects = self.core.handle(clock::now(), input);
             for e in effects {
                 self.execute(e, ctx);
             }
         }
+        self.pumping = false;
         if !self.queue.is_empty() && !self.continue_pending {
             self.continue_pending = true;
             ctx.notify(Continue);
@@ -498,30 +509,41 @@ impl SdfsActor {
 
     /// Starts the next files of a directory put, or answers when all are done.
     fn dir_pump(&mut self, dir: u64, ctx: &mut Context<Self>) {
-        let Some((d, _)) = self.dirs.get_mut(&dir) else {
-            return;
-        };
-        let starts = d.start_next();
-        if d.is_done() {
-            if let Some((d, reply)) = self.dirs.remove(&dir) {
-                reply.send(d.result());
+        // A loop, not recursion through `dir_file_done`: a directory of thousands of
+        // unreadable files must not grow the stack.
+        loop {
+            let Some((d, _)) = self.dirs.get_mut(&dir) else {
+                return;
+            };
+            let starts = d.start_next();
+            if d.is_done() {
+                if let Some((d, reply)) = self.dirs.remove(&dir) {
+                    reply.send(d.result());
+                }
+                return;
             }
-            return;
-        }
-        for (path, name) in starts {
-            match File::open(&path) {
-                Ok(file) => {
-                    let done = Done::DirFile {
-                        dir,
-                        name: name.to_string(),
-                    };
-                    let op = self.new_op(Source::File { path, file }, Sink::None, done);
-                    self.start(op, SdfsCommand::Put { name }, ctx);
+            let mut unreadable = false;
+            for (path, name) in starts {
+                match File::open(&path) {
+                    Ok(file) => {
+                        let done = Done::DirFile {
+                            dir,
+                            name: name.to_string(),
+                        };
+                        let op = self.new_op(Source::File { path, file }, Sink::None, done);
+                        self.start(op, SdfsCommand::Put { name }, ctx);
+                    }
+                    Err(e) => {
+                        let err = format!("cannot read {}: {e}", path.display());
+                        if let Some((d, _)) = self.dirs.get_mut(&dir) {
+                            d.file_done(name.as_str(), Err(err));
+                        }
+                        unreadable = true;
+                    }
                 }
-                Err(e) => {
-                    let err = Err(format!("cannot read {}: {e}", path.display()));
-                    self.dir_file_done(dir, name.to_string(), err, ctx);
-                }
+            }
+            if !unreadable {
+                return;
             }
         }
     }
@@ -555,7 +577,8 @@ fn log_event(ev: &Event) {
         | Event::StoreFailure { .. }
         | Event::RepairDeferred { .. }
         | Event::DiskFull { .. }
-        | Event::ScrubDamage { .. } => {
+        | Event::ScrubDamage { .. }
+        | Event::IncomingRefused { .. } => {
             warn!(wall, "sdfs: {ev}")
         }
         _ => info!(wall, "sdfs: {ev}"),
