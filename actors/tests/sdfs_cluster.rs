@@ -1462,3 +1462,44 @@ fn a_flood_of_new_transfers_is_capped_and_other_writers_go_on() {
         sim.assert_no_temp_files();
     }
 }
+
+/// The delete ran, but its answer was lost and its primary died: the repeat reaches a
+/// new primary, which finds the tombstone and no version. The client reports the delete
+/// done (it may well be its own), not "no such file"; a delete of a name deleted before,
+/// sent once and answered, still gets "no such file".
+#[test]
+fn a_repeated_delete_that_reaches_a_new_primary_is_reported_done() {
+    for seed in sim::seeds("a_repeated_delete_that_reaches_a_new_primary", 1..=SEEDS) {
+        let mut sim = Sim::new(7, seed);
+        sim.run();
+        let n = "lost/answer";
+        sim.put_ok(&addr(0), n, data(4, CHUNK));
+        let primary = sim.placement(n)[0].clone();
+        let client = sim
+            .live()
+            .into_iter()
+            .find(|a| !sim.placement(n).contains(a))
+            .unwrap();
+        sim.lose = Some(Box::new(|_, _, _, msg| matches!(msg, Msg::Deleted { .. })));
+        let op = sim.command(&client, Command::Delete { name: name(n) });
+        // Long enough for the delete to run everywhere, shorter than the client's
+        // request timeout.
+        sim.run_for(2_000);
+        assert!(sim.holders(n, 1).is_empty(), "seed {seed}: the delete ran");
+        sim.kill(std::slice::from_ref(&primary));
+        sim.lose = None;
+        sim.run();
+        assert!(
+            matches!(sim.reply(&client, op), Ok(Reply::Deleted { .. })),
+            "seed {seed}: {:?}",
+            sim.reply(&client, op)
+        );
+        let again = sim.command(&client, Command::Delete { name: name(n) });
+        sim.run();
+        assert!(
+            matches!(sim.reply(&client, again), Err(SdfsError::NoSuchFile(_))),
+            "seed {seed}: {:?}",
+            sim.reply(&client, again)
+        );
+    }
+}

@@ -400,6 +400,9 @@ struct DeleteOp {
     name: SdfsName,
     ctl: Option<Ctl>,
     attempts: u32,
+    /// A send of this delete got no answer (timeout, or its primary died): the delete
+    /// may have run.
+    unanswered: bool,
 }
 
 #[derive(Debug)]

@@ -80,6 +80,7 @@ impl SdfsCore {
                         name,
                         ctl: None,
                         attempts: 0,
+                        unanswered: false,
                     }),
                 );
                 self.ctl_send(op);
@@ -201,6 +202,11 @@ impl SdfsCore {
             }
             ClientOp::Delete(d) => {
                 d.attempts += 1;
+                // A previous send that was not refused (a refusal sets a back-off) went
+                // unanswered.
+                if d.ctl.as_ref().is_some_and(|c| c.backoff_until.is_none()) {
+                    d.unanswered = true;
+                }
                 (
                     d.name.clone(),
                     d.attempts,
@@ -331,6 +337,20 @@ impl SdfsCore {
                 let name = d.name.clone();
                 self.ops.remove(&op);
                 self.reply(op, Err(SdfsError::NoSuchFile(name)));
+            }
+            (Some(ClientOp::Delete(d)), RemoteError::Deleted { tombstone }) => {
+                // Nothing is left to delete. If an earlier send went unanswered, the
+                // delete may have run then (on a primary that died before answering):
+                // it is reported done, as a retried delete must be. Otherwise the name
+                // was already gone.
+                let (name, tombstone, unanswered) = (d.name.clone(), *tombstone, d.unanswered);
+                self.ops.remove(&op);
+                let result = if unanswered {
+                    Ok(Reply::Deleted { name, tombstone })
+                } else {
+                    Err(SdfsError::NoSuchFile(name))
+                };
+                self.reply(op, result);
             }
             (Some(_), _) => self.fail_op(op, SdfsError::Remote(error)),
             (None, _) => {}

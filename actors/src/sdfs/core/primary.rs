@@ -471,13 +471,13 @@ impl SdfsCore {
             return;
         };
         if m.versions.is_empty() {
-            self.send(
-                &from,
-                Msg::Refused {
-                    op,
-                    error: RemoteError::NoSuchFile,
-                },
-            );
+            // A deleted name says so: the client of a delete whose answer was lost (its
+            // primary died after deleting) takes that as its own delete done.
+            let error = match m.tombstone {
+                0 => RemoteError::NoSuchFile,
+                tombstone => RemoteError::Deleted { tombstone },
+            };
+            self.send(&from, Msg::Refused { op, error });
             return;
         }
         let mut targets: BTreeSet<NodeAddr> = m.versions.values().flatten().cloned().collect();
