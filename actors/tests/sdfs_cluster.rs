@@ -1503,3 +1503,57 @@ fn a_repeated_delete_that_reaches_a_new_primary_is_reported_done() {
         );
     }
 }
+
+/// Views disagree about a node that rejoined: everyone but P1 takes Y back, and Y (the
+/// name's primary again for them) commits v2 with P1 among its replicas, while P1 still
+/// acts as primary from a cache that says v1. P1 sees v2 in its own store and learns the
+/// metadata again before it answers a read, instead of serving v1 after v2 was
+/// acknowledged (issue 13's soak, `chaos/c0/n1797`).
+#[test]
+fn a_primary_whose_own_copy_is_newer_than_its_cache_learns_it_again() {
+    for seed in sim::seeds("a_primary_whose_own_copy_is_newer", 1..=SEEDS) {
+        let mut sim = Sim::new(7, seed);
+        sim.run();
+        let n = "views/disagree";
+        let v1 = sim.put_ok(&addr(0), n, data(5, 2 * CHUNK));
+        let all = sim.live();
+        let place = sim.placement(n);
+        let (y, p1) = (place[0].clone(), place[1].clone());
+        let without_y: Vec<NodeAddr> = all.iter().filter(|a| **a != y).cloned().collect();
+        for a in &without_y {
+            sim.local(
+                a,
+                Input::Members {
+                    live: without_y.clone(),
+                },
+            );
+        }
+        sim.run();
+        assert_eq!(sim.get(&p1, n).0, v1, "seed {seed}");
+        // Y is back for everyone but P1.
+        for a in all.iter().filter(|a| **a != p1) {
+            sim.local(a, Input::Members { live: all.clone() });
+        }
+        sim.run();
+        let writer = all
+            .iter()
+            .find(|a| !place[..4].contains(a))
+            .unwrap()
+            .clone();
+        let new = data(6, 3 * CHUNK + 1);
+        let v2 = sim.put_ok(&writer, n, new.clone());
+        assert!(v2 > v1, "seed {seed}");
+        assert!(
+            sim.holders(n, v2).contains(&p1),
+            "seed {seed}: P1 holds a copy of v2"
+        );
+        let (got, bytes) = sim.get(&p1, n);
+        assert_eq!(got, v2, "seed {seed}: P1 served a stale version");
+        assert!(bytes == new, "seed {seed}: bytes of v{got} differ");
+        assert!(
+            !sim.logged(|e| matches!(e, Event::StaleMeta { .. }))
+                .is_empty(),
+            "seed {seed}"
+        );
+    }
+}

@@ -32,6 +32,13 @@ pub enum Event {
         from: NodeAddr,
         reason: String,
     },
+    /// This primary's cached metadata of a name was older than its own copy (another
+    /// node acted as primary meanwhile): learnt again before answering.
+    StaleMeta {
+        name: SdfsName,
+        cached: Version,
+        local: Version,
+    },
     /// New incoming transfers refused over the caps since the last sweep.
     IncomingRefused {
         from: NodeAddr,
@@ -139,6 +146,15 @@ impl fmt::Display for Event {
                     "replica {node} lost during put of {name} v{version}; retrying"
                 )
             }
+            Event::StaleMeta {
+                name,
+                cached,
+                local,
+            } => write!(
+                f,
+                "cached metadata of {name} (up to v{cached}) is older than this node's copy \
+                 (v{local}): learning it again"
+            ),
             Event::IncomingRefused {
                 from,
                 refused,

@@ -100,12 +100,57 @@ impl SdfsCore {
             }
             return;
         }
+        let answers_with_latest = matches!(
+            req,
+            PrimaryReq::MetaGet { .. } | PrimaryReq::Grant { .. } | PrimaryReq::Delete { .. }
+        );
+        if answers_with_latest && self.meta.contains_key(&name) && self.cache_contradicted(&name) {
+            self.meta.remove(&name);
+        }
         if self.meta.contains_key(&name) {
             self.serve(&name, req);
         } else {
             self.waiting.entry(name.clone()).or_default().push(req);
             self.start_query(&name);
         }
+    }
+
+    /// Whether this node's own copy of `name` shows something its cached metadata does
+    /// not know: a newer tombstone, or a newer version it neither granted nor dropped.
+    /// Then another node acted as primary meanwhile (views of the membership disagreed,
+    /// e.g. a restarted node that rejoined and this node has not heard of yet; or this
+    /// node's view lagged), and the cache is learnt again before a read, a grant or a
+    /// delete is answered from it. A local check only: a primary that the others took
+    /// for dead and that holds no copy of their writes cannot see them here (README,
+    /// "Not guaranteed").
+    fn cache_contradicted(&mut self, name: &SdfsName) -> bool {
+        let (versions, tombstone, _) = self.local_state(name);
+        let Some(m) = self.meta.get(name) else {
+            return false;
+        };
+        let known = m
+            .versions
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(m.tombstone)
+            .max(m.seen);
+        let granted = self.granted.get(name);
+        let stale = tombstone > m.tombstone
+            || versions.iter().any(|v| {
+                *v > known
+                    && !granted.is_some_and(|g| g.contains_key(v))
+                    && !self.is_dropped(name, *v)
+            });
+        if stale {
+            self.log(Event::StaleMeta {
+                name: name.clone(),
+                cached: known,
+                local: versions.last().copied().unwrap_or(0).max(tombstone),
+            });
+        }
+        stale
     }
 
     pub(super) fn start_query(&mut self, name: &SdfsName) {
