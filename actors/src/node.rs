@@ -80,6 +80,7 @@ pub fn membership_settings(config: &Config) -> Settings {
     );
     s.topology = config.topology.clone();
     s.suspicion = config.fd.suspicion;
+    s.wall_origin = crate::clock::wall_ms().saturating_sub(crate::clock::now());
     s
 }
 
@@ -193,11 +194,13 @@ pub fn run_introducer(config: Config) -> Result<(), NodeError> {
         let (transport, inbound) =
             Transport::<Body>::start(listener, transport_config(&config, &me))?;
         let announce = ms(config.fd.ping_duration) * 4;
-        let core = Introducer::new(IntroducerSettings {
-            ring: config.ring(),
-            member_ttl: announce * 3 + ms(config.fd.cleanup_time),
-            reap_interval: announce,
-        })?;
+        let mut settings = IntroducerSettings::new(
+            config.ring(),
+            announce * 3 + ms(config.fd.cleanup_time),
+            announce,
+        );
+        settings.wall_origin = crate::clock::wall_ms().saturating_sub(crate::clock::now());
+        let core = Introducer::new(settings)?;
         crate::membership::introducer_actor::IntroducerActor::new(core, transport.clone(), inbound)
             .start();
         info!(introducer = %me, "introducer started");
