@@ -69,6 +69,12 @@ async fn bind(addr: &NodeAddr) -> Result<tokio::net::TcpListener, NodeError> {
         })
 }
 
+/// Wall-clock ms at which the monotonic clock read 0: the cores' bound on plausible
+/// incarnations follows the wall clock through it.
+fn wall_origin() -> u64 {
+    crate::clock::wall_ms().saturating_sub(crate::clock::now())
+}
+
 /// Settings of the membership core from the config.
 pub fn membership_settings(config: &Config) -> Settings {
     let mut s = Settings::new(
@@ -80,7 +86,7 @@ pub fn membership_settings(config: &Config) -> Settings {
     );
     s.topology = config.topology.clone();
     s.suspicion = config.fd.suspicion;
-    s.wall_origin = crate::clock::wall_ms().saturating_sub(crate::clock::now());
+    s.wall_origin = wall_origin();
     s
 }
 
@@ -199,7 +205,7 @@ pub fn run_introducer(config: Config) -> Result<(), NodeError> {
             announce * 3 + ms(config.fd.cleanup_time),
             announce,
         );
-        settings.wall_origin = crate::clock::wall_ms().saturating_sub(crate::clock::now());
+        settings.wall_origin = wall_origin();
         let core = Introducer::new(settings)?;
         crate::membership::introducer_actor::IntroducerActor::new(core, transport.clone(), inbound)
             .start();

@@ -14,9 +14,8 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use crate::machine::Machine;
-use crate::membership::{
-    supersedes, Member, Msg, Update, UpdateState, IMPLAUSIBLE_LOG_INTERVAL, MAX_INCARNATION_AHEAD,
-};
+use crate::membership::plausible::{incarnation_ceiling, Reports};
+use crate::membership::{supersedes, Member, Msg, Update, UpdateState, MAX_INCARNATION_AHEAD};
 use crate::types::{Incarnation, Millis, NodeAddr};
 
 /// Errors of the introducer core; nothing is created when one is returned.
@@ -136,7 +135,7 @@ pub struct Introducer {
     /// Per address: start of its admission window and admissions in it.
     admissions: BTreeMap<NodeAddr, (Millis, u32)>,
     /// Per sender of implausible news: last report and unreported refusals since.
-    implausible: BTreeMap<NodeAddr, (Millis, u64)>,
+    implausible: Reports<NodeAddr>,
     effects: Vec<Effect>,
 }
 
@@ -177,7 +176,7 @@ impl Introducer {
             settings,
             entries: BTreeMap::new(),
             admissions: BTreeMap::new(),
-            implausible: BTreeMap::new(),
+            implausible: Reports::default(),
             effects: Vec::new(),
         })
     }
@@ -203,28 +202,17 @@ impl Introducer {
     /// Whether every incarnation in `incs` is believable now; reports the first
     /// implausible one (rate-limited per sender) otherwise.
     fn plausible(&mut self, now: Millis, from: &NodeAddr, incs: &[Incarnation]) -> bool {
-        let ceiling = self
-            .settings
-            .wall_origin
-            .saturating_add(now)
-            .saturating_add(self.settings.max_incarnation_ahead);
+        let s = &self.settings;
+        let ceiling = incarnation_ceiling(s.wall_origin, now, s.max_incarnation_ahead);
         let Some(&bad) = incs.iter().find(|i| **i > ceiling) else {
             return true;
         };
-        if self.implausible.len() >= 1024 {
-            self.implausible.clear();
-        }
-        let slot = self.implausible.entry(from.clone()).or_insert((0, 0));
-        if slot.0 == 0 || now.saturating_sub(slot.0) >= IMPLAUSIBLE_LOG_INTERVAL {
-            let suppressed = slot.1;
-            *slot = (now.max(1), 0);
+        if let Some(suppressed) = self.implausible.refused(now, from.clone()) {
             self.effects.push(Effect::Event(Event::Implausible {
                 from: from.clone(),
                 incarnation: bad,
                 suppressed,
             }));
-        } else {
-            slot.1 = slot.1.saturating_add(1);
         }
         false
     }

@@ -36,6 +36,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::plausible::Reports;
 pub use super::settings::{MembershipError, Settings, MAX_INCARNATION_AHEAD};
 use super::{Update, UpdateState};
 use crate::machine::Machine;
@@ -226,8 +227,7 @@ pub enum Event {
     },
 }
 
-/// How often refused implausible updates from one sender are reported at most.
-pub const IMPLAUSIBLE_LOG_INTERVAL: Millis = 60_000;
+pub use super::plausible::IMPLAUSIBLE_LOG_INTERVAL;
 
 /// Output of the core, drained by the caller in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,7 +268,7 @@ pub struct Membership {
     pub(super) told: BTreeMap<(NodeAddr, NodeAddr), Millis>,
     /// Per sender of implausible updates: when it was last reported, and how many
     /// refusals went unreported since.
-    pub(super) implausible: BTreeMap<Option<NodeAddr>, (Millis, u64)>,
+    pub(super) implausible: Reports<Option<NodeAddr>>,
     /// When this node last rejoined, and the wait before the next rejoin may run.
     pub(super) last_rejoin: Option<Millis>,
     pub(super) rejoin_backoff: Millis,
@@ -327,7 +327,7 @@ impl Membership {
             rejoin_pending: false,
             epoch: 0,
             told: BTreeMap::new(),
-            implausible: BTreeMap::new(),
+            implausible: Reports::default(),
             last_rejoin: None,
             rejoin_backoff,
             rejoin_wanted: None,

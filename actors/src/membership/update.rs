@@ -5,9 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::membership::{
-    Event, Member, MemberState, Membership, MembershipError, Msg, Status, IMPLAUSIBLE_LOG_INTERVAL,
-};
+use super::membership::{Event, Member, MemberState, Membership, MembershipError, Msg, Status};
+use super::plausible::incarnation_ceiling;
 use super::MAX_UPDATES_PER_MSG;
 use crate::types::{Incarnation, Millis, NodeAddr};
 
@@ -97,10 +96,8 @@ impl Membership {
 
     /// The highest incarnation believed now: wall clock plus `max_incarnation_ahead`.
     pub(super) fn incarnation_ceiling(&self, now: Millis) -> Incarnation {
-        self.settings
-            .wall_origin
-            .saturating_add(now)
-            .saturating_add(self.settings.max_incarnation_ahead)
+        let s = &self.settings;
+        incarnation_ceiling(s.wall_origin, now, s.max_incarnation_ahead)
     }
 
     /// Whether `inc` is a believable incarnation now. An implausible one is reported
@@ -116,24 +113,13 @@ impl Membership {
         if inc <= self.incarnation_ceiling(now) {
             return true;
         }
-        // Bounded: a sender set that grows without end only costs a reset.
-        if self.implausible.len() >= 1024 {
-            self.implausible.clear();
-        }
-        let key = from.cloned();
-        let slot = self.implausible.entry(key).or_insert((0, 0));
-        let due = slot.0 == 0 || now.saturating_sub(slot.0) >= IMPLAUSIBLE_LOG_INTERVAL;
-        if due {
-            let suppressed = slot.1;
-            *slot = (now.max(1), 0);
+        if let Some(suppressed) = self.implausible.refused(now, from.cloned()) {
             self.event(Event::Implausible {
                 from: from.cloned(),
                 addr: addr.clone(),
                 incarnation: inc,
                 suppressed,
             });
-        } else {
-            slot.1 = slot.1.saturating_add(1);
         }
         false
     }
