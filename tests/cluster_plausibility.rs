@@ -2,7 +2,8 @@
 //! configured node's address sends `Updates([[addr, u64::MAX, u64::MAX, Failed]])`
 //! (the message that evicted a node for good: 448k rejoin lines, 525k admissions). The
 //! target stays a member at its incarnation, nobody rejoins, every log grows by a
-//! handful of lines, the introducer admits nobody, and the cluster stays formed.
+//! handful of lines, the introducer admits nobody, and the cluster stays formed. Then
+//! `forgive` clears a tombstone through the console path.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::net::TcpListener as StdListener;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Timings, SECRET};
+use dml_actors::control::Command;
 use dml_actors::membership::{Msg, Update, UpdateState};
 use dml_actors::net::body::Body;
 use dml_actors::net::transport::{Lane, Transport, TransportConfig};
@@ -121,4 +123,15 @@ fn a_forged_failure_at_u64_max_evicts_nobody_and_floods_no_log() {
         assert!((1..=2).contains(&reports), "{n}: {reports} reports:\n{new}");
         assert!(lines < 40, "{n}: log grew by {lines} lines:\n{new}");
     }
+
+    // `forgive` through the console path: H1 holds H6's tombstone (it was killed and
+    // buried above) and clears it; a live member has none, which is a one-line error.
+    let out = c.ctl(&h1, Command::Forgive { addr: h6.clone() }).unwrap();
+    assert!(out.is_ok(), "{out:?}");
+    let e = c
+        .ctl(&h1, Command::Forgive { addr: h2.clone() })
+        .unwrap()
+        .unwrap_err();
+    assert!(e.contains("no tombstone") && !e.contains('\n'), "{e}");
+    assert_eq!(addrs(&c.members(&h1).unwrap()), live);
 }
