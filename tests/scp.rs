@@ -1,6 +1,7 @@
 //! SDFS's scp transfer against a REAL OpenSSH server on a loopback port: a throwaway
 //! host key, a test user with a password, `sshd -D` with its own config. Checks put/get
-//! byte for byte through scp, a wrong password (clear error, nothing stored) and a
+//! byte for byte through scp, a wrong password (clear error, nothing stored), a host key
+//! that is unknown or changed (clear error naming the host, no login tried) and a
 //! credentials file readable by others (refused). Needs root (useradd) and sshd; if sshd
 //! is missing it is installed with apt, and the test FAILS if that is impossible.
 
@@ -25,9 +26,10 @@ fn scp_transfer_against_a_real_sshd() {
     fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
 
     let extra = format!(
-        "[sdfs]\ntransfer = \"scp\"\ncredentials = \"{}\"\nssh_port = {}\n",
+        "[sdfs]\ntransfer = \"scp\"\ncredentials = \"{}\"\nssh_port = {}\nknown_hosts = \"{}\"\n",
         creds.display(),
-        sshd.port
+        sshd.port,
+        sshd.known_hosts.display()
     );
     let c = Cluster::start("scp", 4, &Timings::fast(), &extra);
     let all: Vec<String> = c.nodes.iter().map(|(_, a)| a.clone()).collect();
@@ -81,6 +83,46 @@ fn scp_transfer_against_a_real_sshd() {
         let r = c.sdfs(a, "store").unwrap();
         assert!(!r.to_string().contains("scp/b"), "{a} stored scp/b: {r}");
     }
+
+    // Issue 14, finding 7: a host whose key is unknown or changed gets nothing, not
+    // even the login; the error names the host. The file is read for every copy.
+    set_ssh_password("right-horse-battery");
+    let attempts = |log: &std::path::Path| {
+        let text = fs::read_to_string(log).unwrap();
+        text.matches("Accepted password").count() + text.matches("Failed password").count()
+    };
+    let other_key = dir.join("other_key");
+    Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other_key)
+        .status()
+        .unwrap();
+    let other = fs::read_to_string(dir.join("other_key.pub")).unwrap();
+    let mut f = other.split_whitespace();
+    let (kind, key) = (f.next().unwrap(), f.next().unwrap());
+    let wrong = format!("[127.0.0.1]:{} {kind} {key}\n", sshd.port);
+    for (known, says) in [(wrong.as_str(), "does not match"), ("", "is not in")] {
+        fs::write(&sshd.known_hosts, known).unwrap();
+        let before = attempts(&sshd.log);
+        let e = c
+            .sdfs(&all[1], &format!("put {} scp/c", src.display()))
+            .unwrap_err();
+        assert!(
+            e.contains(says) && e.contains("127.0.0.1") && !e.contains('\n'),
+            "{e}"
+        );
+        assert_eq!(attempts(&sshd.log), before, "a login was tried: {e}");
+        for a in &all {
+            let r = c.sdfs(a, "store").unwrap();
+            assert!(!r.to_string().contains("scp/c"), "{a} stored scp/c: {r}");
+        }
+    }
+    // The right key again: scp works as before.
+    fs::write(&sshd.known_hosts, &sshd.known_hosts_line).unwrap();
+    let r = c
+        .sdfs(&all[1], &format!("put {} scp/d", src.display()))
+        .unwrap();
+    assert_eq!(r["version"], 1, "{r}");
 
     // A credentials file readable by others: the node refuses to start, saying why.
     fs::set_permissions(&creds, fs::Permissions::from_mode(0o644)).unwrap();

@@ -52,13 +52,34 @@ pub struct RawConfig {
     pub sdfs: RawSdfs,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     pub secret: Option<String>,
     pub secret_file: Option<String>,
     pub data_dir: Option<String>,
     pub log_dir: Option<String>,
+}
+
+/// Written by hand so that no `{:?}` (a log line, a panic message) shows the secret.
+impl std::fmt::Debug for RawCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCluster")
+            .field("secret", &self.secret.as_ref().map(|_| Redacted))
+            .field("secret_file", &self.secret_file)
+            .field("data_dir", &self.data_dir)
+            .field("log_dir", &self.log_dir)
+            .finish()
+    }
+}
+
+/// Stands in for a secret in `Debug` output.
+struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -106,6 +127,8 @@ pub struct RawSdfs {
     pub ssh_user: Option<String>,
     pub ssh_port: Option<i64>,
     pub versions_kept: Option<i64>,
+    /// OpenSSH known_hosts file the scp transfer checks host keys against.
+    pub known_hosts: Option<String>,
 }
 
 /// One node of the deployment.
@@ -144,10 +167,13 @@ pub struct SdfsConfig {
     pub ssh_user: Option<String>,
     pub ssh_port: u16,
     pub versions_kept: usize,
+    /// Host keys the scp transfer accepts (`sdfs.known_hosts`, default
+    /// `~/.ssh/known_hosts`; `None` when neither is set nor `$HOME` known).
+    pub known_hosts: Option<PathBuf>,
 }
 
-/// The validated configuration.
-#[derive(Debug, Clone)]
+/// The validated configuration. `Debug` (by hand, below) never shows the secret.
+#[derive(Clone)]
 pub struct Config {
     pub secret: Vec<u8>,
     pub data_dir: PathBuf,
@@ -161,6 +187,80 @@ pub struct Config {
     pub threads: usize,
     pub weights_dir: PathBuf,
     pub sdfs: SdfsConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("secret", &Redacted)
+            .field("data_dir", &self.data_dir)
+            .field("log_dir", &self.log_dir)
+            .field("introducer", &self.introducer)
+            .field("nodes", &self.nodes)
+            .field("fd", &self.fd)
+            .field("topology", &self.topology)
+            .field("threads", &self.threads)
+            .field("weights_dir", &self.weights_dir)
+            .field("sdfs", &self.sdfs)
+            .finish()
+    }
+}
+
+/// Reads `cluster.secret_file`. The file must be private to its owner (no group or
+/// other bits: a secret anyone on the host can read is no secret). Its bytes are the
+/// secret exactly, binary or not, except one trailing newline (`\n` or `\r\n`) that
+/// editors and `echo` add; a file starting with `hex:` holds the secret as hex digits
+/// (whitespace ignored). Never decoded lossily: two different keys stay different.
+fn read_secret_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let key = "cluster.secret_file";
+    let cannot = |e: std::io::Error| err(key, format!("cannot read {}: {e}", path.display()));
+    let mode = std::fs::metadata(path)
+        .map_err(cannot)?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(
+            key,
+            format!(
+                "{} is readable by group or others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(cannot)?;
+    if let Some(hex) = bytes.strip_prefix(b"hex:") {
+        return decode_hex(hex).ok_or_else(|| {
+            err(
+                key,
+                format!(
+                    "{}: not an even number of hex digits after `hex:`",
+                    path.display()
+                ),
+            )
+        });
+    }
+    let raw = bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(&bytes);
+    Ok(raw.to_vec())
+}
+
+/// Hex digits to bytes, ASCII whitespace ignored; `None` if anything else is there.
+fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|c| !c.is_ascii_whitespace())
+        .map(|c| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok()))
+        .collect::<Option<_>>()?;
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    Some(digits.chunks(2).map(|p| p[0] << 4 | p[1]).collect())
 }
 
 impl Config {
@@ -233,14 +333,7 @@ impl RawConfig {
                 ))
             }
             (Some(s), None) => s.as_bytes().to_vec(),
-            (None, Some(f)) => {
-                let path = resolve(base, f);
-                let s = std::fs::read(&path).map_err(|e| {
-                    err("cluster.secret_file", format!("cannot read {}: {e}", path.display()))
-                })?;
-                let trimmed = String::from_utf8_lossy(&s).trim().as_bytes().to_vec();
-                trimmed
-            }
+            (None, Some(f)) => read_secret_file(&resolve(base, f))?,
             (None, None) => {
                 return Err(err(
                     "cluster.secret",
@@ -375,6 +468,12 @@ impl RawConfig {
             ssh_user: s.ssh_user.clone(),
             ssh_port: port("sdfs.ssh_port", s.ssh_port.unwrap_or(22))?,
             versions_kept: versions_kept as usize,
+            known_hosts: match s.known_hosts.as_deref() {
+                Some(p) => Some(resolve(base, p)),
+                None => std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(|h| PathBuf::from(h).join(".ssh").join("known_hosts")),
+            },
         };
         if sdfs.transfer == Transfer::Scp && sdfs.credentials.is_none() && sdfs.ssh_key.is_none() {
             return Err(err(
@@ -489,6 +588,86 @@ mod tests {
                 NodeAddr::from("127.0.0.1:8002"),
                 NodeAddr::from("127.0.0.1:8004")
             ]
+        );
+    }
+
+    /// A config whose secret is the file `body` with mode `mode`.
+    fn with_secret_file(
+        dir: &Path,
+        name: &str,
+        body: &[u8],
+        mode: u32,
+    ) -> Result<Config, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut r = raw();
+        r.cluster.secret = None;
+        r.cluster.secret_file = Some(name.into());
+        r.validate(dir)
+    }
+
+    /// Issue 14, finding 10: two binary keys that differ only in bytes that are not
+    /// UTF-8 were the same secret after `from_utf8_lossy`. Now the bytes are the secret.
+    #[test]
+    fn secret_files_are_raw_bytes_and_never_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = vec![0xffu8; 24];
+        a[3] = 0x01;
+        let mut b = vec![0xfeu8; 24];
+        b[3] = 0x01;
+        let ka = with_secret_file(dir.path(), "a", &a, 0o600).unwrap().secret;
+        let kb = with_secret_file(dir.path(), "b", &b, 0o400).unwrap().secret;
+        assert_eq!(ka, a);
+        assert_eq!(kb, b);
+        assert_ne!(ka, kb);
+        // One trailing newline is an editor's, the rest is the secret's.
+        let k = with_secret_file(dir.path(), "c", b"  0123456789abcdef \n", 0o600).unwrap();
+        assert_eq!(k.secret, b"  0123456789abcdef ");
+        let k = with_secret_file(dir.path(), "d", b"0123456789abcdef\r\n", 0o600).unwrap();
+        assert_eq!(k.secret, b"0123456789abcdef");
+        // hex: for keys that are easier to carry as text.
+        let k = with_secret_file(
+            dir.path(),
+            "e",
+            b"hex:00ff 10ab\n00112233445566778899aabb\n",
+            0o600,
+        )
+        .unwrap();
+        assert_eq!(k.secret[..4], [0x00, 0xff, 0x10, 0xab]);
+        assert_eq!(k.secret.len(), 16);
+        let e = with_secret_file(dir.path(), "f", b"hex:0g", 0o600).unwrap_err();
+        assert_eq!(e.key, "cluster.secret_file");
+        // Too short after decoding is still too short.
+        let e = with_secret_file(dir.path(), "g", b"hex:0011", 0o600).unwrap_err();
+        assert_eq!(e.key, "cluster.secret");
+    }
+
+    #[test]
+    fn a_secret_file_open_to_group_or_others_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o660] {
+            let e = with_secret_file(dir.path(), "s", b"0123456789abcdef-x", mode).unwrap_err();
+            assert_eq!(e.key, "cluster.secret_file");
+            let line = e.to_string();
+            assert!(line.contains("readable by group or others"), "{line}");
+            assert!(line.contains("chmod 600"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let secret = "0123456789abcdef-test";
+        let r = raw();
+        assert!(!format!("{r:?}").contains(secret));
+        assert!(format!("{r:?}").contains("<redacted>"));
+        let c = r.validate(Path::new("/x")).unwrap();
+        assert!(!format!("{c:?}").contains(secret));
+        assert!(
+            !format!("{c:#?}").contains("48, 49, 50"),
+            "bytes of the secret"
         );
     }
 }

@@ -60,6 +60,11 @@ pub enum Command {
     C5,
     /// Traffic and probe counters of this node (bytes per lane, uptime, probes).
     Stats,
+    /// Clear this node's tombstone of a member (`forgive ADDR`), so that a node buried
+    /// by a bad record can come back without a cluster restart.
+    Forgive {
+        addr: String,
+    },
 }
 
 /// A node's answer: human text plus the same content as JSON for `--json`.
@@ -124,6 +129,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "stats",
         "traffic per lane, uptime, probes sent/acked/missed",
+    ),
+    (
+        "forgive ADDR",
+        "clear this node's tombstone of ADDR (host:port) so it can rejoin",
     ),
     ("help", "this list"),
 ];
@@ -221,6 +230,10 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
         }
         "C5" | "c5" => want(0, "C5").map(|_| Command::C5)?,
         "stats" => want(0, "stats").map(|_| Command::Stats)?,
+        "forgive" => {
+            want(1, "forgive ADDR")?;
+            Command::Forgive { addr: a(0) }
+        }
         other => return Err(format!("unknown command {other:?}; type `help`")),
     };
     Ok(cmd)

@@ -10,6 +10,7 @@ pub mod membership_actor;
 mod gossip;
 mod join;
 mod monitors;
+pub mod plausible;
 mod settings;
 mod update;
 

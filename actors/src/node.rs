@@ -69,6 +69,12 @@ async fn bind(addr: &NodeAddr) -> Result<tokio::net::TcpListener, NodeError> {
         })
 }
 
+/// Wall-clock ms at which the monotonic clock read 0: the cores' bound on plausible
+/// incarnations follows the wall clock through it.
+fn wall_origin() -> u64 {
+    crate::clock::wall_ms().saturating_sub(crate::clock::now())
+}
+
 /// Settings of the membership core from the config.
 pub fn membership_settings(config: &Config) -> Settings {
     let mut s = Settings::new(
@@ -80,6 +86,7 @@ pub fn membership_settings(config: &Config) -> Settings {
     );
     s.topology = config.topology.clone();
     s.suspicion = config.fd.suspicion;
+    s.wall_origin = wall_origin();
     s
 }
 
@@ -193,11 +200,13 @@ pub fn run_introducer(config: Config) -> Result<(), NodeError> {
         let (transport, inbound) =
             Transport::<Body>::start(listener, transport_config(&config, &me))?;
         let announce = ms(config.fd.ping_duration) * 4;
-        let core = Introducer::new(IntroducerSettings {
-            ring: config.ring(),
-            member_ttl: announce * 3 + ms(config.fd.cleanup_time),
-            reap_interval: announce,
-        })?;
+        let mut settings = IntroducerSettings::new(
+            config.ring(),
+            announce * 3 + ms(config.fd.cleanup_time),
+            announce,
+        );
+        settings.wall_origin = wall_origin();
+        let core = Introducer::new(settings)?;
         crate::membership::introducer_actor::IntroducerActor::new(core, transport.clone(), inbound)
             .start();
         info!(introducer = %me, "introducer started");

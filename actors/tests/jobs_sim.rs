@@ -286,7 +286,9 @@ impl Sim {
                 Effect::Event(Event::RoleChanged { role, reign }) => {
                     self.roles.push((now, node.clone(), role, reign.term.epoch))
                 }
-                Effect::Event(Event::Bootstrap { .. }) => {}
+                Effect::Event(Event::Bootstrap { .. })
+                | Effect::Event(Event::ImplausibleEpoch { .. })
+                | Effect::Event(Event::EpochsExhausted { .. }) => {}
             }
         }
     }

@@ -108,11 +108,11 @@ impl Sim {
     }
 
     fn start_introducer(&mut self) {
-        let mut i = Introducer::new(IntroducerSettings {
-            ring: self.ring.clone(),
-            member_ttl: self.settings.announce_interval * 4,
-            reap_interval: self.settings.announce_interval,
-        })
+        let mut i = Introducer::new(IntroducerSettings::new(
+            self.ring.clone(),
+            self.settings.announce_interval * 4,
+            self.settings.announce_interval,
+        ))
         .unwrap();
         let fx = i.handle(self.now(), introducer::Input::Start);
         self.intro = Some(i);

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use dml_actors::machine::Machine;
 use dml_actors::sdfs::store::{flip_byte, FIRST_DATA_OFFSET};
 use dml_actors::sdfs::{
-    Command, Delivery, Effect, Event, Input, Lane, LocalStore, Msg, OpId, Reply, SdfsConfig,
-    SdfsCore, SdfsError, SdfsName, StoreConfig, Timer,
+    Command, Delivery, Effect, Event, Input, Lane, LocalStore, Msg, OpId, RemoteError, Reply,
+    SdfsConfig, SdfsCore, SdfsError, SdfsName, StoreConfig, Timer,
 };
 use dml_actors::types::{Millis, NodeAddr};
 use sim::World;
@@ -1555,5 +1555,63 @@ fn a_primary_whose_own_copy_is_newer_than_its_cache_learns_it_again() {
                 .is_empty(),
             "seed {seed}"
         );
+    }
+}
+
+/// Issue 14, finding 5: versions used an unchecked `+ 1`. A copy at `u64::MAX` (a
+/// hostile or corrupt holder) makes the next put an error, not a wrap to version 0
+/// that would shadow every version; the copy stays readable, a delete leaves the name
+/// empty (no version reappears from above the tombstone), and the stores hold nothing
+/// below it.
+#[test]
+fn a_version_at_u64_max_makes_the_next_put_an_error_not_a_wrap() {
+    let mut sim = Sim::new(5, sim::seed("a_version_at_u64_max", 1));
+    sim.run();
+    let n = "max/f";
+    let bytes = data(3, 2 * CHUNK + 5);
+    for a in sim.placement(n) {
+        let mut w = sim.store(&a).begin_write(&name(n), u64::MAX).unwrap();
+        for c in bytes.chunks(CHUNK) {
+            w.append(c).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let op = sim.put(&addr(1), n, data(4, 10));
+    sim.run();
+    match sim.reply(&addr(1), op) {
+        Err(SdfsError::Remote(RemoteError::Store(msg))) => {
+            assert!(msg.contains("no version number is left"), "{msg}")
+        }
+        other => panic!("put past u64::MAX: {other:?}"),
+    }
+    assert_eq!(sim.get(&addr(2), n), (u64::MAX, bytes));
+    let op = sim.command(&addr(3), Command::Delete { name: name(n) });
+    sim.run();
+    assert!(
+        matches!(
+            sim.reply(&addr(3), op),
+            Ok(Reply::Deleted {
+                tombstone: u64::MAX,
+                ..
+            })
+        ),
+        "{:?}",
+        sim.reply(&addr(3), op)
+    );
+    let op = sim.command(&addr(0), Command::Ls { name: name(n) });
+    sim.run();
+    assert!(
+        !matches!(sim.reply(&addr(0), op), Ok(Reply::Ls { ref versions, .. }) if !versions.is_empty()),
+        "{:?}",
+        sim.reply(&addr(0), op)
+    );
+    let op = sim.put(&addr(4), n, data(5, 10));
+    sim.run();
+    assert!(
+        sim.reply(&addr(4), op).is_err(),
+        "no version above the tombstone"
+    );
+    for a in sim.live() {
+        assert!(sim.store(&a).versions(&name(n)).unwrap().is_empty(), "{a}");
     }
 }

@@ -338,6 +338,10 @@ pub struct Sshd {
     child: Child,
     pub port: u16,
     pub log: PathBuf,
+    /// An OpenSSH known_hosts file holding this server's host key (for `sdfs.known_hosts`).
+    pub known_hosts: PathBuf,
+    /// Its known_hosts line: `[127.0.0.1]:PORT TYPE KEY`.
+    pub known_hosts_line: String,
 }
 
 impl Drop for Sshd {
@@ -394,7 +398,20 @@ pub fn start_sshd(dir: &Path) -> Sshd {
         .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .expect("start sshd");
-    let sshd = Sshd { child, port, log };
+    // What an operator gets from `ssh-keyscan -p PORT 127.0.0.1`, without the network.
+    let public = fs::read_to_string(dir.join("host_key.pub")).unwrap();
+    let mut fields = public.split_whitespace();
+    let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+    let known_hosts_line = format!("[127.0.0.1]:{port} {kind} {key}\n");
+    let known_hosts = dir.join("known_hosts");
+    fs::write(&known_hosts, &known_hosts_line).unwrap();
+    let sshd = Sshd {
+        child,
+        port,
+        log,
+        known_hosts,
+        known_hosts_line,
+    };
     wait_port(&format!("127.0.0.1:{port}"));
     sshd
 }

@@ -61,6 +61,11 @@ pub fn refused(what: &str, reason: &dyn std::fmt::Display) -> String {
     format!("{what}: {reason}")
 }
 
+/// `forgive` done.
+pub fn forgiven() -> Reply {
+    Reply::new("tombstone cleared", serde_json::json!({"forgiven": true}))
+}
+
 /// `leave` done.
 pub fn left() -> Reply {
     Reply::new("left the cluster", serde_json::json!({"left": true}))

@@ -33,7 +33,7 @@ use super::msg::{Msg, RefuseReason, StatusKind, StatusReport};
 use super::schedule::{target_shares, Fairness};
 use super::state::{CoordState, ResultFound};
 use super::stats::{self, Assignment, JobShare};
-use super::types::{BatchId, JobId, JobManifest, JobsConfig, QueryId, Reign, Term};
+use super::types::{BatchId, JobId, JobManifest, JobsConfig, QueryId, Reign, Term, MAX_EPOCH};
 use crate::machine::Machine;
 use crate::types::{Millis, NodeAddr};
 
@@ -169,6 +169,22 @@ pub enum Event {
         /// The highest epoch SDFS already held.
         used_epoch: u64,
     },
+    /// An epoch above [`MAX_EPOCH`] was ignored (raised at the 1st, 2nd, 4th, 8th...
+    /// occurrence, so a stream of them costs a few log lines); `from` is the sender,
+    /// `None` for SDFS's job ids.
+    ImplausibleEpoch {
+        /// Who sent it.
+        from: Option<NodeAddr>,
+        /// The epoch.
+        epoch: u64,
+        /// How many have been ignored so far.
+        seen: u64,
+    },
+    /// No epoch is left above the current one: this node does not take over.
+    EpochsExhausted {
+        /// The current epoch.
+        epoch: u64,
+    },
 }
 
 /// The role of a node's coordinator core.
@@ -197,6 +213,9 @@ pub struct CoordCounters {
     pub fenced_refusals: u64,
     /// Times this node stopped being coordinator because a newer term exists.
     pub stepped_down: u64,
+    /// Messages or SDFS epochs ignored because their epoch was above [`MAX_EPOCH`].
+    #[serde(default)]
+    pub implausible_epochs: u64,
 }
 
 #[derive(Debug)]
@@ -467,8 +486,40 @@ impl Coordinator {
         matches!(self.role, Role::Primary(_))
     }
 
+    /// Counts an ignored implausible epoch; reports the 1st, 2nd, 4th... occurrence.
+    pub(super) fn implausible_epoch(
+        &mut self,
+        from: Option<&NodeAddr>,
+        epoch: u64,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.counters.implausible_epochs = self.counters.implausible_epochs.saturating_add(1);
+        let seen = self.counters.implausible_epochs;
+        if seen.is_power_of_two() {
+            fx.push(Effect::Event(Event::ImplausibleEpoch {
+                from: from.cloned(),
+                epoch,
+                seen,
+            }));
+        }
+    }
+
     fn on_message(&mut self, now: Millis, from: &NodeAddr, msg: Msg) -> Vec<Effect> {
         let mut fx = Vec::new();
+        let epoch = match &msg {
+            Msg::WorkerRefused { term, .. }
+            | Msg::Replicate { term, .. }
+            | Msg::ReplicateAck { term, .. }
+            | Msg::SnapshotRequest { term } => Some(term.epoch),
+            Msg::Snapshot { reign, .. } | Msg::Fenced { reign } | Msg::Reign(reign) => {
+                Some(reign.term.epoch)
+            }
+            _ => None,
+        };
+        if let Some(e) = epoch.filter(|e| *e > MAX_EPOCH) {
+            self.implausible_epoch(Some(from), e, &mut fx);
+            return fx;
+        }
         match msg {
             Msg::SubmitJob {
                 request_id,

@@ -27,6 +27,7 @@ use crate::jobs::outbox::Outbox;
 use crate::jobs::state::ResultFound;
 use crate::jobs::types::{
     job_of_name, manifest_name, parse_result_name, JobId, JobManifest, JobsConfig, QueryResult,
+    MAX_EPOCH,
 };
 use crate::jobs::StatusKind;
 use crate::machine::Machine;
@@ -183,6 +184,18 @@ impl CoordinatorActor {
             Effect::Event(Event::Bootstrap { used_epoch }) => info!(
                 wall = clock::wall_ms(),
                 used_epoch, "event=bootstrap (no coordinator known: starting the first reign)"
+            ),
+            Effect::Event(Event::ImplausibleEpoch { from, epoch, seen }) => warn!(
+                wall = clock::wall_ms(),
+                from = from.as_ref().map_or("sdfs", |f| f.as_str()),
+                epoch,
+                seen,
+                "event=implausible_epoch (ignored: above the highest believable epoch)"
+            ),
+            Effect::Event(Event::EpochsExhausted { epoch }) => warn!(
+                wall = clock::wall_ms(),
+                epoch,
+                "event=epochs_exhausted (no epoch left above the current one: not taking over)"
             ),
         }
     }
@@ -347,14 +360,29 @@ async fn load_from_sdfs(sdfs: &SdfsClient) -> (Vec<JobManifest>, Vec<ResultFound
 
 /// The highest epoch among the job manifests and results in SDFS (0 if none, or if SDFS
 /// cannot be listed: then this is a new cluster's first start in practice).
+///
+/// Job ids above [`MAX_EPOCH`] (a hand-made `jobs/18446744073709551614-1.manifest`) are
+/// skipped with one warning: taking them would make the next epoch wrap.
 async fn used_epoch(sdfs: &SdfsClient) -> u64 {
     let mut top = 0;
+    let mut skipped = 0u64;
     for prefix in ["jobs/", "results/"] {
         for name in sdfs.list_prefix(prefix.into()).await.unwrap_or_default() {
             if let Some(job) = job_of_name(&name) {
-                top = top.max(job.epoch);
+                if job.epoch > MAX_EPOCH {
+                    skipped += 1;
+                } else {
+                    top = top.max(job.epoch);
+                }
             }
         }
+    }
+    if skipped > 0 {
+        warn!(
+            skipped,
+            max_epoch = MAX_EPOCH,
+            "event=implausible_epoch (job ids in SDFS above the highest believable epoch ignored)"
+        );
     }
     top
 }

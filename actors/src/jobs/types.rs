@@ -53,6 +53,17 @@ impl FromStr for JobId {
     }
 }
 
+/// The highest epoch believed. Epochs grow by one per takeover, so a working cluster
+/// never comes near it; a job id or term above it (a manifest named
+/// `jobs/18446744073709551614-1.manifest`, a forged reign) is ignored instead of making
+/// the next epoch wrap to 0 and fence the new coordinator at once.
+pub const MAX_EPOCH: u64 = 1 << 40;
+
+/// The epoch after `epoch`, if it is still plausible.
+pub fn next_epoch(epoch: u64) -> Option<u64> {
+    epoch.checked_add(1).filter(|e| *e <= MAX_EPOCH)
+}
+
 /// One dispatch of a batch. A re-issued batch gets a new id: the two runs are told
 /// apart, and whichever reports first commits the queries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -74,7 +85,7 @@ impl fmt::Display for BatchId {
 /// totally ordered, so exactly one of them wins everywhere.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Term {
-    /// Raised by one at every takeover.
+    /// Raised by one at every takeover; at most [`MAX_EPOCH`].
     pub epoch: u64,
     /// The coordinator of this reign.
     pub coordinator: NodeAddr,

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::msg::{BatchDone, Msg, RefuseReason, RunBatch};
-use super::types::{BatchId, QueryId, Term};
+use super::types::{BatchId, QueryId, Term, MAX_EPOCH};
 use crate::machine::Machine;
 use crate::types::{Millis, NodeAddr};
 
@@ -154,6 +154,9 @@ impl Worker {
     }
 
     fn on_run_batch(&mut self, now: Millis, from: &NodeAddr, rb: RunBatch, fx: &mut Vec<Effect>) {
+        if rb.term.epoch > MAX_EPOCH {
+            return;
+        }
         if let Some(t) = &self.term {
             if rb.term < *t {
                 self.refused_stale += 1;
@@ -199,7 +202,8 @@ impl Worker {
     /// Adopts a newer term: queued (not started) batches of older terms are dropped,
     /// because the new coordinator re-queued them; unacknowledged reports go to it.
     fn adopt(&mut self, now: Millis, term: Term, fx: &mut Vec<Effect>) {
-        if self.term.as_ref().is_some_and(|t| *t >= term) {
+        // A forged term past the bound would fence every real coordinator for good.
+        if term.epoch > MAX_EPOCH || self.term.as_ref().is_some_and(|t| *t >= term) {
             return;
         }
         self.term = Some(term.clone());

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use crate::machine::Machine;
-use crate::membership::{supersedes, Member, Msg, Update, UpdateState};
+use crate::membership::plausible::{incarnation_ceiling, Reports};
+use crate::membership::{supersedes, Member, Msg, Update, UpdateState, MAX_INCARNATION_AHEAD};
 use crate::types::{Incarnation, Millis, NodeAddr};
 
 /// Errors of the introducer core; nothing is created when one is returned.
@@ -34,7 +35,38 @@ pub struct IntroducerSettings {
     pub member_ttl: Millis,
     /// How often forgotten members are swept.
     pub reap_interval: Millis,
+    /// Wall-clock ms at which the core's `now` read 0 (see the membership settings).
+    pub wall_origin: u64,
+    /// News with an incarnation above wall clock + this is dropped.
+    pub max_incarnation_ahead: Millis,
+    /// One address is admitted at most `admit_limit` times per `admit_window`: a node
+    /// caught in a rejoin loop cannot make the introducer spin, and further requests
+    /// in the window go unanswered (the joiner's timeout and backoff take over).
+    pub admit_limit: u32,
+    pub admit_window: Millis,
 }
+
+impl IntroducerSettings {
+    /// Settings with the default plausibility bound and admission limit
+    /// ([`ADMIT_LIMIT`] per [`ADMIT_WINDOW`]).
+    pub fn new(ring: Vec<NodeAddr>, member_ttl: Millis, reap_interval: Millis) -> Self {
+        IntroducerSettings {
+            ring,
+            member_ttl,
+            reap_interval,
+            wall_origin: 0,
+            max_incarnation_ahead: MAX_INCARNATION_AHEAD,
+            admit_limit: ADMIT_LIMIT,
+            admit_window: ADMIT_WINDOW,
+        }
+    }
+}
+
+/// Default admissions of one address per [`ADMIT_WINDOW`]: a restart or two plus a few
+/// legitimate rejoins fit; a loop does not.
+pub const ADMIT_LIMIT: u32 = 10;
+/// Default admission window (ms).
+pub const ADMIT_WINDOW: Millis = 60_000;
 
 /// Everything that can happen to the introducer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +103,16 @@ pub enum Event {
     Removed { addr: NodeAddr, state: UpdateState },
     /// A member went silent for `member_ttl` and was dropped.
     Forgot { addr: NodeAddr },
+    /// News from `from` with an incarnation beyond the plausible bound was dropped
+    /// (once per sender per window; `suppressed` counts the unreported ones).
+    Implausible {
+        from: NodeAddr,
+        incarnation: Incarnation,
+        suppressed: u64,
+    },
+    /// `addr` reached `admit_limit` admissions in this window; its join requests are
+    /// ignored until the window ends (reported once per window).
+    Throttled { addr: NodeAddr },
 }
 
 /// What the introducer's shell must do, in order.
@@ -90,6 +132,10 @@ pub struct Introducer {
     settings: IntroducerSettings,
     /// Known members (live and buried), with when each was last heard of.
     entries: BTreeMap<NodeAddr, (Update, Millis)>,
+    /// Per address: start of its admission window and admissions in it.
+    admissions: BTreeMap<NodeAddr, (Millis, u32)>,
+    /// Per sender of implausible news: last report and unreported refusals since.
+    implausible: Reports<NodeAddr>,
     effects: Vec<Effect>,
 }
 
@@ -118,9 +164,19 @@ impl Introducer {
                 key: "reap_interval",
             });
         }
+        if settings.admit_limit == 0 {
+            return Err(IntroducerError::InvalidSetting { key: "admit_limit" });
+        }
+        if settings.admit_window == 0 {
+            return Err(IntroducerError::InvalidSetting {
+                key: "admit_window",
+            });
+        }
         Ok(Introducer {
             settings,
             entries: BTreeMap::new(),
+            admissions: BTreeMap::new(),
+            implausible: Reports::default(),
             effects: Vec::new(),
         })
     }
@@ -143,7 +199,58 @@ impl Introducer {
             .collect()
     }
 
+    /// Whether every incarnation in `incs` is believable now; reports the first
+    /// implausible one (rate-limited per sender) otherwise.
+    fn plausible(&mut self, now: Millis, from: &NodeAddr, incs: &[Incarnation]) -> bool {
+        let s = &self.settings;
+        let ceiling = incarnation_ceiling(s.wall_origin, now, s.max_incarnation_ahead);
+        let Some(&bad) = incs.iter().find(|i| **i > ceiling) else {
+            return true;
+        };
+        if let Some(suppressed) = self.implausible.refused(now, from.clone()) {
+            self.effects.push(Effect::Event(Event::Implausible {
+                from: from.clone(),
+                incarnation: bad,
+                suppressed,
+            }));
+        }
+        false
+    }
+
+    /// Counts one admission of `from`; `false` once it is over the limit in this window.
+    fn admission_allowed(&mut self, now: Millis, from: &NodeAddr) -> bool {
+        let window = self.settings.admit_window;
+        if self.admissions.len() >= 4096 {
+            self.admissions
+                .retain(|_, (start, _)| now.saturating_sub(*start) < window);
+        }
+        let slot = self.admissions.entry(from.clone()).or_insert((now, 0));
+        if now.saturating_sub(slot.0) >= window {
+            *slot = (now, 0);
+        }
+        if slot.1 >= self.settings.admit_limit {
+            return false;
+        }
+        slot.1 += 1;
+        if slot.1 == self.settings.admit_limit {
+            self.effects
+                .push(Effect::Event(Event::Throttled { addr: from.clone() }));
+        }
+        true
+    }
+
     fn on_msg(&mut self, now: Millis, from: &NodeAddr, msg: Msg) {
+        let incs: Vec<Incarnation> = match &msg {
+            Msg::JoinRequest { incarnation } => vec![*incarnation],
+            Msg::Announce {
+                incarnation,
+                joined,
+            } => vec![*incarnation, *joined],
+            _ => Vec::new(),
+        };
+        if !self.plausible(now, from, &incs) {
+            return;
+        }
         match msg {
             Msg::JoinRequest { incarnation } => self.admit(now, from, incarnation),
             Msg::Announce {
@@ -176,6 +283,9 @@ impl Introducer {
                     .into_iter()
                     .take(crate::membership::MAX_UPDATES_PER_MSG)
                 {
+                    if !self.plausible(now, from, &[u.incarnation, u.joined]) {
+                        continue;
+                    }
                     let newer = self
                         .entries
                         .get(&u.addr)
@@ -216,12 +326,17 @@ impl Introducer {
     }
 
     fn admit(&mut self, now: Millis, from: &NodeAddr, requested: Incarnation) {
+        if !self.admission_allowed(now, from) {
+            return;
+        }
         // Above anything known for this address, so the joiner's word wins everywhere:
         // a buried life stays buried, a live stale entry (restart before detection) is replaced.
+        // Known incarnations passed the plausibility bound, so `+ 1` cannot overflow;
+        // should it, the joiner's own pick stands rather than a wrap.
         let floor = self
             .entries
             .get(from)
-            .map_or(0, |(u, _)| u.incarnation.saturating_add(1));
+            .map_or(0, |(u, _)| u.incarnation.checked_add(1).unwrap_or(0));
         let incarnation = requested.max(floor);
         let members: Vec<Update> = self
             .entries
@@ -296,11 +411,11 @@ mod tests {
     }
 
     fn intro() -> Introducer {
-        Introducer::new(IntroducerSettings {
-            ring: (1..=3).map(h).collect(),
-            member_ttl: 10_000,
-            reap_interval: 1000,
-        })
+        Introducer::new(IntroducerSettings::new(
+            (1..=3).map(h).collect(),
+            10_000,
+            1000,
+        ))
         .unwrap()
     }
 
@@ -407,5 +522,72 @@ mod tests {
         i.handle(10_500, Input::Timer(Timer::Reap));
         let left: Vec<NodeAddr> = i.members().into_iter().map(|m| m.addr).collect();
         assert_eq!(left, vec![h(2)]);
+    }
+
+    /// A joiner in a loop is admitted `admit_limit` times per window, reported once,
+    /// and admitted again once the window has passed.
+    #[test]
+    fn admissions_of_one_address_are_rate_limited() {
+        let mut i = intro();
+        let mut replies = 0;
+        let mut throttled = 0;
+        for t in 0..1000 {
+            let fx = deliver(&mut i, t, h(1), Msg::JoinRequest { incarnation: 5 });
+            replies += fx
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e,
+                        Effect::Send {
+                            msg: Msg::JoinReply { .. },
+                            ..
+                        }
+                    )
+                })
+                .count();
+            throttled += fx
+                .iter()
+                .filter(|e| matches!(e, Effect::Event(Event::Throttled { .. })))
+                .count();
+        }
+        assert_eq!((replies, throttled), (ADMIT_LIMIT as usize, 1));
+        // Another address is not held back by h(1)'s loop.
+        let fx = deliver(&mut i, 1000, h(2), Msg::JoinRequest { incarnation: 5 });
+        assert_eq!(reply(&fx).0, 5);
+        let fx = deliver(
+            &mut i,
+            ADMIT_WINDOW + 1,
+            h(1),
+            Msg::JoinRequest { incarnation: 5 },
+        );
+        assert!(reply(&fx).0 > 5);
+    }
+
+    /// Finding 2: news at `u64::MAX` is not learned, so no joiner is handed an
+    /// incarnation that can never be superseded.
+    #[test]
+    fn implausible_news_is_dropped_and_reported_once() {
+        let mut i = intro();
+        deliver(&mut i, 0, h(1), announce(4, 2));
+        let mut reports = 0;
+        for t in 1..100 {
+            let poison = Msg::Updates(vec![Update {
+                addr: h(1),
+                incarnation: u64::MAX,
+                joined: u64::MAX,
+                state: UpdateState::Failed,
+            }]);
+            let fx = deliver(&mut i, t, h(3), poison);
+            let fx2 = deliver(&mut i, t, h(3), announce(u64::MAX, 1));
+            reports += fx
+                .iter()
+                .chain(&fx2)
+                .filter(|e| matches!(e, Effect::Event(Event::Implausible { .. })))
+                .count();
+        }
+        assert_eq!(reports, 1);
+        assert_eq!(i.members().len(), 1, "h(1) still listed, h(3) not learned");
+        let fx = deliver(&mut i, 200, h(1), Msg::JoinRequest { incarnation: 6 });
+        assert_eq!(reply(&fx).0, 6);
     }
 }

@@ -63,6 +63,17 @@ impl IntroducerActor {
                         Event::Forgot { addr } => {
                             info!(wall, peer = %addr, "event=forgot")
                         }
+                        Event::Implausible {
+                            from,
+                            incarnation,
+                            suppressed,
+                        } => {
+                            warn!(wall, peer = %from, incarnation, suppressed,
+                                "event=implausible (news dropped: incarnation beyond wall clock + a day)")
+                        }
+                        Event::Throttled { addr } => {
+                            warn!(wall, peer = %addr, "event=admission_throttled (further joins ignored for this window)")
+                        }
                     }
                 }
             }

@@ -19,7 +19,9 @@ impl Membership {
         if self.settings.introducer.is_none() {
             return Err(MembershipError::NoIntroducer);
         }
-        let inc = incarnation.max(self.incarnation.saturating_add(1));
+        // An exhausted incarnation space is left as is: the introducer's reply or a
+        // `forgive` is the way out, never a wrap to a small number.
+        let inc = incarnation.max(self.incarnation.checked_add(1).unwrap_or(self.incarnation));
         self.incarnation = inc;
         self.joined = inc;
         self.status = Status::Joining;
@@ -72,7 +74,7 @@ impl Membership {
         // Invalidate the pending JoinTimeout.
         self.join_attempt += 1;
         self.rejoin_pending = false;
-        if incarnation > self.incarnation {
+        if incarnation > self.incarnation && incarnation <= self.incarnation_ceiling(now) {
             // The introducer buried a life at or above our pick: start above it.
             self.incarnation = incarnation;
             self.joined = incarnation;
@@ -100,6 +102,66 @@ impl Membership {
             incarnation: self.incarnation,
             members: self.live_count() + 1,
         });
+    }
+
+    /// This life was declared failed at `buried`: rejoin now, or, if the previous rejoin
+    /// was less than the backoff ago, once it has passed. The backoff doubles while
+    /// burials keep coming and resets after `rejoin_backoff_max` without one.
+    pub(super) fn want_rejoin(
+        &mut self,
+        now: Millis,
+        buried: Incarnation,
+        informer: Option<NodeAddr>,
+    ) {
+        let due = self
+            .last_rejoin
+            .map(|t| t.saturating_add(self.rejoin_backoff));
+        match due {
+            Some(at) if now < at => {
+                let first = self.rejoin_wanted.is_none();
+                let top = self
+                    .rejoin_wanted
+                    .as_ref()
+                    .map_or(buried, |w| w.0.max(buried));
+                self.rejoin_wanted = Some((top, informer));
+                if first {
+                    self.effects.push(Effect::SetTimer {
+                        at,
+                        timer: Timer::Rejoin { epoch: self.epoch },
+                    });
+                    self.event(Event::RejoinDeferred { at });
+                }
+            }
+            _ => self.rejoin_now(now, buried, informer),
+        }
+    }
+
+    pub(super) fn on_rejoin_due(&mut self, now: Millis) {
+        let Some((buried, informer)) = self.rejoin_wanted.take() else {
+            return;
+        };
+        // A rejoin since then (through another path) already started a newer life.
+        if buried >= self.joined {
+            self.rejoin_now(now, buried, informer);
+        }
+    }
+
+    fn rejoin_now(&mut self, now: Millis, buried: Incarnation, informer: Option<NodeAddr>) {
+        let Some(new) = self.incarnation.max(buried).checked_add(1) else {
+            return;
+        };
+        let min = self.settings.rejoin_backoff_min;
+        let max = self.settings.rejoin_backoff_max;
+        self.rejoin_backoff = match self.last_rejoin {
+            // Burials kept coming through the wait itself: wait longer next time.
+            Some(t) if now.saturating_sub(t) < self.rejoin_backoff.saturating_add(max) => {
+                self.rejoin_backoff.saturating_mul(2).clamp(min, max)
+            }
+            _ => min,
+        };
+        self.last_rejoin = Some(now);
+        self.rejoin_wanted = None;
+        self.rejoin(now, new, informer);
     }
 
     /// This life was declared failed: start a new one (fresh incarnation), announce it

@@ -36,7 +36,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub use super::settings::{MembershipError, Settings};
+use super::plausible::Reports;
+pub use super::settings::{MembershipError, Settings, MAX_INCARNATION_AHEAD};
 use super::{Update, UpdateState};
 use crate::machine::Machine;
 use crate::types::{Incarnation, Millis, NodeAddr};
@@ -135,6 +136,10 @@ pub enum Input {
     SendPing { peer: NodeAddr, seq: u64 },
     /// A prober's verdict: `peer` did not answer a probe in time.
     Unresponsive { peer: NodeAddr },
+    /// The operator clears this node's tombstone for `addr` (`forgive ADDR`): a record
+    /// that buried a live node for good, or at an absurd incarnation, no longer blocks
+    /// that node's alive claims here. Refused when no tombstone is held.
+    Forgive { addr: NodeAddr },
 }
 
 /// Timers the core asks for; hand them back as [`Input::Timer`] when due.
@@ -153,6 +158,8 @@ pub enum Timer {
     Announce { epoch: u64 },
     /// Periodic tombstone probe (stale when `epoch` is old).
     TombstoneProbe { epoch: u64 },
+    /// A rejoin deferred by the backoff is due (stale when `epoch` is old).
+    Rejoin { epoch: u64 },
 }
 
 /// What happened, for logs and the console.
@@ -200,7 +207,27 @@ pub enum Event {
     },
     /// The monitored set changed: start/stop probers to match.
     MonitorsChanged(Vec<NodeAddr>),
+    /// An update from `from` about `addr` carried an incarnation beyond any plausible
+    /// one (more than `max_incarnation_ahead` past the wall clock) and was dropped.
+    /// Raised once per sender per [`IMPLAUSIBLE_LOG_INTERVAL`]; `suppressed` counts the
+    /// refusals not reported since the previous event.
+    Implausible {
+        from: Option<NodeAddr>,
+        addr: NodeAddr,
+        incarnation: Incarnation,
+        suppressed: u64,
+    },
+    /// This node was declared failed again too soon after its last rejoin: the rejoin
+    /// waits until `at` (backoff), so a stream of burials cannot make it spin.
+    RejoinDeferred { at: Millis },
+    /// The operator cleared the tombstone of `addr` at `incarnation`.
+    Forgiven {
+        addr: NodeAddr,
+        incarnation: Incarnation,
+    },
 }
+
+pub use super::plausible::IMPLAUSIBLE_LOG_INTERVAL;
 
 /// Output of the core, drained by the caller in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,6 +266,14 @@ pub struct Membership {
     pub(super) epoch: u64,
     /// Last time a repair was sent, per (recipient, subject): repairs are rate-limited.
     pub(super) told: BTreeMap<(NodeAddr, NodeAddr), Millis>,
+    /// Per sender of implausible updates: when it was last reported, and how many
+    /// refusals went unreported since.
+    pub(super) implausible: Reports<Option<NodeAddr>>,
+    /// When this node last rejoined, and the wait before the next rejoin may run.
+    pub(super) last_rejoin: Option<Millis>,
+    pub(super) rejoin_backoff: Millis,
+    /// A burial that arrived during the backoff: the incarnation it named and who told.
+    pub(super) rejoin_wanted: Option<(Incarnation, Option<NodeAddr>)>,
     pub(super) rng: ChaCha8Rng,
     pub(super) effects: Vec<Effect>,
 }
@@ -263,6 +298,11 @@ impl Machine for Membership {
             Input::Timer(timer) => self.on_timer(now, timer),
             Input::SendPing { peer, seq } => self.send_ping(&peer, seq),
             Input::Unresponsive { peer } => self.report_unresponsive(now, &peer),
+            Input::Forgive { addr } => {
+                if let Err(e) = self.forgive(now, &addr) {
+                    self.effects.push(Effect::Refused(e));
+                }
+            }
         }
         std::mem::take(&mut self.effects)
     }
@@ -272,6 +312,7 @@ impl Membership {
     /// A core for node `me`, not yet joined. `seed` drives its few random choices.
     pub fn new(me: NodeAddr, settings: Settings, seed: u64) -> Result<Self, MembershipError> {
         settings.validate()?;
+        let rejoin_backoff = settings.rejoin_backoff_min;
         Ok(Membership {
             me,
             settings,
@@ -286,6 +327,10 @@ impl Membership {
             rejoin_pending: false,
             epoch: 0,
             told: BTreeMap::new(),
+            implausible: Reports::default(),
+            last_rejoin: None,
+            rejoin_backoff,
+            rejoin_wanted: None,
             rng: ChaCha8Rng::seed_from_u64(seed),
             effects: Vec::new(),
         })
@@ -457,6 +502,11 @@ impl Membership {
             }
             Timer::JoinTimeout { attempt } => self.on_join_timeout(now, attempt),
             Timer::JoinRetry { attempt } => self.on_join_retry(now, attempt),
+            Timer::Rejoin { epoch } => {
+                if epoch == self.epoch && self.status == Status::Member {
+                    self.on_rejoin_due(now);
+                }
+            }
             Timer::Announce { epoch } => {
                 if epoch != self.epoch || self.status != Status::Member {
                     return;

@@ -255,6 +255,26 @@ impl MembershipActor {
                     "event=rejoin (this node was declared failed)"
                 )
             }
+            Event::Implausible {
+                from,
+                addr,
+                incarnation,
+                suppressed,
+            } => {
+                let from = from.as_ref().map_or("(local)", |f| f.as_str());
+                warn!(wall, from, peer = %addr, incarnation, suppressed,
+                    "event=implausible (update dropped: incarnation beyond wall clock + a day)")
+            }
+            Event::RejoinDeferred { at } => {
+                let wait_ms = at.saturating_sub(self.now());
+                warn!(
+                    wall,
+                    wait_ms, "event=rejoin_deferred (declared failed again soon after a rejoin)"
+                )
+            }
+            Event::Forgiven { addr, incarnation } => {
+                info!(wall, peer = %addr, incarnation, "event=forgiven")
+            }
             Event::MonitorsChanged(monitors) => {
                 info!(wall, monitors = ?monitors.iter().map(|m| m.as_str()).collect::<Vec<_>>(), "event=monitors");
                 self.reconcile_pingers(monitors, ctx);
@@ -388,6 +408,16 @@ impl Handler<Exec> for MembershipActor {
                 }
                 Some(e) => Err(membership_text::refused("join", &e)),
             },
+            Command::Forgive { addr } => {
+                let addr = NodeAddr(addr);
+                let fx = self.core.handle(self.now(), Input::Forgive { addr });
+                let refused = refusal(&fx);
+                self.execute(fx, ctx);
+                match refused {
+                    None => Ok(membership_text::forgiven()),
+                    Some(e) => Err(membership_text::refused("forgive", &e)),
+                }
+            }
             Command::Leave => {
                 let fx = self.core.handle(self.now(), Input::Leave);
                 let refused = refusal(&fx);

@@ -354,3 +354,193 @@ fn piggyback_is_bounded_and_retransmissions_run_out() {
     // 8 updates, each sent retransmit_mult * ceil(log2(9 + 2)) = 12 times.
     assert_eq!(total, 8 * 12);
 }
+
+/// Rejoin requests this core sent in `fx`.
+fn join_requests(fx: &[Effect]) -> usize {
+    fx.iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Effect::Send {
+                    msg: Msg::JoinRequest { .. },
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+/// Finding 2 of issue 14: one `[addr, u64::MAX, u64::MAX, Failed]` evicted a node for
+/// good. Now it is dropped and reported once; the node stays a member, keeps its
+/// incarnation, and does not rejoin; repeats are not reported again.
+#[test]
+fn a_failed_record_at_u64_max_is_refused_and_reported_once() {
+    let mut c = member_of(4);
+    let poison =
+        |about: &str| Msg::Updates(vec![up(about, u64::MAX, u64::MAX, UpdateState::Failed)]);
+    let mut reports = 0;
+    let mut rejoins = 0;
+    for t in 0..1000 {
+        for about in ["127.0.0.1:8001", "127.0.0.1:8002"] {
+            let fx = deliver(&mut c, 10 + t, &h(3), poison(about));
+            reports += fx
+                .iter()
+                .filter(|e| matches!(e, Effect::Event(Event::Implausible { .. })))
+                .count();
+            rejoins += join_requests(&fx);
+        }
+    }
+    assert_eq!(reports, 1, "one report per sender per interval");
+    assert_eq!(rejoins, 0);
+    assert_eq!(c.status(), Status::Member);
+    assert_eq!(c.self_member().incarnation, 100);
+    assert!(
+        c.members().iter().any(|m| m.addr == h(2)),
+        "h(2) not buried"
+    );
+    assert!(c.tombstones().is_empty());
+    // The next interval reports again, with the count of what it held back.
+    let fx = deliver(
+        &mut c,
+        10 + IMPLAUSIBLE_LOG_INTERVAL + 1000,
+        &h(3),
+        poison("127.0.0.1:8001"),
+    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Event(Event::Implausible {
+            suppressed: 1999,
+            ..
+        })
+    )));
+    // A ping whose sender claims an absurd incarnation does not list it either.
+    let ping = Msg::Ping {
+        seq: 1,
+        incarnation: u64::MAX - 1,
+        joined: u64::MAX - 1,
+        updates: Vec::new(),
+    };
+    deliver(&mut c, 20, &h(9), ping);
+    assert!(!c.members().iter().any(|m| m.addr == h(9)));
+}
+
+/// The bound follows the wall clock: a day ahead is believed, a day and a ms is not.
+#[test]
+fn incarnations_beyond_a_day_ahead_of_the_wall_clock_are_refused() {
+    let intro = NodeAddr::from("127.0.0.1:8888");
+    let mut s = Settings::new(ring(3), 3, 500, 1500, Some(intro.clone()));
+    let wall = 1_700_000_000_000;
+    s.wall_origin = wall;
+    let mut c = Membership::new(h(1), s, 1).unwrap();
+    join(&mut c, 0, wall);
+    deliver(
+        &mut c,
+        1,
+        &intro,
+        Msg::JoinReply {
+            incarnation: wall,
+            members: Vec::new(),
+        },
+    );
+    let now = 5;
+    let edge = wall + now + MAX_INCARNATION_AHEAD;
+    let ok = Msg::Updates(vec![up("127.0.0.1:8002", edge, edge, UpdateState::Alive)]);
+    deliver(&mut c, now, &h(3), ok);
+    assert!(c.members().iter().any(|m| m.addr == h(2)));
+    let far = Msg::Updates(vec![up("127.0.0.1:8003", edge + 1, 1, UpdateState::Alive)]);
+    let fx = deliver(&mut c, now, &h(3), far);
+    assert!(!c.members().iter().any(|m| m.addr == h(3)));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::Event(Event::Implausible { .. }))));
+    // An introducer's reply beyond the bound is not adopted as this node's incarnation.
+    let mut c2 = Membership::new(h(1), c.settings().clone(), 2).unwrap();
+    join(&mut c2, 0, wall);
+    let reply = Msg::JoinReply {
+        incarnation: u64::MAX,
+        members: Vec::new(),
+    };
+    deliver(&mut c2, 1, &intro, reply);
+    assert_eq!(c2.status(), Status::Member);
+    assert_eq!(c2.self_member().incarnation, wall);
+}
+
+/// A node buried again and again (plausible records, a hostile or confused peer) does
+/// not spin: the first rejoin is at once, later ones wait a backoff that doubles.
+#[test]
+fn repeated_burials_back_off_instead_of_spinning() {
+    let mut c = member_of(4);
+    let mut rejoins = Vec::new();
+    let mut timers = Vec::new();
+    let mut t = 10;
+    // 60 s of a burial of the current life every 10 ms.
+    while t < 60_000 {
+        let me = c.self_member();
+        let burial = Msg::Updates(vec![Update {
+            addr: h(1),
+            incarnation: me.incarnation,
+            joined: me.joined,
+            state: UpdateState::Failed,
+        }]);
+        let mut fx = deliver(&mut c, t, &h(2), burial);
+        // Deferred rejoins run when their timer is due.
+        let due: Vec<(Millis, Timer)> = timers.iter().filter(|(at, _)| *at <= t).cloned().collect();
+        timers.retain(|(at, _)| *at > t);
+        for (_, timer) in due {
+            fx.extend(c.handle(t, Input::Timer(timer)));
+        }
+        for e in &fx {
+            match e {
+                Effect::Event(Event::Rejoin { .. }) => rejoins.push(t),
+                Effect::SetTimer {
+                    at,
+                    timer: timer @ Timer::Rejoin { .. },
+                } => timers.push((*at, timer.clone())),
+                _ => {}
+            }
+        }
+        t += 10;
+    }
+    assert_eq!(c.status(), Status::Member);
+    // 500 ms doubling up to 16 s: well under 20 rejoins in a minute, where 6,000
+    // burials came in.
+    assert!(rejoins.len() >= 3, "still rejoins: {rejoins:?}");
+    assert!(
+        rejoins.len() <= 12,
+        "{} rejoins: {rejoins:?}",
+        rejoins.len()
+    );
+    let gaps: Vec<Millis> = rejoins.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "gaps grow: {gaps:?}");
+    assert!(gaps.iter().all(|g| *g >= 500), "{gaps:?}");
+}
+
+/// `forgive ADDR` clears a tombstone so the address's alive claims count again; it is
+/// refused (nothing changes) where no tombstone is held.
+#[test]
+fn forgive_clears_a_tombstone_and_refuses_without_one() {
+    let mut c = member_of(4);
+    let burial = Msg::Updates(vec![up("127.0.0.1:8003", 50, 10, UpdateState::Failed)]);
+    deliver(&mut c, 5, &h(2), burial);
+    let again = Msg::Updates(vec![up("127.0.0.1:8003", 40, 40, UpdateState::Alive)]);
+    deliver(&mut c, 6, &h(3), again.clone());
+    assert!(!c.members().iter().any(|m| m.addr == h(3)), "buried");
+    let fx = c.handle(7, Input::Forgive { addr: h(3) });
+    assert_eq!(refusal(&fx), None);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Event(Event::Forgiven {
+            incarnation: 50,
+            ..
+        })
+    )));
+    assert!(c.tombstones().is_empty());
+    deliver(&mut c, 8, &h(3), again);
+    assert!(
+        c.members().iter().any(|m| m.addr == h(3)),
+        "back after forgive"
+    );
+    let fx = c.handle(9, Input::Forgive { addr: h(3) });
+    assert_eq!(refusal(&fx), Some(MembershipError::NotBuried(h(3))));
+    assert!(c.members().iter().any(|m| m.addr == h(3)));
+}

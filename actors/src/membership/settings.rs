@@ -25,7 +25,15 @@ pub enum MembershipError {
     /// `leave` while not a member.
     #[error("not a member of the cluster")]
     NotMember,
+    /// `forgive ADDR` for an address this node holds no tombstone for.
+    #[error("no tombstone for {0} on this node")]
+    NotBuried(NodeAddr),
 }
+
+/// How far ahead of this node's wall clock an incarnation may be before it is refused
+/// as implausible: incarnations are wall-clock ms at join, so a day covers any clock
+/// skew a working cluster has, while `u64::MAX` and its neighbours are refused.
+pub const MAX_INCARNATION_AHEAD: Millis = 86_400_000;
 
 /// Settings of the membership core (from the config; times in ms).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +67,17 @@ pub struct Settings {
     pub join_timeout: Millis,
     /// Delay before a rejoin retries an unanswered introducer.
     pub join_retry: Millis,
+    /// Wall-clock ms (Unix epoch) at which the core's `now` read 0: with `now` it gives
+    /// the wall clock that bounds plausible incarnations. 0 in simulations, whose
+    /// incarnations are small.
+    pub wall_origin: u64,
+    /// An incarnation (or `joined`) above wall clock + this is refused and logged.
+    pub max_incarnation_ahead: Millis,
+    /// Shortest wait between two rejoins; it doubles while burials keep coming, up to
+    /// `rejoin_backoff_max`, so a node that keeps being declared failed cannot spin.
+    pub rejoin_backoff_min: Millis,
+    /// Longest wait between two rejoins; a quiet spell this long resets the backoff.
+    pub rejoin_backoff_max: Millis,
 }
 
 impl Settings {
@@ -84,6 +103,10 @@ impl Settings {
             tombstone_probe_interval: ping_duration.saturating_mul(2),
             join_timeout: ping_duration.saturating_mul(2).max(1000),
             join_retry: ping_duration.saturating_mul(2),
+            wall_origin: 0,
+            max_incarnation_ahead: MAX_INCARNATION_AHEAD,
+            rejoin_backoff_min: ping_duration,
+            rejoin_backoff_max: ping_duration.saturating_mul(32),
         }
     }
 
@@ -113,6 +136,12 @@ impl Settings {
         }
         if self.join_retry == 0 {
             return bad("join_retry", "must be positive");
+        }
+        if self.rejoin_backoff_min == 0 || self.rejoin_backoff_max < self.rejoin_backoff_min {
+            return bad(
+                "rejoin_backoff_min",
+                "must be positive and at most rejoin_backoff_max",
+            );
         }
         Ok(())
     }

@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::membership::{Event, Member, MemberState, Membership, Msg, Status};
+use super::membership::{Event, Member, MemberState, Membership, MembershipError, Msg, Status};
+use super::plausible::incarnation_ceiling;
 use super::MAX_UPDATES_PER_MSG;
 use crate::types::{Incarnation, Millis, NodeAddr};
 
@@ -93,7 +94,59 @@ impl Membership {
         }
     }
 
+    /// The highest incarnation believed now: wall clock plus `max_incarnation_ahead`.
+    pub(super) fn incarnation_ceiling(&self, now: Millis) -> Incarnation {
+        let s = &self.settings;
+        incarnation_ceiling(s.wall_origin, now, s.max_incarnation_ahead)
+    }
+
+    /// Whether `inc` is a believable incarnation now. An implausible one is reported
+    /// (once per sender per interval) and the caller drops the news: a single update
+    /// at `u64::MAX` would otherwise bury a life that no incarnation can ever follow.
+    pub(super) fn plausible(
+        &mut self,
+        now: Millis,
+        from: Option<&NodeAddr>,
+        addr: &NodeAddr,
+        inc: Incarnation,
+    ) -> bool {
+        if inc <= self.incarnation_ceiling(now) {
+            return true;
+        }
+        if let Some(suppressed) = self.implausible.refused(now, from.cloned()) {
+            self.event(Event::Implausible {
+                from: from.cloned(),
+                addr: addr.clone(),
+                incarnation: inc,
+                suppressed,
+            });
+        }
+        false
+    }
+
+    /// Clears this node's tombstone of `addr` (the operator's `forgive ADDR`).
+    pub(super) fn forgive(&mut self, now: Millis, addr: &NodeAddr) -> Result<(), MembershipError> {
+        let tomb = match self.entries.get(addr) {
+            Some(u) if u.state.is_tombstone() => u.clone(),
+            _ => return Err(MembershipError::NotBuried(addr.clone())),
+        };
+        self.entries.remove(addr);
+        // Stop spreading the record from here; other nodes need their own `forgive`.
+        self.gossip
+            .retain(|(u, _)| !(u.addr == *addr && u.state.is_tombstone()));
+        self.event(Event::Forgiven {
+            addr: addr.clone(),
+            incarnation: tomb.incarnation,
+        });
+        self.refresh_monitors(now);
+        Ok(())
+    }
+
     pub(super) fn apply(&mut self, now: Millis, from: Option<&NodeAddr>, u: Update) {
+        let top = u.incarnation.max(u.joined);
+        if !self.plausible(now, from, &u.addr, top) {
+            return;
+        }
         if u.addr == self.me {
             self.apply_about_self(now, from, u);
             return;
@@ -177,7 +230,11 @@ impl Membership {
             UpdateState::Alive => {}
             UpdateState::Suspect => {
                 if u.incarnation >= self.incarnation {
-                    self.incarnation = u.incarnation.saturating_add(1);
+                    // Plausible incarnations are far below u64::MAX; refuse rather than wrap.
+                    let Some(next) = u.incarnation.checked_add(1) else {
+                        return;
+                    };
+                    self.incarnation = next;
                     let me = self.self_update(UpdateState::Alive);
                     self.event(Event::Refuted {
                         addr: self.me.clone(),
@@ -194,8 +251,7 @@ impl Membership {
             }
             UpdateState::Failed | UpdateState::Left => {
                 if u.incarnation >= self.joined {
-                    let new = self.incarnation.max(u.incarnation).saturating_add(1);
-                    self.rejoin(now, new, from.cloned());
+                    self.want_rejoin(now, u.incarnation, from.cloned());
                 } else if let Some(f) = from {
                     // An earlier life of ours was buried; this one is fine.
                     let f = f.clone();

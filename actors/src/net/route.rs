@@ -45,9 +45,12 @@ pub fn route(body: &Body) -> &'static [To] {
 /// answers itself, such as `help`).
 pub fn command_route(cmd: &Command) -> To {
     match cmd {
-        Command::Join | Command::Leave | Command::ListMem | Command::ListSelf | Command::Stats => {
-            To::Membership
-        }
+        Command::Join
+        | Command::Leave
+        | Command::ListMem
+        | Command::ListSelf
+        | Command::Stats
+        | Command::Forgive { .. } => To::Membership,
         Command::Put { .. }
         | Command::Get { .. }
         | Command::Delete { .. }

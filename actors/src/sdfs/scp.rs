@@ -53,6 +53,16 @@ pub enum ScpError {
     },
     #[error("source ended after {got} of {want} bytes")]
     Short { got: u64, want: u64 },
+    #[error("sdfs.known_hosts: {msg}")]
+    KnownHosts { msg: String },
+    #[error("host key of {host} is not in {path}: nothing sent; if the key is right, add it (ssh-keyscan -p {port} {host} >> {path})")]
+    UnknownHostKey {
+        host: String,
+        port: u16,
+        path: PathBuf,
+    },
+    #[error("host key of {host} does not match {path} (changed key, or someone in between): nothing sent")]
+    ChangedHostKey { host: String, path: PathBuf },
 }
 
 #[derive(Clone)]
@@ -61,12 +71,15 @@ enum Auth {
     Key(PathBuf),
 }
 
-/// Who to log in as and how. The password never reaches a log (`Debug` hides it).
+/// Who to log in as and how, and which host keys to trust. The password never reaches
+/// a log (`Debug` hides it).
 #[derive(Clone)]
 pub struct Credentials {
     pub user: String,
     auth: Auth,
     pub port: u16,
+    /// OpenSSH known_hosts file; a host whose key is not in it gets nothing.
+    known_hosts: PathBuf,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -75,7 +88,13 @@ impl std::fmt::Debug for Credentials {
             Auth::Password(_) => "password".to_string(),
             Auth::Key(p) => format!("key {}", p.display()),
         };
-        write!(f, "Credentials({}@:{}, {how})", self.user, self.port)
+        write!(
+            f,
+            "Credentials({}@:{}, {how}, known_hosts {})",
+            self.user,
+            self.port,
+            self.known_hosts.display()
+        )
     }
 }
 
@@ -97,9 +116,29 @@ pub fn check_private(path: &Path) -> Result<(), ScpError> {
     Ok(())
 }
 
+/// The known_hosts file the config names, checked to be readable now, so that a node
+/// that could never verify a host refuses to start instead of failing every put.
+fn known_hosts(cfg: &SdfsConfig) -> Result<PathBuf, ScpError> {
+    let Some(path) = cfg.known_hosts.clone() else {
+        return Err(ScpError::KnownHosts {
+            msg:
+                "not set and $HOME is unknown: set sdfs.known_hosts to an OpenSSH known_hosts file"
+                    .into(),
+        });
+    };
+    std::fs::read(&path).map_err(|e| ScpError::KnownHosts {
+        msg: format!(
+            "cannot read {}: {e} (scp checks every host's key against it; fill it with ssh-keyscan)",
+            path.display()
+        ),
+    })?;
+    Ok(path)
+}
+
 /// Loads the credentials the config names: `password.txt` first (the seed's
-/// `username,password`), else `ssh_key` with `ssh_user`.
+/// `username,password`), else `ssh_key` with `ssh_user`; and the known_hosts file.
 pub fn load(cfg: &SdfsConfig) -> Result<Credentials, ScpError> {
+    let known_hosts = known_hosts(cfg)?;
     if let Some(path) = &cfg.credentials {
         check_private(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| ScpError::Credentials {
@@ -127,6 +166,7 @@ pub fn load(cfg: &SdfsConfig) -> Result<Credentials, ScpError> {
             user,
             auth: Auth::Password(password.to_string()),
             port: cfg.ssh_port,
+            known_hosts,
         });
     }
     if let Some(key) = &cfg.ssh_key {
@@ -136,6 +176,7 @@ pub fn load(cfg: &SdfsConfig) -> Result<Credentials, ScpError> {
             user,
             auth: Auth::Key(key.clone()),
             port: cfg.ssh_port,
+            known_hosts,
         });
     }
     Err(ScpError::Credentials {
@@ -165,6 +206,8 @@ fn session(creds: &Credentials, host: &str) -> Result<(ssh2::Session, String), S
     sess.set_timeout(SSH_TIMEOUT.as_millis() as u32);
     sess.set_tcp_stream(tcp);
     sess.handshake().map_err(ssh("handshake", &addr))?;
+    // Before any credential leaves: a password sent to an impostor is a password lost.
+    verify_host(&sess, host, creds.port, &creds.known_hosts)?;
     let auth = match &creds.auth {
         Auth::Password(p) => sess.userauth_password(&creds.user, p),
         Auth::Key(k) => sess.userauth_pubkey_file(&creds.user, None, k, None),
@@ -176,6 +219,36 @@ fn session(creds: &Credentials, host: &str) -> Result<(ssh2::Session, String), S
         });
     }
     Ok((sess, addr))
+}
+
+/// Checks the key `sess` was offered against `path` (OpenSSH format; `[host]:port`
+/// entries for ports other than 22, as ssh-keyscan writes them).
+fn verify_host(sess: &ssh2::Session, host: &str, port: u16, path: &Path) -> Result<(), ScpError> {
+    let kh_err = |msg: String| ScpError::KnownHosts { msg };
+    let (key, _) = sess
+        .host_key()
+        .ok_or_else(|| kh_err(format!("{host} offered no host key")))?;
+    let mut kh = sess
+        .known_hosts()
+        .map_err(|e| kh_err(format!("cannot start the check: {e}")))?;
+    kh.read_file(path, ssh2::KnownHostFileKind::OpenSSH)
+        .map_err(|e| kh_err(format!("cannot read {}: {e}", path.display())))?;
+    match kh.check_port(host, port, key) {
+        ssh2::CheckResult::Match => Ok(()),
+        ssh2::CheckResult::NotFound => Err(ScpError::UnknownHostKey {
+            host: host.to_string(),
+            port,
+            path: path.to_path_buf(),
+        }),
+        ssh2::CheckResult::Mismatch => Err(ScpError::ChangedHostKey {
+            host: host.to_string(),
+            path: path.to_path_buf(),
+        }),
+        ssh2::CheckResult::Failure => Err(kh_err(format!(
+            "checking the key of {host} against {} failed",
+            path.display()
+        ))),
+    }
 }
 
 /// Copies exactly `size` bytes from `source` into `remote` (mode 0600) on `host`, and
@@ -244,7 +317,10 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// A config naming `creds` and an (empty) known_hosts file beside it.
     fn cfg(creds: &Path) -> SdfsConfig {
+        let known_hosts = creds.with_file_name("known_hosts");
+        std::fs::write(&known_hosts, "").unwrap();
         SdfsConfig {
             transfer: crate::config::Transfer::Scp,
             credentials: Some(creds.to_path_buf()),
@@ -252,7 +328,26 @@ mod tests {
             ssh_user: None,
             ssh_port: 22,
             versions_kept: 5,
+            known_hosts: Some(known_hosts),
         }
+    }
+
+    #[test]
+    fn a_missing_known_hosts_file_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("password.txt");
+        std::fs::write(&p, "alice,secret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut c = cfg(&p);
+        c.known_hosts = Some(dir.path().join("nope"));
+        let e = load(&c).unwrap_err().to_string();
+        assert!(e.starts_with("sdfs.known_hosts: cannot read"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        c.known_hosts = None;
+        assert!(load(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("set sdfs.known_hosts"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::{Coordinator, Effect, Event, Primary, Role, RoleKind, Slot, Timer};
 use crate::jobs::msg::Msg;
 use crate::jobs::record::Record;
 use crate::jobs::state::{CoordState, ResultFound};
-use crate::jobs::types::{JobManifest, QueryId, Reign, Term};
+use crate::jobs::types::{next_epoch, JobManifest, QueryId, Reign, Term};
 use crate::types::{Millis, NodeAddr};
 
 /// The next live node after `after` in address order (wrapping), other than `after`.
@@ -60,10 +60,19 @@ impl Coordinator {
         if self.reign.is_some() {
             return fx;
         }
+        // The shell already skips job ids above MAX_EPOCH; a value past it here is
+        // ignored the same way rather than wrapped.
+        let epoch = match next_epoch(used_epoch) {
+            Some(e) => e,
+            None => {
+                self.implausible_epoch(None, used_epoch, &mut fx);
+                1
+            }
+        };
         fx.push(Effect::Event(Event::Bootstrap { used_epoch }));
         self.members.insert(self.me.clone());
         let term = Term {
-            epoch: used_epoch + 1,
+            epoch,
             coordinator: self.me.clone(),
         };
         self.begin_reign(now, term, CoordState::new(), &mut fx);
@@ -136,7 +145,11 @@ impl Coordinator {
     /// shell for the job table in SDFS. The reign is announced at once so workers fence
     /// the old coordinator while the table loads.
     pub(super) fn recover_from_sdfs(&mut self, fx: &mut Vec<Effect>) {
-        let epoch = self.reign.as_ref().map_or(0, |r| r.term.epoch) + 1;
+        let current = self.reign.as_ref().map_or(0, |r| r.term.epoch);
+        let Some(epoch) = next_epoch(current) else {
+            fx.push(Effect::Event(Event::EpochsExhausted { epoch: current }));
+            return;
+        };
         let term = Term {
             epoch,
             coordinator: self.me.clone(),
@@ -216,7 +229,11 @@ impl Coordinator {
                     .is_some_and(|r| !self.members.contains(&r.term.coordinator));
                 if coordinator_gone {
                     if synced {
-                        let epoch = self.reign.as_ref().map_or(0, |r| r.term.epoch) + 1;
+                        let current = self.reign.as_ref().map_or(0, |r| r.term.epoch);
+                        let Some(epoch) = next_epoch(current) else {
+                            fx.push(Effect::Event(Event::EpochsExhausted { epoch: current }));
+                            return fx;
+                        };
                         let term = Term {
                             epoch,
                             coordinator: self.me.clone(),

@@ -232,3 +232,52 @@ fn a_failed_manifest_write_is_retried_and_the_job_acknowledged_only_when_stored(
     // Stored now: a late retry timer writes nothing.
     assert!(manifests(&c.handle(2_000, Input::Timer(retry))).is_empty());
 }
+
+/// Finding 5 of issue 14: a hand-made `jobs/18446744073709551614-1.manifest` made the
+/// next epoch wrap to 0 and the new coordinator was fenced at once. An epoch past the
+/// bound is ignored: the reign starts at a real epoch, never 0.
+#[test]
+fn a_huge_used_epoch_does_not_wrap() {
+    use crate::jobs::types::MAX_EPOCH;
+    let me = NodeAddr::from("solo:1");
+    for used in [u64::MAX - 1, u64::MAX, MAX_EPOCH] {
+        let c = solo(&me, JobsConfig::default(), used);
+        assert_eq!(c.reign().map(|r| r.term.epoch), Some(1), "used {used}");
+        assert_eq!(c.counters().implausible_epochs, 1);
+    }
+    let c = solo(&me, JobsConfig::default(), MAX_EPOCH - 1);
+    assert_eq!(c.reign().map(|r| r.term.epoch), Some(MAX_EPOCH));
+}
+
+/// A forged reign at `u64::MAX` neither deposes the coordinator nor is reported more
+/// than a few times.
+#[test]
+fn a_forged_reign_past_the_bound_is_ignored() {
+    let me = NodeAddr::from("solo:1");
+    let mut c = solo(&me, JobsConfig::default(), 0);
+    let forged = Reign {
+        term: Term {
+            epoch: u64::MAX,
+            coordinator: "rogue:1".into(),
+        },
+        standby: None,
+        view: 0,
+    };
+    let mut reports = 0;
+    for t in 0..1000 {
+        let fx = c.handle(
+            1 + t,
+            Input::Message {
+                from: "rogue:1".into(),
+                msg: Msg::Reign(forged.clone()),
+            },
+        );
+        reports += fx
+            .iter()
+            .filter(|e| matches!(e, Effect::Event(Event::ImplausibleEpoch { .. })))
+            .count();
+    }
+    assert_eq!(c.reign().map(|r| r.term.epoch), Some(1));
+    assert_eq!(c.role(), RoleKind::Primary);
+    assert_eq!(reports, 10, "1st, 2nd, 4th ... 512th of 1000");
+}

@@ -266,7 +266,11 @@ impl SdfsCore {
                 }
             }
         }
-        meta.versions = meta.versions.split_off(&(t + 1));
+        // Everything above the tombstone; nothing is above u64::MAX (no wrap to 0).
+        meta.versions = match t.checked_add(1) {
+            Some(above) => meta.versions.split_off(&above),
+            None => BTreeMap::new(),
+        };
         while meta.versions.len() > self.cfg.keep_versions {
             meta.versions.pop_first();
         }
@@ -308,7 +312,21 @@ impl SdfsCore {
     pub(super) fn serve(&mut self, name: &SdfsName, req: PrimaryReq) {
         match req {
             PrimaryReq::Grant { from, op } => {
-                let version = self.high(name) + 1;
+                // Version numbers are never reused: at u64::MAX the name takes no more
+                // writes (an error, not a wrap to 0 that would shadow every version).
+                let Some(version) = self.high(name).checked_add(1) else {
+                    self.send(
+                        &from,
+                        Msg::Refused {
+                            op,
+                            error: RemoteError::Store(format!(
+                                "{name}: no version number is left above {}",
+                                u64::MAX
+                            )),
+                        },
+                    );
+                    return;
+                };
                 self.granted
                     .entry(name.clone())
                     .or_default()

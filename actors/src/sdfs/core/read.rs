@@ -235,7 +235,7 @@ impl SdfsCore {
         let versions: Vec<VersionInfo> = d
             .acc
             .versions
-            .range(t + 1..)
+            .range((std::ops::Bound::Excluded(t), std::ops::Bound::Unbounded))
             .rev()
             .map(|(v, hs)| VersionInfo {
                 version: *v,
