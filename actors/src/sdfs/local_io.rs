@@ -1,6 +1,7 @@
-//! The SdfsActor's local files: the sources of puts (a file or bytes in memory), the
-//! sinks of gets (a temp file renamed into place, or memory), the files of a directory
-//! put, and the staging directory and copies of the scp transfer.
+//! The SdfsActor's local files: the sources of puts (a tool's file pulled through a
+//! transfer session, a spool file, or bytes in memory), the sinks of gets (a spool file
+//! written through a temp file, or memory), and the staging directory and copies of the
+//! scp transfer. Every path here is one the node chose.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -9,12 +10,17 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 
 use super::scp;
-use super::{Delivery, SdfsName};
+use super::Delivery;
 
 /// Where a put's bytes come from.
 pub(super) enum Source {
     None,
-    File { path: PathBuf, file: File },
+    /// Pulled from a tool through this transfer session (see `sessions.rs`).
+    Remote(u64),
+    File {
+        path: PathBuf,
+        file: File,
+    },
     Bytes(std::sync::Arc<Vec<u8>>),
 }
 
@@ -63,7 +69,7 @@ impl Source {
                 let end = start.saturating_add(len).min(b.len());
                 Ok(b.get(start..end).unwrap_or_default().to_vec())
             }
-            Source::None => Err("this op has no source".into()),
+            Source::None | Source::Remote(_) => Err("this op has no local source".into()),
         }
     }
 }
@@ -118,53 +124,13 @@ pub(super) fn prepare_staging(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Resolves a local path against the node's working directory (`dml ctl` already sends
-/// absolute paths; the interactive console may not).
-pub(super) fn absolute(local: &str) -> PathBuf {
-    std::path::absolute(local).unwrap_or_else(|_| PathBuf::from(local))
-}
-
-/// Every regular file under `root` (symlinks are not followed), sorted, with its SDFS
-/// name `prefix/relative/path`. Any name that fails validation fails the whole put, so
-/// nothing is stored.
-pub(super) fn dir_files(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, SdfsName)>, String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries =
-            fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-            let path = entry.path();
-            let ft = entry
-                .file_type()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if ft.is_dir() {
-                stack.push(path);
-            } else if ft.is_file() {
-                let rel = path
-                    .strip_prefix(root)
-                    .ok()
-                    .and_then(|r| r.to_str())
-                    .ok_or_else(|| format!("{}: not a UTF-8 path", path.display()))?;
-                let full = format!("{}/{rel}", prefix.trim_end_matches('/'));
-                let name =
-                    SdfsName::parse(&full).map_err(|e| format!("bad SDFS name {full:?}: {e}"))?;
-                out.push((path, name));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
-    Ok(out)
-}
-
-/// Opens the sink of a get: a temp file next to `local`, renamed onto it on success.
-pub(super) fn open_sink(local: &str, name: &str, versions: bool) -> Result<Sink, String> {
-    let dest = absolute(local);
+/// Opens the sink of a get: a temp file next to `dest`, renamed onto it on success.
+pub(super) fn open_sink(dest: &Path, name: &str, versions: bool) -> Result<Sink, String> {
+    let dest = dest.to_path_buf();
     let file_name = dest
         .file_name()
         .and_then(|f| f.to_str())
-        .ok_or_else(|| format!("{local}: not a file path"))?;
+        .ok_or_else(|| format!("{}: not a file path", dest.display()))?;
     let parent = dest.parent().unwrap_or(Path::new("/"));
     let nonce: u64 = rand::thread_rng().gen();
     let tmp = parent.join(format!(".{file_name}.dml-{nonce:016x}.tmp"));
