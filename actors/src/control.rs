@@ -33,18 +33,16 @@ pub enum Command {
         #[serde(with = "crate::sdfs::msg::bytes")]
         data: Vec<u8>,
     },
-    /// Fetch the latest version (`versions: None`) or the newest K versions of `name`
-    /// onto the node's own spool; the answer ([`Transfer::Ready`]) says how many bytes
-    /// to read with `GetData`.
+    /// Fetch the latest version (`versions: None`) or the newest K versions of `name`,
+    /// streamed: every answer is the next [`Piece`] ([`Transfer::Piece`], ask for the one
+    /// after with `GetData`) or the read's end ([`Transfer::Done`]).
     GetBegin {
         name: String,
         versions: Option<usize>,
     },
-    /// Up to `len` bytes (at most one chunk) of a fetched result at `offset`.
+    /// The next piece of a get.
     GetData {
         session: u64,
-        offset: u64,
-        len: u32,
     },
     /// The tool is done with (or gives up) a transfer: the node drops it, a put that
     /// has not finished fails, a fetched result is deleted.
@@ -122,15 +120,18 @@ impl From<Command> for Request {
 pub enum Transfer {
     /// Put: send up to `len` bytes of the source at `offset` with `PutData`.
     Send { session: u64, offset: u64, len: u32 },
-    /// Get: the result is on the node, `size` bytes, to read with `GetData`; `reply`
-    /// is the read's own answer.
-    Ready {
-        session: u64,
-        size: u64,
-        reply: crate::sdfs::Reply,
-    },
-    /// `GetData`: the bytes asked for (fewer at the end).
-    Bytes(#[serde(with = "crate::sdfs::msg::bytes")] Vec<u8>),
+    /// Get: the next piece of the result.
+    Piece { session: u64, piece: Piece },
+    /// Get: every piece was sent; the read's own answer.
+    Done(crate::sdfs::Reply),
+}
+
+/// A piece of a get's result, in order: each version is `Begin`, its chunks, `End`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Piece {
+    Begin { version: u64 },
+    Chunk(#[serde(with = "crate::sdfs::msg::bytes")] Vec<u8>),
+    End { version: u64, bytes: u64 },
 }
 
 /// A node's answer: human text plus the same content as JSON for `--json`.

@@ -6,13 +6,15 @@
 //! existing file only when forced, and leaves no temp file behind on any failure.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use dml_actors::control::{jobs_text, sdfs_text, Command, Outcome, Reply, Request, Transfer};
+use dml_actors::control::{
+    jobs_text, sdfs_text, Command, Outcome, Piece, Reply, Request, Transfer,
+};
 use dml_actors::net::body::Body;
 use dml_actors::net::transport::{Client, Lane};
 use dml_actors::sdfs::dir_put::{dir_files, DirPut, PutLocalDone, PARALLELISM};
@@ -208,7 +210,7 @@ async fn get(
 ) -> anyhow::Result<Outcome> {
     // The destination is checked, and its temp file made, before the node is asked:
     // a get that cannot be written costs the cluster nothing.
-    let mut sink = match LocalSink::create(Path::new(local), force) {
+    let mut sink = match LocalSink::create(Path::new(local), force, versions.is_some()) {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
     };
@@ -217,49 +219,26 @@ async fn get(
         name: name.to_string(),
         versions,
     };
-    let (session, size, read) = match request(&mut client, node, begin).await? {
-        Err(e) => return Ok(Err(e)),
-        Ok(Reply {
-            transfer:
-                Some(Transfer::Ready {
-                    session,
-                    size,
-                    reply,
-                }),
-            ..
-        }) => (session, size, reply),
-        Ok(other) => bail!("node {} answered a get with {other:?}", node.addr),
-    };
-    let mut offset = 0u64;
-    while offset < size {
-        let ask = Command::GetData {
-            session,
-            offset,
-            len: MAX_CHUNK as u32,
-        };
-        let bytes = match request(&mut client, node, ask).await? {
-            Ok(Reply {
-                transfer: Some(Transfer::Bytes(b)),
-                ..
-            }) => b,
-            Ok(other) => bail!("node {} answered a read with {other:?}", node.addr),
+    let mut answer = request(&mut client, node, begin).await?;
+    let read = loop {
+        let (session, piece) = match answer {
             Err(e) => return Ok(Err(e)),
+            Ok(Reply {
+                transfer: Some(Transfer::Piece { session, piece }),
+                ..
+            }) => (session, piece),
+            Ok(Reply {
+                transfer: Some(Transfer::Done(read)),
+                ..
+            }) => break read,
+            Ok(other) => bail!("node {} answered a get with {other:?}", node.addr),
         };
-        if bytes.is_empty() {
-            bail!(
-                "node {} ended the file at byte {offset} of {size}",
-                node.addr
-            );
-        }
-        if let Err(e) = sink.write(&bytes) {
+        if let Err(e) = sink.piece(name, piece) {
             let _ = request(&mut client, node, Command::TransferEnd { session }).await;
             return Ok(Err(e));
         }
-        offset += bytes.len() as u64;
-    }
-    if size == 0 {
-        let _ = request(&mut client, node, Command::TransferEnd { session }).await;
-    }
+        answer = request(&mut client, node, Command::GetData { session }).await?;
+    };
     let dest = sink.commit()?;
     Ok(Ok(sdfs_text::reply(
         &read,
@@ -268,18 +247,33 @@ async fn get(
 }
 
 /// A get's destination: a temp file beside it, renamed onto it once complete, removed
-/// when dropped uncommitted (any error, an interrupted tool).
+/// (with get-versions' part file) when dropped uncommitted: any error, an interrupted
+/// tool.
 struct LocalSink {
     dest: PathBuf,
     tmp: PathBuf,
-    file: Option<std::io::BufWriter<File>>,
+    file: Option<BufWriter<File>>,
     force: bool,
+    /// get-versions: each version goes to a part file first, so that its delimiter line
+    /// can carry its size.
+    versions: bool,
+    part: Option<(PathBuf, BufWriter<File>)>,
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
 
+/// A new file that no other process can have opened (O_EXCL).
+fn create_new(path: &Path) -> Result<BufWriter<File>, String> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map(BufWriter::new)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 impl LocalSink {
-    fn create(local: &Path, force: bool) -> Result<Self, String> {
+    fn create(local: &Path, force: bool, versions: bool) -> Result<Self, String> {
         let dest = std::path::absolute(local).unwrap_or_else(|_| local.to_path_buf());
         if dest.is_dir() {
             return Err(format!("{}: is a directory", dest.display()));
@@ -301,25 +295,45 @@ impl LocalSink {
             ^ (u64::from(std::process::id()) << 32)
             ^ NONCE.fetch_add(1, Ordering::Relaxed);
         let tmp = parent.join(format!(".{file_name}.dml-{nonce:016x}.tmp"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        let file = create_new(&tmp)?;
         Ok(LocalSink {
             dest,
             tmp,
-            file: Some(std::io::BufWriter::new(file)),
+            file: Some(file),
             force,
+            versions,
+            part: None,
         })
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let Some(f) = self.file.as_mut() else {
-            return Err("the get's file is closed".into());
-        };
-        f.write_all(bytes)
-            .map_err(|e| format!("writing {}: {e}", self.dest.display()))
+    fn piece(&mut self, name: &str, piece: Piece) -> Result<(), String> {
+        let dest = self.dest.display().to_string();
+        let fail = |e: std::io::Error| format!("writing {dest}: {e}");
+        let out = self.file.as_mut().ok_or("the get's file is closed")?;
+        match piece {
+            Piece::Begin { .. } if self.versions => {
+                let path = self.tmp.with_extension("part.tmp");
+                self.part = Some((path.clone(), create_new(&path)?));
+            }
+            Piece::Begin { .. } => {}
+            Piece::Chunk(data) => match &mut self.part {
+                Some((_, w)) => w.write_all(&data).map_err(fail)?,
+                None => out.write_all(&data).map_err(fail)?,
+            },
+            Piece::End { version, bytes } => {
+                if let Some((path, w)) = self.part.take() {
+                    let copied = w.into_inner().map_err(|e| e.into_error()).and_then(|f| {
+                        drop(f);
+                        writeln!(out, "==== {name} version {version} ({bytes} bytes) ====")?;
+                        std::io::copy(&mut File::open(&path)?, out)?;
+                        out.write_all(b"\n")
+                    });
+                    let _ = fs::remove_file(&path);
+                    copied.map_err(fail)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes the file durable and puts it in place; without `force`, never over a file
@@ -347,6 +361,9 @@ impl Drop for LocalSink {
     fn drop(&mut self) {
         // After a commit the temp name is gone already (renamed or unlinked).
         let _ = fs::remove_file(&self.tmp);
+        if let Some((path, _)) = self.part.take() {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -377,12 +394,12 @@ mod tests {
         let d = scratch();
         let dest = d.join("out");
         fs::write(&dest, b"mine").unwrap();
-        let e = LocalSink::create(&dest, false).err().unwrap();
+        let e = LocalSink::create(&dest, false, false).err().unwrap();
         assert!(e.contains("already exists; use --force"), "{e}");
         assert!(!e.contains('\n'));
         assert_eq!(fs::read(&dest).unwrap(), b"mine");
-        let mut s = LocalSink::create(&dest, true).unwrap();
-        s.write(b"theirs").unwrap();
+        let mut s = LocalSink::create(&dest, true, false).unwrap();
+        s.piece("n", Piece::Chunk(b"theirs".to_vec())).unwrap();
         s.commit().unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"theirs");
         assert!(temps(&d).is_empty());
@@ -393,9 +410,10 @@ mod tests {
     fn an_uncommitted_sink_leaves_nothing() {
         let d = scratch();
         let dest = d.join("out");
-        let mut s = LocalSink::create(&dest, false).unwrap();
-        s.write(b"half").unwrap();
-        assert_eq!(temps(&d).len(), 1);
+        let mut s = LocalSink::create(&dest, false, true).unwrap();
+        s.piece("n", Piece::Begin { version: 3 }).unwrap();
+        s.piece("n", Piece::Chunk(b"half".to_vec())).unwrap();
+        assert_eq!(temps(&d).len(), 2, "the file and get-versions' part");
         drop(s);
         assert!(temps(&d).is_empty());
         assert!(!dest.exists());
@@ -403,11 +421,31 @@ mod tests {
     }
 
     #[test]
+    fn get_versions_frames_each_version_with_its_size() {
+        let d = scratch();
+        let dest = d.join("out");
+        let mut s = LocalSink::create(&dest, false, true).unwrap();
+        for (v, data) in [(2u64, &b"new"[..]), (1, b"old!")] {
+            s.piece("a/b", Piece::Begin { version: v }).unwrap();
+            s.piece("a/b", Piece::Chunk(data.to_vec())).unwrap();
+            let bytes = data.len() as u64;
+            s.piece("a/b", Piece::End { version: v, bytes }).unwrap();
+        }
+        s.commit().unwrap();
+        assert_eq!(
+            fs::read_to_string(&dest).unwrap(),
+            "==== a/b version 2 (3 bytes) ====\nnew\n==== a/b version 1 (4 bytes) ====\nold!\n"
+        );
+        assert!(temps(&d).is_empty());
+        let _ = fs::remove_dir_all(d);
+    }
+
+    #[test]
     fn a_file_that_appears_meanwhile_is_not_replaced() {
         let d = scratch();
         let dest = d.join("out");
-        let mut s = LocalSink::create(&dest, false).unwrap();
-        s.write(b"fetched").unwrap();
+        let mut s = LocalSink::create(&dest, false, false).unwrap();
+        s.piece("n", Piece::Chunk(b"fetched".to_vec())).unwrap();
         fs::write(&dest, b"raced").unwrap();
         assert!(s.commit().is_err());
         assert_eq!(fs::read(&dest).unwrap(), b"raced");

@@ -1,13 +1,11 @@
-//! The SdfsActor's local files: the sources of puts (a tool's file pulled through a
-//! transfer session, a spool file, or bytes in memory), the sinks of gets (a spool file
-//! written through a temp file, or memory), and the staging directory and copies of the
+//! The SdfsActor's sources and sinks: the sources of puts (a tool's file pulled through
+//! a transfer session, a spool file, or bytes in memory), the sinks of gets (a tool
+//! through a transfer session, or memory), and the staging directory and copies of the
 //! scp transfer. Every path here is one the node chose.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-
-use rand::Rng;
 
 use super::scp;
 use super::Delivery;
@@ -24,31 +22,12 @@ pub(super) enum Source {
     Bytes(std::sync::Arc<Vec<u8>>),
 }
 
-/// A local file being fetched: written to `tmp` and renamed onto `dest` on success.
-pub(super) struct FileSink {
-    dest: PathBuf,
-    tmp: PathBuf,
-    out: BufWriter<File>,
-    /// get-versions: the current version goes to a side file first, so its delimiter
-    /// line can carry its size.
-    part: Option<(PathBuf, BufWriter<File>)>,
-    versions: bool,
-    name: String,
-    /// The first write error; the op then fails and the output is discarded.
-    error: Option<String>,
-}
-
-impl FileSink {
-    /// The file the get writes.
-    pub(super) fn dest(&self) -> &Path {
-        &self.dest
-    }
-}
-
+/// Where a get's bytes go.
 pub(super) enum Sink {
     None,
-    File(Box<FileSink>),
     Memory(Vec<u8>),
+    /// Streamed to a tool through this transfer session (see `sessions.rs`).
+    Remote(u64),
 }
 
 impl Source {
@@ -124,112 +103,8 @@ pub(super) fn prepare_staging(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens the sink of a get: a temp file next to `dest`, renamed onto it on success.
-pub(super) fn open_sink(dest: &Path, name: &str, versions: bool) -> Result<Sink, String> {
-    let dest = dest.to_path_buf();
-    let file_name = dest
-        .file_name()
-        .and_then(|f| f.to_str())
-        .ok_or_else(|| format!("{}: not a file path", dest.display()))?;
-    let parent = dest.parent().unwrap_or(Path::new("/"));
-    let nonce: u64 = rand::thread_rng().gen();
-    let tmp = parent.join(format!(".{file_name}.dml-{nonce:016x}.tmp"));
-    let file = File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    Ok(Sink::File(Box::new(FileSink {
-        dest,
-        tmp,
-        out: BufWriter::new(file),
-        part: None,
-        versions,
-        name: name.to_string(),
-        error: None,
-    })))
-}
-
 pub(super) fn deliver(sink: &mut Sink, item: Delivery) {
-    match sink {
-        Sink::None => {}
-        Sink::Memory(buf) => {
-            if let Delivery::Chunk(data) = item {
-                buf.extend_from_slice(&data);
-            }
-        }
-        Sink::File(f) => {
-            if f.error.is_some() {
-                return;
-            }
-            if let Err(e) = deliver_file(f, item) {
-                f.error = Some(format!("writing {}: {e}", f.dest.display()));
-            }
-        }
-    }
-}
-
-pub(super) fn deliver_file(f: &mut FileSink, item: Delivery) -> io::Result<()> {
-    match item {
-        Delivery::Begin { .. } if f.versions => {
-            let part = f.tmp.with_extension("part");
-            let file = File::create(&part)?;
-            f.part = Some((part, BufWriter::new(file)));
-        }
-        Delivery::Begin { .. } => {}
-        Delivery::Chunk(data) => match &mut f.part {
-            Some((_, w)) => w.write_all(&data)?,
-            None => f.out.write_all(&data)?,
-        },
-        Delivery::End { version, bytes } => {
-            if let Some((path, w)) = f.part.take() {
-                let file = w.into_inner().map_err(|e| e.into_error())?;
-                drop(file);
-                writeln!(
-                    f.out,
-                    "==== {} version {version} ({bytes} bytes) ====",
-                    f.name
-                )?;
-                let mut r = File::open(&path)?;
-                io::copy(&mut r, &mut f.out)?;
-                f.out.write_all(b"\n")?;
-                let _ = fs::remove_file(&path);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Commits (rename onto the destination) or discards a file sink; `Err` if the output
-/// could not be written. A failed op leaves nothing behind.
-pub(super) fn close_sink(f: FileSink, commit: bool) -> Result<(), String> {
-    let FileSink {
-        dest,
-        tmp,
-        out,
-        part,
-        error,
-        ..
-    } = f;
-    if let Some((p, _)) = part {
-        let _ = fs::remove_file(p);
-    }
-    let flushed = out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .and_then(|file| file.sync_all());
-    let result = match (error, flushed) {
-        (Some(e), _) => Err(e),
-        (None, Err(e)) => Err(format!("writing {}: {e}", dest.display())),
-        (None, Ok(())) => Ok(()),
-    };
-    match result {
-        Ok(()) if commit => {
-            fs::rename(&tmp, &dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))
-        }
-        Ok(()) => {
-            let _ = fs::remove_file(&tmp);
-            Ok(())
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
+    if let (Sink::Memory(buf), Delivery::Chunk(data)) = (sink, item) {
+        buf.extend_from_slice(&data);
     }
 }

@@ -33,9 +33,7 @@ use crate::net::body::Body;
 use crate::net::transport::Transport;
 use crate::net::wire::Lane;
 use crate::sdfs::core::{staging_file_name, STAGING_DIR};
-use crate::sdfs::local_io::{
-    close_sink, deliver, open_sink, prepare_staging, Sink, Source, StageSource,
-};
+use crate::sdfs::local_io::{deliver, prepare_staging, Sink, Source, StageSource};
 use crate::sdfs::msg::XferId;
 use crate::sdfs::name::bad_name;
 use crate::sdfs::scp;
@@ -113,11 +111,8 @@ enum Done {
     Exec(oneshot::Sender<Outcome>),
     /// A tool's put: the answer goes to the session's waiting request.
     Transfer(u64),
-    /// A tool's get into the spool: answered with the session to read it from.
-    Fetch {
-        session: u64,
-        reply: oneshot::Sender<Outcome>,
-    },
+    /// A tool's get: the answer follows the session's last piece.
+    Stream(u64),
     PutBytes(oneshot::Sender<Result<u64, String>>),
     GetBytes(oneshot::Sender<Result<Vec<u8>, String>>),
     List(oneshot::Sender<Result<Vec<String>, String>>),
@@ -218,6 +213,10 @@ impl SdfsActor {
             let Some(input) = self.queue.pop_front() else {
                 return;
             };
+            // A lagging tool's get: its chunks wait before the core acknowledges them.
+            let Some(input) = self.hold_back(input) else {
+                continue;
+            };
             let effects = self.core.handle(clock::now(), input);
             for e in effects {
                 self.execute(e, ctx);
@@ -277,7 +276,11 @@ impl SdfsActor {
             }
             Effect::Deliver { op, item } => {
                 if let Some(st) = self.ops.get_mut(&op) {
-                    deliver(&mut st.sink, item);
+                    if let Sink::Remote(session) = st.sink {
+                        self.sessions.piece(session, piece(item));
+                    } else {
+                        deliver(&mut st.sink, item);
+                    }
                 }
             }
             Effect::Reply { op, result } => self.finish(op, result),
@@ -362,26 +365,16 @@ impl SdfsActor {
         self.feed(Input::Command { op, cmd }, ctx);
     }
 
-    /// Ends an op: finishes or discards its sink and answers whoever waits.
+    /// Ends an op and answers whoever waits.
     fn finish(&mut self, op: OpId, result: Result<Reply, SdfsError>) {
         let Some(st) = self.ops.remove(&op) else {
             return;
         };
-        let mut result = result.map_err(|e| e.to_string());
-        let mut spooled = None;
-        let mut bytes = None;
-        match st.sink {
-            Sink::File(f) => {
-                spooled = Some(f.dest().to_path_buf());
-                if let Err(e) = close_sink(*f, result.is_ok()) {
-                    if result.is_ok() {
-                        result = Err(e);
-                    }
-                }
-            }
-            Sink::Memory(b) => bytes = Some(b),
-            Sink::None => {}
-        }
+        let result = result.map_err(|e| e.to_string());
+        let bytes = match st.sink {
+            Sink::Memory(b) => Some(b),
+            Sink::None | Sink::Remote(_) => None,
+        };
         match st.done {
             Done::Exec(tx) => {
                 let _ = tx.send(result.map(|r| sdfs_text::reply(&r, None)));
@@ -390,8 +383,9 @@ impl SdfsActor {
                 let outcome = result.map(|r| sdfs_text::reply(&r, None));
                 self.sessions.put_ended(session, outcome);
             }
-            Done::Fetch { session, reply } => {
-                let _ = reply.send(result.and_then(|r| self.spooled(session, spooled, r)));
+            Done::Stream(session) => {
+                let outcome = result.map(|r| CtlReply::transfer(control::Transfer::Done(r)));
+                self.sessions.get_ended(session, outcome);
             }
             Done::PutBytes(tx) => {
                 let _ = tx.send(result.and_then(|r| match r {
@@ -411,29 +405,25 @@ impl SdfsActor {
         }
     }
 
-    /// A get's result is in its spool file: the tool reads it with `GetData`.
-    fn spooled(
-        &mut self,
-        session: u64,
-        path: Option<PathBuf>,
-        reply: Reply,
-    ) -> Result<CtlReply, String> {
-        let path = path.ok_or("the get had no spool file")?;
-        let opened = File::open(&path).and_then(|f| Ok((f.metadata()?.len(), f)));
-        let (size, file) = match opened {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(format!("cannot read the fetched result back: {e}"));
-            }
+    /// `Some(input)` to feed to the core now, `None` if it is a chunk (or the end) of a
+    /// tool's get whose queue is full: parked in the session until the tool reads on.
+    fn hold_back(&mut self, input: Input) -> Option<Input> {
+        let xfer = match &input {
+            Input::Peer {
+                msg:
+                    crate::sdfs::Msg::ReadChunk { xfer, .. } | crate::sdfs::Msg::ReadEnd { xfer, .. },
+                ..
+            } => *xfer,
+            _ => return Some(input),
         };
-        self.sessions
-            .insert(session, Kind::Ready { path, file, size }, None);
-        Ok(CtlReply::transfer(control::Transfer::Ready {
-            session,
-            size,
-            reply,
-        }))
+        let session = match self.core.reader_op(xfer).and_then(|op| self.ops.get(&op)) {
+            Some(OpState {
+                sink: Sink::Remote(session),
+                ..
+            }) => *session,
+            _ => return Some(input),
+        };
+        self.sessions.park(session, input)
     }
 
     // ---- console commands ----
@@ -473,12 +463,12 @@ impl SdfsActor {
                 Ok(sdfs) => return self.get_begin(sdfs, versions, reply, ctx),
                 Err(e) => Err(e),
             },
-            Command::GetData {
-                session,
-                offset,
-                len,
-            } => {
-                let _ = reply.send(self.sessions.read(session, offset, len));
+            Command::GetData { session } => {
+                let parked = self.sessions.next_piece(session, reply);
+                if !parked.is_empty() {
+                    self.queue.extend(parked);
+                    self.pump(ctx);
+                }
                 return;
             }
             Command::TransferEnd { session } => {
@@ -534,8 +524,7 @@ impl SdfsActor {
         self.start(op, SdfsCommand::Put { name }, ctx);
     }
 
-    /// A tool's get (`versions`: get-versions' K) into a spool file of this node; the
-    /// answer says how much there is to read.
+    /// A tool's get (`versions`: get-versions' K), streamed piece by piece.
     fn get_begin(
         &mut self,
         name: SdfsName,
@@ -544,19 +533,12 @@ impl SdfsActor {
         ctx: &mut Context<Self>,
     ) {
         let session = self.sessions.new_id();
-        let spool = self.sessions.spool_path(session, "get");
-        let sink = match open_sink(&spool, name.as_str(), versions.is_some()) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
         let cmd = match versions {
             Some(k) => SdfsCommand::GetVersions { name, k },
             None => SdfsCommand::Get { name },
         };
-        let op = self.new_op(Source::None, sink, Done::Fetch { session, reply });
+        let op = self.new_op(Source::None, Sink::Remote(session), Done::Stream(session));
+        self.sessions.insert(session, Kind::stream(), Some(reply));
         self.start(op, cmd, ctx);
     }
 
@@ -594,6 +576,16 @@ impl SdfsActor {
             self.queue.push_back(Input::SourceFailed { op, error });
         }
         self.pump(ctx);
+    }
+}
+
+/// A delivery as the tool receives it.
+fn piece(item: crate::sdfs::Delivery) -> control::Piece {
+    use crate::sdfs::Delivery;
+    match item {
+        Delivery::Begin { version } => control::Piece::Begin { version },
+        Delivery::Chunk(data) => control::Piece::Chunk(data),
+        Delivery::End { version, bytes } => control::Piece::End { version, bytes },
     }
 }
 

@@ -1,27 +1,32 @@
 //! Operator transfers on the node's side (`PutBegin` .. `TransferEnd`): which range of a
 //! put's source the core waits for, which tool request waits for the answer, and the
-//! results of gets spooled in the node's own directory until the tool has read them.
-//! The node never opens a path a tool named: its only files here are its spool files,
-//! named by the node.
+//! pieces of a get on their way to the tool. A get streams through a short queue: when
+//! the tool reads slower than the holders send, the holders' chunks are parked before
+//! the core sees them, so it acknowledges nothing and the holders' windows stop them;
+//! memory stays bounded and nothing touches the node's disk. The node never opens a
+//! path a tool named: its only files here are the spool files of the scp transfer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::sync::oneshot;
 
-use crate::control::{Outcome, Reply, Transfer};
-use crate::sdfs::{OpId, SdfsName, MAX_CHUNK};
+use crate::control::{Outcome, Piece, Reply, Transfer};
+use crate::sdfs::{Input, OpId, SdfsName, MAX_CHUNK};
 
 /// A session no tool request touched for this long is given up: its put fails, its
 /// spooled result is deleted. A tool that died mid-transfer never comes back for it.
 pub(super) const IDLE: Duration = Duration::from_secs(60);
 
-/// Where the node keeps spooled results, under its SDFS root.
+/// Where the node spools the puts of the scp transfer, under its SDFS root.
 pub(super) const SPOOL_DIR: &str = "spool";
+
+/// Pieces of a get queued for the tool before the holders' chunks are parked.
+pub(super) const QUEUED_PIECES: usize = 8;
 
 pub(super) enum Kind {
     /// A put whose core pulls the source from the tool, one range at a time.
@@ -40,14 +45,28 @@ pub(super) enum Kind {
     },
     /// A put running from its spool file.
     Spooled { op: OpId, path: PathBuf },
-    /// A get's result, waiting for the tool to read it.
-    Ready {
-        path: PathBuf,
-        file: File,
-        size: u64,
+    /// A get streaming to the tool.
+    Stream {
+        /// Pieces the tool has not taken yet.
+        pieces: VecDeque<Piece>,
+        /// The holders' chunks held back while `pieces` is full, in arrival order.
+        parked: VecDeque<Input>,
+        /// The read's answer, sent after the last piece.
+        end: Option<Outcome>,
     },
     /// A put that ended while no request of the tool waited for the answer.
     Ended(Outcome),
+}
+
+impl Kind {
+    /// A get that has sent nothing yet.
+    pub(super) fn stream() -> Kind {
+        Kind::Stream {
+            pieces: VecDeque::new(),
+            parked: VecDeque::new(),
+            end: None,
+        }
+    }
 }
 
 pub(super) struct Session {
@@ -116,10 +135,10 @@ impl Sessions {
     pub(super) fn remove(&mut self, id: u64) -> Option<Session> {
         let s = self.map.remove(&id)?;
         match &s.kind {
-            Kind::Spool { path, .. } | Kind::Spooled { path, .. } | Kind::Ready { path, .. } => {
+            Kind::Spool { path, .. } | Kind::Spooled { path, .. } => {
                 let _ = fs::remove_file(path);
             }
-            Kind::Pull { .. } | Kind::Ended(_) => {}
+            Kind::Pull { .. } | Kind::Stream { .. } | Kind::Ended(_) => {}
         }
         Some(s)
     }
@@ -257,7 +276,7 @@ impl Sessions {
                 }
                 Data::Nothing
             }
-            Kind::Spooled { .. } | Kind::Ready { .. } => {
+            Kind::Spooled { .. } | Kind::Stream { .. } => {
                 let _ = reply.send(Err(format!("transfer {id:016x} is not sending")));
                 Data::Nothing
             }
@@ -278,29 +297,96 @@ impl Sessions {
         }
     }
 
-    /// Up to `len` bytes (at most a chunk) of a spooled result; reading its last byte
-    /// deletes it.
-    pub(super) fn read(&mut self, id: u64, offset: u64, len: u32) -> Outcome {
+    /// A get of session `id` delivered a piece.
+    pub(super) fn piece(&mut self, id: u64, piece: Piece) {
         let Some(s) = self.map.get_mut(&id) else {
-            return Err(gone(id));
+            return;
+        };
+        if let Kind::Stream { pieces, .. } = &mut s.kind {
+            pieces.push_back(piece);
+            Self::stream(s, id);
+        }
+    }
+
+    /// A get of session `id` ended: its answer follows the pieces still queued; a
+    /// failure drops them (the tool discards what it has).
+    pub(super) fn get_ended(&mut self, id: u64, outcome: Outcome) {
+        let Some(s) = self.map.get_mut(&id) else {
+            return;
+        };
+        if let Kind::Stream { pieces, end, .. } = &mut s.kind {
+            if outcome.is_err() {
+                pieces.clear();
+            }
+            *end = Some(outcome);
+            if Self::stream(s, id) {
+                self.map.remove(&id);
+            }
+        }
+    }
+
+    /// Answers a waiting request with the next piece or the end; `true` once the end
+    /// was sent (the session is over).
+    fn stream(s: &mut Session, id: u64) -> bool {
+        let Kind::Stream { pieces, end, .. } = &mut s.kind else {
+            return false;
+        };
+        if s.waiter.is_none() {
+            return false;
+        }
+        let (answer, over) = match pieces.pop_front() {
+            Some(piece) => (step(Transfer::Piece { session: id, piece }), false),
+            None => match end.take() {
+                Some(outcome) => (outcome, true),
+                None => return false,
+            },
+        };
+        if let Some(tx) = s.waiter.take() {
+            let _ = tx.send(answer);
+        }
+        over
+    }
+
+    /// The tool asks for the next piece of get `id`; returns the parked chunks to feed
+    /// to the core again once the queue has room.
+    pub(super) fn next_piece(&mut self, id: u64, reply: oneshot::Sender<Outcome>) -> Vec<Input> {
+        let Some(s) = self.map.get_mut(&id) else {
+            let _ = reply.send(Err(gone(id)));
+            return Vec::new();
         };
         s.last = Instant::now();
-        let Kind::Ready { file, size, .. } = &mut s.kind else {
-            return Err(format!("transfer {id:016x} has nothing to read"));
+        if !matches!(s.kind, Kind::Stream { .. }) {
+            let _ = reply.send(Err(format!("transfer {id:016x} is not a get")));
+            return Vec::new();
+        }
+        s.waiter = Some(reply);
+        if Self::stream(s, id) {
+            self.map.remove(&id);
+            return Vec::new();
+        }
+        match &mut s.kind {
+            Kind::Stream { pieces, parked, .. } if pieces.len() < QUEUED_PIECES => {
+                parked.drain(..).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Parks get `id`'s incoming chunk (returns `None`) while its queue is full or
+    /// chunks that came before it wait (they stay in order); otherwise hands it back.
+    pub(super) fn park(&mut self, id: u64, input: Input) -> Option<Input> {
+        let Some(Session {
+            kind: Kind::Stream { pieces, parked, .. },
+            ..
+        }) = self.map.get_mut(&id)
+        else {
+            return Some(input);
         };
-        let len = (len as usize).min(MAX_CHUNK);
-        let mut buf = Vec::with_capacity(len.min(usize::try_from(*size).unwrap_or(len)));
-        let read = file
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| Read::by_ref(file).take(len as u64).read_to_end(&mut buf));
-        if let Err(e) = read {
-            self.remove(id);
-            return Err(format!("reading the fetched result: {e}"));
+        if pieces.len() < QUEUED_PIECES && parked.is_empty() {
+            return Some(input);
         }
-        if offset.saturating_add(buf.len() as u64) >= *size {
-            self.remove(id);
-        }
-        step(Transfer::Bytes(buf))
+        parked.push_back(input);
+        None
     }
 
     /// Sessions no tool request touched for [`IDLE`] and that wait for nothing from
@@ -403,56 +489,106 @@ mod tests {
         let _ = fs::remove_dir_all(dir);
     }
 
+    fn chunk(i: u8) -> Input {
+        Input::SourceFailed {
+            op: u64::from(i),
+            error: String::new(),
+        }
+    }
+
     #[test]
-    fn a_spooled_result_is_read_in_pieces_and_deleted_after_its_last_byte() {
+    fn a_get_streams_piece_by_piece_and_parks_chunks_while_the_tool_lags() {
         let (mut s, dir) = sessions();
-        let path = s.spool_path(3, "get");
-        fs::write(&path, b"hello world").unwrap();
-        let file = File::open(&path).unwrap();
-        s.insert(
-            3,
-            Kind::Ready {
-                path: path.clone(),
-                file,
-                size: 11,
-            },
-            None,
+        let (tx, rx) = oneshot::channel();
+        s.insert(3, Kind::stream(), Some(tx));
+        s.piece(3, Piece::Begin { version: 2 });
+        assert_eq!(
+            next(rx),
+            Some(Transfer::Piece {
+                session: 3,
+                piece: Piece::Begin { version: 2 }
+            })
         );
-        let bytes = |o: Outcome| match o.unwrap().transfer {
-            Some(Transfer::Bytes(b)) => b,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(bytes(s.read(3, 0, 6)), b"hello ");
-        assert!(path.exists());
-        assert_eq!(bytes(s.read(3, 6, 6)), b"world");
-        assert!(!path.exists(), "the spool file outlived its last read");
-        assert!(s.read(3, 0, 6).is_err());
+        // The tool is away: pieces queue up to the limit, then chunks are parked.
+        for i in 0..QUEUED_PIECES {
+            assert!(s.park(3, chunk(i as u8)).is_some());
+            s.piece(3, Piece::Chunk(vec![i as u8]));
+        }
+        assert!(s.park(3, chunk(100)).is_none());
+        assert!(s.park(3, chunk(101)).is_none());
+        // One piece taken: room again, the parked chunks come back in order.
+        let (tx, rx) = oneshot::channel();
+        let back = s.next_piece(3, tx);
+        assert_eq!(
+            next(rx),
+            Some(Transfer::Piece {
+                session: 3,
+                piece: Piece::Chunk(vec![0])
+            })
+        );
+        let ops: Vec<u64> = back
+            .iter()
+            .map(|i| match i {
+                Input::SourceFailed { op, .. } => *op,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(ops, vec![100, 101]);
+        // The end comes after the last queued piece, and closes the session.
+        let done = Ok(Reply::new("got", serde_json::json!({})));
+        s.get_ended(3, done.clone());
+        for i in 1..QUEUED_PIECES {
+            let (tx, rx) = oneshot::channel();
+            s.next_piece(3, tx);
+            assert_eq!(
+                next(rx),
+                Some(Transfer::Piece {
+                    session: 3,
+                    piece: Piece::Chunk(vec![i as u8])
+                })
+            );
+        }
+        let (tx, rx) = oneshot::channel();
+        s.next_piece(3, tx);
+        assert_eq!(rx.blocking_recv().unwrap(), done);
+        assert!(s.get_mut(3).is_none());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_failed_get_drops_its_queue_and_says_why() {
+        let (mut s, dir) = sessions();
+        s.insert(4, Kind::stream(), None);
+        s.piece(4, Piece::Chunk(vec![1]));
+        s.get_ended(4, Err("every holder failed".into()));
+        let (tx, rx) = oneshot::channel();
+        s.next_piece(4, tx);
+        assert_eq!(
+            rx.blocking_recv().unwrap(),
+            Err("every holder failed".into())
+        );
+        assert!(s.get_mut(4).is_none());
         let _ = fs::remove_dir_all(dir);
     }
 
     #[test]
     fn idle_sessions_expire_and_their_puts_fail() {
         let (mut s, dir) = sessions();
-        let path = s.spool_path(5, "get");
-        fs::write(&path, b"x").unwrap();
-        let file = File::open(&path).unwrap();
-        s.insert(
-            4,
-            Kind::Pull {
-                op: 44,
-                want: Some((0, 1)),
-            },
-            None,
-        );
-        s.insert(
-            5,
-            Kind::Ready {
-                path: path.clone(),
-                file,
-                size: 1,
-            },
-            None,
-        );
+        let path = s.spool_path(5, "put");
+        let file = File::create(&path).unwrap();
+        let name = SdfsName::parse("x").unwrap();
+        let pull = Kind::Pull {
+            op: 44,
+            want: Some((0, 1)),
+        };
+        s.insert(4, pull, None);
+        let spool = Kind::Spool {
+            name,
+            path: path.clone(),
+            file,
+            next: 0,
+        };
+        s.insert(5, spool, None);
         let (tx, _rx) = oneshot::channel();
         s.insert(6, Kind::Pull { op: 66, want: None }, Some(tx));
         assert!(s.expire(Instant::now()).is_empty());
