@@ -1,9 +1,9 @@
 //! SdfsActor: the thin shell around the SDFS core ([`crate::sdfs::SdfsCore`]). It runs on
 //! its own arbiter (store calls block on fsync), feeds the core peer messages, console
 //! commands and membership views, and executes its effects: sends, reads of a put's
-//! source (bytes in memory, or a tool's file pulled range by range through
-//! [`super::sessions`]), writes to a get's sink (memory, or a spool file the tool then
-//! reads), replies, timers, logs, and (with `transfer = "scp"`) copies over SSH on
+//! source (bytes in memory, or a tool's file pulled range by range through its transfer
+//! session, `sessions.rs`), deliveries to a get's sink (memory, or a tool's session,
+//! whose lagging reads hold the holders' chunks back), replies, timers, logs, and (with `transfer = "scp"`) copies over SSH on
 //! threads of their own. It never opens a path named in a command. Console text is made
 //! in [`crate::control::sdfs_text`]; every protocol decision is the core's.
 //!

@@ -19,7 +19,7 @@ use crate::control::{Outcome, Piece, Reply, Transfer};
 use crate::sdfs::{Input, OpId, SdfsName, MAX_CHUNK};
 
 /// A session no tool request touched for this long is given up: its put fails, its
-/// spooled result is deleted. A tool that died mid-transfer never comes back for it.
+/// spool file or queued pieces are dropped. A tool that died mid-transfer never comes back for it.
 pub(super) const IDLE: Duration = Duration::from_secs(60);
 
 /// Where the node spools the puts of the scp transfer, under its SDFS root.
@@ -143,7 +143,7 @@ impl Sessions {
         Some(s)
     }
 
-    /// A new spool file for session `id` (`tag` tells puts and gets apart).
+    /// A new spool file for session `id` (`tag` says what it holds).
     pub(super) fn spool_path(&self, id: u64, tag: &str) -> PathBuf {
         self.dir.join(format!("{tag}-{id:016x}"))
     }
