@@ -1,7 +1,7 @@
 //! The console client: one command to one node over the authenticated transport, the way
 //! `dml ctl`, the interactive console, the local-cluster commands, the benchmarks and the
 //! tests all ask a node. Requests that name local files are run by this side
-//! ([`crate::transfer`]): the node never opens a path it was sent.
+//! (`transfer.rs`): the node never opens a path it was sent.
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! the cluster tests: config files ([`config_file`]), the introducer and nodes as child
 //! processes of a `dml` binary ([`Cluster`]), optionally one network namespace per node
 //! so that tests can partition the network ([`netns`]), and the console client ([`ask`],
-//! which streams local files itself: [`transfer`]).
+//! which streams local files itself: `transfer.rs`).
 
 pub mod client;
 pub mod config_file;
