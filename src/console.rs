@@ -1,13 +1,15 @@
 //! The interactive console of `dml node`: rustyline (history, help, completion) on its
 //! own thread, sending each command to the node over the same authenticated path that
-//! `dml ctl` uses, so both share one parser and one executor.
+//! `dml ctl` uses, so both share one parser and one executor. Like `dml ctl`, it is the
+//! tool side: it opens the LOCAL files of `put`/`get` itself (as the operator at this
+//! terminal) and streams them; the node's command handler never takes a path.
 
 use std::borrow::Cow;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use dml_actors::config::Config;
-use dml_actors::control::{self, Command};
+use dml_actors::control::{self, Command, Request};
 use dml_actors::types::NodeAddr;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
@@ -108,7 +110,7 @@ fn run_line(config: &Config, addr: &NodeAddr, line: &str) {
         Ok(c) => c,
         Err(e) => return eprintln!("error: {e}"),
     };
-    if cmd == Command::Help {
+    if cmd == Request::Node(Command::Help) {
         println!("{}", control::help_text());
         return;
     }

@@ -1,21 +1,27 @@
 //! `dml ctl`: runs one console command against a running node over the authenticated
-//! transport and prints the answer (text, or JSON with `--json`).
+//! transport and prints the answer (text, or JSON with `--json`). LOCAL paths of `put`,
+//! `get`, `get-versions` and `C4 MODEL DIR` are this machine's: `dml ctl` reads and
+//! writes them itself and streams the bytes (`dml_cluster::ask`).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use dml_actors::config::Config;
-use dml_actors::control::{self, Command, Outcome};
+use dml_actors::control::{self, Command, Outcome, Request};
 
-/// Sends one command and waits for the outcome.
+/// How long a connection and its handshake may take.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+
+/// Sends one command (streaming its local file, if it names one) and waits for the
+/// outcome.
 pub fn call(
     config: &Config,
     node: &str,
-    cmd: Command,
+    cmd: impl Into<Request>,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
-    dml_cluster::ask(node, &config.secret, cmd, Duration::from_secs(5), timeout)
+    dml_cluster::ask(node, &config.secret, cmd, CONNECT_WITHIN, timeout)
 }
 
 pub fn run(
@@ -26,16 +32,19 @@ pub fn run(
     detach: bool,
     words: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let cmd = absolute_locals(control::parse(words).map_err(|e| anyhow!(e))?);
-    if cmd == Command::Help {
+    let req = control::parse(words).map_err(|e| anyhow!(e))?;
+    if req == Request::Node(Command::Help) {
         println!("{}", control::help_text());
         return Ok(ExitCode::SUCCESS);
     }
     let timeout = Duration::from_secs_f64(timeout.clamp(0.1, 86_400.0));
-    if matches!(cmd, Command::C4 { .. }) && !detach {
-        return submit_and_wait(config, node, json, timeout, cmd);
+    if matches!(req, Request::Node(Command::C4 { .. })) && !detach {
+        return submit_and_wait(config, node, json, timeout, req);
     }
-    match call(config, node, cmd, timeout)? {
+    // Ctrl-C ends a transfer as an error, so its temp file is removed.
+    let outcome =
+        dml_cluster::ask_interruptible(node, &config.secret, req, CONNECT_WITHIN, timeout)?;
+    match outcome {
         Ok(reply) => {
             if json {
                 println!("{}", reply.json);
@@ -54,37 +63,6 @@ pub fn run(
     }
 }
 
-/// The node resolves local paths against its own working directory, which is not the
-/// caller's: send `put`/`get`/`get-versions` paths as absolute paths.
-pub fn absolute_locals(cmd: Command) -> Command {
-    let abs = |p: String| {
-        std::path::absolute(&p)
-            .map(|a| a.display().to_string())
-            .unwrap_or(p)
-    };
-    match cmd {
-        Command::Put { local, name } => Command::Put {
-            local: abs(local),
-            name,
-        },
-        Command::Get { name, local } => Command::Get {
-            name,
-            local: abs(local),
-        },
-        Command::GetVersions { name, k, local } => Command::GetVersions {
-            name,
-            k,
-            local: abs(local),
-        },
-        // A local folder is read by the node; an SDFS prefix is passed as is.
-        Command::C4 { model, input } if std::path::Path::new(&input).is_dir() => Command::C4 {
-            model,
-            input: abs(input),
-        },
-        other => other,
-    }
-}
-
 /// C4 as a user expects it: submit, print the job id, follow its progress (a bar on a
 /// terminal), then print the outputs read back from SDFS.
 fn submit_and_wait(
@@ -92,7 +70,7 @@ fn submit_and_wait(
     node: &str,
     json: bool,
     timeout: Duration,
-    cmd: Command,
+    cmd: Request,
 ) -> anyhow::Result<ExitCode> {
     use std::io::{IsTerminal, Write};
     let accepted = match call(config, node, cmd, timeout)? {

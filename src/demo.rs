@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use dml_actors::config::Config;
-use dml_actors::control::{Command, Reply};
+use dml_actors::control::{Command, Reply, Request};
 use dml_models::Network;
 
 use crate::ctl;
@@ -29,7 +29,7 @@ pub struct Args {
     pub every: f64,
 }
 
-fn ask(config: &Config, node: &str, cmd: Command) -> anyhow::Result<Reply> {
+fn ask(config: &Config, node: &str, cmd: impl Into<Request>) -> anyhow::Result<Reply> {
     ctl::call(config, node, cmd, Duration::from_secs(600))?.map_err(|e| anyhow!(e))
 }
 
@@ -119,13 +119,12 @@ pub fn run(
 
     let images_dir = config.data_dir.join("demo-images");
     let count = sample_set(&args.samples, &images_dir, args.images)?;
-    let abs = std::path::absolute(&images_dir)?;
     let t = Instant::now();
     let put = ask(
         config,
         &node,
-        Command::Put {
-            local: abs.display().to_string(),
+        Request::Put {
+            local: images_dir.display().to_string(),
             name: "inputs/demo".into(),
         },
     )?;

@@ -91,8 +91,11 @@ fn put(c: &Cluster, at: &str, work: &Path, name: &str, bytes: &[u8]) {
 
 fn get(c: &Cluster, at: &str, work: &Path, name: &str) -> Vec<u8> {
     let out = work.join(format!("got-{at}"));
-    c.sdfs(&c.addr(at), &format!("get {name} {}", out.display()))
-        .unwrap_or_else(|e| panic!("get {name} on {at}: {e}"));
+    c.sdfs(
+        &c.addr(at),
+        &format!("get {name} {} --force", out.display()),
+    )
+    .unwrap_or_else(|e| panic!("get {name} on {at}: {e}"));
     fs::read(&out).unwrap()
 }
 

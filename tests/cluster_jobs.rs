@@ -280,7 +280,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
     let via_name = others(&live, &[&coord, &standby])[0].clone();
     let via = c.addr(&via_name);
     let inputs1 = put_images(&c, &via, &work, "e2e", 12, 1);
-    // A folder given to C4 is stored in SDFS by the node first.
+    // A folder given to C4 is stored in SDFS first, by the tool that holds it.
     let local2 = work.join("e2elocal");
     let files2 = common::write_pngs(&local2, "e2elocal", 12, 2);
     let inputs2: Vec<String> = files2

@@ -65,7 +65,10 @@ fn partitioned_sides_remove_each_other_and_converge_after_heal() {
     eprintln!("{NAME} is held by {r}");
     let get = |node: &str, tag: &str| -> Result<(), String> {
         let out = work.join(format!("{tag}-{node}.bin"));
-        let r = c.sdfs(&c.addr(node), &format!("get {NAME} {}", out.display()))?;
+        let r = c.sdfs(
+            &c.addr(node),
+            &format!("get {NAME} {} --force", out.display()),
+        )?;
         assert_eq!(r["version"], 1, "{node}: {r}");
         assert!(fs::read(&out).unwrap() == data, "{node} read other bytes");
         Ok(())

@@ -288,7 +288,8 @@ fn sdfs_on_a_real_cluster() {
         let r = c
             .sdfs(
                 &rest[0],
-                &format!("get-versions data/big 5 {}", out.display()),
+                // Asked twice into one file: the second replaces the first.
+                &format!("get-versions data/big 5 {} --force", out.display()),
             )
             .unwrap();
         let got = parse_versions(&fs::read(&out).unwrap(), "data/big");

@@ -1,5 +1,10 @@
 //! Console commands: one parser shared by the interactive console and `dml ctl`, the
 //! typed command sent to a node, and the reply it sends back (text and JSON).
+//!
+//! What an operator types is a [`Request`]; what travels to a node is a [`Command`]. A
+//! request naming a local file (`put`, `get`, `get-versions`, `C4 MODEL DIR`) is run by
+//! the tool (`dml_cluster::ask`): it opens the file itself and streams the bytes through
+//! the transfer commands, so no command a node receives names a path on its disk.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,7 +12,8 @@ pub mod jobs_text;
 pub mod membership_text;
 pub mod sdfs_text;
 
-/// A command a node executes for the console or `dml ctl`.
+/// A command a node executes for the console or `dml ctl`. None names a local path:
+/// files travel as bytes through the transfer commands (`PutBegin` .. `TransferEnd`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     Join,
@@ -15,13 +21,33 @@ pub enum Command {
     ListMem,
     ListSelf,
     Help,
-    Put {
-        local: String,
+    /// Start a put of `name` whose bytes the tool streams: every answer is either the
+    /// next range to send ([`Transfer::Send`], answered with `PutData`) or the put's end.
+    PutBegin {
         name: String,
     },
-    Get {
+    /// Bytes of a put's source at `offset` (empty: the source ended).
+    PutData {
+        session: u64,
+        offset: u64,
+        #[serde(with = "crate::sdfs::msg::bytes")]
+        data: Vec<u8>,
+    },
+    /// Fetch the latest version (`versions: None`) or the newest K versions of `name`,
+    /// streamed: every answer is the next [`Piece`] ([`Transfer::Piece`], ask for the one
+    /// after with `GetData`) or the read's end ([`Transfer::Done`]).
+    GetBegin {
         name: String,
-        local: String,
+        versions: Option<usize>,
+    },
+    /// The next piece of a get.
+    GetData {
+        session: u64,
+    },
+    /// The tool is done with (or gives up) a transfer: the node drops it, a put that
+    /// has not finished fails, a fetched result is deleted.
+    TransferEnd {
+        session: u64,
     },
     Delete {
         name: String,
@@ -33,11 +59,6 @@ pub enum Command {
         prefix: String,
     },
     Store,
-    GetVersions {
-        name: String,
-        k: usize,
-        local: String,
-    },
     /// C1: query rate over the last 10 s and totals per job/model.
     C1,
     /// C2: processing-time statistics per job/model.
@@ -47,7 +68,8 @@ pub enum Command {
         model: String,
         batch: usize,
     },
-    /// C4: submit a job over an SDFS prefix or a local directory.
+    /// C4: submit a job over an SDFS prefix (a local directory is stored by the tool
+    /// first, see [`Request`]).
     C4 {
         model: String,
         input: String,
@@ -67,12 +89,64 @@ pub enum Command {
     },
 }
 
+/// What an operator asked for: a node command as is, or one whose local file the tool
+/// reads or writes itself. Paths are on the machine running the tool.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Sent to the node unchanged. `C4` whose input is a local directory is stored
+    /// under `inputs/<dir name>` by the tool before the job is submitted.
+    Node(Command),
+    /// Store a local file, or every file under a local directory (under `name/`).
+    Put { local: String, name: String },
+    /// Fetch the latest version into a local file; an existing file is replaced only
+    /// with `force`.
+    Get {
+        name: String,
+        local: String,
+        force: bool,
+    },
+    /// The newest `k` versions into one local file (see [`Request::Get`] for `force`).
+    GetVersions {
+        name: String,
+        k: usize,
+        local: String,
+        force: bool,
+    },
+}
+
+impl From<Command> for Request {
+    fn from(c: Command) -> Self {
+        Request::Node(c)
+    }
+}
+
+/// The transfer step a reply asks the tool to take next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Transfer {
+    /// Put: send up to `len` bytes of the source at `offset` with `PutData`.
+    Send { session: u64, offset: u64, len: u32 },
+    /// Get: the next piece of the result.
+    Piece { session: u64, piece: Piece },
+    /// Get: every piece was sent; the read's own answer.
+    Done(crate::sdfs::Reply),
+}
+
+/// A piece of a get's result, in order: each version is `Begin`, its chunks, `End`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Piece {
+    Begin { version: u64 },
+    Chunk(#[serde(with = "crate::sdfs::msg::bytes")] Vec<u8>),
+    End { version: u64, bytes: u64 },
+}
+
 /// A node's answer: human text plus the same content as JSON for `--json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     pub text: String,
     /// JSON document, carried as a string so any shape crosses MessagePack unchanged.
     pub json: String,
+    /// A transfer's next step (put, get), for the tool and never shown.
+    pub transfer: Option<Transfer>,
 }
 
 impl Reply {
@@ -80,6 +154,16 @@ impl Reply {
         Reply {
             text: text.into(),
             json: json.to_string(),
+            transfer: None,
+        }
+    }
+
+    /// A reply that only carries a transfer step.
+    pub fn transfer(step: Transfer) -> Self {
+        Reply {
+            text: String::new(),
+            json: "null".into(),
+            transfer: Some(step),
         }
     }
 }
@@ -100,13 +184,16 @@ pub const HELP: &[(&str, &str)] = &[
         "put LOCAL SDFS_NAME",
         "store a file (or a directory under SDFS_NAME/) in SDFS",
     ),
-    ("get SDFS_NAME LOCAL", "fetch the latest version of a file"),
+    (
+        "get SDFS_NAME LOCAL [--force]",
+        "fetch the latest version of a file (--force: replace LOCAL)",
+    ),
     ("delete SDFS_NAME", "delete a file (all versions)"),
     ("ls SDFS_NAME", "which nodes hold a file, with its version"),
     ("ls-prefix PREFIX", "names stored under a prefix"),
     ("store", "what this node holds"),
     (
-        "get-versions SDFS_NAME K LOCAL",
+        "get-versions SDFS_NAME K LOCAL [--force]",
         "the last K versions, newest first, in one file",
     ),
     (
@@ -154,9 +241,20 @@ pub fn help_text() -> String {
 }
 
 /// Parses one command line (already split into words). Errors are one line with usage.
-pub fn parse(words: &[String]) -> Result<Command, String> {
+/// LOCAL paths are the tool's: see [`Request`].
+pub fn parse(words: &[String]) -> Result<Request, String> {
     let Some((head, args)) = words.split_first() else {
         return Err("empty command; type `help`".into());
+    };
+    // `--force` (get, get-versions) may stand anywhere after the command word.
+    let force =
+        matches!(head.as_str(), "get" | "get-versions") && args.iter().any(|a| a == "--force");
+    let kept: Vec<String>;
+    let args = if force {
+        kept = args.iter().filter(|a| *a != "--force").cloned().collect();
+        &kept[..]
+    } else {
+        args
     };
     let want = |n: usize, usage: &str| -> Result<(), String> {
         if args.len() == n {
@@ -174,17 +272,18 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
         "help" => Command::Help,
         "put" => {
             want(2, "put LOCAL SDFS_NAME")?;
-            Command::Put {
+            return Ok(Request::Put {
                 local: a(0),
                 name: a(1),
-            }
+            });
         }
         "get" => {
-            want(2, "get SDFS_NAME LOCAL")?;
-            Command::Get {
+            want(2, "get SDFS_NAME LOCAL [--force]")?;
+            return Ok(Request::Get {
                 name: a(0),
                 local: a(1),
-            }
+                force,
+            });
         }
         "delete" => {
             want(1, "delete SDFS_NAME")?;
@@ -200,13 +299,14 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
         }
         "store" => want(0, "store").map(|_| Command::Store)?,
         "get-versions" => {
-            want(3, "get-versions SDFS_NAME K LOCAL")?;
+            want(3, "get-versions SDFS_NAME K LOCAL [--force]")?;
             let k = positive(&a(1), "K")?;
-            Command::GetVersions {
+            return Ok(Request::GetVersions {
                 name: a(0),
                 k,
                 local: a(2),
-            }
+                force,
+            });
         }
         "C1" | "c1" => want(0, "C1").map(|_| Command::C1)?,
         "C2" | "c2" => want(0, "C2").map(|_| Command::C2)?,
@@ -234,9 +334,12 @@ pub fn parse(words: &[String]) -> Result<Command, String> {
             want(1, "forgive ADDR")?;
             Command::Forgive { addr: a(0) }
         }
-        other => return Err(format!("unknown command {other:?}; type `help`")),
+        other => {
+            let other = crate::sdfs::name::shown(other);
+            return Err(format!("unknown command {other:?}; type `help`"));
+        }
     };
-    Ok(cmd)
+    Ok(Request::Node(cmd))
 }
 
 fn positive(s: &str, what: &str) -> Result<usize, String> {
@@ -283,26 +386,44 @@ pub fn split_line(line: &str) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
 
-    fn p(line: &str) -> Result<Command, String> {
+    fn p(line: &str) -> Result<Request, String> {
         parse(&split_line(line).unwrap())
     }
 
     #[test]
     fn parses_every_command() {
-        assert_eq!(p("list_mem"), Ok(Command::ListMem));
+        assert_eq!(p("list_mem"), Ok(Command::ListMem.into()));
         assert_eq!(
             p("put \"my file.jpg\" imgs/a.jpg"),
-            Ok(Command::Put {
+            Ok(Request::Put {
                 local: "my file.jpg".into(),
                 name: "imgs/a.jpg".into()
             })
         );
         assert_eq!(
             p("get-versions a 3 out"),
-            Ok(Command::GetVersions {
+            Ok(Request::GetVersions {
                 name: "a".into(),
                 k: 3,
-                local: "out".into()
+                local: "out".into(),
+                force: false
+            })
+        );
+        assert_eq!(
+            p("get a out --force"),
+            Ok(Request::Get {
+                name: "a".into(),
+                local: "out".into(),
+                force: true
+            })
+        );
+        assert_eq!(
+            p("get-versions --force a 2 out"),
+            Ok(Request::GetVersions {
+                name: "a".into(),
+                k: 2,
+                local: "out".into(),
+                force: true
             })
         );
         assert_eq!(
@@ -310,18 +431,21 @@ mod tests {
             Ok(Command::C3 {
                 model: "resnet50".into(),
                 batch: 16
-            })
+            }
+            .into())
         );
         assert_eq!(
             p("C4 --results job-1"),
             Ok(Command::C4Results {
                 job: "job-1".into()
-            })
+            }
+            .into())
         );
         // Every command named in help parses with placeholder arguments.
         for (usage, _) in HELP {
             let words: Vec<String> = usage
                 .split_whitespace()
+                .filter(|w| !w.starts_with('['))
                 .map(|w| {
                     if w == "K" || w == "N" {
                         "2".into()
@@ -344,10 +468,15 @@ mod tests {
             "C3 resnet50 0",
             "get-versions a -1 b",
             "list_mem extra",
+            "get a",
+            "get a b c --force",
+            "put a b --force",
         ] {
             let e = p(line).unwrap_err();
             assert!(!e.contains('\n'), "{e}");
         }
         assert!(split_line("put \"a b").is_err());
+        let huge = format!("x{}", "y".repeat(4 << 20));
+        assert!(p(&huge).unwrap_err().len() < 400);
     }
 }

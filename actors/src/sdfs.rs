@@ -22,6 +22,7 @@ pub mod msg;
 pub mod ring;
 pub mod scp;
 pub mod sdfs_actor;
+mod sessions;
 
 pub use self::core::{
     Command, Delivery, Effect, Event, Input, Reply, SdfsConfig, SdfsCore, SdfsError, Timer,

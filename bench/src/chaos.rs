@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use dml_actors::control::Command;
+use dml_actors::control::{Command, Request};
 use dml_cluster::{wait_listening, Cluster, Layout, Options, TestConfig};
 use rand::seq::IteratorRandom;
 use rand::{Rng, SeedableRng};
@@ -487,7 +487,7 @@ fn load(ctx: &Ctx, layout: &Layout, cfg: &Config) -> anyhow::Result<()> {
         ids.insert(name, id);
     }
     let t = Instant::now();
-    let cmd = Command::Put {
+    let cmd = Request::Put {
         local: dir.display().to_string(),
         name: "chaos/init".into(),
     };

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
-use dml_actors::control::Command;
+use dml_actors::control::{Command, Request};
 use dml_actors::jobs::worker_actor::QueryResult;
 use dml_cluster::{Options, Stop};
 use serde_json::Value;
@@ -188,7 +188,12 @@ fn wait<T>(
 }
 
 /// A console command's JSON answer from node `addr`, or the node's one-line error.
-fn ask_json(run: &Run, addr: &str, cmd: Command, within: Duration) -> Result<Value, String> {
+fn ask_json(
+    run: &Run,
+    addr: &str,
+    cmd: impl Into<Request>,
+    within: Duration,
+) -> Result<Value, String> {
     let reply = run
         .cluster
         .ask(addr, cmd, within)
@@ -702,9 +707,10 @@ fn read_back(
                         let got = ask_json(
                             run,
                             &addr,
-                            Command::Get {
+                            Request::Get {
                                 name: name.clone(),
                                 local: local.display().to_string(),
+                                force: true,
                             },
                             Duration::from_secs(60),
                         )

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use dml_actors::clock::wall_ms;
-use dml_actors::control::{Command, Reply};
+use dml_actors::control::{Command, Reply, Request};
 use dml_cluster::{Cluster, Layout, Options, TestConfig};
 
 use crate::images::write_images;
@@ -100,8 +100,8 @@ impl Run {
         }
         let t = Instant::now();
         self.ask(
-            Command::Put {
-                local: std::path::absolute(images)?.display().to_string(),
+            Request::Put {
+                local: images.display().to_string(),
                 name: "inputs/bench".into(),
             },
             Duration::from_secs(600),
@@ -109,7 +109,7 @@ impl Run {
         Ok(t.elapsed())
     }
 
-    pub fn ask(&self, cmd: Command, timeout: Duration) -> anyhow::Result<Reply> {
+    pub fn ask(&self, cmd: impl Into<Request>, timeout: Duration) -> anyhow::Result<Reply> {
         self.cluster
             .ask(&self.console, cmd, timeout)?
             .map_err(|e| anyhow!(e))

@@ -1,39 +1,70 @@
 //! The console client: one command to one node over the authenticated transport, the way
 //! `dml ctl`, the interactive console, the local-cluster commands, the benchmarks and the
-//! tests all ask a node.
+//! tests all ask a node. Requests that name local files are run by this side
+//! (`transfer.rs`): the node never opens a path it was sent.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use dml_actors::control::{Command, Outcome};
-use dml_actors::net::body::Body;
-use dml_actors::net::transport::Client;
+use dml_actors::control::{Outcome, Request};
 
-/// Sends `cmd` to the node at `addr` and waits for its outcome: `connect` bounds the
-/// connection and handshake, `reply` the answer. An error is a transport failure; the
-/// node's own refusal is the `Err` of the [`Outcome`].
+use crate::transfer::{self, Node};
+
+/// Sends `req` to the node at `addr` and waits for its outcome: `connect` bounds each
+/// connection and handshake, `reply` each answer. An error is a transport failure; the
+/// node's own refusal (or the local file's) is the `Err` of the [`Outcome`].
 pub fn ask(
     addr: &str,
     secret: &[u8],
-    cmd: Command,
+    req: impl Into<Request>,
     connect: Duration,
     reply: Duration,
+) -> anyhow::Result<Outcome> {
+    run(addr, secret, req.into(), connect, reply, false)
+}
+
+/// Like [`ask`], but Ctrl-C (SIGINT) ends the request as an error, so that a half-written
+/// temp file is removed; for a tool process of its own (`dml ctl`), since it installs a
+/// SIGINT handler for the rest of the process's life.
+pub fn ask_interruptible(
+    addr: &str,
+    secret: &[u8],
+    req: impl Into<Request>,
+    connect: Duration,
+    reply: Duration,
+) -> anyhow::Result<Outcome> {
+    run(addr, secret, req.into(), connect, reply, true)
+}
+
+fn run(
+    addr: &str,
+    secret: &[u8],
+    req: Request,
+    connect: Duration,
+    reply: Duration,
+    interruptible: bool,
 ) -> anyhow::Result<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start a runtime")?;
+    let node = Node {
+        addr: addr.to_string(),
+        secret: secret.to_vec(),
+        connect,
+        reply,
+    };
     rt.block_on(async {
-        let mut client = Client::<Body>::connect(addr, secret, connect)
-            .await
-            .with_context(|| format!("cannot reach node {addr}"))?;
-        match client.request(Body::Command(cmd), reply).await {
-            Ok(Body::Outcome(o)) => Ok(o),
-            Ok(other) => Err(anyhow!(
-                "node {addr} sent an unexpected answer: {}",
-                other.kind()
-            )),
-            Err(e) => Err(anyhow!("node {addr}: {e}")),
+        if !interruptible {
+            return transfer::run(&node, req).await;
+        }
+        // Installed before the request starts (a temp file may exist from its first
+        // step on), so no Ctrl-C finds the default action that would leave it behind.
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot handle SIGINT")?;
+        tokio::select! {
+            r = transfer::run(&node, req) => r,
+            _ = sigint.recv() => Err(anyhow!("interrupted")),
         }
     })
 }

@@ -1,17 +1,19 @@
 //! Local clusters of `dml` processes, shared by `dml up`, `dml demo`, the benchmarks and
 //! the cluster tests: config files ([`config_file`]), the introducer and nodes as child
 //! processes of a `dml` binary ([`Cluster`]), optionally one network namespace per node
-//! so that tests can partition the network ([`netns`]), and the console client ([`ask`]).
+//! so that tests can partition the network ([`netns`]), and the console client ([`ask`],
+//! which streams local files itself: `transfer.rs`).
 
 pub mod client;
 pub mod config_file;
 pub mod netns;
 pub mod process;
+mod transfer;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-pub use client::ask;
+pub use client::{ask, ask_interruptible};
 pub use config_file::{Layout, TestConfig};
 pub use netns::Net;
 pub use process::{Cluster, Member, Options, Stop};

@@ -11,7 +11,7 @@ use std::process::{Child, Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use dml_actors::control::{Command, Outcome};
+use dml_actors::control::{Command, Outcome, Request};
 
 use crate::{wait_listening, wait_until, Layout};
 
@@ -238,12 +238,22 @@ impl Cluster {
     }
 
     /// Asks a node (or the introducer) a console command.
-    pub fn ask(&self, addr: &str, cmd: Command, reply: Duration) -> anyhow::Result<Outcome> {
+    pub fn ask(
+        &self,
+        addr: &str,
+        cmd: impl Into<Request>,
+        reply: Duration,
+    ) -> anyhow::Result<Outcome> {
         crate::ask(addr, &self.layout.secret, cmd, CONNECT_WITHIN, reply)
     }
 
     /// A command's JSON answer, trying up to `opts.tries` times on transport errors.
-    pub fn ask_json(&self, addr: &str, cmd: Command) -> anyhow::Result<serde_json::Value> {
+    pub fn ask_json(
+        &self,
+        addr: &str,
+        cmd: impl Into<Request>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let cmd = cmd.into();
         let mut last = anyhow!("no attempt");
         for _ in 0..self.opts.tries.max(1) {
             match self.ask(addr, cmd.clone(), self.opts.reply_within) {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dml_actors::control::{self, Command as Cmd, Outcome};
+use dml_actors::control::{self, Outcome, Request};
 use dml_actors::net::body::Body;
 use dml_actors::net::transport::Client;
 use dml_cluster::{Options, Stop, TestConfig};
@@ -166,7 +166,7 @@ impl Cluster {
     }
 
     /// Runs a console command on a node, in process.
-    pub fn ctl(&self, addr: &str, cmd: Cmd) -> Result<Outcome, String> {
+    pub fn ctl(&self, addr: &str, cmd: impl Into<Request>) -> Result<Outcome, String> {
         ctl(addr, cmd)
     }
 
@@ -221,11 +221,11 @@ impl Cluster {
     }
 }
 
-pub fn ctl(addr: &str, cmd: Cmd) -> Result<Outcome, String> {
+pub fn ctl(addr: &str, cmd: impl Into<Request>) -> Result<Outcome, String> {
     ctl_within(addr, cmd, Duration::from_secs(60))
 }
 
-pub fn parse(line: &str) -> Cmd {
+pub fn parse(line: &str) -> Request {
     control::parse(&control::split_line(line).unwrap()).unwrap()
 }
 
@@ -420,7 +420,11 @@ pub fn start_sshd(dir: &Path) -> Sshd {
 
 /// Like [`ctl`], but gives up after `timeout` (a poll during a takeover must not hang on
 /// a coordinator that is gone).
-pub fn ctl_within(addr: &str, cmd: Cmd, timeout: Duration) -> Result<Outcome, String> {
+pub fn ctl_within(
+    addr: &str,
+    cmd: impl Into<Request>,
+    timeout: Duration,
+) -> Result<Outcome, String> {
     dml_cluster::ask(
         addr,
         SECRET.as_bytes(),

@@ -93,6 +93,15 @@ pub fn reply(r: &Reply, local: Option<&str>) -> CtlReply {
     }
 }
 
+/// An operator's put or delete of a name only the jobs layer writes.
+pub fn jobs_only(name: &crate::sdfs::SdfsName) -> String {
+    format!(
+        "{name}: names under {} are written only by the jobs layer; an operator may read them, \
+         not put or delete them",
+        crate::sdfs::name::JOBS_ONLY.join(" and ")
+    )
+}
+
 fn put_file(name: &str, version: u64) -> CtlReply {
     CtlReply::new(
         format!("put {name}: version {version}"),

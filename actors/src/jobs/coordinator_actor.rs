@@ -11,7 +11,6 @@
 //! nodes detect and take over from (standby promotion or rebuild from SDFS).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -253,8 +252,9 @@ impl CoordinatorActor {
         self.client(client::Input::Request { ticket, request }, ctx);
     }
 
-    /// C4: a local directory is first stored in SDFS under `inputs/<dir name>`; then the
-    /// job is submitted to the coordinator, which acknowledges it once its standby has it.
+    /// C4: the job is submitted to the coordinator, which acknowledges it once its
+    /// standby has it. `input` is an SDFS prefix: a tool stores a local directory first,
+    /// and the node never reads a path named in a command.
     fn submit(
         &mut self,
         model: String,
@@ -262,35 +262,7 @@ impl CoordinatorActor {
         reply: oneshot::Sender<Outcome>,
         ctx: &mut Context<Self>,
     ) {
-        let path = Path::new(&input);
-        if !path.is_dir() {
-            self.request(Request::Submit { model, input }, reply, ctx);
-            return;
-        }
-        let base = path
-            .file_name()
-            .map(|b| b.to_string_lossy().to_string())
-            .unwrap_or_else(|| "input".into());
-        let prefix = format!("inputs/{base}");
-        let sdfs = self.sdfs.clone();
-        let (local, name) = (input.clone(), prefix.clone());
-        ctx.spawn(
-            async move { sdfs.put_local(local, name).await }
-                .into_actor(self)
-                .map(move |r, act, ctx| match r {
-                    Ok(_) => act.request(
-                        Request::Submit {
-                            model,
-                            input: prefix,
-                        },
-                        reply,
-                        ctx,
-                    ),
-                    Err(e) => {
-                        let _ = reply.send(Err(jobs_text::not_stored(&input, &e)));
-                    }
-                }),
-        );
+        self.request(Request::Submit { model, input }, reply, ctx);
     }
 }
 

@@ -51,13 +51,15 @@ pub fn command_route(cmd: &Command) -> To {
         | Command::ListSelf
         | Command::Stats
         | Command::Forgive { .. } => To::Membership,
-        Command::Put { .. }
-        | Command::Get { .. }
+        Command::PutBegin { .. }
+        | Command::PutData { .. }
+        | Command::GetBegin { .. }
+        | Command::GetData { .. }
+        | Command::TransferEnd { .. }
         | Command::Delete { .. }
         | Command::Ls { .. }
         | Command::LsPrefix { .. }
-        | Command::Store
-        | Command::GetVersions { .. } => To::Sdfs,
+        | Command::Store => To::Sdfs,
         Command::C1
         | Command::C2
         | Command::C3 { .. }

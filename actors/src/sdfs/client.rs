@@ -5,8 +5,7 @@
 use actix::Addr;
 use tokio::sync::oneshot;
 
-use crate::control::sdfs_text;
-use crate::sdfs::sdfs_actor::{GetBytes, ListPrefix, PutBytes, PutLocal, SdfsActor};
+use crate::sdfs::sdfs_actor::{GetBytes, ListPrefix, PutBytes, SdfsActor};
 
 /// A cheap, cloneable handle on the node's SdfsActor.
 #[derive(Clone)]
@@ -41,14 +40,5 @@ impl SdfsClient {
         let (reply, rx) = oneshot::channel();
         self.sdfs.do_send(ListPrefix { prefix, reply });
         rx.await.map_err(|_| DROPPED.to_string())?
-    }
-
-    /// Stores the local file or directory `local` (on this node's disk) under `name`
-    /// (a directory's files under `name/...`); returns the summary the console shows.
-    pub async fn put_local(&self, local: String, name: String) -> Result<String, String> {
-        let (reply, rx) = oneshot::channel();
-        self.sdfs.do_send(PutLocal { local, name, reply });
-        let done = rx.await.map_err(|_| DROPPED.to_string())??;
-        Ok(sdfs_text::put_local(&done).text)
     }
 }

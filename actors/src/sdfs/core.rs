@@ -718,6 +718,12 @@ impl SdfsCore {
         self.ring.placement(name, self.cfg.replicas)
     }
 
+    /// The read op that receives transfer `xfer`, if this node is reading it (the shell
+    /// holds back the chunks of a read whose consumer lags, by op).
+    pub fn reader_op(&self, xfer: XferId) -> Option<OpId> {
+        self.read_xfers.get(&xfer).copied()
+    }
+
     /// True when nothing is in flight on this node (tests wait for this).
     pub fn is_idle(&self) -> bool {
         self.ops.is_empty()

@@ -1,9 +1,10 @@
-//! A put of a local directory, as decisions without I/O: which files start next (a few
-//! at a time), and what the put answers once every file is done (it fails if any file
-//! failed). The SdfsActor lists and opens the files and runs each file's put through the
-//! core.
+//! A put of a local directory, run by the tool that holds the directory (`dml ctl`,
+//! through `dml_cluster::ask`): the files and their names ([`dir_files`]), which files
+//! start next (a few at a time), and what the put answers once every file is done (it
+//! fails if any file failed). Each file is its own put, streamed to the node.
 
 use std::collections::VecDeque;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::SdfsName;
@@ -25,6 +26,39 @@ pub enum PutLocalDone {
         /// (name, version) of each file.
         stored: Vec<(String, u64)>,
     },
+}
+
+/// Every regular file under `root` (symlinks are not followed), sorted, with its SDFS
+/// name `prefix/relative/path`. Any name that fails validation fails the whole put, so
+/// nothing is stored.
+pub fn dir_files(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, SdfsName)>, String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries =
+            fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+            let path = entry.path();
+            let ft = entry
+                .file_type()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let rel = path
+                    .strip_prefix(root)
+                    .ok()
+                    .and_then(|r| r.to_str())
+                    .ok_or_else(|| format!("{}: not a UTF-8 path", path.display()))?;
+                let full = format!("{}/{rel}", prefix.trim_end_matches('/'));
+                let name = SdfsName::parse(&full).map_err(|e| super::name::bad_name(&full, &e))?;
+                out.push((path, name));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+    Ok(out)
 }
 
 /// Files of a directory put in flight at once.

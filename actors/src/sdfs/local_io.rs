@@ -1,48 +1,33 @@
-//! The SdfsActor's local files: the sources of puts (a file or bytes in memory), the
-//! sinks of gets (a temp file renamed into place, or memory), the files of a directory
-//! put, and the staging directory and copies of the scp transfer.
+//! The SdfsActor's sources and sinks: the sources of puts (a tool's file pulled through
+//! a transfer session, a spool file, or bytes in memory), the sinks of gets (a tool
+//! through a transfer session, or memory), and the staging directory and copies of the
+//! scp transfer. Every path here is one the node chose.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use rand::Rng;
-
 use super::scp;
-use super::{Delivery, SdfsName};
+use super::Delivery;
 
 /// Where a put's bytes come from.
 pub(super) enum Source {
     None,
-    File { path: PathBuf, file: File },
+    /// Pulled from a tool through this transfer session (see `sessions.rs`).
+    Remote(u64),
+    File {
+        path: PathBuf,
+        file: File,
+    },
     Bytes(std::sync::Arc<Vec<u8>>),
 }
 
-/// A local file being fetched: written to `tmp` and renamed onto `dest` on success.
-pub(super) struct FileSink {
-    dest: PathBuf,
-    tmp: PathBuf,
-    out: BufWriter<File>,
-    /// get-versions: the current version goes to a side file first, so its delimiter
-    /// line can carry its size.
-    part: Option<(PathBuf, BufWriter<File>)>,
-    versions: bool,
-    name: String,
-    /// The first write error; the op then fails and the output is discarded.
-    error: Option<String>,
-}
-
-impl FileSink {
-    /// The file the get writes.
-    pub(super) fn dest(&self) -> &Path {
-        &self.dest
-    }
-}
-
+/// Where a get's bytes go.
 pub(super) enum Sink {
     None,
-    File(Box<FileSink>),
     Memory(Vec<u8>),
+    /// Streamed to a tool through this transfer session (see `sessions.rs`).
+    Remote(u64),
 }
 
 impl Source {
@@ -63,7 +48,7 @@ impl Source {
                 let end = start.saturating_add(len).min(b.len());
                 Ok(b.get(start..end).unwrap_or_default().to_vec())
             }
-            Source::None => Err("this op has no source".into()),
+            Source::None | Source::Remote(_) => Err("this op has no local source".into()),
         }
     }
 }
@@ -118,152 +103,8 @@ pub(super) fn prepare_staging(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Resolves a local path against the node's working directory (`dml ctl` already sends
-/// absolute paths; the interactive console may not).
-pub(super) fn absolute(local: &str) -> PathBuf {
-    std::path::absolute(local).unwrap_or_else(|_| PathBuf::from(local))
-}
-
-/// Every regular file under `root` (symlinks are not followed), sorted, with its SDFS
-/// name `prefix/relative/path`. Any name that fails validation fails the whole put, so
-/// nothing is stored.
-pub(super) fn dir_files(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, SdfsName)>, String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries =
-            fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-            let path = entry.path();
-            let ft = entry
-                .file_type()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if ft.is_dir() {
-                stack.push(path);
-            } else if ft.is_file() {
-                let rel = path
-                    .strip_prefix(root)
-                    .ok()
-                    .and_then(|r| r.to_str())
-                    .ok_or_else(|| format!("{}: not a UTF-8 path", path.display()))?;
-                let full = format!("{}/{rel}", prefix.trim_end_matches('/'));
-                let name =
-                    SdfsName::parse(&full).map_err(|e| format!("bad SDFS name {full:?}: {e}"))?;
-                out.push((path, name));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
-    Ok(out)
-}
-
-/// Opens the sink of a get: a temp file next to `local`, renamed onto it on success.
-pub(super) fn open_sink(local: &str, name: &str, versions: bool) -> Result<Sink, String> {
-    let dest = absolute(local);
-    let file_name = dest
-        .file_name()
-        .and_then(|f| f.to_str())
-        .ok_or_else(|| format!("{local}: not a file path"))?;
-    let parent = dest.parent().unwrap_or(Path::new("/"));
-    let nonce: u64 = rand::thread_rng().gen();
-    let tmp = parent.join(format!(".{file_name}.dml-{nonce:016x}.tmp"));
-    let file = File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    Ok(Sink::File(Box::new(FileSink {
-        dest,
-        tmp,
-        out: BufWriter::new(file),
-        part: None,
-        versions,
-        name: name.to_string(),
-        error: None,
-    })))
-}
-
 pub(super) fn deliver(sink: &mut Sink, item: Delivery) {
-    match sink {
-        Sink::None => {}
-        Sink::Memory(buf) => {
-            if let Delivery::Chunk(data) = item {
-                buf.extend_from_slice(&data);
-            }
-        }
-        Sink::File(f) => {
-            if f.error.is_some() {
-                return;
-            }
-            if let Err(e) = deliver_file(f, item) {
-                f.error = Some(format!("writing {}: {e}", f.dest.display()));
-            }
-        }
-    }
-}
-
-pub(super) fn deliver_file(f: &mut FileSink, item: Delivery) -> io::Result<()> {
-    match item {
-        Delivery::Begin { .. } if f.versions => {
-            let part = f.tmp.with_extension("part");
-            let file = File::create(&part)?;
-            f.part = Some((part, BufWriter::new(file)));
-        }
-        Delivery::Begin { .. } => {}
-        Delivery::Chunk(data) => match &mut f.part {
-            Some((_, w)) => w.write_all(&data)?,
-            None => f.out.write_all(&data)?,
-        },
-        Delivery::End { version, bytes } => {
-            if let Some((path, w)) = f.part.take() {
-                let file = w.into_inner().map_err(|e| e.into_error())?;
-                drop(file);
-                writeln!(
-                    f.out,
-                    "==== {} version {version} ({bytes} bytes) ====",
-                    f.name
-                )?;
-                let mut r = File::open(&path)?;
-                io::copy(&mut r, &mut f.out)?;
-                f.out.write_all(b"\n")?;
-                let _ = fs::remove_file(&path);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Commits (rename onto the destination) or discards a file sink; `Err` if the output
-/// could not be written. A failed op leaves nothing behind.
-pub(super) fn close_sink(f: FileSink, commit: bool) -> Result<(), String> {
-    let FileSink {
-        dest,
-        tmp,
-        out,
-        part,
-        error,
-        ..
-    } = f;
-    if let Some((p, _)) = part {
-        let _ = fs::remove_file(p);
-    }
-    let flushed = out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .and_then(|file| file.sync_all());
-    let result = match (error, flushed) {
-        (Some(e), _) => Err(e),
-        (None, Err(e)) => Err(format!("writing {}: {e}", dest.display())),
-        (None, Ok(())) => Ok(()),
-    };
-    match result {
-        Ok(()) if commit => {
-            fs::rename(&tmp, &dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))
-        }
-        Ok(()) => {
-            let _ = fs::remove_file(&tmp);
-            Ok(())
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
+    if let (Sink::Memory(buf), Delivery::Chunk(data)) = (sink, item) {
+        buf.extend_from_slice(&data);
     }
 }

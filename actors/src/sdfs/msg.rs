@@ -285,7 +285,7 @@ impl Msg {
 
 /// MessagePack `bin` encoding for chunk payloads (the default would be an array of
 /// integers, up to twice the size).
-mod bytes {
+pub(crate) mod bytes {
     use std::fmt;
 
     use serde::de::{Error, SeqAccess, Visitor};

@@ -1,9 +1,11 @@
 //! SdfsActor: the thin shell around the SDFS core ([`crate::sdfs::SdfsCore`]). It runs on
 //! its own arbiter (store calls block on fsync), feeds the core peer messages, console
 //! commands and membership views, and executes its effects: sends, reads of a put's
-//! local source, writes to a get's local sink, replies, timers, logs, and (with
-//! `transfer = "scp"`) copies over SSH on threads of their own. Console text is made in
-//! [`crate::control::sdfs_text`]; every protocol decision is the core's.
+//! source (bytes in memory, or a tool's file pulled range by range through its transfer
+//! session, `sessions.rs`), deliveries to a get's sink (memory, or a tool's session,
+//! whose lagging reads hold the holders' chunks back), replies, timers, logs, and (with `transfer = "scp"`) copies over SSH on
+//! threads of their own. It never opens a path named in a command. Console text is made
+//! in [`crate::control::sdfs_text`]; every protocol decision is the core's.
 //!
 //! Not under `actix::Supervisor`: a supervisor restarts only an actor that stopped
 //! itself, and this one never does (a panic unwinds its arbiter thread, which no
@@ -14,7 +16,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rand::Rng;
@@ -23,19 +26,18 @@ use tracing::{info, warn};
 
 use crate::clock;
 use crate::config::{Config, Transfer};
-use crate::control::{sdfs_text, Command, Outcome};
+use crate::control::{self, sdfs_text, Command, Outcome, Reply as CtlReply};
 use crate::machine::Machine;
 use crate::membership::membership_actor::View;
 use crate::net::body::Body;
 use crate::net::transport::Transport;
 use crate::net::wire::Lane;
 use crate::sdfs::core::{staging_file_name, STAGING_DIR};
-use crate::sdfs::dir_put::{DirPut, PutLocalDone};
-use crate::sdfs::local_io::{
-    absolute, close_sink, deliver, dir_files, open_sink, prepare_staging, Sink, Source, StageSource,
-};
+use crate::sdfs::local_io::{deliver, prepare_staging, Sink, Source, StageSource};
 use crate::sdfs::msg::XferId;
+use crate::sdfs::name::bad_name;
 use crate::sdfs::scp;
+use crate::sdfs::sessions::{Data, Kind, Sessions, SPOOL_DIR};
 use crate::sdfs::{
     Command as SdfsCommand, Effect, Event, Input, LocalStore, OpId, Reply, SdfsConfig, SdfsCore,
     SdfsError, SdfsName, StoreConfig,
@@ -55,7 +57,8 @@ pub struct FromPeer {
     pub msg: crate::sdfs::Msg,
 }
 
-/// A console command (put, get, delete, ls, ls-prefix, store, get-versions).
+/// A console command: the transfers of put, get and get-versions, delete, ls,
+/// ls-prefix, store.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Exec {
@@ -89,37 +92,6 @@ pub struct ListPrefix {
     pub reply: oneshot::Sender<Result<Vec<String>, String>>,
 }
 
-/// Store a local file, or every file under a local directory, as new versions (used by
-/// [`crate::sdfs::client::SdfsClient::put_local`]; the console's `put` runs the same path).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PutLocal {
-    /// A path on this node's disk.
-    pub local: String,
-    /// The SDFS name (a directory's files go under `name/...`).
-    pub name: String,
-    pub reply: oneshot::Sender<Result<PutLocalDone, String>>,
-}
-
-/// Who waits for a local put: the console (text) or an actor (typed).
-enum PutReply {
-    Console(oneshot::Sender<Outcome>),
-    Typed(oneshot::Sender<Result<PutLocalDone, String>>),
-}
-
-impl PutReply {
-    fn send(self, result: Result<PutLocalDone, String>) {
-        match self {
-            PutReply::Console(tx) => {
-                let _ = tx.send(result.map(|d| sdfs_text::put_local(&d)));
-            }
-            PutReply::Typed(tx) => {
-                let _ = tx.send(result);
-            }
-        }
-    }
-}
-
 /// A staging copy (scp) finished on its thread.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -137,16 +109,13 @@ struct Continue;
 /// Who is waiting for an op, and how they want the answer.
 enum Done {
     Exec(oneshot::Sender<Outcome>),
-    /// A put of one local file.
-    PutLocal(PutReply),
+    /// A tool's put: the answer goes to the session's waiting request.
+    Transfer(u64),
+    /// A tool's get: the answer follows the session's last piece.
+    Stream(u64),
     PutBytes(oneshot::Sender<Result<u64, String>>),
     GetBytes(oneshot::Sender<Result<Vec<u8>, String>>),
     List(oneshot::Sender<Result<Vec<String>, String>>),
-    /// One file of a directory put.
-    DirFile {
-        dir: u64,
-        name: String,
-    },
 }
 
 struct OpState {
@@ -167,8 +136,8 @@ pub struct SdfsActor {
     core: SdfsCore,
     next_op: OpId,
     ops: HashMap<OpId, OpState>,
-    /// Directory puts in flight, and who waits for each.
-    dirs: HashMap<u64, (DirPut, PutReply)>,
+    /// Tools' puts and gets in flight.
+    sessions: Sessions,
     queue: VecDeque<Input>,
     continue_pending: bool,
     /// Inside [`SdfsActor::pump`]: new inputs only queue.
@@ -208,6 +177,9 @@ impl SdfsActor {
                 })
             }
         };
+        let spool = root.join(SPOOL_DIR);
+        let sessions = Sessions::open(spool.clone())
+            .map_err(|e| format!("cannot prepare {}: {e}", spool.display()))?;
         let mut rng = rand::thread_rng();
         let mut cfg = SdfsConfig::new(me.clone());
         cfg.replicas = config.replicas();
@@ -222,7 +194,7 @@ impl SdfsActor {
             // ids apart from answers meant for its previous life.
             next_op: u64::from(rng.gen::<u32>()) << 32,
             ops: HashMap::new(),
-            dirs: HashMap::new(),
+            sessions,
             queue: VecDeque::new(),
             continue_pending: false,
             pumping: false,
@@ -250,6 +222,10 @@ impl SdfsActor {
         for _ in 0..INPUTS_PER_TURN {
             let Some(input) = self.queue.pop_front() else {
                 break;
+            };
+            // A lagging tool's get: its chunks wait before the core acknowledges them.
+            let Some(input) = self.hold_back(input) else {
+                continue;
             };
             let effects = self.core.handle(clock::now(), input);
             for e in effects {
@@ -295,6 +271,14 @@ impl SdfsActor {
                 }
             }
             Effect::ReadSource { op, offset, len } => {
+                if let Some(Source::Remote(session)) = self.ops.get(&op).map(|s| &s.source) {
+                    // The tool sends the range with its next request.
+                    if !self.sessions.want(*session, offset, len) {
+                        let error = "the dml ctl side ended the put".to_string();
+                        self.queue.push_back(Input::SourceFailed { op, error });
+                    }
+                    return;
+                }
                 let input = match self.read_source(op, offset, len) {
                     Ok(data) => Input::Source { op, offset, data },
                     Err(error) => Input::SourceFailed { op, error },
@@ -303,10 +287,14 @@ impl SdfsActor {
             }
             Effect::Deliver { op, item } => {
                 if let Some(st) = self.ops.get_mut(&op) {
-                    deliver(&mut st.sink, item);
+                    if let Sink::Remote(session) = st.sink {
+                        self.sessions.piece(session, piece(item));
+                    } else {
+                        deliver(&mut st.sink, item);
+                    }
                 }
             }
-            Effect::Reply { op, result } => self.finish(op, result, ctx),
+            Effect::Reply { op, result } => self.finish(op, result),
             Effect::SetTimer { at, timer } => {
                 let after = at.saturating_sub(clock::now());
                 ctx.run_later(Duration::from_millis(after), move |act, ctx| {
@@ -388,37 +376,28 @@ impl SdfsActor {
         self.feed(Input::Command { op, cmd }, ctx);
     }
 
-    /// Ends an op: finishes or discards its sink and answers whoever waits.
-    fn finish(&mut self, op: OpId, result: Result<Reply, SdfsError>, ctx: &mut Context<Self>) {
+    /// Ends an op and answers whoever waits.
+    fn finish(&mut self, op: OpId, result: Result<Reply, SdfsError>) {
         let Some(st) = self.ops.remove(&op) else {
             return;
         };
-        let mut result = result.map_err(|e| e.to_string());
-        let mut local = None;
-        let mut bytes = None;
-        match st.sink {
-            Sink::File(f) => {
-                local = Some(f.dest().display().to_string());
-                if let Err(e) = close_sink(*f, result.is_ok()) {
-                    if result.is_ok() {
-                        result = Err(e);
-                    }
-                }
-            }
-            Sink::Memory(b) => bytes = Some(b),
-            Sink::None => {}
-        }
+        let result = result.map_err(|e| e.to_string());
+        let bytes = match st.sink {
+            Sink::Memory(b) => Some(b),
+            Sink::None | Sink::Remote(_) => None,
+        };
         match st.done {
             Done::Exec(tx) => {
-                let _ = tx.send(result.map(|r| sdfs_text::reply(&r, local.as_deref())));
+                let _ = tx.send(result.map(|r| sdfs_text::reply(&r, None)));
             }
-            Done::PutLocal(tx) => tx.send(result.and_then(|r| match r {
-                Reply::Put { name, version } => Ok(PutLocalDone::File {
-                    name: name.to_string(),
-                    version,
-                }),
-                other => Err(format!("unexpected reply {other:?}")),
-            })),
+            Done::Transfer(session) => {
+                let outcome = result.map(|r| sdfs_text::reply(&r, None));
+                self.sessions.put_ended(session, outcome);
+            }
+            Done::Stream(session) => {
+                let outcome = result.map(|r| CtlReply::transfer(control::Transfer::Done(r)));
+                self.sessions.get_ended(session, outcome);
+            }
             Done::PutBytes(tx) => {
                 let _ = tx.send(result.and_then(|r| match r {
                     Reply::Put { version, .. } => Ok(version),
@@ -434,34 +413,87 @@ impl SdfsActor {
                     other => Err(format!("unexpected reply {other:?}")),
                 }));
             }
-            Done::DirFile { dir, name } => self.dir_file_done(dir, name, result, ctx),
         }
+    }
+
+    /// `Some(input)` to feed to the core now, `None` if it is a chunk (or the end) of a
+    /// tool's get whose queue is full: parked in the session until the tool reads on.
+    fn hold_back(&mut self, input: Input) -> Option<Input> {
+        let xfer = match &input {
+            Input::Peer {
+                msg:
+                    crate::sdfs::Msg::ReadChunk { xfer, .. } | crate::sdfs::Msg::ReadEnd { xfer, .. },
+                ..
+            } => *xfer,
+            _ => return Some(input),
+        };
+        let session = match self.core.reader_op(xfer).and_then(|op| self.ops.get(&op)) {
+            Some(OpState {
+                sink: Sink::Remote(session),
+                ..
+            }) => *session,
+            _ => return Some(input),
+        };
+        self.sessions.park(session, input)
     }
 
     // ---- console commands ----
 
     fn exec(&mut self, cmd: Command, reply: oneshot::Sender<Outcome>, ctx: &mut Context<Self>) {
-        let name = |s: &str| SdfsName::parse(s).map_err(|e| format!("bad SDFS name {s:?}: {e}"));
+        let name = |s: &str| SdfsName::parse(s).map_err(|e| bad_name(s, &e));
+        // An operator may read what the jobs layer wrote, never write or delete it.
+        let writable = |s: &str| {
+            name(s).and_then(|n| {
+                if n.is_jobs_only() {
+                    Err(sdfs_text::jobs_only(&n))
+                } else {
+                    Ok(n)
+                }
+            })
+        };
         let prepared = match cmd {
-            Command::Put { local, name: n } => match name(&n) {
-                Ok(sdfs) => return self.put_local(&local, sdfs, PutReply::Console(reply), ctx),
+            Command::PutBegin { name: n } => match writable(&n) {
+                Ok(sdfs) => return self.put_begin(sdfs, reply, ctx),
                 Err(e) => Err(e),
             },
-            Command::Get { name: n, local } => name(&n).and_then(|sdfs| {
-                let sink = open_sink(&local, &n, false)?;
-                Ok((Source::None, sink, SdfsCommand::Get { name: sdfs }))
-            }),
-            Command::GetVersions { name: n, k, local } => name(&n).and_then(|sdfs| {
-                let sink = open_sink(&local, &n, true)?;
-                Ok((
-                    Source::None,
-                    sink,
-                    SdfsCommand::GetVersions { name: sdfs, k },
-                ))
-            }),
-            Command::Delete { name: n } => {
-                name(&n).map(|sdfs| (Source::None, Sink::None, SdfsCommand::Delete { name: sdfs }))
+            Command::PutData {
+                session,
+                offset,
+                data,
+            } => {
+                match self.sessions.data(session, offset, data, reply) {
+                    Data::Feed { op, offset, data } => {
+                        self.feed(Input::Source { op, offset, data }, ctx)
+                    }
+                    Data::Spooled { name, path } => self.put_spooled(session, name, path, ctx),
+                    Data::Nothing => {}
+                }
+                return;
             }
+            Command::GetBegin { name: n, versions } => match name(&n) {
+                Ok(sdfs) => return self.get_begin(sdfs, versions, reply, ctx),
+                Err(e) => Err(e),
+            },
+            Command::GetData { session } => {
+                let parked = self.sessions.next_piece(session, reply);
+                if !parked.is_empty() {
+                    self.queue.extend(parked);
+                    self.pump(ctx);
+                }
+                return;
+            }
+            Command::TransferEnd { session } => {
+                if let Some(s) = self.sessions.remove(session) {
+                    if let Kind::Pull { op, .. } | Kind::Spooled { op, .. } = s.kind {
+                        let error = "the dml ctl side ended the put".to_string();
+                        self.feed(Input::SourceFailed { op, error }, ctx);
+                    }
+                }
+                let _ = reply.send(Ok(CtlReply::new("", serde_json::json!({}))));
+                return;
+            }
+            Command::Delete { name: n } => writable(&n)
+                .map(|sdfs| (Source::None, Sink::None, SdfsCommand::Delete { name: sdfs })),
             Command::Ls { name: n } => {
                 name(&n).map(|sdfs| (Source::None, Sink::None, SdfsCommand::Ls { name: sdfs }))
             }
@@ -482,90 +514,89 @@ impl SdfsActor {
         }
     }
 
-    /// Puts a local file, or every file under a local directory, as new versions.
-    fn put_local(&mut self, local: &str, name: SdfsName, reply: PutReply, ctx: &mut Context<Self>) {
-        let path = absolute(local);
-        if path.is_dir() {
-            match dir_files(&path, name.as_str()).and_then(|f| DirPut::new(&path, &name, f)) {
-                Ok(d) => {
-                    let id = self.next_op.wrapping_add(1);
-                    self.next_op = id;
-                    self.dirs.insert(id, (d, reply));
-                    self.dir_pump(id, ctx);
-                }
-                Err(e) => reply.send(Err(e)),
-            }
-            return;
-        }
-        match File::open(&path) {
-            Ok(file) => {
-                let source = Source::File { path, file };
-                let op = self.new_op(source, Sink::None, Done::PutLocal(reply));
-                self.start(op, SdfsCommand::Put { name }, ctx);
-            }
-            Err(e) => reply.send(Err(format!("cannot read {}: {e}", path.display()))),
-        }
-    }
-
-    /// Starts the next files of a directory put, or answers when all are done.
-    fn dir_pump(&mut self, dir: u64, ctx: &mut Context<Self>) {
-        // A loop, not recursion through `dir_file_done`: a directory of thousands of
-        // unreadable files must not grow the stack.
-        loop {
-            let Some((d, _)) = self.dirs.get_mut(&dir) else {
-                return;
-            };
-            let starts = d.start_next();
-            if d.is_done() {
-                if let Some((d, reply)) = self.dirs.remove(&dir) {
-                    reply.send(d.result());
-                }
-                return;
-            }
-            let mut unreadable = false;
-            for (path, name) in starts {
-                match File::open(&path) {
-                    Ok(file) => {
-                        let done = Done::DirFile {
-                            dir,
-                            name: name.to_string(),
-                        };
-                        let op = self.new_op(Source::File { path, file }, Sink::None, done);
-                        self.start(op, SdfsCommand::Put { name }, ctx);
-                    }
-                    Err(e) => {
-                        let err = format!("cannot read {}: {e}", path.display());
-                        if let Some((d, _)) = self.dirs.get_mut(&dir) {
-                            d.file_done(name.as_str(), Err(err));
-                        }
-                        unreadable = true;
-                    }
-                }
-            }
-            if !unreadable {
-                return;
-            }
-        }
-    }
-
-    fn dir_file_done(
+    /// A tool's put: the core pulls the source from the tool range by range; with the
+    /// scp transfer, which copies whole files, it is spooled here first.
+    fn put_begin(
         &mut self,
-        dir: u64,
-        name: String,
-        result: Result<Reply, String>,
+        name: SdfsName,
+        reply: oneshot::Sender<Outcome>,
         ctx: &mut Context<Self>,
     ) {
-        let Some((d, _)) = self.dirs.get_mut(&dir) else {
+        if self.scp.is_some() {
+            if let Err(e) = self.sessions.start_spool(name, reply) {
+                warn!("sdfs: {e}");
+            }
             return;
-        };
-        let result = result.and_then(|r| match r {
-            Reply::Put { version, .. } => Ok(version),
-            other => Err(format!("unexpected reply {other:?}")),
-        });
-        if let Some(line) = d.file_done(&name, result) {
-            info!("{line}");
         }
-        self.dir_pump(dir, ctx);
+        let session = self.sessions.new_id();
+        let op = self.new_op(Source::Remote(session), Sink::None, Done::Transfer(session));
+        self.sessions
+            .insert(session, Kind::Pull { op, want: None }, Some(reply));
+        self.start(op, SdfsCommand::Put { name }, ctx);
+    }
+
+    /// A tool's get (`versions`: get-versions' K), streamed piece by piece.
+    fn get_begin(
+        &mut self,
+        name: SdfsName,
+        versions: Option<usize>,
+        reply: oneshot::Sender<Outcome>,
+        ctx: &mut Context<Self>,
+    ) {
+        let session = self.sessions.new_id();
+        let cmd = match versions {
+            Some(k) => SdfsCommand::GetVersions { name, k },
+            None => SdfsCommand::Get { name },
+        };
+        let op = self.new_op(Source::None, Sink::Remote(session), Done::Stream(session));
+        self.sessions.insert(session, Kind::stream(), Some(reply));
+        self.start(op, cmd, ctx);
+    }
+
+    /// The spooled source of a put (scp transfer) is complete: store it.
+    fn put_spooled(
+        &mut self,
+        session: u64,
+        name: SdfsName,
+        path: PathBuf,
+        ctx: &mut Context<Self>,
+    ) {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                let outcome = Err(format!("cannot read the spooled put back: {e}"));
+                self.sessions.put_ended(session, outcome);
+                return;
+            }
+        };
+        let source = Source::File {
+            path: path.clone(),
+            file,
+        };
+        let op = self.new_op(source, Sink::None, Done::Transfer(session));
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.kind = Kind::Spooled { op, path };
+        }
+        self.start(op, SdfsCommand::Put { name }, ctx);
+    }
+
+    /// Gives up transfers no tool asked about for a while (the tool died or hung).
+    fn expire_sessions(&mut self, ctx: &mut Context<Self>) {
+        for op in self.sessions.expire(Instant::now()) {
+            let error = "the dml ctl side went away".to_string();
+            self.queue.push_back(Input::SourceFailed { op, error });
+        }
+        self.pump(ctx);
+    }
+}
+
+/// A delivery as the tool receives it.
+fn piece(item: crate::sdfs::Delivery) -> control::Piece {
+    use crate::sdfs::Delivery;
+    match item {
+        Delivery::Begin { version } => control::Piece::Begin { version },
+        Delivery::Chunk(data) => control::Piece::Chunk(data),
+        Delivery::End { version, bytes } => control::Piece::End { version, bytes },
     }
 }
 
@@ -590,6 +621,7 @@ impl Actor for SdfsActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.feed(Input::Start, ctx);
+        ctx.run_interval(Duration::from_secs(5), |act, ctx| act.expire_sessions(ctx));
     }
 }
 
@@ -638,20 +670,6 @@ impl Handler<Exec> for SdfsActor {
     }
 }
 
-impl Handler<PutLocal> for SdfsActor {
-    type Result = ();
-    fn handle(&mut self, m: PutLocal, ctx: &mut Context<Self>) {
-        match SdfsName::parse(&m.name) {
-            Ok(name) => self.put_local(&m.local, name, PutReply::Typed(m.reply), ctx),
-            Err(e) => {
-                let _ = m
-                    .reply
-                    .send(Err(format!("bad SDFS name {:?}: {e}", m.name)));
-            }
-        }
-    }
-}
-
 impl Handler<PutBytes> for SdfsActor {
     type Result = ();
     fn handle(&mut self, m: PutBytes, ctx: &mut Context<Self>) {
@@ -662,9 +680,7 @@ impl Handler<PutBytes> for SdfsActor {
                 self.start(op, SdfsCommand::Put { name }, ctx);
             }
             Err(e) => {
-                let _ = m
-                    .reply
-                    .send(Err(format!("bad SDFS name {:?}: {e}", m.name)));
+                let _ = m.reply.send(Err(bad_name(&m.name, &e)));
             }
         }
     }
@@ -683,9 +699,7 @@ impl Handler<GetBytes> for SdfsActor {
                 self.start(op, SdfsCommand::Get { name }, ctx);
             }
             Err(e) => {
-                let _ = m
-                    .reply
-                    .send(Err(format!("bad SDFS name {:?}: {e}", m.name)));
+                let _ = m.reply.send(Err(bad_name(&m.name, &e)));
             }
         }
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use dml_actors::control::Command;
+use dml_actors::control::{Command, Request};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -32,7 +32,7 @@ pub enum Answer {
     Lost(String),
 }
 
-pub fn ask(ctx: &Ctx, addr: &str, cmd: Command) -> Answer {
+pub fn ask(ctx: &Ctx, addr: &str, cmd: impl Into<Request>) -> Answer {
     match dml_cluster::ask(addr, &ctx.secret, cmd, CONNECT, ctx.op_timeout) {
         Ok(Ok(reply)) => match serde_json::from_str(&reply.json) {
             Ok(v) => Answer::Ok(v),
@@ -100,7 +100,7 @@ fn put(ctx: &Ctx, client: usize, dir: &Path, node: &str, name: &str, size: usize
         );
         return;
     }
-    let cmd = Command::Put {
+    let cmd = Request::Put {
         local: local.display().to_string(),
         name: name.to_string(),
     };
@@ -120,9 +120,10 @@ fn put(ctx: &Ctx, client: usize, dir: &Path, node: &str, name: &str, size: usize
 pub fn get(ctx: &Ctx, client: usize, dir: &Path, node: &str, name: &str) {
     let id = ctx.invoke(client, Kind::Get, name, node, 0);
     let local = dir.join(format!("get{id}"));
-    let cmd = Command::Get {
+    let cmd = Request::Get {
         name: name.to_string(),
         local: local.display().to_string(),
+        force: true,
     };
     let res = match ask(ctx, node, cmd) {
         Answer::Ok(v) => match (v["version"].as_u64(), fs::read(&local)) {
@@ -143,10 +144,11 @@ pub fn get(ctx: &Ctx, client: usize, dir: &Path, node: &str, name: &str) {
 fn get_versions(ctx: &Ctx, client: usize, dir: &Path, node: &str, name: &str, k: usize) {
     let id = ctx.invoke(client, Kind::GetVersions, name, node, 0);
     let local = dir.join(format!("versions{id}"));
-    let cmd = Command::GetVersions {
+    let cmd = Request::GetVersions {
         name: name.to_string(),
         k,
         local: local.display().to_string(),
+        force: true,
     };
     let res = match ask(ctx, node, cmd) {
         Answer::Ok(v) => match fs::read(&local)
