@@ -15,7 +15,13 @@ pub fn call(
     cmd: Command,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
-    dml_cluster::ask(node, &config.secret, cmd, Duration::from_secs(5), timeout)
+    dml_cluster::ask(
+        node,
+        &config.tool_credential()?,
+        cmd,
+        Duration::from_secs(5),
+        timeout,
+    )
 }
 
 pub fn run(

@@ -8,13 +8,15 @@ use anyhow::{anyhow, Context};
 use dml_actors::control::{Command, Outcome};
 use dml_actors::net::body::Body;
 use dml_actors::net::transport::Client;
+use dml_actors::net::wire::Credential;
 
 /// Sends `cmd` to the node at `addr` and waits for its outcome: `connect` bounds the
 /// connection and handshake, `reply` the answer. An error is a transport failure; the
-/// node's own refusal is the `Err` of the [`Outcome`].
+/// node's own refusal is the `Err` of the [`Outcome`]. `cred` is an operator credential
+/// (or the cluster key, where the node allows tools to prove it).
 pub fn ask(
     addr: &str,
-    secret: &[u8],
+    cred: &Credential,
     cmd: Command,
     connect: Duration,
     reply: Duration,
@@ -24,7 +26,7 @@ pub fn ask(
         .build()
         .context("cannot start a runtime")?;
     rt.block_on(async {
-        let mut client = Client::<Body>::connect(addr, secret, connect)
+        let mut client = Client::<Body>::connect(addr, cred, connect)
             .await
             .with_context(|| format!("cannot reach node {addr}"))?;
         match client.request(Body::Command(cmd), reply).await {

@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 pub use client::ask;
-pub use config_file::{Layout, TestConfig};
+pub use config_file::{test_operator, Layout, TestConfig};
 pub use netns::Net;
 pub use process::{Cluster, Member, Options, Stop};
 
@@ -93,10 +93,11 @@ mod tests {
         .write(&dir)
         .unwrap();
         let config = dml_actors::config::load(&layout.config, &[]).unwrap();
-        let again = Layout::of(&layout.config, &config);
+        let again = Layout::of(&layout.config, &config).unwrap();
         assert_eq!(again.nodes, layout.nodes);
         assert_eq!(again.introducer, layout.introducer);
         assert_eq!(again.secret, layout.secret);
+        assert_eq!(again.credential, layout.credential);
         assert_eq!(layout.name_of(&layout.nodes[1].1), Some("H2"));
         assert_eq!(layout.addr("introducer"), Some(layout.introducer.as_str()));
         assert_eq!(config.threads, 1);

@@ -239,7 +239,7 @@ impl Cluster {
 
     /// Asks a node (or the introducer) a console command.
     pub fn ask(&self, addr: &str, cmd: Command, reply: Duration) -> anyhow::Result<Outcome> {
-        crate::ask(addr, &self.layout.secret, cmd, CONNECT_WITHIN, reply)
+        crate::ask(addr, &self.layout.credential, cmd, CONNECT_WITHIN, reply)
     }
 
     /// A command's JSON answer, trying up to `opts.tries` times on transport errors.
