@@ -132,9 +132,15 @@ fn eph() -> Ephemeral {
 /// the test write whatever bytes it likes, sealed with the channel or not.
 async fn raw_as(to: &NodeAddr, me: &str, role: Role, cred: &Credential) -> (TcpStream, Channel) {
     let mut s = TcpStream::connect(to.as_str()).await.unwrap();
-    let (hs, hello) =
-        ClientHandshake::start(&NodeAddr(me.into()), role, Lane::Control, cred, [42; 32], eph())
-            .unwrap();
+    let (hs, hello) = ClientHandshake::start(
+        &NodeAddr(me.into()),
+        role,
+        Lane::Control,
+        cred,
+        [42; 32],
+        eph(),
+    )
+    .unwrap();
     s.write_all(&hello).await.unwrap();
     let mut dec = FrameDecoder::new(wire::HANDSHAKE_MAX_FRAME);
     let challenge = read_payload(&mut s, &mut dec).await;
@@ -378,7 +384,11 @@ async fn hostile_bytes_close_only_that_connection() {
     }
     for (i, attack, sealed) in runs {
         let (mut s, mut ch) = raw_authenticated(&a.addr, &format!("raw:{i}"), SECRET).await;
-        let bytes = if sealed { seal(&mut ch, attack) } else { attack };
+        let bytes = if sealed {
+            seal(&mut ch, attack)
+        } else {
+            attack
+        };
         s.write_all(&bytes).await.unwrap();
         if i == attacks.len() - 1 {
             // The truncated frame is only known to be truncated once the writer stops.
@@ -490,7 +500,10 @@ async fn a_tool_may_send_commands_only() {
     let mut c = Client::<Msg>::connect(a.addr.as_str(), &viewer, DEADLINE)
         .await
         .unwrap();
-    drop(c.request(Msg::Echo("ls".into()), Duration::from_millis(50)).await);
+    drop(
+        c.request(Msg::Echo("ls".into()), Duration::from_millis(50))
+            .await,
+    );
     let m = recv(&mut a.rx).await;
     assert!(matches!(
         m.access,

@@ -193,7 +193,12 @@ impl TestConfig<'_> {
 /// not drawn, so helpers without the layout can use it; only for throw-away clusters.
 pub fn test_operator(secret: &str, name: &str) -> anyhow::Result<Credential> {
     let mut bytes = Vec::new();
-    for part in ["operator-key-1", "operator-key-2", "operator-key-3", "operator-key-4"] {
+    for part in [
+        "operator-key-1",
+        "operator-key-2",
+        "operator-key-3",
+        "operator-key-4",
+    ] {
         bytes.extend_from_slice(&key_id(format!("{part}/{name}/{secret}").as_bytes()));
     }
     Ok(Credential::operator(name, Key::new(bytes)?))
@@ -202,7 +207,10 @@ pub fn test_operator(secret: &str, name: &str) -> anyhow::Result<Credential> {
 /// Writes `operators.txt` (admin `admin`, read-only `viewer`) and each operator's
 /// credential file into `dir`; the admin's credential.
 fn write_operators(dir: &Path, secret: &str) -> anyhow::Result<Credential> {
-    let (admin, viewer) = (test_operator(secret, "admin")?, test_operator(secret, "viewer")?);
+    let (admin, viewer) = (
+        test_operator(secret, "admin")?,
+        test_operator(secret, "viewer")?,
+    );
     let write = |name: &str, text: String| {
         let p = dir.join(name);
         fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod config_file;
+pub mod injector;
 pub mod netns;
 pub mod process;
 

@@ -406,14 +406,8 @@ pub fn start_sshd(dir: &Path) -> Sshd {
 /// a coordinator that is gone).
 pub fn ctl_within(addr: &str, cmd: Cmd, timeout: Duration) -> Result<Outcome, String> {
     let admin = dml_cluster::test_operator(SECRET, "admin").map_err(|e| format!("{e:#}"))?;
-    dml_cluster::ask(
-        addr,
-        &admin,
-        cmd,
-        Duration::from_secs(2),
-        timeout,
-    )
-    .map_err(|e| format!("{e:#}"))
+    dml_cluster::ask(addr, &admin, cmd, Duration::from_secs(2), timeout)
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// Delivers one message to a node as a node (proving the cluster secret: tools may send

@@ -222,8 +222,8 @@ impl TransportConfig {
             connect_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(2),
-            max_pending_handshakes: 512,
-            max_pending_per_ip: 64,
+            max_pending_handshakes: 1024,
+            max_pending_per_ip: 256,
             drop_rate: 0.0,
             drop_seed: 0,
         }
@@ -241,8 +241,7 @@ impl TransportConfig {
         if self.max_frame < HANDSHAKE_MAX_FRAME || self.max_frame > MAX_FRAME {
             return bad("max_frame must be between 1 KiB and 16 MiB");
         }
-        if self.queue_cap == 0 || self.max_pending_handshakes == 0 || self.max_pending_per_ip == 0
-        {
+        if self.queue_cap == 0 || self.max_pending_handshakes == 0 || self.max_pending_per_ip == 0 {
             return bad("queue_cap and the pending handshake limits must be positive");
         }
         if self.inbound_cap < 2 {

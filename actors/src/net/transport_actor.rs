@@ -14,8 +14,8 @@ use crate::jobs::worker_actor::{self, WorkerActor};
 use crate::membership::membership_actor::{Exec, FromPeer, MembershipActor};
 use crate::net::body::Body;
 use crate::net::route::{command_route, is_read_only, route, To};
-use crate::net::wire::{Access, Grant};
 use crate::net::transport::{Inbound, Responder};
+use crate::net::wire::{Access, Grant};
 use crate::sdfs::sdfs_actor::{self, SdfsActor};
 
 /// Where the messages of each protocol go.
@@ -76,8 +76,13 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
             responder,
             ..
         } = m;
-        if let (Access::Operator { name, grant: Grant::ReadOnly }, Body::Command(cmd)) =
-            (&access, &body)
+        if let (
+            Access::Operator {
+                name,
+                grant: Grant::ReadOnly,
+            },
+            Body::Command(cmd),
+        ) = (&access, &body)
         {
             if !is_read_only(cmd) {
                 warn!(peer = %from, "read-only operator refused a command that changes state");

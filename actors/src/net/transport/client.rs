@@ -74,15 +74,14 @@ impl<B: Serialize + DeserializeOwned> Client<B> {
             };
             let mut dec = FrameDecoder::new(HANDSHAKE_MAX_FRAME);
             let (_, channel) =
-                client_handshake(&mut stream, &mut dec, &NodeAddr(label), role, lane, cred)
-                    .await?;
+                client_handshake(&mut stream, &mut dec, &NodeAddr(label), role, lane, cred).await?;
             Ok::<_, TransportError>((stream, dec, channel))
         };
-        let (stream, dec, Channel { sealer, opener }) = tokio::time::timeout(timeout, work).await.map_err(|_| {
-            TransportError::ConnectTimeout {
+        let (stream, dec, Channel { sealer, opener }) = tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| TransportError::ConnectTimeout {
                 addr: addr.to_string(),
-            }
-        })??;
+            })??;
         Ok(Client {
             stream,
             dec: SecureDecoder::new(dec, opener, MAX_FRAME),

@@ -350,9 +350,7 @@ impl<B: Message> ConnCtx<B> {
                 return Err(TransportError::Forbidden { what: "reply" });
             }
             if !env.body.tool_may_send() {
-                return Err(TransportError::Forbidden {
-                    what: "node-only",
-                });
+                return Err(TransportError::Forbidden { what: "node-only" });
             }
         }
         if let Some(reply_to) = env.reply_to {
@@ -506,8 +504,7 @@ pub(super) async fn accept_loop<B: Message>(inner: Arc<Inner<B>>, listener: TcpL
         };
         let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let priority = inner.cfg.priority_ips.contains(&remote.ip());
-        let admission =
-            lock(&inner.handshakes).admit(id, remote.ip(), priority, Instant::now());
+        let admission = lock(&inner.handshakes).admit(id, remote.ip(), priority, Instant::now());
         match admission {
             Admission::Admitted => {}
             Admission::Evicted(_) => inner.shared.warnings.warn(

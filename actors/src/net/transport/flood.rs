@@ -174,7 +174,12 @@ impl WarnLimiter {
     }
 
     /// A warning of `kind` about `peer`.
-    pub(super) fn warn(&self, kind: &'static str, peer: &dyn fmt::Display, detail: &dyn fmt::Display) {
+    pub(super) fn warn(
+        &self,
+        kind: &'static str,
+        peer: &dyn fmt::Display,
+        detail: &dyn fmt::Display,
+    ) {
         let show = {
             let mut st = lock(&self.state);
             Self::roll(&mut st);
@@ -235,7 +240,10 @@ mod tests {
         let mut t = HandshakeTable::new(10, 2);
         let t0 = Instant::now();
         assert_eq!(t.admit(1, ip(1), false, t0), Admission::Admitted);
-        assert_eq!(t.admit(2, ip(1), false, t0 + Duration::from_millis(1)), Admission::Admitted);
+        assert_eq!(
+            t.admit(2, ip(1), false, t0 + Duration::from_millis(1)),
+            Admission::Admitted
+        );
         assert_eq!(t.admit(3, ip(2), false, t0), Admission::Admitted);
         // 1 sent its hello: the newcomer from the same source pushes out 2 instead.
         t.hello_seen(1);
