@@ -233,7 +233,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Decodes hex (either case); `None` if it is not an even number of hex digits.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
