@@ -21,7 +21,13 @@ pub fn call(
     cmd: impl Into<Request>,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
-    dml_cluster::ask(node, &config.secret, cmd, CONNECT_WITHIN, timeout)
+    dml_cluster::ask(
+        node,
+        &config.tool_credential()?,
+        cmd,
+        CONNECT_WITHIN,
+        timeout,
+    )
 }
 
 pub fn run(
@@ -42,8 +48,13 @@ pub fn run(
         return submit_and_wait(config, node, json, timeout, req);
     }
     // Ctrl-C ends a transfer as an error, so its temp file is removed.
-    let outcome =
-        dml_cluster::ask_interruptible(node, &config.secret, req, CONNECT_WITHIN, timeout)?;
+    let outcome = dml_cluster::ask_interruptible(
+        node,
+        &config.tool_credential()?,
+        req,
+        CONNECT_WITHIN,
+        timeout,
+    )?;
     match outcome {
         Ok(reply) => {
             if json {

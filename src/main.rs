@@ -83,6 +83,10 @@ enum Cmd {
         /// C4: return once the job is accepted instead of following it to the end.
         #[arg(long)]
         detach: bool,
+        /// The operator credential to prove (a `NAME HEX_KEY` file), instead of the
+        /// config's `[ctl] credential_file`.
+        #[arg(long)]
+        credential: Option<PathBuf>,
         /// The command and its arguments (see `dml ctl help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
@@ -279,9 +283,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             timeout,
             detach,
+            credential,
             command,
         } => {
-            let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
+            let mut config = dml_actors::config::load(&cfg.config, &cfg.set)?;
+            if let Some(file) = credential {
+                // Relative to where the operator typed it, not to the config file.
+                config.credential_file = Some(std::path::absolute(&file)?);
+            }
             return ctl::run(&config, &node, json, timeout, detach, &command);
         }
         Cmd::Weights { what, dir } => match what {

@@ -17,7 +17,7 @@ pub fn start(config_path: &Path, overrides: &[String], config: &Config) -> anyho
         overrides: overrides.to_vec(),
         ..Options::default()
     };
-    Cluster::start(&exe, Layout::of(config_path, config), opts)
+    Cluster::start(&exe, Layout::of(config_path, config)?, opts)
 }
 
 /// Waits until the first node lists every configured node as alive; their number.

@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::types::NodeAddr;
 
+mod keys;
 mod load;
 pub use load::load;
 
@@ -50,6 +51,28 @@ pub struct RawConfig {
     pub inference: RawInference,
     #[serde(default)]
     pub sdfs: RawSdfs,
+    #[serde(default)]
+    pub security: RawSecurity,
+    #[serde(default)]
+    pub ctl: RawCtl,
+}
+
+/// `[security]`: who may connect besides the nodes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurity {
+    /// `NAME ROLE HEX_KEY` lines: the operators whose tools a node accepts.
+    pub operators_file: Option<String>,
+    /// Let tools prove the cluster secret instead of an operator key (as admins).
+    pub allow_secret_for_tools: Option<bool>,
+}
+
+/// `[ctl]`: the operator side (`dml ctl`, `dml up`, `dml demo`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCtl {
+    /// A `NAME HEX_KEY` line: the operator credential `dml ctl` proves.
+    pub credential_file: Option<String>,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -57,6 +80,10 @@ pub struct RawConfig {
 pub struct RawCluster {
     pub secret: Option<String>,
     pub secret_file: Option<String>,
+    /// Older (or newer) cluster secrets still accepted during a key rotation.
+    pub accept_secrets: Option<Vec<String>>,
+    /// The same, read from files.
+    pub accept_secret_files: Option<Vec<String>>,
     pub data_dir: Option<String>,
     pub log_dir: Option<String>,
 }
@@ -187,12 +214,23 @@ pub struct Config {
     pub threads: usize,
     pub weights_dir: PathBuf,
     pub sdfs: SdfsConfig,
+    /// Cluster secrets accepted besides `secret` (the one this node dials with).
+    pub accept_secrets: Vec<Vec<u8>>,
+    /// Operators whose tools this node accepts.
+    pub operators: Vec<dml_wire::OperatorKey>,
+    /// Whether tools may prove the cluster secret (off unless configured).
+    pub allow_secret_for_tools: bool,
+    /// The operator credential `dml ctl` proves, read when a tool needs it (nodes do
+    /// not need the operator's key file).
+    pub credential_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("secret", &Redacted)
+            .field("accept_secrets", &self.accept_secrets.len())
+            .field("operators", &self.operators.len())
             .field("data_dir", &self.data_dir)
             .field("log_dir", &self.log_dir)
             .field("introducer", &self.introducer)
@@ -211,9 +249,8 @@ impl std::fmt::Debug for Config {
 /// secret exactly, binary or not, except one trailing newline (`\n` or `\r\n`) that
 /// editors and `echo` add; a file starting with `hex:` holds the secret as hex digits
 /// (whitespace ignored). Never decoded lossily: two different keys stay different.
-fn read_secret_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+pub(super) fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     use std::os::unix::fs::PermissionsExt;
-    let key = "cluster.secret_file";
     let cannot = |e: std::io::Error| err(key, format!("cannot read {}: {e}", path.display()));
     let mode = std::fs::metadata(path)
         .map_err(cannot)?
@@ -333,7 +370,7 @@ impl RawConfig {
                 ))
             }
             (Some(s), None) => s.as_bytes().to_vec(),
-            (None, Some(f)) => read_secret_file(&resolve(base, f))?,
+            (None, Some(f)) => read_secret_file("cluster.secret_file", &resolve(base, f))?,
             (None, None) => {
                 return Err(err(
                     "cluster.secret",
@@ -482,7 +519,12 @@ impl RawConfig {
             ));
         }
 
+        let keys = keys::load(&self, base)?;
         Ok(Config {
+            accept_secrets: keys.accept_secrets,
+            operators: keys.operators,
+            allow_secret_for_tools: keys.allow_secret_for_tools,
+            credential_file: keys.credential_file,
             secret,
             data_dir: resolve(base, self.cluster.data_dir.as_deref().unwrap_or("data")),
             log_dir: resolve(base, self.cluster.log_dir.as_deref().unwrap_or("logs")),

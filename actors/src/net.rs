@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod route;
+pub mod security;
 pub mod transport;
 pub mod transport_actor;
 pub mod wire;

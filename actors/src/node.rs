@@ -54,7 +54,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 fn transport_config(config: &Config, me: &NodeAddr) -> TransportConfig {
-    let mut t = TransportConfig::new(me.clone(), config.secret.clone());
+    let mut t = crate::net::security::transport_config(config, me);
     t.drop_rate = config.fd.drop_rate;
     t.drop_seed = crate::clock::wall_ms();
     t

@@ -6,9 +6,12 @@
 use std::time::Duration;
 
 use dml_actors::net::transport::{
-    Client, Inbound, Lane, Transport, TransportConfig, TransportError,
+    Client, Inbound, Lane, Message, Transport, TransportConfig, TransportError,
 };
-use dml_actors::net::wire::{self, ClientHandshake, Envelope, FrameDecoder, HandshakeError, Role};
+use dml_actors::net::wire::{
+    self, Access, Channel, ClientHandshake, Credential, Envelope, Ephemeral, FrameDecoder, Grant,
+    HandshakeError, Key, OperatorKey, Role, SystemRandom,
+};
 use dml_actors::types::NodeAddr;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -18,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::Receiver;
 
 const SECRET: &[u8] = b"test cluster secret";
+const WRONG: &[u8] = b"not the cluster secret";
+const OP_KEY: &[u8] = b"operator key of ops, 32 bytes..";
 /// Only a guard against a hung test; every wait ends on a condition long before this.
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -28,6 +33,26 @@ enum Msg {
     Chunk(Vec<u8>),
 }
 
+/// Pings stand for node-only messages (membership, SDFS, jobs); the rest for commands.
+impl Message for Msg {
+    fn tool_may_send(&self) -> bool {
+        !matches!(self, Msg::Ping(_))
+    }
+}
+
+fn key(b: &[u8]) -> Key {
+    Key::new(b).unwrap()
+}
+
+/// The credential of the admin operator every test node knows.
+fn ops() -> Credential {
+    Credential::operator("ops", key(OP_KEY))
+}
+
+fn cluster(secret: &[u8]) -> Credential {
+    Credential::cluster(key(secret))
+}
+
 struct Node {
     t: Transport<Msg>,
     rx: Receiver<Inbound<Msg>>,
@@ -36,6 +61,18 @@ struct Node {
 
 fn config(addr: &NodeAddr, secret: &[u8]) -> TransportConfig {
     let mut cfg = TransportConfig::new(addr.clone(), secret);
+    cfg.operators = vec![
+        OperatorKey {
+            name: "ops".into(),
+            grant: Grant::Admin,
+            key: key(OP_KEY),
+        },
+        OperatorKey {
+            name: "viewer".into(),
+            grant: Grant::ReadOnly,
+            key: key(b"viewer key 0123456789abcdef"),
+        },
+    ];
     cfg.backoff_min = Duration::from_millis(10);
     cfg.backoff_max = Duration::from_millis(100);
     cfg.handshake_timeout = Duration::from_secs(5);
@@ -87,18 +124,39 @@ async fn read_payload(s: &mut TcpStream, dec: &mut FrameDecoder) -> Vec<u8> {
     }
 }
 
-/// A hand-driven client that completes the handshake (with `secret`), then lets the test
-/// write whatever bytes it likes.
-async fn raw_authenticated(to: &NodeAddr, me: &str, secret: &[u8]) -> TcpStream {
+fn eph() -> Ephemeral {
+    Ephemeral::generate(&SystemRandom::new()).unwrap()
+}
+
+/// A hand-driven client that completes the handshake (as `role` with `cred`), then lets
+/// the test write whatever bytes it likes, sealed with the channel or not.
+async fn raw_as(to: &NodeAddr, me: &str, role: Role, cred: &Credential) -> (TcpStream, Channel) {
     let mut s = TcpStream::connect(to.as_str()).await.unwrap();
-    let (hs, hello) =
-        ClientHandshake::start(&NodeAddr(me.into()), Role::Node, Lane::Control, [42; 32]).unwrap();
+    let (hs, hello) = ClientHandshake::start(
+        &NodeAddr(me.into()),
+        role,
+        Lane::Control,
+        cred,
+        [42; 32],
+        eph(),
+    )
+    .unwrap();
     s.write_all(&hello).await.unwrap();
     let mut dec = FrameDecoder::new(wire::HANDSHAKE_MAX_FRAME);
     let challenge = read_payload(&mut s, &mut dec).await;
-    let (_, finish) = hs.on_challenge(secret, &challenge).unwrap();
+    let (_, channel, finish) = hs.on_challenge(&challenge).unwrap();
     s.write_all(&finish).await.unwrap();
-    s
+    (s, channel)
+}
+
+async fn raw_authenticated(to: &NodeAddr, me: &str, secret: &[u8]) -> (TcpStream, Channel) {
+    raw_as(to, me, Role::Node, &cluster(secret)).await
+}
+
+/// `frame` (as `encode_frame` makes it) sealed for the next counter of `ch`.
+fn seal(ch: &mut Channel, mut frame: Vec<u8>) -> Vec<u8> {
+    ch.sealer.seal_frame(&mut frame).unwrap();
+    frame
 }
 
 /// Waits until the other side closes `s`; false if it is still open at the deadline.
@@ -189,17 +247,25 @@ where
 #[tokio::test]
 async fn tool_client_gets_replies_on_its_own_connection() {
     let mut a = node().await;
-    let mut client = Client::<Msg>::connect(a.addr.as_str(), SECRET, DEADLINE)
+    let mut client = Client::<Msg>::connect(a.addr.as_str(), &ops(), DEADLINE)
         .await
         .unwrap();
     let ask = tokio::spawn(async move {
         let r1 = client.request(Msg::Echo("list_mem".into()), DEADLINE).await;
-        let r2 = client.request(Msg::Ping(2), DEADLINE).await;
+        let r2 = client.request(Msg::Echo("2".into()), DEADLINE).await;
         (r1, r2)
     });
     for _ in 0..2 {
         let m = recv(&mut a.rx).await;
-        assert!(m.from.as_str().starts_with("tool@"), "{}", m.from);
+        // Named by the operator it proved and the socket it came from.
+        assert!(m.from.as_str().starts_with("ops@127.0.0.1:"), "{}", m.from);
+        assert_eq!(
+            m.access,
+            Access::Operator {
+                name: "ops".into(),
+                grant: Grant::Admin
+            }
+        );
         let reply = Msg::Echo(format!("answer to {:?}", m.body));
         m.responder
             .expect("a request has a responder")
@@ -211,24 +277,33 @@ async fn tool_client_gets_replies_on_its_own_connection() {
         r1.unwrap(),
         Msg::Echo("answer to Echo(\"list_mem\")".into())
     );
-    assert_eq!(r2.unwrap(), Msg::Echo("answer to Ping(2)".into()));
+    assert_eq!(r2.unwrap(), Msg::Echo("answer to Echo(\"2\")".into()));
 }
 
 #[tokio::test]
 async fn wrong_secret_is_rejected_and_nothing_is_delivered() {
     let mut a = node().await;
 
-    // A tool with the wrong secret notices at once (the server proves first).
-    let err = Client::<Msg>::connect(a.addr.as_str(), b"not the secret", DEADLINE)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, TransportError::Handshake(HandshakeError::BadProof)),
-        "{err}"
-    );
+    // A tool with a wrong operator key, or with the cluster secret, is told why.
+    for cred in [
+        Credential::operator("ops", key(WRONG)),
+        Credential::operator("nobody", key(OP_KEY)),
+        cluster(SECRET),
+    ] {
+        let err = Client::<Msg>::connect(a.addr.as_str(), &cred, DEADLINE)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                TransportError::Handshake(HandshakeError::RefusedByPeer(_))
+            ),
+            "{err}"
+        );
+    }
 
     // A node with the wrong secret cannot get a request through.
-    let c = start_with(|addr| config(addr, b"not the secret")).await;
+    let c = start_with(|addr| config(addr, WRONG)).await;
     let err =
         c.t.request(&a.addr, Lane::Control, Msg::Ping(1), DEADLINE)
             .await
@@ -241,7 +316,9 @@ async fn wrong_secret_is_rejected_and_nothing_is_delivered() {
         &NodeAddr("evil:1".into()),
         Role::Node,
         Lane::Control,
+        &cluster(SECRET),
         [1; 32],
+        eph(),
     )
     .unwrap();
     s.write_all(&hello).await.unwrap();
@@ -296,16 +373,30 @@ async fn hostile_bytes_close_only_that_connection() {
         wire::encode_frame(&future).unwrap(),
         framed(&valid)[..valid.len()].to_vec(),
     ];
+    // Each attack twice: as raw bytes (which never open) and sealed properly, so that
+    // the decoder behind the seal is tried too.
+    let mut runs = Vec::new();
     for (i, attack) in attacks.iter().enumerate() {
-        let mut s = raw_authenticated(&a.addr, &format!("raw:{i}"), SECRET).await;
-        s.write_all(attack).await.unwrap();
+        runs.push((i, attack.clone(), false));
+        if attack.len() > 4 && i != attacks.len() - 1 && i != 0 {
+            runs.push((i, attack.clone(), true));
+        }
+    }
+    for (i, attack, sealed) in runs {
+        let (mut s, mut ch) = raw_authenticated(&a.addr, &format!("raw:{i}"), SECRET).await;
+        let bytes = if sealed {
+            seal(&mut ch, attack)
+        } else {
+            attack
+        };
+        s.write_all(&bytes).await.unwrap();
         if i == attacks.len() - 1 {
             // The truncated frame is only known to be truncated once the writer stops.
             s.shutdown().await.unwrap();
         }
         assert!(
             closed_by_peer(&mut s).await,
-            "attack {i} was not disconnected"
+            "attack {i} (sealed: {sealed}) was not disconnected"
         );
     }
 
@@ -333,42 +424,147 @@ async fn a_silent_peer_is_closed_by_the_handshake_timeout() {
 }
 
 #[tokio::test]
-async fn unfinished_handshakes_are_bounded() {
+async fn unfinished_handshakes_are_bounded_and_silent_ones_make_room() {
+    for per_ip in [false, true] {
+        let a = start_with(|addr| {
+            let mut cfg = config(addr, SECRET);
+            if per_ip {
+                cfg.max_pending_per_ip = 2;
+            } else {
+                cfg.max_pending_handshakes = 2;
+            }
+            cfg.handshake_timeout = Duration::from_secs(60);
+            cfg.hello_timeout = Duration::from_secs(60);
+            cfg
+        })
+        .await;
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(a.addr.as_str()).await.unwrap());
+        }
+        // A client that talks at once is served, in place of the oldest silent one.
+        let _client = Client::<Msg>::connect(a.addr.as_str(), &ops(), DEADLINE)
+            .await
+            .unwrap();
+        assert!(closed_by_peer(&mut silent[0]).await, "per ip: {per_ip}");
+        // The newer silent one still waits for its hello (its timeout is a minute away).
+        let mut buf = [0u8; 8];
+        assert!(
+            matches!(silent[1].try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        );
+        a.t.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn a_silent_connection_must_say_hello_quickly() {
     let a = start_with(|addr| {
         let mut cfg = config(addr, SECRET);
-        cfg.max_pending_handshakes = 2;
+        cfg.hello_timeout = Duration::from_millis(200);
         cfg.handshake_timeout = Duration::from_secs(60);
         cfg
     })
     .await;
-    let mut silent = Vec::new();
-    for _ in 0..2 {
-        silent.push(TcpStream::connect(a.addr.as_str()).await.unwrap());
-    }
-    let mut third = TcpStream::connect(a.addr.as_str()).await.unwrap();
-    assert!(closed_by_peer(&mut third).await);
-    // The first two still wait for their hello (their timeout is a minute away).
-    let mut buf = [0u8; 8];
-    for s in &silent {
-        assert!(
-            matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        );
-    }
-    // Once one of them gives up, a new connection gets its slot and authenticates.
-    drop(silent.pop());
-    let mut ok = None;
-    for _ in 0..100 {
-        match Client::<Msg>::connect(a.addr.as_str(), SECRET, DEADLINE).await {
-            Ok(c) => {
-                ok = Some(c);
-                break;
-            }
-            // The slot frees when the server notices the close: retry until it has.
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+    let mut s = TcpStream::connect(a.addr.as_str()).await.unwrap();
+    assert!(closed_by_peer(&mut s).await);
+}
+
+#[tokio::test]
+async fn a_tool_may_send_commands_only() {
+    let mut a = node().await;
+    // A node-only message from an operator's connection: cut off, not delivered.
+    let (mut s, mut ch) = raw_as(&a.addr, "tool", Role::Tool, &ops()).await;
+    let ping = wire::encode_frame(&Envelope::message(1, Msg::Ping(1))).unwrap();
+    s.write_all(&seal(&mut ch, ping)).await.unwrap();
+    assert!(closed_by_peer(&mut s).await);
+    // A reply from a tool could complete a request sent to a node it names: refused too.
+    let (mut s, mut ch) = raw_as(&a.addr, "127.0.0.1:1", Role::Tool, &ops()).await;
+    let reply = wire::encode_frame(&Envelope::reply(1, 1, Msg::Echo("x".into()))).unwrap();
+    s.write_all(&seal(&mut ch, reply)).await.unwrap();
+    assert!(closed_by_peer(&mut s).await);
+    assert!(a.rx.try_recv().is_err());
+    // An operator key never makes a node.
+    let err = Client::<Msg>::connect_as(
+        a.addr.as_str(),
+        Role::Node,
+        Some("10.0.0.9:1"),
+        Lane::Control,
+        &ops(),
+        DEADLINE,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, TransportError::Handshake(_)), "{err}");
+    // A read-only operator's grant reaches the application.
+    let viewer = Credential::operator("viewer", key(b"viewer key 0123456789abcdef"));
+    let mut c = Client::<Msg>::connect(a.addr.as_str(), &viewer, DEADLINE)
+        .await
+        .unwrap();
+    drop(
+        c.request(Msg::Echo("ls".into()), Duration::from_millis(50))
+            .await,
+    );
+    let m = recv(&mut a.rx).await;
+    assert!(matches!(
+        m.access,
+        Access::Operator {
+            grant: Grant::ReadOnly,
+            ..
         }
-    }
-    assert!(ok.is_some());
-    a.t.shutdown();
+    ));
+}
+
+#[tokio::test]
+async fn tampered_replayed_and_injected_frames_close_the_connection() {
+    let mut a = node().await;
+    let frame = |n| wire::encode_frame(&Envelope::message(n, Msg::Echo(format!("m{n}")))).unwrap();
+    // A flipped bit.
+    let (mut s, mut ch) = raw_authenticated(&a.addr, "raw:t", SECRET).await;
+    let mut bad = seal(&mut ch, frame(1));
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    s.write_all(&bad).await.unwrap();
+    assert!(closed_by_peer(&mut s).await);
+    // A replay: the first copy is delivered, the second closes the connection.
+    let (mut s, mut ch) = raw_authenticated(&a.addr, "raw:r", SECRET).await;
+    let f = seal(&mut ch, frame(2));
+    s.write_all(&f).await.unwrap();
+    assert_eq!(recv(&mut a.rx).await.body, Msg::Echo("m2".into()));
+    s.write_all(&f).await.unwrap();
+    assert!(closed_by_peer(&mut s).await);
+    // A frame captured on one connection, injected into another.
+    let (_, mut ch1) = raw_authenticated(&a.addr, "raw:c1", SECRET).await;
+    let (mut s2, _) = raw_authenticated(&a.addr, "raw:c2", SECRET).await;
+    s2.write_all(&seal(&mut ch1, frame(3))).await.unwrap();
+    assert!(closed_by_peer(&mut s2).await);
+    assert!(a.rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_keyring_lets_old_and_new_keys_talk_both_ways() {
+    const NEW: &[u8] = b"the new cluster secret 0123";
+    let mut old = node().await;
+    let mut new = start_with(|addr| {
+        let mut cfg = config(addr, NEW);
+        cfg.accept_secrets = vec![SECRET.to_vec()];
+        cfg
+    })
+    .await;
+    old.t.send(&new.addr, Lane::Control, Msg::Ping(1)).unwrap();
+    assert_eq!(recv(&mut new.rx).await.body, Msg::Ping(1));
+    // The old node does not accept NEW yet: the new node's dial is refused.
+    new.t.send(&old.addr, Lane::Control, Msg::Ping(2)).unwrap();
+    let late = tokio::time::timeout(Duration::from_millis(500), old.rx.recv()).await;
+    assert!(late.is_err(), "{late:?}");
+    let both = start_with(|addr| {
+        let mut cfg = config(addr, SECRET);
+        cfg.accept_secrets = vec![NEW.to_vec()];
+        cfg
+    })
+    .await;
+    let mut both = both;
+    new.t.send(&both.addr, Lane::Control, Msg::Ping(3)).unwrap();
+    assert_eq!(recv(&mut both.rx).await.body, Msg::Ping(3));
 }
 
 #[tokio::test]
@@ -429,10 +625,9 @@ async fn requests_to_a_dead_address_fail_fast() {
 #[tokio::test]
 async fn forget_closes_the_peers_inbound_connections() {
     let mut a = node().await;
-    let mut s = raw_authenticated(&a.addr, "raw:1", SECRET).await;
-    s.write_all(&wire::encode_frame(&Envelope::message(1, Msg::Ping(1))).unwrap())
-        .await
-        .unwrap();
+    let (mut s, mut ch) = raw_authenticated(&a.addr, "raw:1", SECRET).await;
+    let ping = wire::encode_frame(&Envelope::message(1, Msg::Ping(1))).unwrap();
+    s.write_all(&seal(&mut ch, ping)).await.unwrap();
     // Delivered, so the connection is registered under its peer.
     assert_eq!(recv(&mut a.rx).await.from, NodeAddr("raw:1".into()));
     a.t.forget(&NodeAddr("raw:1".into()));

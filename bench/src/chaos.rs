@@ -115,7 +115,7 @@ pub enum Plan {
 /// What the threads of a run share.
 pub struct Ctx {
     pub seed: u64,
-    pub secret: Vec<u8>,
+    pub credential: dml_actors::net::wire::Credential,
     pub work: PathBuf,
     pub op_timeout: Duration,
     pub history: Mutex<History>,
@@ -360,7 +360,7 @@ pub fn soak(bin: &Path, cfg: &Config) -> anyhow::Result<Summary> {
     cluster.wait_formed(Duration::from_secs(120))?;
     let ctx = Ctx {
         seed: cfg.seed,
-        secret: layout.secret.clone(),
+        credential: layout.credential.clone(),
         work: cfg.dir.join("work"),
         op_timeout: cfg.op_timeout,
         history: Mutex::new(History::new(start)),
@@ -493,7 +493,7 @@ fn load(ctx: &Ctx, layout: &Layout, cfg: &Config) -> anyhow::Result<()> {
     };
     let reply = match dml_cluster::ask(
         &node,
-        &ctx.secret,
+        &ctx.credential,
         cmd,
         Duration::from_secs(2),
         Duration::from_secs(1800),

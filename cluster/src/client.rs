@@ -7,20 +7,22 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use dml_actors::control::{Outcome, Request};
+use dml_actors::net::wire::Credential;
 
 use crate::transfer::{self, Node};
 
 /// Sends `req` to the node at `addr` and waits for its outcome: `connect` bounds each
 /// connection and handshake, `reply` each answer. An error is a transport failure; the
-/// node's own refusal (or the local file's) is the `Err` of the [`Outcome`].
+/// node's own refusal (or the local file's) is the `Err` of the [`Outcome`]. `cred` is an
+/// operator credential (or the cluster key, where the node allows tools to prove it).
 pub fn ask(
     addr: &str,
-    secret: &[u8],
+    cred: &Credential,
     req: impl Into<Request>,
     connect: Duration,
     reply: Duration,
 ) -> anyhow::Result<Outcome> {
-    run(addr, secret, req.into(), connect, reply, false)
+    run(addr, cred, req.into(), connect, reply, false)
 }
 
 /// Like [`ask`], but Ctrl-C (SIGINT) ends the request as an error, so that a half-written
@@ -28,17 +30,17 @@ pub fn ask(
 /// SIGINT handler for the rest of the process's life.
 pub fn ask_interruptible(
     addr: &str,
-    secret: &[u8],
+    cred: &Credential,
     req: impl Into<Request>,
     connect: Duration,
     reply: Duration,
 ) -> anyhow::Result<Outcome> {
-    run(addr, secret, req.into(), connect, reply, true)
+    run(addr, cred, req.into(), connect, reply, true)
 }
 
 fn run(
     addr: &str,
-    secret: &[u8],
+    cred: &Credential,
     req: Request,
     connect: Duration,
     reply: Duration,
@@ -50,7 +52,7 @@ fn run(
         .context("cannot start a runtime")?;
     let node = Node {
         addr: addr.to_string(),
-        secret: secret.to_vec(),
+        cred: cred.clone(),
         connect,
         reply,
     };

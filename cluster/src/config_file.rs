@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use dml_actors::config::Config;
+use dml_actors::net::wire::{hex, key_id, Credential, Key};
 
 use crate::netns::Net;
 
@@ -23,15 +24,19 @@ pub struct Layout {
     /// (name, `host:port`) of every node, in config order.
     pub nodes: Vec<(String, String)>,
     pub secret: Vec<u8>,
+    /// What the harness's console client proves: the config's operator credential
+    /// (an admin's, for test clusters).
+    pub credential: Credential,
     /// The private network when every node runs in its own namespace
     /// ([`TestConfig::write_netns`]); `None` on loopback.
     pub net: Option<Arc<Net>>,
 }
 
 impl Layout {
-    /// The layout of a loaded config.
-    pub fn of(config_path: &Path, config: &Config) -> Layout {
-        Layout {
+    /// The layout of a loaded config (its `[ctl] credential_file` is read here).
+    pub fn of(config_path: &Path, config: &Config) -> anyhow::Result<Layout> {
+        Ok(Layout {
+            credential: config.tool_credential()?,
             config: config_path.to_path_buf(),
             log_dir: config.log_dir.clone(),
             introducer: config.introducer.to_string(),
@@ -42,7 +47,16 @@ impl Layout {
                 .collect(),
             secret: config.secret.clone(),
             net: None,
-        }
+        })
+    }
+
+    /// The credential file of a test cluster's operator (`admin` or `viewer`, see
+    /// [`TestConfig`]).
+    pub fn credential_file(&self, operator: &str) -> PathBuf {
+        self.config
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(format!("{operator}.credential"))
     }
 
     /// The log file of a process (`introducer` or a node name).
@@ -71,7 +85,11 @@ impl Layout {
 }
 
 /// The config of a throw-away cluster on free loopback ports: nodes `H1..Hn`, data and
-/// logs next to the config, the given failure-detector timings (seconds).
+/// logs next to the config, the given failure-detector timings (seconds), and two
+/// operators: `admin` (whose credential the config's `[ctl]` names) and `viewer`
+/// (read-only), in `operators.txt`, `admin.credential` and `viewer.credential`, with
+/// keys derived from the secret ([`test_operator`]), so that a test helper that knows
+/// only the secret can prove them too.
 #[derive(Debug, Clone)]
 pub struct TestConfig<'a> {
     pub secret: &'a str,
@@ -135,8 +153,11 @@ impl TestConfig<'_> {
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        let admin = write_operators(dir, self.secret)?;
         let mut toml = format!(
             "[cluster]\nsecret = \"{}\"\ndata_dir = \"data\"\nlog_dir = \"logs\"\n\n\
+             [security]\noperators_file = \"operators.txt\"\n\n\
+             [ctl]\ncredential_file = \"admin.credential\"\n\n\
              [introducer]\nhost = \"{intro_host}\"\nport = {intro}\n\n\
              [failure_detector]\nm = 3\nping_duration = {}\nping_timeout = {}\ncleanup_time = {}\n{}\n\n{}\n",
             self.secret,
@@ -162,7 +183,52 @@ impl TestConfig<'_> {
             introducer: format!("{intro_host}:{intro}"),
             nodes,
             secret: self.secret.as_bytes().to_vec(),
+            credential: admin,
             net,
         })
     }
+}
+
+/// The credential of operator `name` of a [`TestConfig`] cluster with `secret`. Derived,
+/// not drawn, so helpers without the layout can use it; only for throw-away clusters.
+pub fn test_operator(secret: &str, name: &str) -> anyhow::Result<Credential> {
+    let mut bytes = Vec::new();
+    for part in [
+        "operator-key-1",
+        "operator-key-2",
+        "operator-key-3",
+        "operator-key-4",
+    ] {
+        bytes.extend_from_slice(&key_id(format!("{part}/{name}/{secret}").as_bytes()));
+    }
+    Ok(Credential::operator(name, Key::new(bytes)?))
+}
+
+/// Writes `operators.txt` (admin `admin`, read-only `viewer`) and each operator's
+/// credential file into `dir`; the admin's credential.
+fn write_operators(dir: &Path, secret: &str) -> anyhow::Result<Credential> {
+    let (admin, viewer) = (
+        test_operator(secret, "admin")?,
+        test_operator(secret, "viewer")?,
+    );
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
+    };
+    write(
+        "operators.txt",
+        format!(
+            "# NAME ROLE KEY (hex)\nadmin admin {}\nviewer read-only {}\n",
+            hex(admin.key.bytes()),
+            hex(viewer.key.bytes())
+        ),
+    )?;
+    for c in [&admin, &viewer] {
+        let name = c.operator.as_deref().unwrap_or_default();
+        write(
+            &format!("{name}.credential"),
+            format!("{name} {}\n", hex(c.key.bytes())),
+        )?;
+    }
+    Ok(admin)
 }

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod config_file;
+pub mod injector;
 pub mod netns;
 pub mod process;
 mod transfer;
@@ -14,7 +15,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 pub use client::{ask, ask_interruptible};
-pub use config_file::{Layout, TestConfig};
+pub use config_file::{test_operator, Layout, TestConfig};
 pub use netns::Net;
 pub use process::{Cluster, Member, Options, Stop};
 
@@ -95,10 +96,11 @@ mod tests {
         .write(&dir)
         .unwrap();
         let config = dml_actors::config::load(&layout.config, &[]).unwrap();
-        let again = Layout::of(&layout.config, &config);
+        let again = Layout::of(&layout.config, &config).unwrap();
         assert_eq!(again.nodes, layout.nodes);
         assert_eq!(again.introducer, layout.introducer);
         assert_eq!(again.secret, layout.secret);
+        assert_eq!(again.credential, layout.credential);
         assert_eq!(layout.name_of(&layout.nodes[1].1), Some("H2"));
         assert_eq!(layout.addr("introducer"), Some(layout.introducer.as_str()));
         assert_eq!(config.threads, 1);

@@ -244,7 +244,7 @@ impl Cluster {
         cmd: impl Into<Request>,
         reply: Duration,
     ) -> anyhow::Result<Outcome> {
-        crate::ask(addr, &self.layout.secret, cmd, CONNECT_WITHIN, reply)
+        crate::ask(addr, &self.layout.credential, cmd, CONNECT_WITHIN, reply)
     }
 
     /// A command's JSON answer, trying up to `opts.tries` times on transport errors.

@@ -17,21 +17,23 @@ use dml_actors::control::{
 };
 use dml_actors::net::body::Body;
 use dml_actors::net::transport::{Client, Lane};
+use dml_actors::net::wire::Credential;
 use dml_actors::sdfs::dir_put::{dir_files, DirPut, PutLocalDone, PARALLELISM};
 use dml_actors::sdfs::MAX_CHUNK;
 
-/// How to reach a node: its address, the secret, and the connect and reply bounds.
+/// How to reach a node: its address, the operator credential, and the connect and reply
+/// bounds.
 #[derive(Clone)]
 pub(crate) struct Node {
     pub addr: String,
-    pub secret: Vec<u8>,
+    pub cred: Credential,
     pub connect: Duration,
     pub reply: Duration,
 }
 
 impl Node {
     async fn connect(&self, lane: Lane) -> anyhow::Result<Client<Body>> {
-        Client::<Body>::connect_lane(&self.addr, lane, &self.secret, self.connect)
+        Client::<Body>::connect_lane(&self.addr, lane, &self.cred, self.connect)
             .await
             .with_context(|| format!("cannot reach node {}", self.addr))
     }

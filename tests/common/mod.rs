@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use dml_actors::control::{self, Outcome, Request};
 use dml_actors::net::body::Body;
-use dml_actors::net::transport::Client;
+use dml_actors::net::transport::{Client, Lane, Role};
+use dml_actors::net::wire::{Credential, Key};
 use dml_cluster::{Options, Stop, TestConfig};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef";
@@ -425,27 +426,31 @@ pub fn ctl_within(
     cmd: impl Into<Request>,
     timeout: Duration,
 ) -> Result<Outcome, String> {
-    dml_cluster::ask(
-        addr,
-        SECRET.as_bytes(),
-        cmd,
-        Duration::from_secs(2),
-        timeout,
-    )
-    .map_err(|e| format!("{e:#}"))
+    let admin = dml_cluster::test_operator(SECRET, "admin").map_err(|e| format!("{e:#}"))?;
+    dml_cluster::ask(addr, &admin, cmd, Duration::from_secs(2), timeout)
+        .map_err(|e| format!("{e:#}"))
 }
 
-/// Delivers one message to a node as a tool connection and does not wait for an answer
-/// (the node answers protocol messages to their sender's node address, not to a tool).
+/// Delivers one message to a node as a node (proving the cluster secret: tools may send
+/// only console commands) and does not wait for an answer (the node answers protocol
+/// messages to their sender's node address, not on this connection).
 pub fn send_oneway(addr: &str, body: Body) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = Client::<Body>::connect(addr, SECRET.as_bytes(), Duration::from_secs(2))
-            .await
-            .map_err(|e| e.to_string())?;
+        let secret = Key::new(SECRET.as_bytes().to_vec()).map_err(|e| e.to_string())?;
+        let mut c = Client::<Body>::connect_as(
+            addr,
+            Role::Node,
+            Some("127.0.0.1:1"),
+            Lane::Control,
+            &Credential::cluster(secret),
+            Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         // The frame is written before the wait starts; the timeout is the expected outcome.
         match c.request(body, Duration::from_millis(300)).await {
             Err(dml_actors::net::transport::TransportError::Timeout { .. }) | Ok(_) => Ok(()),

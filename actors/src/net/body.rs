@@ -33,3 +33,11 @@ impl Body {
         }
     }
 }
+
+impl crate::net::transport::Message for Body {
+    /// Tools (operators' `dml ctl`) send console commands, nothing else: membership,
+    /// SDFS and job messages only come from nodes (a `Ping` from a tool made it a member).
+    fn tool_may_send(&self) -> bool {
+        matches!(self, Body::Command(_))
+    }
+}

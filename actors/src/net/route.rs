@@ -69,3 +69,32 @@ pub fn command_route(cmd: &Command) -> To {
         Command::Help => To::Console,
     }
 }
+
+/// Whether a command only reads (listings, file reads, job results, statistics), so that
+/// a read-only operator may run it. Matched exhaustively: a new command must be judged.
+pub fn is_read_only(cmd: &Command) -> bool {
+    match cmd {
+        Command::ListMem
+        | Command::ListSelf
+        | Command::Help
+        | Command::GetBegin { .. }
+        | Command::GetData { .. }
+        | Command::TransferEnd { .. }
+        | Command::Ls { .. }
+        | Command::LsPrefix { .. }
+        | Command::Store
+        | Command::C1
+        | Command::C2
+        | Command::C4Results { .. }
+        | Command::C5
+        | Command::Stats => true,
+        Command::Join
+        | Command::Leave
+        | Command::PutBegin { .. }
+        | Command::PutData { .. }
+        | Command::Forgive { .. }
+        | Command::Delete { .. }
+        | Command::C3 { .. }
+        | Command::C4 { .. } => false,
+    }
+}

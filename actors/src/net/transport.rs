@@ -37,16 +37,35 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info};
 
-use crate::net::wire::{self, Envelope, HandshakeError, WireError, HANDSHAKE_MAX_FRAME, MAX_FRAME};
+use crate::net::wire::{
+    self, Access, Authority, Credential, Envelope, HandshakeError, Key, KeyError, Keyring,
+    OperatorKey, WireError, HANDSHAKE_MAX_FRAME, MAX_FRAME,
+};
 use crate::types::NodeAddr;
 
 use self::conn::{accept_loop, lock, Counters, Inner, Outgoing, Pending, Shared};
+use self::flood::{HandshakeTable, WarnLimiter};
 pub use crate::net::wire::{Lane, Role};
 
 mod client;
 mod conn;
+mod flood;
 
 pub use self::client::Client;
+
+/// The bodies a transport carries: serialisable, and able to say which of them a tool
+/// (an operator's `dml ctl`) may send. Everything else is accepted only from nodes.
+pub trait Message: Serialize + DeserializeOwned + Send + 'static {
+    /// Whether a connection that proved an operator key (not the cluster key) may send
+    /// this. A tool that sends anything else is cut off.
+    fn tool_may_send(&self) -> bool;
+}
+
+impl Message for String {
+    fn tool_may_send(&self) -> bool {
+        true
+    }
+}
 
 /// Errors of the transport layer. None of them leaves the transport unusable, except
 /// [`TransportError::Shutdown`].
@@ -114,6 +133,15 @@ pub enum TransportError {
     /// A socket error.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// A tool sent a message only nodes may send; its connection is closed.
+    #[error("a {what} message is accepted only from nodes, not from a tool connection")]
+    Forbidden {
+        /// What was sent.
+        what: &'static str,
+    },
+    /// A key in the configuration is unusable.
+    #[error("invalid key: {0}")]
+    Key(#[from] KeyError),
 }
 
 impl TransportError {
@@ -126,6 +154,7 @@ impl TransportError {
                 | TransportError::Handshake(_)
                 | TransportError::Truncated { .. }
                 | TransportError::HandshakeTimeout
+                | TransportError::Forbidden { .. }
         )
     }
 }
@@ -135,8 +164,17 @@ impl TransportError {
 pub struct TransportConfig {
     /// The address this node announces (and listens at), `host:port`.
     pub local: NodeAddr,
-    /// The cluster secret every connection must prove knowledge of. Not empty.
+    /// The cluster key this node dials with (and accepts). At least 16 bytes.
     pub secret: Vec<u8>,
+    /// Older (or newer) cluster keys still accepted from dialling nodes, for rotation.
+    pub accept_secrets: Vec<Vec<u8>>,
+    /// Operators whose tools may connect, each with its own key and grant.
+    pub operators: Vec<OperatorKey>,
+    /// Whether a tool may prove the cluster key instead of an operator key.
+    pub allow_secret_for_tools: bool,
+    /// Addresses whose pending handshakes are evicted last when the handshake table is
+    /// full (the configured nodes and the introducer).
+    pub priority_ips: Vec<std::net::IpAddr>,
     /// Largest frame payload sent or accepted; at most [`MAX_FRAME`].
     pub max_frame: usize,
     /// Capacity of each per-peer, per-lane send queue (and of each connection's reply
@@ -153,9 +191,13 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// Limit on the whole handshake, per connection and in each direction.
     pub handshake_timeout: Duration,
-    /// Accepted connections that have not finished their handshake, at most; more are
-    /// closed at once.
+    /// Limit on an accepted connection's first message (the hello).
+    pub hello_timeout: Duration,
+    /// Accepted connections that have not finished their handshake, at most; a new one
+    /// beyond it evicts the oldest that has not sent its hello yet.
     pub max_pending_handshakes: usize,
+    /// The same, per source IP address.
+    pub max_pending_per_ip: usize,
     /// Fraction of outbound control-lane messages to drop on purpose (loss testing).
     pub drop_rate: f64,
     /// Seed of the generator that decides which messages [`Self::drop_rate`] drops.
@@ -168,6 +210,10 @@ impl TransportConfig {
         TransportConfig {
             local,
             secret: secret.into(),
+            accept_secrets: Vec::new(),
+            operators: Vec::new(),
+            allow_secret_for_tools: false,
+            priority_ips: Vec::new(),
             max_frame: MAX_FRAME,
             queue_cap: 1024,
             inbound_cap: 4096,
@@ -175,7 +221,9 @@ impl TransportConfig {
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(5),
-            max_pending_handshakes: 64,
+            hello_timeout: Duration::from_secs(2),
+            max_pending_handshakes: 1024,
+            max_pending_per_ip: 256,
             drop_rate: 0.0,
             drop_seed: 0,
         }
@@ -186,14 +234,15 @@ impl TransportConfig {
         if self.secret.is_empty() {
             return bad("secret must not be empty");
         }
+        self.authority()?;
         if self.local.as_str().is_empty() || self.local.as_str().len() > wire::MAX_ADDR_LEN {
             return bad("local address must be 1 to 255 bytes");
         }
         if self.max_frame < HANDSHAKE_MAX_FRAME || self.max_frame > MAX_FRAME {
             return bad("max_frame must be between 1 KiB and 16 MiB");
         }
-        if self.queue_cap == 0 || self.max_pending_handshakes == 0 {
-            return bad("queue_cap and max_pending_handshakes must be positive");
+        if self.queue_cap == 0 || self.max_pending_handshakes == 0 || self.max_pending_per_ip == 0 {
+            return bad("queue_cap and the pending handshake limits must be positive");
         }
         if self.inbound_cap < 2 {
             return bad("inbound_cap must be at least 2");
@@ -201,13 +250,30 @@ impl TransportConfig {
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return bad("backoff_min must be positive and at most backoff_max");
         }
-        if self.connect_timeout.is_zero() || self.handshake_timeout.is_zero() {
-            return bad("connect_timeout and handshake_timeout must be positive");
+        if self.connect_timeout.is_zero()
+            || self.handshake_timeout.is_zero()
+            || self.hello_timeout.is_zero()
+        {
+            return bad("connect, hello and handshake timeouts must be positive");
         }
         if !(0.0..=1.0).contains(&self.drop_rate) {
             return bad("drop_rate must be between 0 and 1");
         }
         Ok(())
+    }
+
+    /// The keys incoming hellos are checked against.
+    pub fn authority(&self) -> Result<Authority, TransportError> {
+        let accept = self
+            .accept_secrets
+            .iter()
+            .map(|k| Key::new(k.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Authority {
+            ring: Keyring::new(Key::new(self.secret.clone())?, accept),
+            operators: self.operators.clone(),
+            allow_secret_for_tools: self.allow_secret_for_tools,
+        })
     }
 }
 
@@ -217,6 +283,10 @@ impl fmt::Debug for TransportConfig {
         f.debug_struct("TransportConfig")
             .field("local", &self.local)
             .field("secret", &"<redacted>")
+            .field("accept_secrets", &self.accept_secrets.len())
+            .field("operators", &self.operators)
+            .field("allow_secret_for_tools", &self.allow_secret_for_tools)
+            .field("priority_ips", &self.priority_ips)
             .field("max_frame", &self.max_frame)
             .field("queue_cap", &self.queue_cap)
             .field("inbound_cap", &self.inbound_cap)
@@ -224,7 +294,9 @@ impl fmt::Debug for TransportConfig {
             .field("backoff_max", &self.backoff_max)
             .field("connect_timeout", &self.connect_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("hello_timeout", &self.hello_timeout)
             .field("max_pending_handshakes", &self.max_pending_handshakes)
+            .field("max_pending_per_ip", &self.max_pending_per_ip)
             .field("drop_rate", &self.drop_rate)
             .finish()
     }
@@ -237,6 +309,8 @@ pub struct Inbound<B> {
     pub from: NodeAddr,
     /// The lane it came on.
     pub lane: Lane,
+    /// What the sender proved: a node, or an operator with its grant.
+    pub access: Access,
     /// The message.
     pub body: B,
     /// Present when the sender waits for a reply (it used `request`).
@@ -251,6 +325,7 @@ impl<B> Inbound<B> {
         Inbound {
             from,
             lane,
+            access: Access::Node,
             body,
             responder,
             _slot: None,
@@ -359,11 +434,11 @@ pub struct TransportStats {
 
 /// Shuts the transport down when the last [`Transport`] handle is dropped. Tasks hold the
 /// inner state, so without this the listener would outlive every handle.
-struct Guard<B: Serialize + DeserializeOwned + Send + 'static> {
+struct Guard<B: Message> {
     inner: Arc<Inner<B>>,
 }
 
-impl<B: Serialize + DeserializeOwned + Send + 'static> Drop for Guard<B> {
+impl<B: Message> Drop for Guard<B> {
     fn drop(&mut self) {
         self.inner.shutdown();
     }
@@ -371,11 +446,11 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> Drop for Guard<B> {
 
 /// A node's transport. Cheap to clone; all clones share the connections. Dropping the
 /// last clone shuts it down.
-pub struct Transport<B: Serialize + DeserializeOwned + Send + 'static> {
+pub struct Transport<B: Message> {
     guard: Arc<Guard<B>>,
 }
 
-impl<B: Serialize + DeserializeOwned + Send + 'static> Clone for Transport<B> {
+impl<B: Message> Clone for Transport<B> {
     fn clone(&self) -> Self {
         Transport {
             guard: self.guard.clone(),
@@ -383,13 +458,13 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> Clone for Transport<B> {
     }
 }
 
-impl<B: Serialize + DeserializeOwned + Send + 'static> fmt::Debug for Transport<B> {
+impl<B: Message> fmt::Debug for Transport<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Transport({})", self.inner().cfg.local)
     }
 }
 
-impl<B: Serialize + DeserializeOwned + Send + 'static> Transport<B> {
+impl<B: Message> Transport<B> {
     /// Starts accepting on `listener` (already bound, so tests can bind port 0) and returns
     /// the transport and the channel of inbound messages. Must be called inside a tokio
     /// runtime; all tasks are spawned on it.
@@ -398,6 +473,8 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> Transport<B> {
         cfg: TransportConfig,
     ) -> Result<(Self, mpsc::Receiver<Inbound<B>>), TransportError> {
         cfg.validate()?;
+        let authority = cfg.authority()?;
+        let credential = Credential::cluster(Key::new(cfg.secret.clone())?);
         let rt = Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
         let (tx, rx) = mpsc::channel(cfg.inbound_cap);
         let shared = Arc::new(Shared {
@@ -405,10 +482,16 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> Transport<B> {
             max_frame: cfg.max_frame,
             loss: Mutex::new((cfg.drop_rate, ChaCha8Rng::seed_from_u64(cfg.drop_seed))),
             counters: Counters::default(),
+            warnings: WarnLimiter::new(),
         });
         let inner = Arc::new(Inner {
             bulk_slots: Arc::new(Semaphore::new(cfg.inbound_cap / 2)),
-            handshake_slots: Arc::new(Semaphore::new(cfg.max_pending_handshakes)),
+            handshakes: Mutex::new(HandshakeTable::new(
+                cfg.max_pending_handshakes,
+                cfg.max_pending_per_ip,
+            )),
+            authority,
+            credential,
             cfg,
             shared,
             rt: rt.clone(),
@@ -528,12 +611,12 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> Transport<B> {
     }
 }
 
-struct PendingEntry<'a, B: Serialize + DeserializeOwned + Send + 'static> {
+struct PendingEntry<'a, B: Message> {
     inner: &'a Inner<B>,
     id: u64,
 }
 
-impl<B: Serialize + DeserializeOwned + Send + 'static> Drop for PendingEntry<'_, B> {
+impl<B: Message> Drop for PendingEntry<'_, B> {
     fn drop(&mut self) {
         self.inner.fail_pending(self.id);
     }
@@ -552,8 +635,9 @@ mod stats_tests {
     async fn start() -> (Transport<String>, mpsc::Receiver<Inbound<String>>, NodeAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = NodeAddr(listener.local_addr().unwrap().to_string());
-        let (t, rx) =
-            Transport::start(listener, TransportConfig::new(addr.clone(), SECRET)).unwrap();
+        let mut cfg = TransportConfig::new(addr.clone(), SECRET);
+        cfg.allow_secret_for_tools = true;
+        let (t, rx) = Transport::start(listener, cfg).unwrap();
         (t, rx, addr)
     }
 
@@ -593,7 +677,8 @@ mod stats_tests {
         assert_eq!(got.bulk.bytes_received, sent.bulk.bytes_sent);
 
         // A tool's request and its reply leave the counters alone.
-        let mut tool = Client::<String>::connect(b_addr.as_str(), SECRET, DEADLINE)
+        let cred = wire::Credential::cluster(wire::Key::new(SECRET).unwrap());
+        let mut tool = Client::<String>::connect(b_addr.as_str(), &cred, DEADLINE)
             .await
             .unwrap();
         let ask = tokio::spawn(async move { tool.request("stats".to_string(), DEADLINE).await });

@@ -13,8 +13,9 @@ use crate::jobs::coordinator_actor::{self, CoordinatorActor};
 use crate::jobs::worker_actor::{self, WorkerActor};
 use crate::membership::membership_actor::{Exec, FromPeer, MembershipActor};
 use crate::net::body::Body;
-use crate::net::route::{command_route, route, To};
+use crate::net::route::{command_route, is_read_only, route, To};
 use crate::net::transport::{Inbound, Responder};
+use crate::net::wire::{Access, Grant};
 use crate::sdfs::sdfs_actor::{self, SdfsActor};
 
 /// Where the messages of each protocol go.
@@ -70,10 +71,29 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
     fn handle(&mut self, m: Inbound<Body>, _ctx: &mut Context<Self>) {
         let Inbound {
             from,
+            access,
             body,
             responder,
             ..
         } = m;
+        if let (
+            Access::Operator {
+                name,
+                grant: Grant::ReadOnly,
+            },
+            Body::Command(cmd),
+        ) = (&access, &body)
+        {
+            if !is_read_only(cmd) {
+                warn!(peer = %from, "read-only operator refused a command that changes state");
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Err(format!(
+                    "operator {name} is read-only; this command needs an admin credential"
+                )));
+                answer(responder, rx);
+                return;
+            }
+        }
         match (route(&body), body) {
             (_, Body::Membership(msg)) => self.routes.membership.do_send(FromPeer { from, msg }),
             (_, Body::Sdfs(msg)) => self.routes.sdfs.do_send(sdfs_actor::FromPeer { from, msg }),

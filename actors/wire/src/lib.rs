@@ -8,7 +8,10 @@
 //!
 //! Frame: `u32` big-endian payload length, then the payload. A data payload is an
 //! [`Envelope`] in MessagePack (rmp-serde, structs as arrays). A handshake payload is a
-//! [`HandshakeMsg`], framed the same way but capped at [`HANDSHAKE_MAX_FRAME`].
+//! [`HandshakeMsg`], framed the same way but capped at [`HANDSHAKE_MAX_FRAME`]. After the
+//! handshake every payload is sealed by the secure [`channel`] (AES-256-GCM, one key and
+//! one frame counter per direction), so a frame's length prefix announces the sealed size.
+//! Randomness (nonces, ephemeral keys) is always passed in by the caller.
 #![deny(missing_docs)]
 
 use std::fmt;
@@ -20,7 +23,7 @@ use thiserror::Error;
 
 /// Version of the envelope layout and of the handshake. Peers with another version are
 /// refused: rmp-serde encodes structs as positional arrays, so layouts do not mix.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest payload a frame may carry (16 MiB). SDFS chunks (about 1 MiB) fit with room.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -67,12 +70,26 @@ pub enum WireError {
     /// The message could not be serialised.
     #[error("unencodable message: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
+    /// A sealed frame did not open: it was tampered with, replayed, reordered, injected
+    /// or sealed with another key. The connection cannot be trusted any more.
+    #[error("a frame failed authentication (tampered, replayed, reordered or injected)")]
+    Unauthentic,
+    /// The per-direction frame counter ran out (2^64 frames); the connection must be
+    /// reopened with fresh keys.
+    #[error("frame counter exhausted; reconnect")]
+    CounterExhausted,
 }
 
+pub mod channel;
 pub mod handshake;
+pub mod keys;
 pub mod types;
 
+pub use channel::*;
 pub use handshake::*;
+pub use keys::*;
+/// The cryptographic generator to draw nonces, [`Ephemeral`] keys and new keys from.
+pub use ring::rand::{SecureRandom, SystemRandom};
 
 /// The envelope around every data message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,7 +33,7 @@ pub enum Answer {
 }
 
 pub fn ask(ctx: &Ctx, addr: &str, cmd: impl Into<Request>) -> Answer {
-    match dml_cluster::ask(addr, &ctx.secret, cmd, CONNECT, ctx.op_timeout) {
+    match dml_cluster::ask(addr, &ctx.credential, cmd, CONNECT, ctx.op_timeout) {
         Ok(Ok(reply)) => match serde_json::from_str(&reply.json) {
             Ok(v) => Answer::Ok(v),
             Err(e) => Answer::Refused(format!("answer is not JSON: {e}")),

@@ -13,7 +13,7 @@ use dml_actors::membership::ping::ProbeSettings;
 use dml_actors::membership::Membership;
 use dml_actors::net::body::Body;
 use dml_actors::net::route::{command_route, route, To};
-use dml_actors::net::transport::{Inbound, Transport, TransportConfig};
+use dml_actors::net::transport::{Inbound, Transport};
 use dml_actors::node::membership_settings;
 use dml_actors::types::NodeAddr;
 use dml_cluster::Cluster;
@@ -103,7 +103,7 @@ async fn host_one(config: &Config, me: NodeAddr) -> anyhow::Result<Transport<Bod
     let listener = tokio::net::TcpListener::bind(me.as_str())
         .await
         .with_context(|| format!("cannot listen on {me}"))?;
-    let tcfg = TransportConfig::new(me.clone(), config.secret.clone());
+    let tcfg = dml_actors::net::security::transport_config(config, &me);
     let (transport, inbound) = Transport::<Body>::start(listener, tcfg)?;
     let core = Membership::new(me.clone(), membership_settings(config), wall_ms())?;
     let probe = ProbeSettings {

@@ -1,6 +1,6 @@
 //! [`Client`]: the connection of a one-shot tool (`dml ctl`), which does not listen:
-//! it dials a node's control lane, authenticates, and reads each reply from the same
-//! connection.
+//! it dials a node's control lane, proves an operator credential (or, where the node
+//! allows it, the cluster key), and reads each reply from the same sealed connection.
 
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -10,7 +10,10 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::net::wire::{self, Envelope, FrameDecoder, HANDSHAKE_MAX_FRAME, MAX_FRAME};
+use crate::net::wire::{
+    self, Channel, Credential, Envelope, FrameDecoder, Sealer, SecureDecoder, HANDSHAKE_MAX_FRAME,
+    MAX_FRAME,
+};
 use crate::types::NodeAddr;
 
 use super::conn::{client_handshake, READ_CHUNK};
@@ -21,7 +24,8 @@ use super::{Lane, Role, TransportError};
 #[derive(Debug)]
 pub struct Client<B> {
     stream: TcpStream,
-    dec: FrameDecoder,
+    dec: SecureDecoder,
+    sealer: Sealer,
     peer: NodeAddr,
     next_id: u64,
     /// Set when a request was cut off mid-way: the stream may hold half a frame.
@@ -33,47 +37,55 @@ impl<B: Serialize + DeserializeOwned> Client<B> {
     /// Connects to a node's control lane and authenticates, all within `timeout`.
     pub async fn connect(
         addr: &str,
-        secret: &[u8],
+        cred: &Credential,
         timeout: Duration,
     ) -> Result<Self, TransportError> {
-        Self::connect_lane(addr, Lane::Control, secret, timeout).await
+        Self::connect_lane(addr, Lane::Control, cred, timeout).await
     }
 
     /// Connects on a chosen lane (bulk for large uploads or downloads).
     pub async fn connect_lane(
         addr: &str,
         lane: Lane,
-        secret: &[u8],
+        cred: &Credential,
+        timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        Self::connect_as(addr, Role::Tool, None, lane, cred, timeout).await
+    }
+
+    /// Connects in a chosen role. A `Role::Node` client must prove the cluster key and
+    /// announces `label` as its address (tests that speak for a node use it); a tool's
+    /// label is only informative.
+    pub async fn connect_as(
+        addr: &str,
+        role: Role,
+        label: Option<&str>,
+        lane: Lane,
+        cred: &Credential,
         timeout: Duration,
     ) -> Result<Self, TransportError> {
         let work = async {
             let mut stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let label = match stream.local_addr() {
-                Ok(a) => format!("tool@{a}"),
-                Err(_) => "tool".to_string(),
+            let label = match (label, stream.local_addr()) {
+                (Some(l), _) => l.to_string(),
+                (None, Ok(a)) => format!("tool@{a}"),
+                (None, Err(_)) => "tool".to_string(),
             };
             let mut dec = FrameDecoder::new(HANDSHAKE_MAX_FRAME);
-            client_handshake(
-                &mut stream,
-                &mut dec,
-                &NodeAddr(label),
-                Role::Tool,
-                lane,
-                secret,
-            )
-            .await?;
-            dec.set_max(MAX_FRAME);
-            Ok::<_, TransportError>((stream, dec))
+            let (_, channel) =
+                client_handshake(&mut stream, &mut dec, &NodeAddr(label), role, lane, cred).await?;
+            Ok::<_, TransportError>((stream, dec, channel))
         };
-        let (stream, dec) = tokio::time::timeout(timeout, work).await.map_err(|_| {
-            TransportError::ConnectTimeout {
+        let (stream, dec, Channel { sealer, opener }) = tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| TransportError::ConnectTimeout {
                 addr: addr.to_string(),
-            }
-        })??;
+            })??;
         Ok(Client {
             stream,
-            dec,
+            dec: SecureDecoder::new(dec, opener, MAX_FRAME),
+            sealer,
             peer: NodeAddr(addr.to_string()),
             next_id: 0,
             broken: false,
@@ -94,7 +106,8 @@ impl<B: Serialize + DeserializeOwned> Client<B> {
         }
         self.next_id += 1;
         let id = self.next_id;
-        let frame = wire::encode_frame(&Envelope::request(id, body))?;
+        let mut frame = wire::encode_frame(&Envelope::request(id, body))?;
+        self.sealer.seal_frame(&mut frame)?;
         self.broken = true;
         let Client { stream, dec, .. } = self;
         let work = async {

@@ -11,25 +11,27 @@ use std::time::Duration;
 
 use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::net::wire::{
-    ClientHandshake, Envelope, Established, FrameDecoder, ServerHandshake, HANDSHAKE_MAX_FRAME,
-    NONCE_LEN,
+    refusal_frame, Access, Authority, Channel, ClientHandshake, Credential, Envelope, Ephemeral,
+    Established, FrameDecoder, HandshakeError, Sealer, SecureDecoder, ServerHandshake,
+    SystemRandom, HANDSHAKE_MAX_FRAME, NONCE_LEN,
 };
 use crate::types::NodeAddr;
 
-use super::{Inbound, LaneStats, Responder, ResponderKind, TransportConfig, TransportError};
+use super::flood::{Admission, HandshakeTable, TableEntry, WarnLimiter, WARN_INTERVAL};
+use super::{
+    Inbound, LaneStats, Message, Responder, ResponderKind, TransportConfig, TransportError,
+};
 use crate::net::wire::{Lane, Role};
 
 /// Bytes read from a socket at a time. Also the most a decoder holds beyond one frame.
@@ -87,6 +89,8 @@ pub(super) struct Shared {
     pub(super) loss: Mutex<(f64, ChaCha8Rng)>,
     /// Traffic between nodes.
     pub(super) counters: Counters,
+    /// Connection warnings, rate-limited and summarised.
+    pub(super) warnings: WarnLimiter,
 }
 
 impl Shared {
@@ -137,7 +141,12 @@ pub(super) struct Inner<B> {
     pub(super) pending: Mutex<HashMap<u64, Pending<B>>>,
     pub(super) inbound: Mutex<Option<mpsc::Sender<Inbound<B>>>>,
     pub(super) bulk_slots: Arc<Semaphore>,
-    pub(super) handshake_slots: Arc<Semaphore>,
+    /// Accepted connections still in their handshake.
+    pub(super) handshakes: Mutex<HandshakeTable>,
+    /// What incoming hellos are checked against.
+    pub(super) authority: Authority,
+    /// What this node proves when it dials.
+    pub(super) credential: Credential,
     pub(super) accept: Mutex<Option<AbortHandle>>,
 }
 
@@ -147,18 +156,20 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Logs the end of a connection at the level it deserves.
-pub(super) fn log_end(peer: &str, lane: Lane, res: &Result<(), TransportError>) {
+/// Logs the end of a connection at the level it deserves (warnings rate-limited).
+pub(super) fn log_end(shared: &Shared, peer: &str, lane: Lane, res: &Result<(), TransportError>) {
     match res {
         Ok(()) | Err(TransportError::PeerClosed) => debug!(%peer, %lane, "connection closed"),
-        Err(e) if e.is_protocol_violation() => {
-            warn!(%peer, %lane, error = %e, "closing connection after a protocol error")
-        }
+        Err(e) if e.is_protocol_violation() => shared.warnings.warn(
+            "closing connection after a protocol error",
+            &format_args!("{peer} ({lane})"),
+            e,
+        ),
         Err(e) => debug!(%peer, %lane, error = %e, "connection lost"),
     }
 }
 
-impl<B: Serialize + DeserializeOwned + Send + 'static> Inner<B> {
+impl<B: Message> Inner<B> {
     pub(super) fn check_open(&self) -> Result<(), TransportError> {
         if self.shut.load(Ordering::Acquire) {
             return Err(TransportError::Shutdown);
@@ -271,19 +282,19 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> Inner<B> {
 }
 
 /// Removes a connection's registry entry when its task ends, however it ends.
-pub(super) struct ConnRegistration<B: Serialize + DeserializeOwned + Send + 'static> {
+pub(super) struct ConnRegistration<B: Message> {
     pub(super) inner: Arc<Inner<B>>,
     pub(super) id: u64,
 }
 
-impl<B: Serialize + DeserializeOwned + Send + 'static> Drop for ConnRegistration<B> {
+impl<B: Message> Drop for ConnRegistration<B> {
     fn drop(&mut self) {
         lock(&self.inner.conns).remove(&self.id);
     }
 }
 
 /// What the read side of one connection needs to deliver what it reads.
-pub(super) struct ConnCtx<B: Serialize + DeserializeOwned + Send + 'static> {
+pub(super) struct ConnCtx<B: Message> {
     pub(super) inner: Arc<Inner<B>>,
     pub(super) peer: NodeAddr,
     pub(super) lane: Lane,
@@ -292,9 +303,11 @@ pub(super) struct ConnCtx<B: Serialize + DeserializeOwned + Send + 'static> {
     pub(super) inbound: mpsc::Sender<Inbound<B>>,
     /// Whether this connection's traffic counts in [`TransportStats`] (tools' does not).
     pub(super) counted: bool,
+    /// What the peer proved.
+    pub(super) access: Access,
 }
 
-impl<B: Serialize + DeserializeOwned + Send + 'static> ConnCtx<B> {
+impl<B: Message> ConnCtx<B> {
     pub(super) fn new(
         inner: Arc<Inner<B>>,
         est: Established,
@@ -305,6 +318,7 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> ConnCtx<B> {
             .ok_or(TransportError::Shutdown)?;
         Ok(ConnCtx {
             counted: est.role == Role::Node,
+            access: est.access,
             inner,
             peer: est.peer,
             lane: est.lane,
@@ -329,6 +343,16 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> ConnCtx<B> {
     }
 
     pub(super) async fn dispatch(&self, env: Envelope<B>) -> Result<(), TransportError> {
+        if self.access != Access::Node {
+            // A tool may only ask; it answers nothing (a reply from it could otherwise
+            // complete a request this node sent to a node whose address it claims).
+            if env.reply_to.is_some() {
+                return Err(TransportError::Forbidden { what: "reply" });
+            }
+            if !env.body.tool_may_send() {
+                return Err(TransportError::Forbidden { what: "node-only" });
+            }
+        }
         if let Some(reply_to) = env.reply_to {
             self.inner.complete(reply_to, &self.peer, env.body);
             return Ok(());
@@ -358,6 +382,7 @@ impl<B: Serialize + DeserializeOwned + Send + 'static> ConnCtx<B> {
         let msg = Inbound {
             from: self.peer.clone(),
             lane: self.lane,
+            access: self.access.clone(),
             body: env.body,
             responder,
             _slot: slot,
@@ -395,6 +420,10 @@ pub(super) fn fresh_nonce() -> Result<[u8; NONCE_LEN], TransportError> {
     Ok(nonce)
 }
 
+fn fresh_ephemeral() -> Result<Ephemeral, TransportError> {
+    Ok(Ephemeral::generate(&SystemRandom::new())?)
+}
+
 /// The dialling side of the handshake. Leaves any bytes read past it in `dec`.
 pub(super) async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
@@ -402,49 +431,96 @@ pub(super) async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     local: &NodeAddr,
     role: Role,
     lane: Lane,
-    secret: &[u8],
-) -> Result<Established, TransportError> {
-    let (state, hello) = ClientHandshake::start(local, role, lane, fresh_nonce()?)?;
+    cred: &Credential,
+) -> Result<(Established, Channel), TransportError> {
+    let (state, hello) =
+        ClientHandshake::start(local, role, lane, cred, fresh_nonce()?, fresh_ephemeral()?)?;
     stream.write_all(&hello).await?;
     let challenge = read_payload(stream, dec).await?;
-    let (est, finish) = state.on_challenge(secret, &challenge)?;
+    let (est, channel, finish) = state.on_challenge(&challenge)?;
     stream.write_all(&finish).await?;
-    Ok(est)
+    Ok((est, channel))
 }
 
-/// The listening side of the handshake. Leaves any bytes read past it in `dec`.
+/// The listening side of the handshake. Leaves any bytes read past it in `dec`. The hello
+/// must come within `hello_timeout`; a refusal is told to the peer before closing.
 pub(super) async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     dec: &mut FrameDecoder,
     local: &NodeAddr,
-    secret: &[u8],
-) -> Result<Established, TransportError> {
-    let hello = read_payload(stream, dec).await?;
-    let (state, challenge) = ServerHandshake::on_hello(secret, local, fresh_nonce()?, &hello)?;
+    auth: &Authority,
+    hello_timeout: Duration,
+    on_hello: impl FnOnce(),
+) -> Result<(Established, Channel), TransportError> {
+    let hello = tokio::time::timeout(hello_timeout, read_payload(stream, dec))
+        .await
+        .map_err(|_| TransportError::HandshakeTimeout)??;
+    let (state, challenge) =
+        match ServerHandshake::on_hello(auth, local, fresh_nonce()?, fresh_ephemeral()?, &hello) {
+            Ok(answer) => answer,
+            Err(e) => {
+                if let Some(frame) = refusal_frame(&e) {
+                    // Best effort: the peer may already be gone.
+                    let _ = stream.write_all(&frame).await;
+                }
+                return Err(e.into());
+            }
+        };
+    on_hello();
     stream.write_all(&challenge).await?;
     let finish = read_payload(stream, dec).await?;
-    Ok(state.on_finish(secret, &finish)?)
+    Ok(state.on_finish(&finish)?)
 }
 
-pub(super) async fn accept_loop<B: Serialize + DeserializeOwned + Send + 'static>(
-    inner: Arc<Inner<B>>,
-    listener: TcpListener,
-) {
+/// How a refused or failed handshake is counted in the warning summary.
+fn handshake_kind(e: &TransportError) -> &'static str {
+    match e {
+        TransportError::HandshakeTimeout => "handshake timed out",
+        TransportError::Handshake(HandshakeError::Refused(_)) => "handshake refused",
+        TransportError::Handshake(HandshakeError::BadProof) => "handshake failed its proof",
+        TransportError::PeerClosed | TransportError::Io(_) => "connection dropped in handshake",
+        _ => "handshake failed",
+    }
+}
+
+pub(super) async fn accept_loop<B: Message>(inner: Arc<Inner<B>>, listener: TcpListener) {
+    let mut summary = tokio::time::interval(WARN_INTERVAL);
     loop {
-        let (stream, remote) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = summary.tick() => {
+                inner.shared.warnings.flush();
+                continue;
+            }
+        };
+        let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Usually out of file descriptors: pause instead of spinning.
-                warn!(error = %e, "accept failed");
+                inner.shared.warnings.warn("accept failed", &"listener", &e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = inner.handshake_slots.clone().try_acquire_owned() else {
-            warn!(%remote, "too many connections still in their handshake; refusing one");
-            continue;
-        };
         let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let priority = inner.cfg.priority_ips.contains(&remote.ip());
+        let admission = lock(&inner.handshakes).admit(id, remote.ip(), priority, Instant::now());
+        match admission {
+            Admission::Admitted => {}
+            Admission::Evicted(_) => inner.shared.warnings.warn(
+                "too many pending handshakes; evicted the oldest silent one",
+                &remote,
+                &"flood?",
+            ),
+            Admission::Refused => {
+                inner.shared.warnings.warn(
+                    "too many pending handshakes; refused a connection",
+                    &remote,
+                    &"flood?",
+                );
+                continue;
+            }
+        }
         let mut conns = lock(&inner.conns);
         if inner.shut.load(Ordering::Acquire) {
             return;
@@ -453,7 +529,8 @@ pub(super) async fn accept_loop<B: Serialize + DeserializeOwned + Send + 'static
         // cannot run before the entry exists.
         let task = inner
             .rt
-            .spawn(serve_inbound(inner.clone(), id, stream, remote, permit));
+            .spawn(serve_inbound(inner.clone(), id, stream, remote));
+        lock(&inner.handshakes).set_task(id, task.abort_handle());
         conns.insert(
             id,
             ConnEntry {
@@ -464,36 +541,51 @@ pub(super) async fn accept_loop<B: Serialize + DeserializeOwned + Send + 'static
     }
 }
 
-pub(super) async fn serve_inbound<B: Serialize + DeserializeOwned + Send + 'static>(
+pub(super) async fn serve_inbound<B: Message>(
     inner: Arc<Inner<B>>,
     id: u64,
     mut stream: TcpStream,
     remote: SocketAddr,
-    permit: OwnedSemaphorePermit,
 ) {
     let _registration = ConnRegistration {
         inner: inner.clone(),
         id,
     };
+    let pending = TableEntry {
+        table: &inner.handshakes,
+        id,
+    };
     let mut dec = FrameDecoder::new(HANDSHAKE_MAX_FRAME);
     let handshake = tokio::time::timeout(
         inner.cfg.handshake_timeout,
-        server_handshake(&mut stream, &mut dec, &inner.cfg.local, &inner.cfg.secret),
+        server_handshake(
+            &mut stream,
+            &mut dec,
+            &inner.cfg.local,
+            &inner.authority,
+            inner.cfg.hello_timeout,
+            || lock(&inner.handshakes).hello_seen(id),
+        ),
     )
     .await;
-    drop(permit);
-    let est = match handshake {
+    drop(pending);
+    let (mut est, channel) = match handshake {
         Ok(Ok(est)) => est,
         Ok(Err(e)) => {
-            warn!(%remote, error = %e, "handshake refused; closing connection");
+            inner.shared.warnings.warn(handshake_kind(&e), &remote, &e);
             return;
         }
         Err(_) => {
-            warn!(%remote, "handshake timed out; closing connection");
+            let e = TransportError::HandshakeTimeout;
+            inner.shared.warnings.warn(handshake_kind(&e), &remote, &e);
             return;
         }
     };
-    dec.set_max(inner.cfg.max_frame);
+    if let Access::Operator { name, .. } = &est.access {
+        // A tool's label is its own claim; what it proved is the operator, and where
+        // it came from is the socket. It must never pass for a node's address.
+        est.peer = NodeAddr(format!("{name}@{remote}"));
+    }
     if let Some(entry) = lock(&inner.conns).get_mut(&id) {
         entry.peer = Some(est.peer.clone());
     }
@@ -502,7 +594,7 @@ pub(super) async fn serve_inbound<B: Serialize + DeserializeOwned + Send + 'stat
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%remote, error = %e, "could not set TCP_NODELAY");
     }
-    debug!(peer = %est.peer, lane = %est.lane, role = ?est.role, %remote, "inbound connection authenticated");
+    debug!(peer = %est.peer, lane = %est.lane, access = ?est.access, %remote, "inbound connection authenticated");
     if est.role == Role::Node {
         for (key, e) in lock(&inner.peers).iter() {
             if key.0 == est.peer {
@@ -513,19 +605,20 @@ pub(super) async fn serve_inbound<B: Serialize + DeserializeOwned + Send + 'stat
     let (reply_tx, mut reply_rx) = mpsc::channel(inner.cfg.queue_cap);
     let peer = est.peer.clone();
     let lane = est.lane;
+    let shared = inner.shared.clone();
     let res = match ConnCtx::new(inner, est, reply_tx) {
-        Ok(ctx) => run_conn(stream, dec, None, &mut reply_rx, &ctx).await,
+        Ok(ctx) => run_conn(stream, dec, channel, None, &mut reply_rx, &ctx).await,
         Err(e) => Err(e),
     };
-    log_end(peer.as_str(), lane, &res);
+    log_end(&shared, peer.as_str(), lane, &res);
 }
 
 /// Connects to `peer` and authenticates, within the configured timeouts.
-pub(super) async fn dial<B: Serialize + DeserializeOwned + Send + 'static>(
+pub(super) async fn dial<B: Message>(
     inner: &Inner<B>,
     peer: &NodeAddr,
     lane: Lane,
-) -> Result<(TcpStream, FrameDecoder, Established), TransportError> {
+) -> Result<(TcpStream, FrameDecoder, Established, Channel), TransportError> {
     let cfg = &inner.cfg;
     let mut stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(peer.as_str()))
         .await
@@ -534,7 +627,7 @@ pub(super) async fn dial<B: Serialize + DeserializeOwned + Send + 'static>(
         })??;
     stream.set_nodelay(true)?;
     let mut dec = FrameDecoder::new(HANDSHAKE_MAX_FRAME);
-    let est = tokio::time::timeout(
+    let (est, channel) = tokio::time::timeout(
         cfg.handshake_timeout,
         client_handshake(
             &mut stream,
@@ -542,18 +635,17 @@ pub(super) async fn dial<B: Serialize + DeserializeOwned + Send + 'static>(
             &cfg.local,
             Role::Node,
             lane,
-            &cfg.secret,
+            &inner.credential,
         ),
     )
     .await
     .map_err(|_| TransportError::HandshakeTimeout)??;
-    dec.set_max(cfg.max_frame);
-    Ok((stream, dec, est))
+    Ok((stream, dec, est, channel))
 }
 
 /// Owns the outbound connection to one (peer, lane): connects when there is something to
 /// send, writes the queue, reconnects after a loss, and backs off while the peer is down.
-pub(super) async fn peer_task<B: Serialize + DeserializeOwned + Send + 'static>(
+pub(super) async fn peer_task<B: Message>(
     inner: Arc<Inner<B>>,
     peer: NodeAddr,
     lane: Lane,
@@ -576,7 +668,11 @@ pub(super) async fn peer_task<B: Serialize + DeserializeOwned + Send + 'static>(
         match dial(&inner, &peer, lane).await {
             Err(e) => {
                 if e.is_protocol_violation() {
-                    warn!(%peer, %lane, error = %e, "could not authenticate to peer");
+                    inner.shared.warnings.warn(
+                        "could not authenticate to peer",
+                        &format_args!("{peer} ({lane})"),
+                        &e,
+                    );
                 } else {
                     debug!(%peer, %lane, error = %e, retry_in = ?backoff, "connect failed");
                 }
@@ -587,7 +683,7 @@ pub(super) async fn peer_task<B: Serialize + DeserializeOwned + Send + 'static>(
                 retry_at = Instant::now() + backoff;
                 backoff = backoff.saturating_mul(2).min(inner.cfg.backoff_max);
             }
-            Ok((stream, dec, est)) => {
+            Ok((stream, dec, est, channel)) => {
                 backoff = inner.cfg.backoff_min;
                 debug!(%peer, %lane, announced = %est.peer, "outbound connection authenticated");
                 // Replies on this connection must be matched against the address we
@@ -597,10 +693,10 @@ pub(super) async fn peer_task<B: Serialize + DeserializeOwned + Send + 'static>(
                     ..est
                 };
                 let res = match ConnCtx::new(inner.clone(), est, self_tx.clone()) {
-                    Ok(ctx) => run_conn(stream, dec, Some(first), &mut rx, &ctx).await,
+                    Ok(ctx) => run_conn(stream, dec, channel, Some(first), &mut rx, &ctx).await,
                     Err(e) => Err(e),
                 };
-                log_end(peer.as_str(), lane, &res);
+                log_end(&inner.shared, peer.as_str(), lane, &res);
                 // A connection that worked and broke is retried at once: the peer most
                 // likely restarted.
                 retry_at = Instant::now();
@@ -609,33 +705,51 @@ pub(super) async fn peer_task<B: Serialize + DeserializeOwned + Send + 'static>(
     }
 }
 
+/// Seals and writes one frame.
+async fn write_sealed(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    sealer: &mut Sealer,
+    mut frame: Vec<u8>,
+) -> Result<usize, TransportError> {
+    sealer.seal_frame(&mut frame)?;
+    wr.write_all(&frame).await?;
+    Ok(frame.len())
+}
+
 /// Drives one authenticated connection until either direction fails. Reading and writing
 /// run concurrently, so two peers writing large frames to each other cannot deadlock.
-pub(super) async fn run_conn<B: Serialize + DeserializeOwned + Send + 'static>(
+/// Every frame is sealed on the way out and opened on the way in; one that does not open
+/// ends the connection.
+pub(super) async fn run_conn<B: Message>(
     stream: TcpStream,
     dec: FrameDecoder,
+    channel: Channel,
     first: Option<Outgoing>,
     rx: &mut mpsc::Receiver<Outgoing>,
     ctx: &ConnCtx<B>,
 ) -> Result<(), TransportError> {
     let (mut rd, mut wr) = stream.into_split();
+    let Channel { mut sealer, opener } = channel;
     let writer = async {
-        if let Some(out) = first {
-            if let Err(e) = wr.write_all(&out.frame).await {
-                ctx.inner.fail_pending(out.id);
-                return Err(TransportError::Io(e));
+        let mut next = first;
+        loop {
+            let out = match next.take() {
+                Some(out) => out,
+                None => match rx.recv().await {
+                    Some(out) => out,
+                    None => return Ok(()),
+                },
+            };
+            match write_sealed(&mut wr, &mut sealer, out.frame).await {
+                Ok(len) => ctx.count(true, 1, len),
+                Err(e) => {
+                    ctx.inner.fail_pending(out.id);
+                    return Err(e);
+                }
             }
-            ctx.count(true, 1, out.frame.len());
         }
-        while let Some(out) = rx.recv().await {
-            if let Err(e) = wr.write_all(&out.frame).await {
-                ctx.inner.fail_pending(out.id);
-                return Err(TransportError::Io(e));
-            }
-            ctx.count(true, 1, out.frame.len());
-        }
-        Ok(())
     };
+    let dec = SecureDecoder::new(dec, opener, ctx.inner.cfg.max_frame);
     let reader = read_loop(&mut rd, dec, ctx);
     tokio::select! {
         res = writer => res,
@@ -643,9 +757,9 @@ pub(super) async fn run_conn<B: Serialize + DeserializeOwned + Send + 'static>(
     }
 }
 
-pub(super) async fn read_loop<B: Serialize + DeserializeOwned + Send + 'static>(
+pub(super) async fn read_loop<B: Message>(
     rd: &mut OwnedReadHalf,
-    mut dec: FrameDecoder,
+    mut dec: SecureDecoder,
     ctx: &ConnCtx<B>,
 ) -> Result<(), TransportError> {
     let mut chunk = vec![0u8; READ_CHUNK];
