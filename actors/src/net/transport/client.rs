@@ -98,6 +98,22 @@ impl<B: Serialize + DeserializeOwned> Client<B> {
         &self.peer
     }
 
+    /// Writes one message and does not wait for anything: for a client that speaks for a
+    /// node (`Role::Node`), whose protocol answers go to the node address it announced,
+    /// not back on this connection (tests that play a hostile member use it).
+    pub async fn send(&mut self, body: B) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::Closed);
+        }
+        self.next_id += 1;
+        let mut frame = wire::encode_frame(&Envelope::request(self.next_id, body))?;
+        self.sealer.seal_frame(&mut frame)?;
+        self.broken = true;
+        self.stream.write_all(&frame).await?;
+        self.broken = false;
+        Ok(())
+    }
+
     /// Sends a request and waits for its reply, at most `timeout`. After a timeout the
     /// connection is unusable (a frame may be half written); connect again.
     pub async fn request(&mut self, body: B, timeout: Duration) -> Result<B, TransportError> {
