@@ -140,9 +140,9 @@ fn on_path_attacks_have_no_effect() {
         assert!(res.is_err(), "the connection survived a forged frame");
     });
 
-    // 5. One flipped bit in an operator's delete of keep.txt: refused, nothing deleted.
-    let offset = recorded.len() - 3;
-    proxy.flip_client_byte(offset);
+    // 5. One flipped bit in an operator's delete of keep.txt (the last byte of its sealed
+    // frame, the third of the session): refused, nothing deleted.
+    proxy.flip_client_frame_end(2);
     let out = ctl(
         &c.config,
         &["--node", proxy.addr()],

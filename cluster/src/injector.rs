@@ -28,9 +28,10 @@ struct Conn {
 #[derive(Default)]
 struct State {
     conns: Vec<Conn>,
-    /// Flip this byte offset (counted from the start of the client's stream) of the
-    /// next connection that gets that far.
-    flip_at: Option<usize>,
+    /// Flip the last byte of this client frame (0: the hello) in the next connection
+    /// opened after the flip was asked for (the first field: the index of the first
+    /// such connection) that sends that frame.
+    flip_at: Option<(usize, usize)>,
 }
 
 /// The proxy; it stops accepting when dropped (open connections run out on their own).
@@ -123,10 +124,15 @@ impl Injector {
         Ok(())
     }
 
-    /// Flips one bit of the byte at `offset` of the client's stream, in the next
-    /// connection whose client stream reaches that offset.
-    pub fn flip_client_byte(&self, offset: usize) {
-        lock(&self.state).flip_at = Some(offset);
+    /// Flips one bit of the last byte of the client's frame number `frame` (0: the
+    /// hello; 2: the first sealed frame after the handshake) in the next connection
+    /// opened from now on that sends it. Counted in frames, not bytes: the handshake's
+    /// length differs from session to session (the tool's port is in its hello), and an
+    /// older connection still forwarding its last bytes must not take the flip.
+    pub fn flip_client_frame_end(&self, frame: usize) {
+        let mut s = lock(&self.state);
+        let first = s.conns.len();
+        s.flip_at = Some((first, frame));
     }
 
     /// Sends `bytes` to the node on a fresh connection of the attacker's own (not through
@@ -177,8 +183,21 @@ fn pump(st: &Mutex<State>, idx: usize, mut from: TcpStream, mut to: TcpStream, c
             };
             let start = seen.len();
             let mut flipped = false;
-            if let Some(at) = flip.filter(|_| client_side) {
-                if let Some(b) = at.checked_sub(start).and_then(|i| chunk.get_mut(i)) {
+            if let Some((_, frame)) = flip.filter(|(first, _)| client_side && idx >= *first) {
+                let mut all = seen.clone();
+                all.extend_from_slice(chunk);
+                let ends: Vec<usize> = frames(&all)
+                    .iter()
+                    .scan(0, |end, f| {
+                        *end += f.len();
+                        Some(*end)
+                    })
+                    .collect();
+                let at = ends.get(frame).map(|end| end - 1);
+                if let Some(b) = at
+                    .and_then(|at| at.checked_sub(start))
+                    .and_then(|i| chunk.get_mut(i))
+                {
                     *b ^= 0x01;
                     flipped = true;
                 }
