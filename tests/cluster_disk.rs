@@ -122,9 +122,12 @@ fn a_full_disk_and_a_damaged_copy_are_survived_and_repaired() {
     let work = c.dir.join("work");
     fs::create_dir_all(&work).unwrap();
 
-    // 40 files of 256 KiB: the full node's share (about 2/3 of 10 MiB) is well over its
-    // 4 MiB. Every put is acknowledged all the same, placed on the other nodes.
-    let files: Vec<(String, Vec<u8>)> = (0..40)
+    // 100 files of 256 KiB: the full node's share (about 2/3 of 25 MiB) is well over its
+    // 4 MiB. The ring has one point per node, so a share can be far from 2/3: with 40
+    // files (10 MiB) the node's ports left it under 4 MiB in about one run in ten; with
+    // 100 it needs a share under 16% (about one ring in 300). Every put is acknowledged
+    // all the same, placed on the other nodes.
+    let files: Vec<(String, Vec<u8>)> = (0..100)
         .map(|i| (format!("fill/f{i:02}"), seeded_bytes(100 + i, FILE_LEN)))
         .collect();
     for (name, bytes) in &files {

@@ -103,7 +103,17 @@ fn scp_transfer_against_a_real_sshd() {
     let wrong = format!("[127.0.0.1]:{} {kind} {key}\n", sshd.port);
     for (known, says) in [(wrong.as_str(), "does not match"), ("", "is not in")] {
         fs::write(&sshd.known_hosts, known).unwrap();
-        let before = attempts(&sshd.log);
+        // sshd logs a login after the fact: the lines of the earlier copies may still be
+        // on their way, so the count is taken once it has stopped moving.
+        let mut before = attempts(&sshd.log);
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = attempts(&sshd.log);
+            if now == before {
+                break;
+            }
+            before = now;
+        }
         let e = c
             .sdfs(&all[1], &format!("put {} scp/c", src.display()))
             .unwrap_err();

@@ -69,12 +69,13 @@ impl HandshakeTable {
     }
 
     /// The connection to push out among those `eligible`: one that has not sent its
-    /// hello before one that has, then the oldest.
+    /// hello before one that has, then the oldest (connections accepted in the same
+    /// instant: the first accepted, so the choice never depends on hash order).
     fn victim(&self, eligible: impl Fn(&PendingConn) -> bool) -> Option<u64> {
         self.conns
             .iter()
             .filter(|(_, c)| eligible(c))
-            .min_by_key(|(_, c)| (c.hello_seen, c.since))
+            .min_by_key(|(id, c)| (c.hello_seen, c.since, **id))
             .map(|(id, _)| *id)
     }
 
