@@ -47,6 +47,9 @@ pub fn run(
     if matches!(req, Request::Node(Command::C4 { .. })) && !detach {
         return submit_and_wait(config, node, json, timeout, req);
     }
+    if let Request::Results { job, out: None, .. } = &req {
+        return show_results(config, node, job, json, timeout);
+    }
     // Ctrl-C ends a transfer as an error, so its temp file is removed.
     let outcome = dml_cluster::ask_interruptible(
         node,
@@ -130,9 +133,23 @@ fn submit_and_wait(
             break;
         }
     }
-    match call(config, node, Command::C4Results { job }, timeout)? {
+    show_results(config, node, &job, json, timeout)
+}
+
+/// Every result of `job` on stdout, page by page (text lines, or one JSON array).
+fn show_results(
+    config: &Config,
+    node: &str,
+    job: &str,
+    json: bool,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let cred = config.tool_credential()?;
+    match dml_cluster::print_results(node, &cred, job, json, CONNECT_WITHIN, timeout)? {
         Ok(r) => {
-            println!("{}", if json { r.json } else { r.text });
+            if !json {
+                eprintln!("{}", r.text);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -9,7 +9,9 @@ use anyhow::{anyhow, Context};
 use dml_actors::control::{Outcome, Request};
 use dml_actors::net::wire::Credential;
 
+use crate::results::Summary;
 use crate::transfer::{self, Node};
+use dml_actors::jobs::types::QueryResult;
 
 /// Sends `req` to the node at `addr` and waits for its outcome: `connect` bounds each
 /// connection and handshake, `reply` each answer. An error is a transport failure; the
@@ -38,6 +40,49 @@ pub fn ask_interruptible(
     run(addr, cred, req.into(), connect, reply, true)
 }
 
+/// Every result of `job`, read page by page into memory (tests and `dml demo`, for
+/// jobs of thousands of queries; `results JOB --out FILE` streams instead). The node's
+/// refusal is the inner `Err`.
+pub fn job_results(
+    addr: &str,
+    cred: &Credential,
+    job: &str,
+    connect: Duration,
+    reply: Duration,
+) -> anyhow::Result<Result<(Vec<QueryResult>, Summary), String>> {
+    let node = node(addr, cred, connect, reply);
+    runtime()?.block_on(crate::results::collect(&node, job))
+}
+
+/// `C4 --results JOB` on stdout: text lines, or one JSON array with `json`.
+pub fn print_results(
+    addr: &str,
+    cred: &Credential,
+    job: &str,
+    json: bool,
+    connect: Duration,
+    reply: Duration,
+) -> anyhow::Result<Outcome> {
+    let node = node(addr, cred, connect, reply);
+    runtime()?.block_on(crate::results::print(&node, job, json))
+}
+
+fn node(addr: &str, cred: &Credential, connect: Duration, reply: Duration) -> Node {
+    Node {
+        addr: addr.to_string(),
+        cred: cred.clone(),
+        connect,
+        reply,
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")
+}
+
 fn run(
     addr: &str,
     cred: &Credential,
@@ -46,16 +91,8 @@ fn run(
     reply: Duration,
     interruptible: bool,
 ) -> anyhow::Result<Outcome> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")?;
-    let node = Node {
-        addr: addr.to_string(),
-        cred: cred.clone(),
-        connect,
-        reply,
-    };
+    let rt = runtime()?;
+    let node = node(addr, cred, connect, reply);
     rt.block_on(async {
         if !interruptible {
             return transfer::run(&node, req).await;

@@ -9,12 +9,13 @@ pub mod config_file;
 pub mod injector;
 pub mod netns;
 pub mod process;
+pub mod results;
 mod transfer;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-pub use client::{ask, ask_interruptible};
+pub use client::{ask, ask_interruptible, job_results, print_results};
 pub use config_file::{test_operator, Layout, TestConfig};
 pub use netns::Net;
 pub use process::{Cluster, Member, Options, Stop};

@@ -32,7 +32,7 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    async fn connect(&self, lane: Lane) -> anyhow::Result<Client<Body>> {
+    pub(crate) async fn connect(&self, lane: Lane) -> anyhow::Result<Client<Body>> {
         Client::<Body>::connect_lane(&self.addr, lane, &self.cred, self.connect)
             .await
             .with_context(|| format!("cannot reach node {}", self.addr))
@@ -85,6 +85,10 @@ pub(crate) async fn run(node: &Node, req: Request) -> anyhow::Result<Outcome> {
             local,
             force,
         } => get(node, &name, Some(k), &local, force).await,
+        Request::Results { job, out, force } => match out {
+            None => crate::results::print(node, &job, false).await,
+            Some(out) => crate::results::export(node, &job, Path::new(&out), force).await,
+        },
     }
 }
 
