@@ -1,7 +1,7 @@
 //! `dml bench jobs-churn` (issue 13, item 4): an inference job over thousands of images
 //! on a real process cluster while two waves of kill -9 take out the coordinator, then
 //! the new coordinator together with the new standby; afterwards every query is counted
-//! exactly once, `C4 --results` lists every input, and every result file is readable and
+//! exactly once, `C4 --results` lists every input, and every result object is readable and
 //! held by every survivor. The scenario is a library function so that the process test
 //! `tests/cluster_jobs_churn.rs` runs exactly what the benchmark runs.
 
@@ -115,7 +115,7 @@ impl Report {
             out.push_str(&format!("{what:w$}  {secs:8.1} s\n"));
         }
         out.push_str(&format!(
-            "result files read back: {}; names held by all {} survivors: {}\n",
+            "result objects read back: {}; names held by all {} survivors: {}\n",
             self.results_read,
             self.survivors.len(),
             self.names_checked
@@ -661,9 +661,19 @@ pub fn scenario(s: &Setup, say: &dyn Fn(&str)) -> anyhow::Result<Report> {
         say,
     );
     let t = Instant::now();
-    report.results_read = read_back(&run, &survivors, &report.jobs, &inputs, &s.dir.join("got"))?;
+    report.results_read = read_back(
+        &run,
+        &survivors,
+        &report.jobs,
+        &inputs,
+        &names,
+        &s.dir.join("got"),
+    )?;
     report.step(
-        &format!("get of {} result files from survivors", report.results_read),
+        &format!(
+            "get of {} result objects from survivors",
+            report.results_read
+        ),
         t,
         say,
     );
@@ -677,37 +687,45 @@ pub fn scenario(s: &Setup, say: &dyn Fn(&str)) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// `get` of every result file of every job, spread over the survivors (one thread each);
-/// each must parse as its query's result. Returns the number read.
+/// `get` of every result object of every job (`names` holds them), spread over the
+/// survivors (one thread each): each must parse, line by line, as results of its job and
+/// model for the job's inputs, and together they must cover every input of every job.
+/// Returns the number of objects read.
 fn read_back(
     run: &Run,
     survivors: &[String],
     jobs: &[(String, String, usize)],
     inputs: &[String],
+    names: &BTreeSet<String>,
     dir: &Path,
 ) -> anyhow::Result<usize> {
     fs::create_dir_all(dir)?;
     let wanted: Vec<(String, String, String)> = jobs
         .iter()
         .flat_map(|(job, model, _)| {
-            inputs
+            let prefix = format!("results/{job}/");
+            names
                 .iter()
-                .map(move |q| (job.clone(), model.clone(), q.clone()))
+                .filter(move |n| n.starts_with(&prefix))
+                .map(move |n| (job.clone(), model.clone(), n.clone()))
         })
         .collect();
-    let failures: Vec<String> = std::thread::scope(|scope| {
+    let known: BTreeSet<&String> = inputs.iter().collect();
+    type Found = (Vec<String>, Vec<(String, String)>);
+    let (failures, covered): Found = std::thread::scope(|scope| {
         let handles: Vec<_> = survivors
             .iter()
             .enumerate()
             .map(|(k, node)| {
                 let part: Vec<&(String, String, String)> =
                     wanted.iter().skip(k).step_by(survivors.len()).collect();
+                let known = &known;
                 scope.spawn(move || {
                     let addr = run.layout().addr(node).unwrap_or_default().to_string();
                     let mut bad = Vec::new();
-                    for (i, (job, model, q)) in part.into_iter().enumerate() {
-                        let name = format!("results/{job}/{q}");
-                        let local: PathBuf = dir.join(format!("{node}-{i}.json"));
+                    let mut covered = Vec::new();
+                    for (i, (job, model, name)) in part.into_iter().enumerate() {
+                        let local: PathBuf = dir.join(format!("{node}-{i}.jsonl"));
                         let got = ask_json(
                             run,
                             &addr,
@@ -718,38 +736,64 @@ fn read_back(
                             },
                             Duration::from_secs(60),
                         )
-                        .and_then(|_| fs::read(&local).map_err(|e| e.to_string()))
-                        .and_then(|b| {
-                            serde_json::from_slice::<QueryResult>(&b).map_err(|e| e.to_string())
-                        });
+                        .and_then(|_| fs::read_to_string(&local).map_err(|e| e.to_string()));
                         match got {
-                            Ok(r) if r.query == *q && r.job == *job && r.model == *model => {}
-                            Ok(r) => {
-                                bad.push(format!("{name} on {node}: another query's result {r:?}"))
+                            Ok(text) => {
+                                for l in text.lines() {
+                                    match serde_json::from_str::<QueryResult>(l) {
+                                        Ok(r)
+                                            if r.job == *job
+                                                && r.model == *model
+                                                && known.contains(&r.query) =>
+                                        {
+                                            covered.push((job.clone(), r.query));
+                                        }
+                                        Ok(r) => bad.push(format!(
+                                            "{name} on {node}: a foreign result {r:?}"
+                                        )),
+                                        Err(e) => bad.push(format!("{name} on {node}: {e}")),
+                                    }
+                                }
                             }
                             Err(e) => bad.push(format!("{name} on {node}: {e}")),
                         }
                         let _ = fs::remove_file(&local);
                     }
-                    bad
+                    (bad, covered)
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec!["a reader panicked".into()])
-            })
-            .collect()
+        let mut bad = Vec::new();
+        let mut covered = Vec::new();
+        for h in handles {
+            match h.join() {
+                Ok((b, c)) => {
+                    bad.extend(b);
+                    covered.extend(c);
+                }
+                Err(_) => bad.push("a reader panicked".into()),
+            }
+        }
+        (bad, covered)
     });
     if !failures.is_empty() {
         bail!(
-            "{} of {} result files not readable with get, e.g. {:#?}",
+            "{} problems reading {} result objects with get, e.g. {:#?}",
             failures.len(),
             wanted.len(),
             &failures[..failures.len().min(10)]
         );
+    }
+    let covered: BTreeSet<(String, String)> = covered.into_iter().collect();
+    for (job, _, _) in jobs {
+        let missing: Vec<&String> = inputs
+            .iter()
+            .filter(|q| !covered.contains(&(job.clone(), (*q).clone())))
+            .take(10)
+            .collect();
+        if !missing.is_empty() {
+            bail!("job {job}: no result object read back holds {missing:?}");
+        }
     }
     Ok(wanted.len())
 }
