@@ -3,12 +3,13 @@
 //! tests all ask a node. Requests that name local files are run by this side
 //! (`transfer.rs`): the node never opens a path it was sent.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use dml_actors::control::{Outcome, Request};
+use dml_actors::control::{Command, Outcome, Reply, Request};
 use dml_actors::net::wire::Credential;
 
+use crate::listing;
 use crate::transfer::{self, Node};
 
 /// Sends `req` to the node at `addr` and waits for its outcome: `connect` bounds each
@@ -38,6 +39,63 @@ pub fn ask_interruptible(
     run(addr, cred, req.into(), connect, reply, true)
 }
 
+/// How an operator's tool (`dml ctl`) asks: Ctrl-C ends the request as an error (see
+/// [`ask_interruptible`]), long work shows its progress on stderr, and the whole request
+/// may be bounded by a deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolAsk {
+    /// Bound of each connection and handshake.
+    pub connect: Duration,
+    /// Bound of each answer.
+    pub reply: Duration,
+    /// When to give up on the whole request ([`DeadlinePassed`]).
+    pub deadline: Option<Instant>,
+}
+
+/// The request was given up at the operator's deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("gave up at the deadline ({} s after the start)", .after.as_secs_f64())]
+pub struct DeadlinePassed {
+    /// The deadline, from the start of the request.
+    pub after: Duration,
+}
+
+/// [`ask_interruptible`] as [`ToolAsk`] says, with progress on stderr.
+pub fn ask_tool(
+    addr: &str,
+    cred: &Credential,
+    req: impl Into<Request>,
+    how: ToolAsk,
+) -> anyhow::Result<Outcome> {
+    let mut node = node(addr, cred, how.connect, how.reply);
+    node.progress = true;
+    block(true, how.deadline, transfer::run(&node, req.into()))
+}
+
+/// A listing (`ls-prefix`, `store`, see [`Command::is_listing`]) asked as [`ToolAsk`]
+/// says: each page goes to `page` as it arrives, so the tool can write a listing of any
+/// length without holding it (see [`crate::listing::Listing`]).
+pub fn ask_listing(
+    addr: &str,
+    cred: &Credential,
+    cmd: Command,
+    how: ToolAsk,
+    page: &mut dyn FnMut(&Reply) -> anyhow::Result<()>,
+) -> anyhow::Result<Result<(), String>> {
+    let node = node(addr, cred, how.connect, how.reply);
+    block(true, how.deadline, listing::pages(&node, cmd, page))
+}
+
+fn node(addr: &str, cred: &Credential, connect: Duration, reply: Duration) -> Node {
+    Node {
+        addr: addr.to_string(),
+        cred: cred.clone(),
+        connect,
+        reply,
+        progress: false,
+    }
+}
+
 fn run(
     addr: &str,
     cred: &Credential,
@@ -46,26 +104,44 @@ fn run(
     reply: Duration,
     interruptible: bool,
 ) -> anyhow::Result<Outcome> {
+    let node = node(addr, cred, connect, reply);
+    block(interruptible, None, transfer::run(&node, req))
+}
+
+/// Runs `work` on a runtime of its own; with `interruptible`, Ctrl-C (SIGINT) ends it as
+/// an error, and so does the `deadline` ([`DeadlinePassed`]).
+fn block<T>(
+    interruptible: bool,
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start a runtime")?;
-    let node = Node {
-        addr: addr.to_string(),
-        cred: cred.clone(),
-        connect,
-        reply,
-    };
+    let started = Instant::now();
     rt.block_on(async {
+        let work = async {
+            let Some(at) = deadline else {
+                return work.await;
+            };
+            match tokio::time::timeout_at(at.into(), work).await {
+                Ok(r) => r,
+                Err(_) => Err(DeadlinePassed {
+                    after: at.saturating_duration_since(started),
+                }
+                .into()),
+            }
+        };
         if !interruptible {
-            return transfer::run(&node, req).await;
+            return work.await;
         }
         // Installed before the request starts (a temp file may exist from its first
         // step on), so no Ctrl-C finds the default action that would leave it behind.
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .context("cannot handle SIGINT")?;
         tokio::select! {
-            r = transfer::run(&node, req) => r,
+            r = work => r,
             _ = sigint.recv() => Err(anyhow!("interrupted")),
         }
     })

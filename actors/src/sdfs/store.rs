@@ -137,6 +137,17 @@ pub struct Holding {
     pub tombstone: Version,
 }
 
+/// Bytes of names in one listing page, so that a page (as text and JSON) stays far
+/// below the 16 MiB frame cap whatever the names' lengths.
+pub const PAGE_BYTES: usize = 2 << 20;
+
+/// A page of [`LocalStore::page`]; `more`: names after the last item may exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Holding>,
+    pub more: bool,
+}
+
 /// Handle on a data directory. Cheap to clone; all state lives on disk, so clones on
 /// other threads see the same store.
 #[derive(Debug, Clone)]
@@ -438,6 +449,51 @@ impl LocalStore {
         let mut names = self.names()?;
         names.retain(|n| n.as_str().starts_with(prefix));
         Ok(names)
+    }
+
+    /// One page of a listing, in name order: the names under `prefix` that sort after
+    /// `after`, at most `limit` of them and about [`PAGE_BYTES`] of names (at least one).
+    /// `live_only`: names with a live version (`ls-prefix`); otherwise deleted names
+    /// with their tombstone too (`store`).
+    pub fn page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        live_only: bool,
+    ) -> Result<Page, StoreError> {
+        let mut names = Vec::new();
+        for dir in self.name_dirs()? {
+            if let Some(name) = read_name(&dir)? {
+                let s = name.as_str();
+                if s.starts_with(prefix) && after.is_none_or(|a| s > a) {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        let (mut items, mut bytes) = (Vec::new(), 0);
+        let mut rest = names.into_iter();
+        for name in rest.by_ref() {
+            let versions = self.versions(&name)?;
+            let tombstone = if live_only { 0 } else { self.tombstone(&name)? };
+            if versions.is_empty() && tombstone == 0 {
+                continue;
+            }
+            bytes += name.as_str().len();
+            items.push(Holding {
+                name,
+                versions,
+                tombstone,
+            });
+            if items.len() >= limit.max(1) || bytes >= PAGE_BYTES {
+                break;
+            }
+        }
+        Ok(Page {
+            items,
+            more: rest.next().is_some(),
+        })
     }
 
     /// Bytes on disk of all committed versions (headers included).
