@@ -158,13 +158,16 @@ fn submit_and_wait(
             return Ok(ExitCode::from(1));
         }
         Err(e) if e.is::<DeadlinePassed>() => {
-            eprintln!("dml: C4 not submitted: {e}");
+            eprintln!("dml: no job accepted before the deadline ({e}); `dml ctl C1` lists jobs");
             return Ok(ExitCode::from(DEADLINE_EXIT));
         }
         Err(e) => return Err(e),
     };
     let v: serde_json::Value = serde_json::from_str(&accepted.json)?;
-    let job = v["job"].as_str().unwrap_or_default().to_string();
+    let job = v["job"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the node accepted a job without an id: {}", accepted.json))?
+        .to_string();
     if !json {
         println!("{}", accepted.text);
     }
@@ -200,7 +203,7 @@ fn submit_and_wait(
             }
             Err(e) => {
                 misses += 1;
-                if misses % QUIET_MISSES == 0 {
+                if misses.is_multiple_of(QUIET_MISSES) {
                     progress.note(&format!(
                         "dml: job {job}: {misses} progress polls in a row failed; last: {e}"
                     ));
