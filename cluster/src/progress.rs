@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// How often plain lines are written when stderr is not a terminal.
 pub const LINE_EVERY: Duration = Duration::from_secs(5);
@@ -59,9 +59,12 @@ impl Progress {
         let bar = (mode == Mode::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} ETA {eta}",
+                "{prefix} [{bar:30}] {pos}/{len} {msg} {rate} ETA {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1}/s", s.per_sec());
+            })
             .progress_chars("#>-");
             bar.set_style(style);
             bar.set_prefix(what.clone());
@@ -123,7 +126,11 @@ impl Progress {
     /// written.
     pub fn finish(&mut self) {
         match self.bar.take() {
-            Some(b) => b.abandon(),
+            // The bar stays on its line; what follows starts on the next.
+            Some(b) => {
+                b.abandon();
+                eprintln!();
+            }
             None => self.line(),
         }
     }
@@ -159,8 +166,8 @@ impl Progress {
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        if let Some(b) = self.bar.take() {
-            b.abandon();
+        if self.bar.is_some() {
+            self.finish();
         }
     }
 }

@@ -83,15 +83,15 @@ pub fn classify(
     let net = Network::parse(model)?;
     let classifier = Classifier::load(net, weights_dir, threads)?;
     let files = image_files(dir)?;
-    let mut failed = Vec::new();
-    let mut done = 0;
-    progress(0, 0, files.len());
     if classifier.is_synthetic() {
         eprintln!("{SYNTHETIC_NOTE}");
         if !json {
             println!("{SYNTHETIC_NOTE}");
         }
     }
+    let mut failed = Vec::new();
+    let mut done = 0;
+    progress(0, 0, files.len());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Batches of 8 keep memory bounded for large directories.
