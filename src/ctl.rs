@@ -55,11 +55,17 @@ pub fn run(config: &Config, node: &str, opts: &Opts, words: &[String]) -> anyhow
         return Ok(ExitCode::SUCCESS);
     }
     let how = ToolAsk {
+        // Ctrl-C ends a transfer as an error, so its temp file is removed.
+        interruptible: true,
         connect: CONNECT_WITHIN,
-        reply: Duration::from_secs_f64(opts.timeout.clamp(0.1, 86_400.0)),
-        deadline: opts
-            .deadline
-            .map(|d| Instant::now() + Duration::from_secs_f64(d.clamp(0.0, 1e9))),
+        reply: Duration::from_secs_f64(seconds(opts.timeout, "--timeout")?.clamp(0.1, 86_400.0)),
+        deadline: match opts.deadline {
+            Some(d) => {
+                let d = Duration::from_secs_f64(seconds(d, "--deadline")?.min(1e9));
+                Instant::now().checked_add(d)
+            }
+            None => None,
+        },
     };
     let json = opts.json;
     if matches!(req, Request::Node(Command::C4 { .. })) && !opts.detach {
@@ -68,7 +74,6 @@ pub fn run(config: &Config, node: &str, opts: &Opts, words: &[String]) -> anyhow
     let cred = config.tool_credential()?;
     let outcome = match req {
         Request::Node(cmd) if cmd.is_listing() => return listing(node, &cred, json, how, cmd),
-        // Ctrl-C ends a transfer as an error, so its temp file is removed.
         req => dml_cluster::ask_tool(node, &cred, req, how),
     };
     let outcome = match outcome {
@@ -95,6 +100,15 @@ pub fn run(config: &Config, node: &str, opts: &Opts, words: &[String]) -> anyhow
             eprintln!("dml: {e}");
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// A number of seconds from the command line: finite and not negative.
+fn seconds(v: f64, flag: &str) -> anyhow::Result<f64> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(anyhow!("{flag} must be a number of seconds, got {v}"))
     }
 }
 
@@ -151,6 +165,11 @@ fn submit_and_wait(
     cmd: Request,
 ) -> anyhow::Result<ExitCode> {
     let cred = config.tool_credential()?;
+    // Ctrl-C keeps its default (the process ends, the job runs on) while following.
+    let how = ToolAsk {
+        interruptible: false,
+        ..how
+    };
     let accepted = match dml_cluster::ask_tool(node, &cred, cmd, how) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -288,6 +307,24 @@ fn show_results(config: &Config, node: &str, job: &str, json: bool) -> anyhow::R
         Err(e) => {
             eprintln!("dml: {e}");
             Ok(ExitCode::from(1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_finite_and_not_negative() {
+        assert_eq!(seconds(2.5, "--deadline").unwrap(), 2.5);
+        assert_eq!(seconds(0.0, "--deadline").unwrap(), 0.0);
+        for bad in [f64::NAN, f64::INFINITY, -1.0] {
+            let e = seconds(bad, "--deadline").unwrap_err().to_string();
+            assert!(
+                e.starts_with("--deadline must be a number of seconds"),
+                "{e}"
+            );
         }
     }
 }

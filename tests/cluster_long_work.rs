@@ -10,6 +10,8 @@
 mod common;
 
 use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -230,6 +232,34 @@ fn listings_and_long_work_on_a_real_cluster() {
             "dml: job {job2} did not finish before the deadline"
         )) && last.contains(&format!("`dml ctl results {job2}`")),
         "{stderr}"
+    );
+
+    // Ctrl-C while following ends `dml ctl` (the job runs on): the submission's SIGINT
+    // handling must not outlive it.
+    let mut child = Command::new(common::dml_bin())
+        .args(["ctl", "--config"])
+        .arg(&c.config)
+        .args(["--node", &h1, "C4", "resnet50", "inputs/mixed"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dml ctl");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains(": 0/101") {
+        line.clear();
+    }
+    assert!(line.contains(": 0/101"), "no progress before the end");
+    // SAFETY: signalling a child process this test started and has not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGINT),
+        "Ctrl-C did not end the follow: {status:?}"
     );
 }
 

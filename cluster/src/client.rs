@@ -39,11 +39,14 @@ pub fn ask_interruptible(
     run(addr, cred, req.into(), connect, reply, true)
 }
 
-/// How an operator's tool (`dml ctl`) asks: Ctrl-C ends the request as an error (see
-/// [`ask_interruptible`]), long work shows its progress on stderr, and the whole request
-/// may be bounded by a deadline.
+/// How an operator's tool (`dml ctl`) asks: long work shows its progress on stderr, the
+/// whole request may be bounded by a deadline, and Ctrl-C may end it as an error.
 #[derive(Debug, Clone, Copy)]
 pub struct ToolAsk {
+    /// Ctrl-C (SIGINT) ends the request as an error, as [`ask_interruptible`]; SIGINT
+    /// then stays caught for the rest of the process, so only for a process that is done
+    /// once the request is.
+    pub interruptible: bool,
     /// Bound of each connection and handshake.
     pub connect: Duration,
     /// Bound of each answer.
@@ -69,7 +72,11 @@ pub fn ask_tool(
 ) -> anyhow::Result<Outcome> {
     let mut node = node(addr, cred, how.connect, how.reply);
     node.progress = true;
-    block(true, how.deadline, transfer::run(&node, req.into()))
+    block(
+        how.interruptible,
+        how.deadline,
+        transfer::run(&node, req.into()),
+    )
 }
 
 /// A listing (`ls-prefix`, `store`, see [`Command::is_listing`]) asked as [`ToolAsk`]
@@ -83,7 +90,11 @@ pub fn ask_listing(
     page: &mut dyn FnMut(&Reply) -> anyhow::Result<()>,
 ) -> anyhow::Result<Result<(), String>> {
     let node = node(addr, cred, how.connect, how.reply);
-    block(true, how.deadline, listing::pages(&node, cmd, page))
+    block(
+        how.interruptible,
+        how.deadline,
+        listing::pages(&node, cmd, page),
+    )
 }
 
 fn node(addr: &str, cred: &Credential, connect: Duration, reply: Duration) -> Node {
