@@ -71,6 +71,9 @@ pub fn run(config: &Config, node: &str, opts: &Opts, words: &[String]) -> anyhow
     if matches!(req, Request::Node(Command::C4 { .. })) && !opts.detach {
         return submit_and_wait(config, node, json, how, req);
     }
+    if let Request::Results { job, out: None, .. } = &req {
+        return show_results(config, node, job, json, how.reply);
+    }
     let cred = config.tool_credential()?;
     let outcome = match req {
         Request::Node(cmd) if cmd.is_listing() => return listing(node, &cred, json, how, cmd),
@@ -238,8 +241,9 @@ fn submit_and_wait(
         }
     };
     progress.finish();
-    // Queries that failed for good (C1's count) have no result to show an error in.
-    let code = show_results(config, node, &job, json)?;
+    // C1's failures are rows of the results too; should the results not show them,
+    // C1's count still fails the command.
+    let code = show_results(config, node, &job, json, how.reply)?;
     if code == ExitCode::SUCCESS && failed > 0 {
         return Ok(report_failed(&job, failed));
     }
@@ -260,9 +264,6 @@ fn results_hint(job: &str) -> String {
     format!("`dml ctl results {job}`")
 }
 
-/// How long reading a finished job's results may take.
-const RESULTS_WITHIN: Duration = Duration::from_secs(30);
-
 /// How long one progress poll may take.
 const C1_WITHIN: Duration = Duration::from_secs(10);
 
@@ -281,27 +282,26 @@ fn c1_row(
         .ok_or_else(|| anyhow!("C1 does not list the job (yet)"))
 }
 
-/// The job's outputs, read back from SDFS and printed; exit code 1 (with
-/// [`report_failed`]) when a query's result is an error (an input that is no image).
-fn show_results(config: &Config, node: &str, job: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let timeout = RESULTS_WITHIN;
-    match call(
-        config,
-        node,
-        Command::C4Results {
-            job: job.to_string(),
-        },
-        timeout,
-    )? {
+/// Every result of `job` on stdout, page by page (text lines, or one JSON array); exit
+/// code 1 (with [`report_failed`]) when a query's result is an error (a failed query, an
+/// input that is no image).
+fn show_results(
+    config: &Config,
+    node: &str,
+    job: &str,
+    json: bool,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let cred = config.tool_credential()?;
+    match dml_cluster::print_results(node, &cred, job, json, CONNECT_WITHIN, timeout)? {
         Ok(r) => {
-            println!("{}", if json { &r.json } else { &r.text });
-            let results: serde_json::Value = serde_json::from_str(&r.json)?;
-            let errors = results
-                .as_array()
-                .map_or(0, |a| a.iter().filter(|q| q["error"].is_string()).count());
-            Ok(match errors {
+            if !json {
+                eprintln!("{}", r.text);
+            }
+            let summary: serde_json::Value = serde_json::from_str(&r.json)?;
+            Ok(match summary["errors"].as_u64().unwrap_or(0) {
                 0 => ExitCode::SUCCESS,
-                n => report_failed(job, n as u64),
+                n => report_failed(job, n),
             })
         }
         Err(e) => {

@@ -53,6 +53,9 @@ enum Cmd {
         /// Never start the interactive console.
         #[arg(long)]
         no_console: bool,
+        /// Benchmark only (`dml bench scale`): fixed logits instead of the networks.
+        #[arg(long, hide = true)]
+        bench_fixed_logits: bool,
     },
     /// The main job in one command: local cluster, sample images into SDFS, a ResNet50
     /// and an InceptionV3 job side by side with live C1/C2/C5, the results, shutdown.
@@ -181,6 +184,13 @@ enum BenchCmd {
         #[command(flatten)]
         args: dml_bench::chaos::Args,
     },
+    /// Jobs of 10k, 100k and 1M queries (inputs in tar archives) on a local cluster whose
+    /// models return fixed logits: scheduling throughput, coordinator memory per query,
+    /// result objects, results export rate and the exporting client's memory.
+    Scale {
+        #[command(flatten)]
+        args: dml_bench::scale::Args,
+    },
 }
 
 /// Rust ignores SIGPIPE, so printing into a closed pipe (`dml ctl store | head`) made
@@ -291,6 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hostname,
             port,
             no_console,
+            bench_fixed_logits,
         } => {
             let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
             let addr = dml_actors::types::NodeAddr::new(&hostname, port);
@@ -307,7 +318,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logs();
             let interactive = !no_console && console::stdin_is_terminal();
             let console = interactive.then(|| console::spawn(config.clone(), addr.clone()));
-            dml_actors::node::run_node(config, addr)?;
+            let models = if bench_fixed_logits {
+                dml_actors::node::Models::BenchFixedLogits
+            } else {
+                dml_actors::node::Models::Networks
+            };
+            dml_actors::node::run_node(config, addr, models)?;
             drop(console);
         }
         Cmd::Demo { cfg, args } => {
@@ -373,6 +389,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCmd::JobsChurn { args } => dml_bench::jobs_churn::run(&args)?,
             BenchCmd::Pings { args } => dml_bench::pings::run(&args)?,
             BenchCmd::Chaos { args } => dml_bench::chaos::run(&args)?,
+            BenchCmd::Scale { args } => dml_bench::scale::run(&args)?,
         },
     }
     Ok(ExitCode::SUCCESS)

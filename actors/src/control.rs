@@ -87,9 +87,13 @@ pub enum Command {
         model: String,
         input: String,
     },
-    /// `C4 --results JOB`: a finished job's outputs, read back from SDFS.
+    /// One page of a job's results (`from`, at most `limit` queries), read back from
+    /// SDFS. `C4 --results JOB` and `results JOB` are tool requests that loop over
+    /// pages ([`Request::Results`]), so no reply ever holds a whole job's results.
     C4Results {
         job: String,
+        from: u32,
+        limit: u32,
     },
     /// C5: the current assignment of nodes to jobs.
     C5,
@@ -123,6 +127,14 @@ pub enum Request {
         name: String,
         k: usize,
         local: String,
+        force: bool,
+    },
+    /// A job's results, page by page (`Command::C4Results`): to the terminal (`C4
+    /// --results JOB`), or into a local file as JSON lines or CSV (`results JOB --out
+    /// FILE`, by extension), resumable: an interrupted export goes on where it stopped.
+    Results {
+        job: String,
+        out: Option<String>,
         force: bool,
     },
 }
@@ -264,7 +276,11 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         "C4 MODEL PREFIX_OR_DIR",
-        "submit a job; C4 --results JOB prints a job's outputs",
+        "submit a job (.tar archives count one query per file in them); C4 --results JOB prints a job's outputs",
+    ),
+    (
+        "results JOB [--out FILE] [--force]",
+        "a job's results; --out writes JSON lines (CSV for FILE.csv), resuming where it stopped",
     ),
     ("C5", "current assignment: which job/model each node runs"),
     (
@@ -301,8 +317,8 @@ pub fn parse(words: &[String]) -> Result<Request, String> {
         return Err("empty command; type `help`".into());
     };
     // `--force` (get, get-versions) may stand anywhere after the command word.
-    let force =
-        matches!(head.as_str(), "get" | "get-versions") && args.iter().any(|a| a == "--force");
+    let force = matches!(head.as_str(), "get" | "get-versions" | "results")
+        && args.iter().any(|a| a == "--force");
     let kept: Vec<String>;
     let args = if force {
         kept = args.iter().filter(|a| *a != "--force").cloned().collect();
@@ -338,6 +354,22 @@ pub fn parse(words: &[String]) -> Result<Request, String> {
                 local: a(1),
                 force,
             });
+        }
+        "results" => {
+            let usage = "results JOB [--out FILE] [--force]";
+            return match args {
+                [job] => Ok(Request::Results {
+                    job: job.clone(),
+                    out: None,
+                    force,
+                }),
+                [job, flag, out] if flag == "--out" => Ok(Request::Results {
+                    job: job.clone(),
+                    out: Some(out.clone()),
+                    force,
+                }),
+                _ => Err(format!("usage: {usage}")),
+            };
         }
         "delete" => {
             want(1, "delete SDFS_NAME")?;
@@ -389,7 +421,11 @@ pub fn parse(words: &[String]) -> Result<Request, String> {
         "C4" | "c4" => {
             want(2, "C4 MODEL PREFIX_OR_DIR | C4 --results JOB")?;
             if a(0) == "--results" {
-                Command::C4Results { job: a(1) }
+                return Ok(Request::Results {
+                    job: a(1),
+                    out: None,
+                    force: false,
+                });
             } else {
                 Command::C4 {
                     model: a(0),
@@ -549,21 +585,31 @@ mod tests {
         );
         assert_eq!(
             p("C4 --results job-1"),
-            Ok(Command::C4Results {
-                job: "job-1".into()
-            }
-            .into())
+            Ok(Request::Results {
+                job: "job-1".into(),
+                out: None,
+                force: false
+            })
         );
+        assert_eq!(
+            p("results 3-1 --out r.csv --force"),
+            Ok(Request::Results {
+                job: "3-1".into(),
+                out: Some("r.csv".into()),
+                force: true
+            })
+        );
+        assert!(p("results 3-1 --out").is_err());
         // Every command named in help parses with placeholder arguments.
         for (usage, _) in HELP {
-            // Optional parts (`[--after NAME]`) are left out.
-            let mut optional = false;
+            // Optional parts (`[...]`, perhaps several words) are left out.
+            let mut depth = 0i32;
             let words: Vec<String> = usage
                 .split_whitespace()
                 .filter(|w| {
-                    let skip = optional || w.starts_with('[');
-                    optional = skip && !w.ends_with(']');
-                    !skip
+                    let inside = depth > 0 || w.starts_with('[');
+                    depth += w.matches('[').count() as i32 - w.matches(']').count() as i32;
+                    !inside
                 })
                 .map(|w| {
                     if w == "K" || w == "N" {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use dml_actors::control::{Command, Request};
+use dml_actors::jobs::types::parse_result_name;
 use dml_actors::jobs::worker_actor::QueryResult;
 use dml_cluster::{Options, Stop};
 use serde_json::Value;
@@ -222,65 +223,63 @@ fn held_by(run: &Run, addr: &str) -> Result<BTreeSet<String>, String> {
         .collect())
 }
 
-/// Exactly one result per query of `job`, asked through `ask` (a console command's JSON
-/// or the node's error): the distinct result names under `results/<job>/` are exactly the
-/// job's inputs (a query that ran twice only adds a version), `C4 --results` lists each
-/// input once as a classified query of this job, and C1 counts each query once (asked
-/// for up to 30 s: C1 does not answer while the coordinator changes hands). Returns the
-/// results. Shared with `tests/cluster_jobs.rs`.
+/// Exactly one result per query of `job`: every object under `results/<job>/` is a
+/// result object of this job (one per run of a batch; a query that ran twice may be in
+/// two), the job's results read page by page (`results`, what `C4 --results` and the
+/// export read) list each input exactly once, numbered by its place among the sorted
+/// inputs and classified, and C1 counts each query once (asked through `ask` for up to
+/// 30 s: C1 does not answer while the coordinator changes hands). Returns the results.
+/// Shared with `tests/cluster_jobs.rs`.
 pub fn check_exactly_once(
     ask: &dyn Fn(Command) -> Result<Value, String>,
+    results: &dyn Fn(&str) -> Result<Vec<QueryResult>, String>,
     job: &str,
     model: &str,
     inputs: &[String],
 ) -> Result<Vec<QueryResult>, String> {
-    let want: BTreeSet<String> = inputs
-        .iter()
-        .map(|q| format!("results/{job}/{q}"))
-        .collect();
     let listed = ask(Command::ls_prefix(format!("results/{job}/")))
         .map_err(|e| format!("ls-prefix results/{job}/: {e}"))?;
-    let got: BTreeSet<String> = listed
+    let objects: Vec<String> = listed
         .as_array()
         .ok_or_else(|| format!("ls-prefix answered {listed}"))?
         .iter()
         .filter_map(|n| n.as_str().map(String::from))
         .collect();
-    if got != want {
-        let missing: Vec<_> = want.difference(&got).take(10).collect();
-        let extra: Vec<_> = got.difference(&want).take(10).collect();
+    let foreign: Vec<&String> = objects
+        .iter()
+        .filter(|n| parse_result_name(n).is_none_or(|(j, _)| j.to_string() != job))
+        .take(10)
+        .collect();
+    if objects.is_empty() || !foreign.is_empty() {
         return Err(format!(
-            "job {job}: result names differ from its inputs ({} listed, {} inputs; \
-             missing e.g. {missing:?}; foreign e.g. {extra:?})",
-            got.len(),
-            want.len()
+            "job {job}: {} result objects, foreign names e.g. {foreign:?}",
+            objects.len()
         ));
     }
-    let v = ask(Command::C4Results { job: job.into() })
-        .map_err(|e| format!("C4 --results {job}: {e}"))?;
-    let results: Vec<QueryResult> =
-        serde_json::from_value(v).map_err(|e| format!("C4 --results {job}: {e}"))?;
-    let inputs_set: BTreeSet<&String> = inputs.iter().collect();
+    let results = results(job).map_err(|e| format!("C4 --results {job}: {e}"))?;
+    let mut sorted: Vec<&String> = inputs.iter().collect();
+    sorted.sort();
+    sorted.dedup();
     let mut seen = BTreeSet::new();
     for r in &results {
         if (r.job.as_str(), r.model.as_str()) != (job, model) {
             return Err(format!("job {job} ({model}): result of another job {r:?}"));
         }
-        if !inputs_set.contains(&r.query) {
-            return Err(format!("job {job}: foreign query {r:?}"));
+        if sorted.get(r.q as usize).map(|s| s.as_str()) != Some(r.query.as_str()) {
+            return Err(format!("job {job}: foreign or misnumbered query {r:?}"));
         }
-        if !seen.insert(r.query.clone()) {
+        if !seen.insert(r.q) {
             return Err(format!("job {job}: query listed twice {r:?}"));
         }
         if r.error.is_some() || r.top5.len() != 5 || r.per_query_ms <= 0.0 {
             return Err(format!("job {job}: not a classified query {r:?}"));
         }
     }
-    if results.len() != inputs.len() {
+    if results.len() != sorted.len() {
         return Err(format!(
             "job {job}: C4 --results lists {} of {} inputs",
             results.len(),
-            inputs.len()
+            sorted.len()
         ));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -624,8 +623,13 @@ pub fn scenario(s: &Setup, say: &dyn Fn(&str)) -> anyhow::Result<Report> {
     report.survivors = survivors.clone();
     let via = run.console.clone();
     let ask = |cmd: Command| ask_json(&run, &via, cmd, BIG_REPLY);
+    let results = |job: &str| {
+        run.cluster
+            .job_results(&via, job, BIG_REPLY)
+            .map_err(|e| format!("{e:#}"))?
+    };
     for (job, model, _) in &report.jobs {
-        check_exactly_once(&ask, job, model, &inputs).map_err(|e| anyhow!(e))?;
+        check_exactly_once(&ask, &results, job, model, &inputs).map_err(|e| anyhow!(e))?;
     }
     let t = Instant::now();
     let names = all_names(&run, &via)?;

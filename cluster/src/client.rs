@@ -10,7 +10,9 @@ use dml_actors::control::{Command, Outcome, Reply, Request};
 use dml_actors::net::wire::Credential;
 
 use crate::listing;
+use crate::results::Summary;
 use crate::transfer::{self, Node};
+use dml_actors::jobs::types::QueryResult;
 
 /// Sends `req` to the node at `addr` and waits for its outcome: `connect` bounds each
 /// connection and handshake, `reply` each answer. An error is a transport failure; the
@@ -97,6 +99,33 @@ pub fn ask_listing(
     )
 }
 
+/// Every result of `job`, read page by page into memory (tests and `dml demo`, for
+/// jobs of thousands of queries; `results JOB --out FILE` streams instead). The node's
+/// refusal is the inner `Err`.
+pub fn job_results(
+    addr: &str,
+    cred: &Credential,
+    job: &str,
+    connect: Duration,
+    reply: Duration,
+) -> anyhow::Result<Result<(Vec<QueryResult>, Summary), String>> {
+    let node = node(addr, cred, connect, reply);
+    runtime()?.block_on(crate::results::collect(&node, job))
+}
+
+/// `C4 --results JOB` on stdout: text lines, or one JSON array with `json`.
+pub fn print_results(
+    addr: &str,
+    cred: &Credential,
+    job: &str,
+    json: bool,
+    connect: Duration,
+    reply: Duration,
+) -> anyhow::Result<Outcome> {
+    let node = node(addr, cred, connect, reply);
+    runtime()?.block_on(crate::results::print(&node, job, json))
+}
+
 fn node(addr: &str, cred: &Credential, connect: Duration, reply: Duration) -> Node {
     Node {
         addr: addr.to_string(),
@@ -105,6 +134,13 @@ fn node(addr: &str, cred: &Credential, connect: Duration, reply: Duration) -> No
         reply,
         progress: false,
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")
 }
 
 fn run(
@@ -126,10 +162,7 @@ fn block<T>(
     deadline: Option<Instant>,
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")?;
+    let rt = runtime()?;
     let started = Instant::now();
     rt.block_on(async {
         let work = async {

@@ -11,12 +11,16 @@ pub mod listing;
 pub mod netns;
 pub mod process;
 pub mod progress;
+pub mod results;
 mod transfer;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-pub use client::{ask, ask_interruptible, ask_listing, ask_tool, DeadlinePassed, ToolAsk};
+pub use client::{
+    ask, ask_interruptible, ask_listing, ask_tool, job_results, print_results, DeadlinePassed,
+    ToolAsk,
+};
 pub use config_file::{test_operator, Layout, TestConfig};
 pub use netns::Net;
 pub use process::{Cluster, Member, Options, Stop};

@@ -94,6 +94,10 @@ pub(crate) async fn run(node: &Node, req: Request) -> anyhow::Result<Outcome> {
             local,
             force,
         } => get(node, &name, Some(k), &local, force).await,
+        Request::Results { job, out, force } => match out {
+            None => crate::results::print(node, &job, false).await,
+            Some(out) => crate::results::export(node, &job, Path::new(&out), force).await,
+        },
     }
 }
 
