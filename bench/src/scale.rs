@@ -54,6 +54,10 @@ pub struct Line {
     pub export_s: f64,
     pub export_rows: u64,
     pub client_peak_kb: u64,
+    /// A worker node (not the coordinator) after the job: resident memory and the SDFS
+    /// objects it holds.
+    pub node_kb: u64,
+    pub node_objects: usize,
 }
 
 impl Line {
@@ -104,7 +108,8 @@ fn job_row(run: &Run, job: &str) -> Option<serde_json::Value> {
 
 /// The coordinator node's name, from the nodes' role events.
 fn coordinator(run: &Run) -> Option<String> {
-    run.reign().map(|(c, _)| c)
+    let (addr, _) = run.reign()?;
+    run.name_of(&addr).or(Some(addr))
 }
 
 /// Runs one job of `n` queries and its export.
@@ -186,7 +191,7 @@ fn one_size(run: &Run, exe: &Path, dir: &Path, n: usize, per: usize) -> anyhow::
         .arg("--config")
         .arg(&run.layout().config)
         .arg("--node")
-        .arg(run.layout().addr(&run.console).context("console address")?)
+        .arg(&run.console)
         .args(["--timeout", "600", "results", &job, "--out"])
         .arg(&out)
         .arg("--force")
@@ -220,6 +225,17 @@ fn one_size(run: &Run, exe: &Path, dir: &Path, n: usize, per: usize) -> anyhow::
         }
     }
     let _ = fs::remove_file(&out);
+    let other = run
+        .layout()
+        .nodes
+        .iter()
+        .map(|(n, _)| n.clone())
+        .find(|n| *n != coord)
+        .context("no second node")?;
+    line.node_kb = run.cluster.pid(&other).and_then(rss_kb).unwrap_or(0);
+    let addr = run.layout().addr(&other).context("node address")?;
+    let held = run.cluster.ask_json(addr, Command::store())?;
+    line.node_objects = held.as_array().map_or(0, |a| a.len());
     Ok(line)
 }
 
@@ -257,12 +273,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.batch,
         args.per_archive
     );
-    println!("| queries | archives | put s | accept s | run s | queries/s | coordinator RSS MiB (base -> peak) | bytes/query | result objects | export s | rows/s | client peak MiB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| queries | archives | put s | accept s | run s | queries/s | coordinator RSS MiB (base -> peak) | bytes/query | result objects | export s | rows/s | client peak MiB | worker RSS MiB / objects held |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.sizes {
         let l = one_size(&run, &exe, &dir, n, args.per_archive)?;
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} -> {:.0} | {:.0} | {} | {:.1} | {:.0} | {:.0} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} -> {:.0} | {:.0} | {} | {:.1} | {:.0} | {:.0} | {:.0} / {} |",
             l.queries,
             l.archives,
             l.put_s,
@@ -275,7 +291,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             l.objects,
             l.export_s,
             l.export_rows as f64 / l.export_s.max(1e-9),
-            l.client_peak_kb as f64 / 1024.0
+            l.client_peak_kb as f64 / 1024.0,
+            l.node_kb as f64 / 1024.0,
+            l.node_objects
         );
     }
     drop(run);

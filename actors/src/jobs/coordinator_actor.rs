@@ -316,7 +316,8 @@ async fn list_inputs(sdfs: &SdfsClient, input: &str) -> Vec<Source> {
         name,
         entries: None,
     }));
-    for chunk in archives.chunks(8) {
+    // A few at a time: each archive is held whole while its entries are counted.
+    for chunk in archives.chunks(4) {
         let read = join_all(chunk.iter().map(|n| sdfs.get_bytes(n.clone()))).await;
         for (name, r) in chunk.iter().zip(read) {
             match r
