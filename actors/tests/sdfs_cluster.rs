@@ -791,7 +791,9 @@ fn listings_of_twenty_thousand_names_come_in_pages_each_name_once_in_order() {
         w.commit().unwrap();
     }
 
+    let t = std::time::Instant::now();
     let pages = list_all(&mut sim, &live[1], Some("big/"), 3_000);
+    println!("{N} names in {} pages: {:?}", pages.len(), t.elapsed());
     assert_eq!(pages.len(), N.div_ceil(3_000), "pages of 3000");
     let got: Vec<SdfsName> = pages.into_iter().flatten().collect();
     assert_eq!(got.len(), N, "every name once");

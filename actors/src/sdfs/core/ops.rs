@@ -144,10 +144,7 @@ impl SdfsCore {
                 self.log(Event::StoreFailure {
                     what: e.to_string(),
                 });
-                Page {
-                    items: Vec::new(),
-                    more: false,
-                }
+                Page::default()
             })
     }
 
