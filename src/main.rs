@@ -86,6 +86,9 @@ enum Cmd {
         /// C4: return once the job is accepted instead of following it to the end.
         #[arg(long)]
         detach: bool,
+        /// Give up the whole command after SECS (a C4 keeps running; exit code 3).
+        #[arg(long, value_name = "SECS")]
+        deadline: Option<f64>,
         /// The operator credential to prove (a `NAME HEX_KEY` file), instead of the
         /// config's `[ctl] credential_file`.
         #[arg(long)]
@@ -246,6 +249,46 @@ fn init_logs() {
         .try_init();
 }
 
+/// `dml classify`: the results on stdout, progress on stderr, and exit code 1 with the
+/// failed files' names on stderr when any image failed.
+fn classify(
+    model: &str,
+    weights: &std::path::Path,
+    dir: &std::path::Path,
+    threads: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use dml_cluster::progress::{Mode, Progress};
+    let mut progress: Option<Progress> = None;
+    let done = models_cli::classify(
+        model,
+        weights,
+        dir,
+        threads,
+        json,
+        &mut |n, failed, total| {
+            let p = progress
+                .get_or_insert_with(|| Progress::new("classify", total as u64, Mode::detect()));
+            p.update(n as u64, failed as u64);
+        },
+    )?;
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
+    if done.failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "dml: {} of {} images failed (errors above, on stdout):",
+        done.failed.len(),
+        done.total
+    );
+    for name in &done.failed {
+        eprintln!("  {name}");
+    }
+    Ok(ExitCode::from(1))
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Introducer { cfg } => {
@@ -299,6 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             timeout,
             detach,
+            deadline,
             credential,
             command,
         } => {
@@ -307,7 +351,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // Relative to where the operator typed it, not to the config file.
                 config.credential_file = Some(std::path::absolute(&file)?);
             }
-            return ctl::run(&config, &node, json, timeout, detach, &command);
+            let opts = ctl::Opts {
+                json,
+                timeout,
+                detach,
+                deadline,
+            };
+            return ctl::run(&config, &node, &opts, &command);
         }
         Cmd::Weights { what, dir } => match what {
             WeightsCmd::Fetch => models_cli::weights_fetch(&dir)?,
@@ -321,7 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
         } => {
             init_logs();
-            models_cli::classify(&model, &weights, &dir, threads, json)?
+            return classify(&model, &weights, &dir, threads, json);
         }
         Cmd::Bench { what } => match what {
             BenchCmd::Models {

@@ -55,10 +55,23 @@ pub enum Command {
     Ls {
         name: String,
     },
+    /// Names under `prefix`, one page: those after `after` (all when `None`), at most
+    /// `limit` (the node's own cap when `None` or larger). A reply with
+    /// [`Transfer::More`] has more pages; the tool asks again from there.
     LsPrefix {
         prefix: String,
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
     },
-    Store,
+    /// What this node holds, one page (cursor and limit as for `LsPrefix`).
+    Store {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// C1: query rate over the last 10 s and totals per job/model.
     C1,
     /// C2: processing-time statistics per job/model.
@@ -126,6 +139,39 @@ pub enum Request {
     },
 }
 
+impl Command {
+    /// `ls-prefix PREFIX` from its first name on, in pages of the node's size.
+    pub fn ls_prefix(prefix: impl Into<String>) -> Self {
+        Command::LsPrefix {
+            prefix: prefix.into(),
+            after: None,
+            limit: None,
+        }
+    }
+
+    /// `store`, all of it.
+    pub fn store() -> Self {
+        Command::Store {
+            after: None,
+            limit: None,
+        }
+    }
+
+    /// Whether the answer comes in pages ([`Transfer::More`]).
+    pub fn is_listing(&self) -> bool {
+        matches!(self, Command::LsPrefix { .. } | Command::Store { .. })
+    }
+
+    /// The same listing from the page after `cursor` on.
+    pub fn page_after(&self, cursor: String) -> Self {
+        let mut next = self.clone();
+        if let Command::LsPrefix { after, .. } | Command::Store { after, .. } = &mut next {
+            *after = Some(cursor);
+        }
+        next
+    }
+}
+
 impl From<Command> for Request {
     fn from(c: Command) -> Self {
         Request::Node(c)
@@ -141,6 +187,8 @@ pub enum Transfer {
     Piece { session: u64, piece: Piece },
     /// Get: every piece was sent; the read's own answer.
     Done(crate::sdfs::Reply),
+    /// A listing's page: more names follow; ask again with `after` as the cursor.
+    More { after: String },
 }
 
 /// A piece of a get's result, in order: each version is `Begin`, its chunks, `End`.
@@ -202,8 +250,14 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("delete SDFS_NAME", "delete a file (all versions)"),
     ("ls SDFS_NAME", "which nodes hold a file, with its version"),
-    ("ls-prefix PREFIX", "names stored under a prefix"),
-    ("store", "what this node holds"),
+    (
+        "ls-prefix PREFIX [--after NAME] [--limit N]",
+        "names stored under a prefix (after NAME; N per page)",
+    ),
+    (
+        "store [--after NAME] [--limit N]",
+        "what this node holds (after NAME; N per page)",
+    ),
     (
         "get-versions SDFS_NAME K LOCAL [--force]",
         "the last K versions, newest first, in one file",
@@ -326,10 +380,25 @@ pub fn parse(words: &[String]) -> Result<Request, String> {
             Command::Ls { name: a(0) }
         }
         "ls-prefix" => {
-            want(1, "ls-prefix PREFIX")?;
-            Command::LsPrefix { prefix: a(0) }
+            let usage = "ls-prefix PREFIX [--after NAME] [--limit N]";
+            let (rest, after, limit) = paging(args, usage)?;
+            let [prefix] = rest.as_slice() else {
+                return Err(format!("usage: {usage}"));
+            };
+            Command::LsPrefix {
+                prefix: prefix.clone(),
+                after,
+                limit,
+            }
         }
-        "store" => want(0, "store").map(|_| Command::Store)?,
+        "store" => {
+            let usage = "store [--after NAME] [--limit N]";
+            let (rest, after, limit) = paging(args, usage)?;
+            if !rest.is_empty() {
+                return Err(format!("usage: {usage}"));
+            }
+            Command::Store { after, limit }
+        }
         "get-versions" => {
             want(3, "get-versions SDFS_NAME K LOCAL [--force]")?;
             let k = positive(&a(1), "K")?;
@@ -376,6 +445,33 @@ pub fn parse(words: &[String]) -> Result<Request, String> {
         }
     };
     Ok(Request::Node(cmd))
+}
+
+/// A listing's `--after NAME` and `--limit N`, anywhere after the command word; the
+/// other words are returned in order.
+#[allow(clippy::type_complexity)]
+fn paging(
+    args: &[String],
+    usage: &str,
+) -> Result<(Vec<String>, Option<String>, Option<usize>), String> {
+    let (mut rest, mut after, mut limit) = (Vec::new(), None, None);
+    let mut words = args.iter();
+    while let Some(w) = words.next() {
+        match w.as_str() {
+            "--after" | "--limit" => {
+                let Some(v) = words.next() else {
+                    return Err(format!("usage: {usage}"));
+                };
+                if w == "--after" {
+                    after = Some(v.clone());
+                } else {
+                    limit = Some(positive(v, "--limit")?);
+                }
+            }
+            _ => rest.push(w.clone()),
+        }
+    }
+    Ok((rest, after, limit))
 }
 
 fn positive(s: &str, what: &str) -> Result<usize, String> {
@@ -471,6 +567,23 @@ mod tests {
             .into())
         );
         assert_eq!(
+            p("ls-prefix --limit 5 imgs/ --after imgs/b"),
+            Ok(Command::LsPrefix {
+                prefix: "imgs/".into(),
+                after: Some("imgs/b".into()),
+                limit: Some(5)
+            }
+            .into())
+        );
+        assert_eq!(p("store"), Ok(Command::store().into()));
+        assert_eq!(
+            Command::store().page_after("x".into()),
+            Command::Store {
+                after: Some("x".into()),
+                limit: None
+            }
+        );
+        assert_eq!(
             p("C4 --results job-1"),
             Ok(Request::Results {
                 job: "job-1".into(),
@@ -523,6 +636,12 @@ mod tests {
             "get a",
             "get a b c --force",
             "put a b --force",
+            "ls-prefix",
+            "ls-prefix a b",
+            "ls-prefix a --limit",
+            "ls-prefix a --limit 0",
+            "store extra",
+            "store --after",
         ] {
             let e = p(line).unwrap_err();
             assert!(!e.contains('\n'), "{e}");

@@ -204,14 +204,7 @@ fn ask_json(
 
 /// SDFS names under `prefix`, asked of `addr`.
 fn names_under(run: &Run, addr: &str, prefix: &str) -> Result<Vec<String>, String> {
-    let v = ask_json(
-        run,
-        addr,
-        Command::LsPrefix {
-            prefix: prefix.into(),
-        },
-        BIG_REPLY,
-    )?;
+    let v = ask_json(run, addr, Command::ls_prefix(prefix), BIG_REPLY)?;
     Ok(v.as_array()
         .ok_or("ls-prefix answers a list")?
         .iter()
@@ -221,7 +214,7 @@ fn names_under(run: &Run, addr: &str, prefix: &str) -> Result<Vec<String>, Strin
 
 /// The names a node's `store` says it holds (with at least one version).
 fn held_by(run: &Run, addr: &str) -> Result<BTreeSet<String>, String> {
-    let v = ask_json(run, addr, Command::Store, BIG_REPLY)?;
+    let v = ask_json(run, addr, Command::store(), BIG_REPLY)?;
     Ok(v.as_array()
         .ok_or("store answers a list")?
         .iter()
@@ -244,10 +237,8 @@ pub fn check_exactly_once(
     model: &str,
     inputs: &[String],
 ) -> Result<Vec<QueryResult>, String> {
-    let listed = ask(Command::LsPrefix {
-        prefix: format!("results/{job}/"),
-    })
-    .map_err(|e| format!("ls-prefix results/{job}/: {e}"))?;
+    let listed = ask(Command::ls_prefix(format!("results/{job}/")))
+        .map_err(|e| format!("ls-prefix results/{job}/: {e}"))?;
     let objects: Vec<String> = listed
         .as_array()
         .ok_or_else(|| format!("ls-prefix answered {listed}"))?

@@ -176,9 +176,7 @@ fn one_size(run: &Run, exe: &Path, dir: &Path, n: usize, per: usize) -> anyhow::
     line.run_s = t.elapsed().as_secs_f64();
     line.coord_peak_kb = peak.max(rss_kb(pid).unwrap_or(0));
     let listed = run.ask(
-        Command::LsPrefix {
-            prefix: format!("results/{job}/"),
-        },
+        Command::ls_prefix(format!("results/{job}/")),
         Duration::from_secs(120),
     )?;
     let names: serde_json::Value = serde_json::from_str(&listed.json)?;
@@ -236,7 +234,7 @@ fn one_size(run: &Run, exe: &Path, dir: &Path, n: usize, per: usize) -> anyhow::
         .context("no second node")?;
     line.node_kb = run.cluster.pid(&other).and_then(rss_kb).unwrap_or(0);
     let addr = run.layout().addr(&other).context("node address")?;
-    let held = run.cluster.ask_json(addr, Command::Store)?;
+    let held = run.cluster.ask_json(addr, Command::store())?;
     line.node_objects = held.as_array().map_or(0, |a| a.len());
     Ok(line)
 }
