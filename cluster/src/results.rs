@@ -7,9 +7,8 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, IsTerminal, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use dml_actors::control::{Command, Outcome, Reply};
@@ -19,6 +18,7 @@ use dml_actors::net::body::Body;
 use dml_actors::net::transport::{Client, Lane};
 use serde::{Deserialize, Serialize};
 
+use crate::progress::{Mode, Progress};
 use crate::transfer::Node;
 
 /// Queries per page: a page of rows is about 0.5 KB per row, so ~2.5 MB per answer,
@@ -269,56 +269,6 @@ fn csv_row(r: &QueryResult) -> String {
     f.join(",") + "\n"
 }
 
-/// Progress on stderr: a line rewritten in place on a terminal, a plain line every
-/// 5 s otherwise (stdout stays the data).
-struct Progress {
-    tty: bool,
-    started: Instant,
-    last: Instant,
-    start_rows: u64,
-}
-
-impl Progress {
-    fn new(start_rows: u64) -> Self {
-        let now = Instant::now();
-        Progress {
-            tty: std::io::stderr().is_terminal(),
-            started: now,
-            last: now,
-            start_rows,
-        }
-    }
-
-    fn show(&mut self, rows: u64, total: u32, done: bool) {
-        let every = if self.tty {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(5)
-        };
-        if !done && self.last.elapsed() < every {
-            return;
-        }
-        self.last = Instant::now();
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = (rows - self.start_rows) as f64 / secs;
-        let left = u64::from(total).saturating_sub(rows);
-        let eta = if rate > 0.0 {
-            format!("{:.0} s", left as f64 / rate)
-        } else {
-            "?".into()
-        };
-        let line = format!("results: {rows}/{total} rows, {rate:.0} rows/s, ETA {eta}");
-        if self.tty {
-            eprint!("\r{line}   ");
-            if done {
-                eprintln!();
-            }
-        } else {
-            eprintln!("{line}");
-        }
-    }
-}
-
 /// Prints every result of `job` to stdout (text lines, or one JSON array).
 pub(crate) async fn print(node: &Node, job: &str, json: bool) -> anyhow::Result<Outcome> {
     let stdout = std::io::stdout();
@@ -409,7 +359,7 @@ pub(crate) async fn export(
     file.set_len(mark.bytes)?;
     file.seek(SeekFrom::Start(mark.bytes))?;
     let mut w = RowWriter::new(BufWriter::new(file), format, mark.rows, from == 0)?;
-    let mut progress = Progress::new(mark.rows);
+    let mut progress = Progress::new(format!("results of job {job}"), 0, Mode::detect());
     let mut total = 0;
     let mut complete = true;
     let r = each_page(node, job, from, |p| {
@@ -432,7 +382,8 @@ pub(crate) async fn export(
         mark.bytes = w.out.get_ref().metadata()?.len();
         fs::write(&mark_file, serde_json::to_vec(&mark)?)
             .with_context(|| format!("cannot write {}", mark_file.display()))?;
-        progress.show(mark.rows, total, false);
+        progress.set_total(u64::from(total));
+        progress.update(mark.rows, mark.errors);
         Ok(())
     })
     .await;
@@ -453,7 +404,7 @@ pub(crate) async fn export(
     }
     let file: File = w.finish()?.into_inner().map_err(|e| anyhow!("{e}"))?;
     file.sync_all()?;
-    progress.show(mark.rows, total, true);
+    progress.finish();
     let _ = fs::remove_file(&mark_file);
     let summary = Summary {
         rows: mark.rows,
