@@ -223,19 +223,19 @@ async fn get(
     };
     let mut answer = request(&mut client, node, begin).await?;
     let read = loop {
-        let (session, piece) = match answer {
+        let (session, pieces) = match answer {
             Err(e) => return Ok(Err(e)),
             Ok(Reply {
-                transfer: Some(Transfer::Piece { session, piece }),
+                transfer: Some(Transfer::Pieces { session, pieces }),
                 ..
-            }) => (session, piece),
+            }) => (session, pieces),
             Ok(Reply {
                 transfer: Some(Transfer::Done(read)),
                 ..
             }) => break read,
             Ok(other) => bail!("node {} answered a get with {other:?}", node.addr),
         };
-        if let Err(e) = sink.piece(name, piece) {
+        if let Err(e) = pieces.into_iter().try_for_each(|p| sink.piece(name, p)) {
             let _ = request(&mut client, node, Command::TransferEnd { session }).await;
             return Ok(Err(e));
         }

@@ -128,7 +128,6 @@ impl<B: Serialize + DeserializeOwned> Client<B> {
         let Client { stream, dec, .. } = self;
         let work = async {
             stream.write_all(&frame).await?;
-            let mut chunk = vec![0u8; READ_CHUNK];
             loop {
                 while let Some(env) = dec.next_envelope::<B>()? {
                     if env.reply_to == Some(id) {
@@ -136,11 +135,11 @@ impl<B: Serialize + DeserializeOwned> Client<B> {
                     }
                     // Anything else (an unsolicited message) is not for a tool.
                 }
-                let n = stream.read(&mut chunk).await?;
+                let n = stream.read(dec.read_buf(READ_CHUNK)).await?;
                 if n == 0 {
                     return Err(TransportError::PeerClosed);
                 }
-                dec.push(chunk.get(..n).unwrap_or_default());
+                dec.filled(n);
             }
         };
         let res =
