@@ -16,7 +16,7 @@ use dml_actors::control::{
     jobs_text, sdfs_text, Command, Outcome, Piece, Reply, Request, Transfer,
 };
 use dml_actors::net::body::Body;
-use dml_actors::net::transport::{Client, Lane};
+use dml_actors::net::transport::{Client, Lane, TransportError};
 use dml_actors::net::wire::Credential;
 use dml_actors::sdfs::dir_put::{dir_files, DirPut, PutLocalDone, PARALLELISM};
 use dml_actors::sdfs::MAX_CHUNK;
@@ -41,7 +41,12 @@ impl Node {
 
 /// One command and its outcome on an open connection.
 async fn request(client: &mut Client<Body>, node: &Node, cmd: Command) -> anyhow::Result<Outcome> {
-    match client.request(Body::Command(cmd), node.reply).await {
+    outcome(client.request(Body::Command(cmd), node.reply).await, node)
+}
+
+/// The outcome a node's answer carries.
+fn outcome(answer: Result<Body, TransportError>, node: &Node) -> anyhow::Result<Outcome> {
+    match answer {
         Ok(Body::Outcome(o)) => Ok(o),
         Ok(other) => Err(anyhow!(
             "node {} sent an unexpected answer: {}",
@@ -235,11 +240,17 @@ async fn get(
             }) => break read,
             Ok(other) => bail!("node {} answered a get with {other:?}", node.addr),
         };
+        // The next pieces are asked for before these are written, so the node's round
+        // trip overlaps with the write to disk.
+        let next = client
+            .start_request(Body::Command(Command::GetData { session }), node.reply)
+            .await
+            .map_err(|e| anyhow!("node {}: {e}", node.addr))?;
         if let Err(e) = pieces.into_iter().try_for_each(|p| sink.piece(name, p)) {
             let _ = request(&mut client, node, Command::TransferEnd { session }).await;
             return Ok(Err(e));
         }
-        answer = request(&mut client, node, Command::GetData { session }).await?;
+        answer = outcome(client.reply(next, node.reply).await, node)?;
     };
     let dest = sink.commit()?;
     Ok(Ok(sdfs_text::reply(

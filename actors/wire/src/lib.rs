@@ -355,7 +355,7 @@ impl<'de> Deserialize<'de> for VersionPeek {
 
 /// Decodes one envelope from a frame's payload (without its length prefix), rejecting
 /// trailing bytes and other versions. The outcome is that of checking the version first
-/// and decoding the body after, but a good payload is walked only once: the version is
+/// and decoding the body after, but a good payload is decoded only once: the version is
 /// looked at separately only when the payload did not decode.
 pub fn decode_payload<B: DeserializeOwned>(payload: &[u8]) -> Result<Envelope<B>, WireError> {
     let mismatch = |got| WireError::VersionMismatch {
