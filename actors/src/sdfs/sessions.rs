@@ -627,7 +627,7 @@ mod tests {
         // One request takes what is queued, in order, up to BATCH_BYTES: room again,
         // the parked chunks come back in order.
         let per_batch = BATCH_BYTES / MAX_CHUNK;
-        assert!(per_batch >= 2 && per_batch < QUEUED_PIECES);
+        assert!((2..QUEUED_PIECES).contains(&per_batch));
         let (tx, rx) = oneshot::channel();
         let back = s.next_piece(3, tx);
         let first: Vec<Option<u8>> = (0..per_batch).map(|i| Some(i as u8)).collect();
