@@ -3,6 +3,7 @@
 //! photographs plus generated images), runs a ResNet50 job and an InceptionV3 job at
 //! the same time while printing C1, C2 and C5, prints the results, and stops the cluster.
 
+use dml_actors::jobs::types::QueryResult;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -188,13 +189,26 @@ pub fn run(
     let c2 = ask(config, &node, Command::C2)?;
     println!("\nC2 (query processing time)\n{}", c2.text);
     for job in &jobs {
-        let r = ask(config, &node, Command::C4Results { job: job.clone() })?;
-        let mut lines = r.text.lines();
-        println!("\n{}", lines.next().unwrap_or(""));
-        for l in lines.by_ref().take(8) {
-            println!("  {l}");
+        let first = Command::C4Results {
+            job: job.clone(),
+            from: 0,
+            limit: 8,
+        };
+        let r = ask(config, &node, first)?;
+        let page: serde_json::Value = serde_json::from_str(&r.json)?;
+        let rows: Vec<QueryResult> = serde_json::from_value(page["rows"].clone())?;
+        println!(
+            "\njob {job}: {} results (first {} below)",
+            page["ok"],
+            rows.len()
+        );
+        for row in &rows {
+            println!("  {}", dml_actors::control::jobs_text::result_line(row));
         }
-        println!("  ... (all results: dml ctl --node {node} C4 --results {job})");
+        println!(
+            "  ... (all results: dml ctl --node {node} C4 --results {job}, or into a file: \
+             dml ctl --node {node} results {job} --out results.jsonl)"
+        );
     }
     println!(
         "\ndemo: done in {:.1} s; stopping the cluster",

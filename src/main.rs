@@ -53,6 +53,9 @@ enum Cmd {
         /// Never start the interactive console.
         #[arg(long)]
         no_console: bool,
+        /// Benchmark only (`dml bench scale`): fixed logits instead of the networks.
+        #[arg(long, hide = true)]
+        bench_fixed_logits: bool,
     },
     /// The main job in one command: local cluster, sample images into SDFS, a ResNet50
     /// and an InceptionV3 job side by side with live C1/C2/C5, the results, shutdown.
@@ -83,6 +86,9 @@ enum Cmd {
         /// C4: return once the job is accepted instead of following it to the end.
         #[arg(long)]
         detach: bool,
+        /// Give up the whole command after SECS (a C4 keeps running; exit code 3).
+        #[arg(long, value_name = "SECS")]
+        deadline: Option<f64>,
         /// The operator credential to prove (a `NAME HEX_KEY` file), instead of the
         /// config's `[ctl] credential_file`.
         #[arg(long)]
@@ -178,6 +184,13 @@ enum BenchCmd {
         #[command(flatten)]
         args: dml_bench::chaos::Args,
     },
+    /// Jobs of 10k, 100k and 1M queries (inputs in tar archives) on a local cluster whose
+    /// models return fixed logits: scheduling throughput, coordinator memory per query,
+    /// result objects, results export rate and the exporting client's memory.
+    Scale {
+        #[command(flatten)]
+        args: dml_bench::scale::Args,
+    },
 }
 
 /// Rust ignores SIGPIPE, so printing into a closed pipe (`dml ctl store | head`) made
@@ -236,6 +249,46 @@ fn init_logs() {
         .try_init();
 }
 
+/// `dml classify`: the results on stdout, progress on stderr, and exit code 1 with the
+/// failed files' names on stderr when any image failed.
+fn classify(
+    model: &str,
+    weights: &std::path::Path,
+    dir: &std::path::Path,
+    threads: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use dml_cluster::progress::{Mode, Progress};
+    let mut progress: Option<Progress> = None;
+    let done = models_cli::classify(
+        model,
+        weights,
+        dir,
+        threads,
+        json,
+        &mut |n, failed, total| {
+            let p = progress
+                .get_or_insert_with(|| Progress::new("classify", total as u64, Mode::detect()));
+            p.update(n as u64, failed as u64);
+        },
+    )?;
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
+    if done.failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "dml: {} of {} images failed (errors above, on stdout):",
+        done.failed.len(),
+        done.total
+    );
+    for name in &done.failed {
+        eprintln!("  {name}");
+    }
+    Ok(ExitCode::from(1))
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Introducer { cfg } => {
@@ -248,6 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hostname,
             port,
             no_console,
+            bench_fixed_logits,
         } => {
             let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
             let addr = dml_actors::types::NodeAddr::new(&hostname, port);
@@ -264,7 +318,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logs();
             let interactive = !no_console && console::stdin_is_terminal();
             let console = interactive.then(|| console::spawn(config.clone(), addr.clone()));
-            dml_actors::node::run_node(config, addr)?;
+            let models = if bench_fixed_logits {
+                dml_actors::node::Models::BenchFixedLogits
+            } else {
+                dml_actors::node::Models::Networks
+            };
+            dml_actors::node::run_node(config, addr, models)?;
             drop(console);
         }
         Cmd::Demo { cfg, args } => {
@@ -283,6 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             timeout,
             detach,
+            deadline,
             credential,
             command,
         } => {
@@ -291,7 +351,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // Relative to where the operator typed it, not to the config file.
                 config.credential_file = Some(std::path::absolute(&file)?);
             }
-            return ctl::run(&config, &node, json, timeout, detach, &command);
+            let opts = ctl::Opts {
+                json,
+                timeout,
+                detach,
+                deadline,
+            };
+            return ctl::run(&config, &node, &opts, &command);
         }
         Cmd::Weights { what, dir } => match what {
             WeightsCmd::Fetch => models_cli::weights_fetch(&dir)?,
@@ -305,7 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
         } => {
             init_logs();
-            models_cli::classify(&model, &weights, &dir, threads, json)?
+            return classify(&model, &weights, &dir, threads, json);
         }
         Cmd::Bench { what } => match what {
             BenchCmd::Models {
@@ -323,6 +389,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCmd::JobsChurn { args } => dml_bench::jobs_churn::run(&args)?,
             BenchCmd::Pings { args } => dml_bench::pings::run(&args)?,
             BenchCmd::Chaos { args } => dml_bench::chaos::run(&args)?,
+            BenchCmd::Scale { args } => dml_bench::scale::run(&args)?,
         },
     }
     Ok(ExitCode::SUCCESS)

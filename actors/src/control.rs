@@ -55,10 +55,23 @@ pub enum Command {
     Ls {
         name: String,
     },
+    /// Names under `prefix`, one page: those after `after` (all when `None`), at most
+    /// `limit` (the node's own cap when `None` or larger). A reply with
+    /// [`Transfer::More`] has more pages; the tool asks again from there.
     LsPrefix {
         prefix: String,
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
     },
-    Store,
+    /// What this node holds, one page (cursor and limit as for `LsPrefix`).
+    Store {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// C1: query rate over the last 10 s and totals per job/model.
     C1,
     /// C2: processing-time statistics per job/model.
@@ -74,9 +87,13 @@ pub enum Command {
         model: String,
         input: String,
     },
-    /// `C4 --results JOB`: a finished job's outputs, read back from SDFS.
+    /// One page of a job's results (`from`, at most `limit` queries), read back from
+    /// SDFS. `C4 --results JOB` and `results JOB` are tool requests that loop over
+    /// pages ([`Request::Results`]), so no reply ever holds a whole job's results.
     C4Results {
         job: String,
+        from: u32,
+        limit: u32,
     },
     /// C5: the current assignment of nodes to jobs.
     C5,
@@ -112,6 +129,47 @@ pub enum Request {
         local: String,
         force: bool,
     },
+    /// A job's results, page by page (`Command::C4Results`): to the terminal (`C4
+    /// --results JOB`), or into a local file as JSON lines or CSV (`results JOB --out
+    /// FILE`, by extension), resumable: an interrupted export goes on where it stopped.
+    Results {
+        job: String,
+        out: Option<String>,
+        force: bool,
+    },
+}
+
+impl Command {
+    /// `ls-prefix PREFIX` from its first name on, in pages of the node's size.
+    pub fn ls_prefix(prefix: impl Into<String>) -> Self {
+        Command::LsPrefix {
+            prefix: prefix.into(),
+            after: None,
+            limit: None,
+        }
+    }
+
+    /// `store`, all of it.
+    pub fn store() -> Self {
+        Command::Store {
+            after: None,
+            limit: None,
+        }
+    }
+
+    /// Whether the answer comes in pages ([`Transfer::More`]).
+    pub fn is_listing(&self) -> bool {
+        matches!(self, Command::LsPrefix { .. } | Command::Store { .. })
+    }
+
+    /// The same listing from the page after `cursor` on.
+    pub fn page_after(&self, cursor: String) -> Self {
+        let mut next = self.clone();
+        if let Command::LsPrefix { after, .. } | Command::Store { after, .. } = &mut next {
+            *after = Some(cursor);
+        }
+        next
+    }
 }
 
 impl From<Command> for Request {
@@ -130,6 +188,8 @@ pub enum Transfer {
     Pieces { session: u64, pieces: Vec<Piece> },
     /// Get: every piece was sent; the read's own answer.
     Done(crate::sdfs::Reply),
+    /// A listing's page: more names follow; ask again with `after` as the cursor.
+    More { after: String },
 }
 
 /// A piece of a get's result, in order: each version is `Begin`, its chunks, `End`.
@@ -191,8 +251,14 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("delete SDFS_NAME", "delete a file (all versions)"),
     ("ls SDFS_NAME", "which nodes hold a file, with its version"),
-    ("ls-prefix PREFIX", "names stored under a prefix"),
-    ("store", "what this node holds"),
+    (
+        "ls-prefix PREFIX [--after NAME] [--limit N]",
+        "names stored under a prefix (after NAME; N per page)",
+    ),
+    (
+        "store [--after NAME] [--limit N]",
+        "what this node holds (after NAME; N per page)",
+    ),
     (
         "get-versions SDFS_NAME K LOCAL [--force]",
         "the last K versions, newest first, in one file",
@@ -211,7 +277,11 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         "C4 MODEL PREFIX_OR_DIR",
-        "submit a job; C4 --results JOB prints a job's outputs",
+        "submit a job (.tar archives count one query per file in them); C4 --results JOB prints a job's outputs",
+    ),
+    (
+        "results JOB [--out FILE] [--force]",
+        "a job's results; --out writes JSON lines (CSV for FILE.csv), resuming where it stopped",
     ),
     ("C5", "current assignment: which job/model each node runs"),
     (
@@ -248,8 +318,8 @@ pub fn parse(words: &[String]) -> Result<Request, String> {
         return Err("empty command; type `help`".into());
     };
     // `--force` (get, get-versions) may stand anywhere after the command word.
-    let force =
-        matches!(head.as_str(), "get" | "get-versions") && args.iter().any(|a| a == "--force");
+    let force = matches!(head.as_str(), "get" | "get-versions" | "results")
+        && args.iter().any(|a| a == "--force");
     let kept: Vec<String>;
     let args = if force {
         kept = args.iter().filter(|a| *a != "--force").cloned().collect();
@@ -286,6 +356,22 @@ pub fn parse(words: &[String]) -> Result<Request, String> {
                 force,
             });
         }
+        "results" => {
+            let usage = "results JOB [--out FILE] [--force]";
+            return match args {
+                [job] => Ok(Request::Results {
+                    job: job.clone(),
+                    out: None,
+                    force,
+                }),
+                [job, flag, out] if flag == "--out" => Ok(Request::Results {
+                    job: job.clone(),
+                    out: Some(out.clone()),
+                    force,
+                }),
+                _ => Err(format!("usage: {usage}")),
+            };
+        }
         "delete" => {
             want(1, "delete SDFS_NAME")?;
             Command::Delete { name: a(0) }
@@ -295,10 +381,25 @@ pub fn parse(words: &[String]) -> Result<Request, String> {
             Command::Ls { name: a(0) }
         }
         "ls-prefix" => {
-            want(1, "ls-prefix PREFIX")?;
-            Command::LsPrefix { prefix: a(0) }
+            let usage = "ls-prefix PREFIX [--after NAME] [--limit N]";
+            let (rest, after, limit) = paging(args, usage)?;
+            let [prefix] = rest.as_slice() else {
+                return Err(format!("usage: {usage}"));
+            };
+            Command::LsPrefix {
+                prefix: prefix.clone(),
+                after,
+                limit,
+            }
         }
-        "store" => want(0, "store").map(|_| Command::Store)?,
+        "store" => {
+            let usage = "store [--after NAME] [--limit N]";
+            let (rest, after, limit) = paging(args, usage)?;
+            if !rest.is_empty() {
+                return Err(format!("usage: {usage}"));
+            }
+            Command::Store { after, limit }
+        }
         "get-versions" => {
             want(3, "get-versions SDFS_NAME K LOCAL [--force]")?;
             let k = positive(&a(1), "K")?;
@@ -321,7 +422,11 @@ pub fn parse(words: &[String]) -> Result<Request, String> {
         "C4" | "c4" => {
             want(2, "C4 MODEL PREFIX_OR_DIR | C4 --results JOB")?;
             if a(0) == "--results" {
-                Command::C4Results { job: a(1) }
+                return Ok(Request::Results {
+                    job: a(1),
+                    out: None,
+                    force: false,
+                });
             } else {
                 Command::C4 {
                     model: a(0),
@@ -341,6 +446,33 @@ pub fn parse(words: &[String]) -> Result<Request, String> {
         }
     };
     Ok(Request::Node(cmd))
+}
+
+/// A listing's `--after NAME` and `--limit N`, anywhere after the command word; the
+/// other words are returned in order.
+#[allow(clippy::type_complexity)]
+fn paging(
+    args: &[String],
+    usage: &str,
+) -> Result<(Vec<String>, Option<String>, Option<usize>), String> {
+    let (mut rest, mut after, mut limit) = (Vec::new(), None, None);
+    let mut words = args.iter();
+    while let Some(w) = words.next() {
+        match w.as_str() {
+            "--after" | "--limit" => {
+                let Some(v) = words.next() else {
+                    return Err(format!("usage: {usage}"));
+                };
+                if w == "--after" {
+                    after = Some(v.clone());
+                } else {
+                    limit = Some(positive(v, "--limit")?);
+                }
+            }
+            _ => rest.push(w.clone()),
+        }
+    }
+    Ok((rest, after, limit))
 }
 
 fn positive(s: &str, what: &str) -> Result<usize, String> {
@@ -436,17 +568,50 @@ mod tests {
             .into())
         );
         assert_eq!(
-            p("C4 --results job-1"),
-            Ok(Command::C4Results {
-                job: "job-1".into()
+            p("ls-prefix --limit 5 imgs/ --after imgs/b"),
+            Ok(Command::LsPrefix {
+                prefix: "imgs/".into(),
+                after: Some("imgs/b".into()),
+                limit: Some(5)
             }
             .into())
         );
+        assert_eq!(p("store"), Ok(Command::store().into()));
+        assert_eq!(
+            Command::store().page_after("x".into()),
+            Command::Store {
+                after: Some("x".into()),
+                limit: None
+            }
+        );
+        assert_eq!(
+            p("C4 --results job-1"),
+            Ok(Request::Results {
+                job: "job-1".into(),
+                out: None,
+                force: false
+            })
+        );
+        assert_eq!(
+            p("results 3-1 --out r.csv --force"),
+            Ok(Request::Results {
+                job: "3-1".into(),
+                out: Some("r.csv".into()),
+                force: true
+            })
+        );
+        assert!(p("results 3-1 --out").is_err());
         // Every command named in help parses with placeholder arguments.
         for (usage, _) in HELP {
+            // Optional parts (`[...]`, perhaps several words) are left out.
+            let mut depth = 0i32;
             let words: Vec<String> = usage
                 .split_whitespace()
-                .filter(|w| !w.starts_with('['))
+                .filter(|w| {
+                    let inside = depth > 0 || w.starts_with('[');
+                    depth += w.matches('[').count() as i32 - w.matches(']').count() as i32;
+                    !inside
+                })
                 .map(|w| {
                     if w == "K" || w == "N" {
                         "2".into()
@@ -472,6 +637,12 @@ mod tests {
             "get a",
             "get a b c --force",
             "put a b --force",
+            "ls-prefix",
+            "ls-prefix a b",
+            "ls-prefix a --limit",
+            "ls-prefix a --limit 0",
+            "store extra",
+            "store --after",
         ] {
             let e = p(line).unwrap_err();
             assert!(!e.contains('\n'), "{e}");

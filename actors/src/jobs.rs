@@ -6,6 +6,7 @@
 //! no actix. The actor shells pass `now` and inputs in and execute the returned effects.
 //!
 //! Map (each module depends only on those above it):
+//! - [`archive`]: tar archives as job inputs (one query per file entry).
 //! - [`types`], [`error`]: job and batch ids, fencing terms and reigns, manifests,
 //!   result files, configuration; refusals and configuration errors.
 //! - [`record`]: the records the coordinator replicates to its standby.
@@ -20,6 +21,7 @@
 //! - [`coordinator_actor`], [`worker_actor`], [`model_actor`]: the actor shells.
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod client;
 pub mod coordinator;
 pub mod coordinator_actor;

@@ -8,7 +8,7 @@ use dml_models::Network;
 
 use actix::prelude::*;
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::jobs::coordinator_actor::CoordinatorActor;
@@ -104,13 +104,37 @@ async fn shutdown_signal() {
     }
 }
 
+/// What the ModelActors run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Models {
+    /// ResNet-50 and Inception-v3 (weights from `weights/`, or synthetic).
+    Networks,
+    /// `dml bench scale`'s fixed-logits stand-in under both names (`dml node
+    /// --bench-fixed-logits`, passed only by `dml bench`; no config key selects it).
+    BenchFixedLogits,
+}
+
 /// Loads both networks (the node never starts half-loaded) and starts one ModelActor per
 /// network on its own SyncArbiter thread.
-fn start_models(config: &Config) -> Result<HashMap<String, Addr<ModelActor>>, NodeError> {
+fn start_models(
+    config: &Config,
+    which: Models,
+) -> Result<HashMap<String, Addr<ModelActor>>, NodeError> {
     let mut models = HashMap::new();
     for network in Network::ALL {
-        let source = ModelActor::source_for(network, &config.weights_dir);
-        let actor = ModelActor::load(network, &source, config.threads).map_err(NodeError::Model)?;
+        let actor = match which {
+            Models::Networks => {
+                let source = ModelActor::source_for(network, &config.weights_dir);
+                ModelActor::load(network, &source, config.threads).map_err(NodeError::Model)?
+            }
+            Models::BenchFixedLogits => {
+                warn!(
+                    network = network.name(),
+                    "BENCHMARK node: fixed logits instead of the network (dml bench scale)"
+                );
+                ModelActor::fixed_logits()
+            }
+        };
         let addr = SyncArbiter::start(1, move || actor.clone());
         models.insert(network.name().to_string(), addr);
     }
@@ -118,7 +142,7 @@ fn start_models(config: &Config) -> Result<HashMap<String, Addr<ModelActor>>, No
 }
 
 /// Runs the node `me` until a shutdown signal.
-pub fn run_node(config: Config, me: NodeAddr) -> Result<(), NodeError> {
+pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeError> {
     let system = System::new();
     system.block_on(async move {
         let listener = bind(&me).await?;
@@ -138,7 +162,7 @@ pub fn run_node(config: Config, me: NodeAddr) -> Result<(), NodeError> {
             SdfsActor::new(&config, me.clone(), transport.clone()).map_err(NodeError::Sdfs)?;
         let sdfs_arbiter = Arbiter::new();
         let sdfs = SdfsActor::start_in_arbiter(&sdfs_arbiter.handle(), move |_| sdfs_actor);
-        let models = start_models(&config)?;
+        let models = start_models(&config, which)?;
         // The job actors reach each other through one outbox holding both as recipients,
         // so both addresses exist before either actor starts.
         let coord_ctx = Context::<CoordinatorActor>::new();

@@ -10,8 +10,8 @@ pub mod store;
 
 pub use name::{NameError, SdfsName, MAX_NAME_LEN};
 pub use store::{
-    Corruption, Holding, LocalStore, StoreConfig, StoreError, Version, VersionReader,
-    VersionWriter, MAX_CHUNK,
+    Corruption, Holding, LocalStore, Page, StoreConfig, StoreError, Version, VersionReader,
+    VersionWriter, MAX_CHUNK, PAGE_BYTES,
 };
 
 pub mod client;
@@ -26,6 +26,7 @@ mod sessions;
 
 pub use self::core::{
     Command, Delivery, Effect, Event, Input, Reply, SdfsConfig, SdfsCore, SdfsError, Timer,
+    PAGE_MAX,
 };
 pub use msg::{Lane, Msg, OpId, RemoteError, VersionInfo};
 pub use ring::Ring;

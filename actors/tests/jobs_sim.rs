@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use dml_actors::jobs::client::{self, Answer, Client, Request};
 use dml_actors::jobs::coordinator::{self, Coordinator};
 use dml_actors::jobs::msg::RefuseReason;
+use dml_actors::jobs::state::Outcome;
 use dml_actors::jobs::stats;
+use dml_actors::jobs::types::Source;
 use dml_actors::jobs::worker::{self, Worker};
 use dml_actors::jobs::{
     BatchId, Executed, JobError, JobId, JobManifest, JobsConfig, ModelSpec, Msg, QueryId,
@@ -93,9 +95,11 @@ struct Sim {
     nodes: BTreeMap<NodeAddr, Node>,
     view: BTreeSet<NodeAddr>,
     cost: BTreeMap<String, f64>,
-    inputs: BTreeMap<String, Vec<QueryId>>,
+    inputs: BTreeMap<String, Vec<Source>>,
     sdfs_manifests: BTreeMap<JobId, JobManifest>,
     sdfs_results: BTreeMap<(JobId, QueryId), ResultMeta>,
+    /// The result objects in SDFS: one per run of a batch.
+    sdfs_objects: BTreeMap<(JobId, BatchId), (Vec<QueryId>, ResultMeta)>,
     inbox: Vec<(Millis, Msg)>,
     /// Every RunBatch a coordinator sent: (time, from, to, batch).
     dispatched: Vec<(Millis, NodeAddr, NodeAddr, RunBatch)>,
@@ -189,6 +193,7 @@ impl Sim {
             inputs: BTreeMap::new(),
             sdfs_manifests: BTreeMap::new(),
             sdfs_results: BTreeMap::new(),
+            sdfs_objects: BTreeMap::new(),
             inbox: Vec::new(),
             dispatched: Vec::new(),
             executed: Vec::new(),
@@ -219,7 +224,12 @@ impl Sim {
     }
 
     fn add_inputs(&mut self, prefix: &str, n: usize) {
-        let qs = (0..n).map(|i| format!("{prefix}img{i:05}.jpg")).collect();
+        let qs = (0..n)
+            .map(|i| Source {
+                name: format!("{prefix}img{i:05}.jpg"),
+                entries: None,
+            })
+            .collect();
         self.inputs.insert(prefix.to_string(), qs);
     }
 
@@ -409,16 +419,21 @@ impl Sim {
             Ev::Executed { rb, ms } => {
                 // Results reach SDFS before the report: a reported result is never lost.
                 let per = ms as f64 / rb.queries.len().max(1) as f64;
+                let meta = ResultMeta {
+                    writes: 1,
+                    first_at: now,
+                    per_query_ms: per,
+                    worker: to.clone(),
+                };
+                self.sdfs_objects
+                    .insert((rb.job, rb.batch), (rb.queries.clone(), meta));
                 for q in &rb.queries {
-                    let m = self
-                        .sdfs_results
-                        .entry((rb.job, q.clone()))
-                        .or_insert(ResultMeta {
-                            writes: 0,
-                            first_at: now,
-                            per_query_ms: per,
-                            worker: to.clone(),
-                        });
+                    let m = self.sdfs_results.entry((rb.job, *q)).or_insert(ResultMeta {
+                        writes: 0,
+                        first_at: now,
+                        per_query_ms: per,
+                        worker: to.clone(),
+                    });
                     m.writes += 1;
                 }
                 let ex = Executed {
@@ -440,24 +455,25 @@ impl Sim {
                 model,
                 input,
             } => {
-                let queries = self.inputs.get(&input).cloned().unwrap_or_default();
+                let sources = self.inputs.get(&input).cloned().unwrap_or_default();
                 let listed = coordinator::Input::InputsListed {
                     client,
                     request_id,
                     model,
                     input,
-                    queries,
+                    sources,
                 };
                 self.coord(&to, listed);
             }
             Ev::SdfsLoaded(term) => {
                 let manifests = self.sdfs_manifests.values().cloned().collect();
                 let results = self
-                    .sdfs_results
+                    .sdfs_objects
                     .iter()
-                    .map(|((job, q), m)| ResultFound {
+                    .map(|((job, batch), (qs, m))| ResultFound {
                         job: *job,
-                        query: q.clone(),
+                        batch: *batch,
+                        queries: qs.clone(),
                         per_query_ms: Some(m.per_query_ms),
                         at: Some(m.first_at),
                         worker: Some(m.worker.clone()),
@@ -639,9 +655,13 @@ impl Sim {
             .jobs
             .get(&job)
             .unwrap_or_else(|| panic!("seed {seed}: job {job} unknown"));
-        let total = j.manifest.queries.len();
+        let total = j.manifest.queries.len() as usize;
         assert!(total > 0);
-        assert_eq!(j.outcomes.len(), total, "seed {seed}: outcomes of {job}");
+        assert_eq!(
+            j.processed() as usize,
+            total,
+            "seed {seed}: outcomes of {job}"
+        );
         assert_eq!(
             j.ok_count() as usize,
             total,
@@ -673,10 +693,15 @@ impl Sim {
             .filter(|(jj, _)| *jj == job)
             .count();
         assert_eq!(in_sdfs, total, "seed {seed}: result names of {job} in SDFS");
-        for q in &j.manifest.queries {
+        for q in 0..j.manifest.queries.len() {
+            // The committed result is in the object of the run the commit names.
+            let Some(Outcome::Ok(batch)) = j.outcome_of(q) else {
+                panic!("seed {seed}: query {q} of {job} has no committed result");
+            };
+            let obj = self.sdfs_objects.get(&(job, batch));
             assert!(
-                self.sdfs_results.contains_key(&(job, q.clone())),
-                "seed {seed}: no result for {q}"
+                obj.is_some_and(|(qs, _)| qs.contains(&q)),
+                "seed {seed}: the object of {batch} does not hold query {q}"
             );
         }
         assert!(
@@ -822,7 +847,7 @@ fn two_jobs_with_different_costs_get_equal_rates_and_the_second_starts_fast() {
             );
 
             // The slower model holds more of the cluster, as the target shares say.
-            if let StatusReport::Assignment { shares, .. } = sim
+            if let Ok(StatusReport::Assignment { shares, .. }) = sim
                 .primary_coord()
                 .status(sim.now(), StatusKind::Assignment)
             {

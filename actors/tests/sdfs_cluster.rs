@@ -11,7 +11,7 @@ use dml_actors::machine::Machine;
 use dml_actors::sdfs::store::{flip_byte, FIRST_DATA_OFFSET};
 use dml_actors::sdfs::{
     Command, Delivery, Effect, Event, Input, Lane, LocalStore, Msg, OpId, RemoteError, Reply,
-    SdfsConfig, SdfsCore, SdfsError, SdfsName, StoreConfig, Timer,
+    SdfsConfig, SdfsCore, SdfsError, SdfsName, StoreConfig, Timer, PAGE_MAX,
 };
 use dml_actors::types::{Millis, NodeAddr};
 use sim::World;
@@ -50,6 +50,16 @@ fn addr(i: usize) -> NodeAddr {
     NodeAddr::new("127.0.0.1", 9000 + i as u16)
 }
 
+/// A store directory in memory where the machine has one (`/dev/shm`): the stores fsync
+/// every write, which on a disk makes tests with thousands of names slow.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    match shm.is_dir() {
+        true => tempfile::tempdir_in(shm).unwrap_or_else(|_| tempfile::tempdir().unwrap()),
+        false => tempfile::tempdir().unwrap(),
+    }
+}
+
 fn name(s: &str) -> SdfsName {
     SdfsName::parse(s).unwrap()
 }
@@ -79,7 +89,7 @@ impl Sim {
             lose: None,
         };
         for i in 0..n {
-            let dir = tempfile::tempdir().unwrap();
+            let dir = scratch_dir();
             let store = LocalStore::open(dir.path(), StoreConfig { keep_versions: 5 }).unwrap();
             let mut cfg = SdfsConfig::new(addr(i));
             cfg.chunk_size = CHUNK;
@@ -649,12 +659,17 @@ fn get_versions_ls_delete_and_listing() {
         &addr(4),
         Command::LsPrefix {
             prefix: "dir/".into(),
+            after: None,
+            limit: PAGE_MAX,
         },
     );
     sim.run();
     assert_eq!(
         sim.reply(&addr(4), op),
-        Ok(Reply::Names(vec![name("dir/other"), name("dir/v")]))
+        Ok(Reply::Names {
+            names: vec![name("dir/other"), name("dir/v")],
+            next: None
+        })
     );
 
     let op = sim.command(
@@ -686,13 +701,113 @@ fn get_versions_ls_delete_and_listing() {
     assert_eq!(sim.put_ok(&addr(2), "dir/v", data(99, 5)), 8);
     assert_eq!(sim.get(&addr(3), "dir/v"), (8, data(99, 5)));
 
-    let op = sim.command(&addr(0), Command::Store);
+    let op = sim.command(
+        &addr(0),
+        Command::Store {
+            after: None,
+            limit: PAGE_MAX,
+        },
+    );
     sim.run();
-    let Ok(Reply::Store(held)) = sim.reply(&addr(0), op) else {
+    let Ok(Reply::Store {
+        holdings: held,
+        next: None,
+    }) = sim.reply(&addr(0), op)
+    else {
         panic!()
     };
     let expect = sim.store(&addr(0)).names().unwrap();
     assert_eq!(held.into_iter().map(|h| h.name).collect::<Vec<_>>(), expect);
+}
+
+/// Pages of `ls-prefix` (across nodes) and `store` (one node) until the cursor runs out.
+fn list_all(
+    sim: &mut Sim,
+    at: &NodeAddr,
+    prefix: Option<&str>,
+    limit: usize,
+) -> Vec<Vec<SdfsName>> {
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let cmd = match prefix {
+            Some(p) => Command::LsPrefix {
+                prefix: p.into(),
+                after: after.clone(),
+                limit,
+            },
+            None => Command::Store {
+                after: after.clone(),
+                limit,
+            },
+        };
+        let op = sim.command(at, cmd);
+        sim.run();
+        let (names, next) = match sim.reply(at, op) {
+            Ok(Reply::Names { names, next }) => (names, next),
+            Ok(Reply::Store { holdings, next }) => {
+                (holdings.into_iter().map(|h| h.name).collect(), next)
+            }
+            other => panic!("listing page: {other:?}"),
+        };
+        assert!(names.len() <= limit, "a page of {} > {limit}", names.len());
+        pages.push(names);
+        match next {
+            Some(n) => {
+                assert_eq!(
+                    Some(&n),
+                    pages.last().unwrap().last(),
+                    "the cursor is the last name"
+                );
+                after = Some(n.to_string());
+            }
+            None => return pages,
+        }
+    }
+}
+
+#[test]
+fn listings_of_twenty_thousand_names_come_in_pages_each_name_once_in_order() {
+    let mut sim = Sim::new(4, sim::seed("listings_come_in_pages", 3));
+    sim.run();
+    const N: usize = 20_000;
+    // Written straight into the stores (a put each would take minutes here), most names
+    // on two nodes so that the nodes' answers overlap as replicas' do.
+    let live = sim.live();
+    let mut want = Vec::new();
+    for i in 0..N {
+        let n = name(&format!("big/{i:05}"));
+        let mut on = vec![i % 4, (i / 4) % 4];
+        on.dedup();
+        for k in on {
+            let mut w = sim.store(&live[k]).begin_write(&n, 1).unwrap();
+            w.append(b"x").unwrap();
+            w.commit().unwrap();
+        }
+        want.push(n);
+    }
+    for other in ["bif", "big", "bigger/1"] {
+        let w = sim.store(&live[0]).begin_write(&name(other), 1).unwrap();
+        w.commit().unwrap();
+    }
+
+    let t = std::time::Instant::now();
+    let pages = list_all(&mut sim, &live[1], Some("big/"), 3_000);
+    println!("{N} names in {} pages: {:?}", pages.len(), t.elapsed());
+    assert_eq!(pages.len(), N.div_ceil(3_000), "pages of 3000");
+    let got: Vec<SdfsName> = pages.into_iter().flatten().collect();
+    assert_eq!(got.len(), N, "every name once");
+    assert!(got == want, "in order, each once");
+
+    // A page larger than the cap is cut to the cap.
+    let pages = list_all(&mut sim, &live[2], Some("big/"), 1_000_000);
+    assert_eq!(pages[0].len(), PAGE_MAX);
+    assert_eq!(pages.into_iter().flatten().collect::<Vec<_>>(), want);
+
+    let held = sim.store(&live[3]).names().unwrap();
+    let pages = list_all(&mut sim, &live[3], None, 2_500);
+    assert!(pages.len() > 1, "more than one page");
+    assert_eq!(pages.into_iter().flatten().collect::<Vec<_>>(), held);
 }
 
 #[test]

@@ -299,3 +299,47 @@ fn a_full_disk_is_disk_full_leaves_nothing_behind_and_delete_frees_it() {
     write(&s, &name("after/free"), 1, &[b"fits again"]);
     assert_eq!(s.read_all(&name("after/free"), 1).unwrap(), b"fits again");
 }
+
+#[test]
+fn listing_pages_follow_the_cursor_and_see_names_written_after_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 5);
+    for n in ["a/1", "a/2", "a/3", "b/1", "a0"] {
+        write(&s, &name(n), 1, &[b"x"]);
+    }
+    let names = |p: &dml_actors::sdfs::Page| -> Vec<String> {
+        p.items.iter().map(|h| h.name.to_string()).collect()
+    };
+    let p = s.page("a/", None, 2, true).unwrap();
+    assert_eq!(
+        (names(&p), p.more),
+        (vec!["a/1".into(), "a/2".into()], true)
+    );
+    // Written after the index was built, by a clone (another thread's handle).
+    write(&s.clone(), &name("a/25"), 1, &[b"x"]);
+    let p = s.page("a/", Some("a/2"), 2, true).unwrap();
+    assert_eq!(
+        (names(&p), p.more),
+        (vec!["a/25".into(), "a/3".into()], false)
+    );
+    // A cursor before the prefix starts at the prefix; one past it lists nothing.
+    assert_eq!(names(&s.page("a/", Some("0"), 10, true).unwrap()).len(), 4);
+    assert!(s
+        .page("a/", Some("a/9"), 10, true)
+        .unwrap()
+        .items
+        .is_empty());
+    // Deleted names: left out of the live listing, listed with their tombstone else.
+    s.delete(&name("a/3"), 1).unwrap();
+    assert_eq!(
+        names(&s.page("a/", None, 10, true).unwrap()),
+        vec!["a/1", "a/2", "a/25"]
+    );
+    let all = s.page("", None, 10, false).unwrap();
+    let gone = all.items.iter().find(|h| h.name.as_str() == "a/3").unwrap();
+    assert_eq!((gone.versions.len(), gone.tombstone), (0, 1));
+    assert_eq!(all.items.len(), 6);
+    // A reopened store (a restarted node) lists the same.
+    let again = open(dir.path(), 5);
+    assert_eq!(again.page("", None, 10, false).unwrap(), all);
+}

@@ -281,6 +281,36 @@ async fn tool_client_gets_replies_on_its_own_connection() {
 }
 
 #[tokio::test]
+async fn a_reply_too_large_for_a_frame_is_replaced_by_the_reason() {
+    let mut a = start_with(|addr| {
+        let mut cfg = config(addr, SECRET);
+        cfg.max_frame = 64 * 1024;
+        cfg
+    })
+    .await;
+    let mut client = Client::<Msg>::connect(a.addr.as_str(), &ops(), DEADLINE)
+        .await
+        .unwrap();
+    let ask = tokio::spawn(async move { client.request(Msg::Echo("all".into()), DEADLINE).await });
+    let m = recv(&mut a.rx).await;
+    let responder = m.responder.expect("a request has a responder");
+    let big = Msg::Chunk(vec![7; 100 * 1024]);
+    let err = responder
+        .respond_or(big, |e| Some(Msg::Echo(format!("refused: {e}"))))
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Wire(_)), "{err}");
+    // The asker gets the reason at once, not a timeout.
+    let got = ask.await.unwrap().unwrap();
+    let Msg::Echo(why) = got else {
+        panic!("{got:?}")
+    };
+    assert!(
+        why.starts_with("refused: frame of") && why.contains("maximum of 65536"),
+        "{why}"
+    );
+}
+
+#[tokio::test]
 async fn wrong_secret_is_rejected_and_nothing_is_delivered() {
     let mut a = node().await;
 

@@ -25,7 +25,12 @@ fn main() -> anyhow::Result<()> {
             Path::new(arg(3)),
             threads,
             arg(4) == "--json",
-        ),
+            &mut |_, _, _| {},
+        )
+        .and_then(|done| match done.failed.len() {
+            0 => Ok(()),
+            n => anyhow::bail!("{n} of {} images failed: {:?}", done.total, done.failed),
+        }),
         "bench" => {
             let batches: Vec<usize> = args.iter().skip(2).filter_map(|b| b.parse().ok()).collect();
             let all = args.iter().any(|a| a == "--all-kernels");

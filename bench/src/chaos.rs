@@ -667,7 +667,7 @@ fn run_step(
 /// Every live node's `store`; None if one does not answer.
 fn stores(ctx: &Ctx, live: &[String]) -> Option<Vec<(String, serde_json::Value)>> {
     live.iter()
-        .map(|a| match ask(ctx, a, Command::Store) {
+        .map(|a| match ask(ctx, a, Command::store()) {
             Answer::Ok(v) => Some((a.clone(), v)),
             _ => None,
         })

@@ -1,7 +1,7 @@
 //! `dml bench jobs-churn` (issue 13, item 4): an inference job over thousands of images
 //! on a real process cluster while two waves of kill -9 take out the coordinator, then
 //! the new coordinator together with the new standby; afterwards every query is counted
-//! exactly once, `C4 --results` lists every input, and every result file is readable and
+//! exactly once, `C4 --results` lists every input, and every result object is readable and
 //! held by every survivor. The scenario is a library function so that the process test
 //! `tests/cluster_jobs_churn.rs` runs exactly what the benchmark runs.
 
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use dml_actors::control::{Command, Request};
+use dml_actors::jobs::types::parse_result_name;
 use dml_actors::jobs::worker_actor::QueryResult;
 use dml_cluster::{Options, Stop};
 use serde_json::Value;
@@ -114,7 +115,7 @@ impl Report {
             out.push_str(&format!("{what:w$}  {secs:8.1} s\n"));
         }
         out.push_str(&format!(
-            "result files read back: {}; names held by all {} survivors: {}\n",
+            "result objects read back: {}; names held by all {} survivors: {}\n",
             self.results_read,
             self.survivors.len(),
             self.names_checked
@@ -203,14 +204,7 @@ fn ask_json(
 
 /// SDFS names under `prefix`, asked of `addr`.
 fn names_under(run: &Run, addr: &str, prefix: &str) -> Result<Vec<String>, String> {
-    let v = ask_json(
-        run,
-        addr,
-        Command::LsPrefix {
-            prefix: prefix.into(),
-        },
-        BIG_REPLY,
-    )?;
+    let v = ask_json(run, addr, Command::ls_prefix(prefix), BIG_REPLY)?;
     Ok(v.as_array()
         .ok_or("ls-prefix answers a list")?
         .iter()
@@ -220,7 +214,7 @@ fn names_under(run: &Run, addr: &str, prefix: &str) -> Result<Vec<String>, Strin
 
 /// The names a node's `store` says it holds (with at least one version).
 fn held_by(run: &Run, addr: &str) -> Result<BTreeSet<String>, String> {
-    let v = ask_json(run, addr, Command::Store, BIG_REPLY)?;
+    let v = ask_json(run, addr, Command::store(), BIG_REPLY)?;
     Ok(v.as_array()
         .ok_or("store answers a list")?
         .iter()
@@ -229,67 +223,63 @@ fn held_by(run: &Run, addr: &str) -> Result<BTreeSet<String>, String> {
         .collect())
 }
 
-/// Exactly one result per query of `job`, asked through `ask` (a console command's JSON
-/// or the node's error): the distinct result names under `results/<job>/` are exactly the
-/// job's inputs (a query that ran twice only adds a version), `C4 --results` lists each
-/// input once as a classified query of this job, and C1 counts each query once (asked
-/// for up to 30 s: C1 does not answer while the coordinator changes hands). Returns the
-/// results. Shared with `tests/cluster_jobs.rs`.
+/// Exactly one result per query of `job`: every object under `results/<job>/` is a
+/// result object of this job (one per run of a batch; a query that ran twice may be in
+/// two), the job's results read page by page (`results`, what `C4 --results` and the
+/// export read) list each input exactly once, numbered by its place among the sorted
+/// inputs and classified, and C1 counts each query once (asked through `ask` for up to
+/// 30 s: C1 does not answer while the coordinator changes hands). Returns the results.
+/// Shared with `tests/cluster_jobs.rs`.
 pub fn check_exactly_once(
     ask: &dyn Fn(Command) -> Result<Value, String>,
+    results: &dyn Fn(&str) -> Result<Vec<QueryResult>, String>,
     job: &str,
     model: &str,
     inputs: &[String],
 ) -> Result<Vec<QueryResult>, String> {
-    let want: BTreeSet<String> = inputs
-        .iter()
-        .map(|q| format!("results/{job}/{q}"))
-        .collect();
-    let listed = ask(Command::LsPrefix {
-        prefix: format!("results/{job}/"),
-    })
-    .map_err(|e| format!("ls-prefix results/{job}/: {e}"))?;
-    let got: BTreeSet<String> = listed
+    let listed = ask(Command::ls_prefix(format!("results/{job}/")))
+        .map_err(|e| format!("ls-prefix results/{job}/: {e}"))?;
+    let objects: Vec<String> = listed
         .as_array()
         .ok_or_else(|| format!("ls-prefix answered {listed}"))?
         .iter()
         .filter_map(|n| n.as_str().map(String::from))
         .collect();
-    if got != want {
-        let missing: Vec<_> = want.difference(&got).take(10).collect();
-        let extra: Vec<_> = got.difference(&want).take(10).collect();
+    let foreign: Vec<&String> = objects
+        .iter()
+        .filter(|n| parse_result_name(n).is_none_or(|(j, _)| j.to_string() != job))
+        .take(10)
+        .collect();
+    if objects.is_empty() || !foreign.is_empty() {
         return Err(format!(
-            "job {job}: result names differ from its inputs ({} listed, {} inputs; \
-             missing e.g. {missing:?}; foreign e.g. {extra:?})",
-            got.len(),
-            want.len()
+            "job {job}: {} result objects, foreign names e.g. {foreign:?}",
+            objects.len()
         ));
     }
-    let v = ask(Command::C4Results { job: job.into() })
-        .map_err(|e| format!("C4 --results {job}: {e}"))?;
-    let results: Vec<QueryResult> =
-        serde_json::from_value(v).map_err(|e| format!("C4 --results {job}: {e}"))?;
-    let inputs_set: BTreeSet<&String> = inputs.iter().collect();
+    let results = results(job).map_err(|e| format!("C4 --results {job}: {e}"))?;
+    let mut sorted: Vec<&String> = inputs.iter().collect();
+    sorted.sort();
+    sorted.dedup();
     let mut seen = BTreeSet::new();
     for r in &results {
         if (r.job.as_str(), r.model.as_str()) != (job, model) {
             return Err(format!("job {job} ({model}): result of another job {r:?}"));
         }
-        if !inputs_set.contains(&r.query) {
-            return Err(format!("job {job}: foreign query {r:?}"));
+        if sorted.get(r.q as usize).map(|s| s.as_str()) != Some(r.query.as_str()) {
+            return Err(format!("job {job}: foreign or misnumbered query {r:?}"));
         }
-        if !seen.insert(r.query.clone()) {
+        if !seen.insert(r.q) {
             return Err(format!("job {job}: query listed twice {r:?}"));
         }
         if r.error.is_some() || r.top5.len() != 5 || r.per_query_ms <= 0.0 {
             return Err(format!("job {job}: not a classified query {r:?}"));
         }
     }
-    if results.len() != inputs.len() {
+    if results.len() != sorted.len() {
         return Err(format!(
             "job {job}: C4 --results lists {} of {} inputs",
             results.len(),
-            inputs.len()
+            sorted.len()
         ));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -633,8 +623,13 @@ pub fn scenario(s: &Setup, say: &dyn Fn(&str)) -> anyhow::Result<Report> {
     report.survivors = survivors.clone();
     let via = run.console.clone();
     let ask = |cmd: Command| ask_json(&run, &via, cmd, BIG_REPLY);
+    let results = |job: &str| {
+        run.cluster
+            .job_results(&via, job, BIG_REPLY)
+            .map_err(|e| format!("{e:#}"))?
+    };
     for (job, model, _) in &report.jobs {
-        check_exactly_once(&ask, job, model, &inputs).map_err(|e| anyhow!(e))?;
+        check_exactly_once(&ask, &results, job, model, &inputs).map_err(|e| anyhow!(e))?;
     }
     let t = Instant::now();
     let names = all_names(&run, &via)?;
@@ -657,9 +652,19 @@ pub fn scenario(s: &Setup, say: &dyn Fn(&str)) -> anyhow::Result<Report> {
         say,
     );
     let t = Instant::now();
-    report.results_read = read_back(&run, &survivors, &report.jobs, &inputs, &s.dir.join("got"))?;
+    report.results_read = read_back(
+        &run,
+        &survivors,
+        &report.jobs,
+        &inputs,
+        &names,
+        &s.dir.join("got"),
+    )?;
     report.step(
-        &format!("get of {} result files from survivors", report.results_read),
+        &format!(
+            "get of {} result objects from survivors",
+            report.results_read
+        ),
         t,
         say,
     );
@@ -673,37 +678,45 @@ pub fn scenario(s: &Setup, say: &dyn Fn(&str)) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// `get` of every result file of every job, spread over the survivors (one thread each);
-/// each must parse as its query's result. Returns the number read.
+/// `get` of every result object of every job (`names` holds them), spread over the
+/// survivors (one thread each): each must parse, line by line, as results of its job and
+/// model for the job's inputs, and together they must cover every input of every job.
+/// Returns the number of objects read.
 fn read_back(
     run: &Run,
     survivors: &[String],
     jobs: &[(String, String, usize)],
     inputs: &[String],
+    names: &BTreeSet<String>,
     dir: &Path,
 ) -> anyhow::Result<usize> {
     fs::create_dir_all(dir)?;
     let wanted: Vec<(String, String, String)> = jobs
         .iter()
         .flat_map(|(job, model, _)| {
-            inputs
+            let prefix = format!("results/{job}/");
+            names
                 .iter()
-                .map(move |q| (job.clone(), model.clone(), q.clone()))
+                .filter(move |n| n.starts_with(&prefix))
+                .map(move |n| (job.clone(), model.clone(), n.clone()))
         })
         .collect();
-    let failures: Vec<String> = std::thread::scope(|scope| {
+    let known: BTreeSet<&String> = inputs.iter().collect();
+    type Found = (Vec<String>, Vec<(String, String)>);
+    let (failures, covered): Found = std::thread::scope(|scope| {
         let handles: Vec<_> = survivors
             .iter()
             .enumerate()
             .map(|(k, node)| {
                 let part: Vec<&(String, String, String)> =
                     wanted.iter().skip(k).step_by(survivors.len()).collect();
+                let known = &known;
                 scope.spawn(move || {
                     let addr = run.layout().addr(node).unwrap_or_default().to_string();
                     let mut bad = Vec::new();
-                    for (i, (job, model, q)) in part.into_iter().enumerate() {
-                        let name = format!("results/{job}/{q}");
-                        let local: PathBuf = dir.join(format!("{node}-{i}.json"));
+                    let mut covered = Vec::new();
+                    for (i, (job, model, name)) in part.into_iter().enumerate() {
+                        let local: PathBuf = dir.join(format!("{node}-{i}.jsonl"));
                         let got = ask_json(
                             run,
                             &addr,
@@ -714,38 +727,64 @@ fn read_back(
                             },
                             Duration::from_secs(60),
                         )
-                        .and_then(|_| fs::read(&local).map_err(|e| e.to_string()))
-                        .and_then(|b| {
-                            serde_json::from_slice::<QueryResult>(&b).map_err(|e| e.to_string())
-                        });
+                        .and_then(|_| fs::read_to_string(&local).map_err(|e| e.to_string()));
                         match got {
-                            Ok(r) if r.query == *q && r.job == *job && r.model == *model => {}
-                            Ok(r) => {
-                                bad.push(format!("{name} on {node}: another query's result {r:?}"))
+                            Ok(text) => {
+                                for l in text.lines() {
+                                    match serde_json::from_str::<QueryResult>(l) {
+                                        Ok(r)
+                                            if r.job == *job
+                                                && r.model == *model
+                                                && known.contains(&r.query) =>
+                                        {
+                                            covered.push((job.clone(), r.query));
+                                        }
+                                        Ok(r) => bad.push(format!(
+                                            "{name} on {node}: a foreign result {r:?}"
+                                        )),
+                                        Err(e) => bad.push(format!("{name} on {node}: {e}")),
+                                    }
+                                }
                             }
                             Err(e) => bad.push(format!("{name} on {node}: {e}")),
                         }
                         let _ = fs::remove_file(&local);
                     }
-                    bad
+                    (bad, covered)
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec!["a reader panicked".into()])
-            })
-            .collect()
+        let mut bad = Vec::new();
+        let mut covered = Vec::new();
+        for h in handles {
+            match h.join() {
+                Ok((b, c)) => {
+                    bad.extend(b);
+                    covered.extend(c);
+                }
+                Err(_) => bad.push("a reader panicked".into()),
+            }
+        }
+        (bad, covered)
     });
     if !failures.is_empty() {
         bail!(
-            "{} of {} result files not readable with get, e.g. {:#?}",
+            "{} problems reading {} result objects with get, e.g. {:#?}",
             failures.len(),
             wanted.len(),
             &failures[..failures.len().min(10)]
         );
+    }
+    let covered: BTreeSet<(String, String)> = covered.into_iter().collect();
+    for (job, _, _) in jobs {
+        let missing: Vec<&String> = inputs
+            .iter()
+            .filter(|q| !covered.contains(&(job.clone(), (*q).clone())))
+            .take(10)
+            .collect();
+        if !missing.is_empty() {
+            bail!("job {job}: no result object read back holds {missing:?}");
+        }
     }
     Ok(wanted.len())
 }

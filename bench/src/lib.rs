@@ -1,7 +1,8 @@
 //! The benchmarks behind `dml bench ...`: `cluster` (failure detection, background
 //! traffic, false removals), `idunno` (the inference assignment's measurements), `pings`
 //! (ping round trips under load), `jobs-churn` (a job under two waves of kill -9),
-//! `models` (forward-pass speed) and `chaos` (a fault-injection soak of SDFS with a
+//! `models` (forward-pass speed), `scale` (jobs of up to a million queries around a
+//! fixed-logits model) and `chaos` (a fault-injection soak of SDFS with a
 //! checker). Each prints its
 //! figures; the binary only parses the options and calls `run`.
 
@@ -13,5 +14,6 @@ pub mod jobs_churn;
 pub mod logs;
 pub mod models;
 pub mod pings;
+pub mod scale;
 pub mod session;
 pub mod stats;

@@ -7,14 +7,20 @@
 pub mod client;
 pub mod config_file;
 pub mod injector;
+pub mod listing;
 pub mod netns;
 pub mod process;
+pub mod progress;
+pub mod results;
 mod transfer;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-pub use client::{ask, ask_interruptible};
+pub use client::{
+    ask, ask_interruptible, ask_listing, ask_tool, job_results, print_results, DeadlinePassed,
+    ToolAsk,
+};
 pub use config_file::{test_operator, Layout, TestConfig};
 pub use netns::Net;
 pub use process::{Cluster, Member, Options, Stop};

@@ -36,6 +36,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Start the nodes too (not only the introducer).
     pub spawn_nodes: bool,
+    /// Extra arguments of every `dml node` (`--bench-fixed-logits` for `dml bench scale`).
+    pub node_args: Vec<String>,
     pub stop: Stop,
     /// A directory the cluster owns (its config, logs and data): removed on drop unless
     /// `keep`, or while a panic unwinds (a failed test keeps its logs).
@@ -53,6 +55,7 @@ impl Default for Options {
             overrides: Vec::new(),
             env: Vec::new(),
             spawn_nodes: true,
+            node_args: Vec::new(),
             stop: Stop::Term,
             own_dir: None,
             keep: false,
@@ -151,10 +154,10 @@ impl Cluster {
             .rsplit_once(':')
             .context("node address without a port")?;
         let (host, port) = (host.to_string(), port.to_string());
-        self.spawn(
-            name,
-            &["node", "--no-console", "--hostname", &host, "--port", &port],
-        )
+        let mut args = vec!["node", "--no-console", "--hostname", &host, "--port", &port];
+        let extra = self.opts.node_args.clone();
+        args.extend(extra.iter().map(String::as_str));
+        self.spawn(name, &args)
     }
 
     /// Starts a process again after a kill: the introducer or a node.
@@ -245,6 +248,17 @@ impl Cluster {
         reply: Duration,
     ) -> anyhow::Result<Outcome> {
         crate::ask(addr, &self.layout.credential, cmd, CONNECT_WITHIN, reply)
+    }
+
+    /// Every result of `job`, read page by page (see [`crate::job_results`]).
+    pub fn job_results(
+        &self,
+        addr: &str,
+        job: &str,
+        reply: Duration,
+    ) -> anyhow::Result<Result<Vec<dml_actors::jobs::types::QueryResult>, String>> {
+        let r = crate::job_results(addr, &self.layout.credential, job, CONNECT_WITHIN, reply)?;
+        Ok(r.map(|(rows, _)| rows))
     }
 
     /// A command's JSON answer, trying up to `opts.tries` times on transport errors.

@@ -21,6 +21,8 @@ use dml_actors::net::wire::Credential;
 use dml_actors::sdfs::dir_put::{dir_files, DirPut, PutLocalDone, PARALLELISM};
 use dml_actors::sdfs::MAX_CHUNK;
 
+use crate::progress::{Mode, Progress};
+
 /// How to reach a node: its address, the operator credential, and the connect and reply
 /// bounds.
 #[derive(Clone)]
@@ -29,10 +31,12 @@ pub(crate) struct Node {
     pub cred: Credential,
     pub connect: Duration,
     pub reply: Duration,
+    /// Show the progress of a directory put on stderr (an operator's tool).
+    pub progress: bool,
 }
 
 impl Node {
-    async fn connect(&self, lane: Lane) -> anyhow::Result<Client<Body>> {
+    pub(crate) async fn connect(&self, lane: Lane) -> anyhow::Result<Client<Body>> {
         Client::<Body>::connect_lane(&self.addr, lane, &self.cred, self.connect)
             .await
             .with_context(|| format!("cannot reach node {}", self.addr))
@@ -40,7 +44,11 @@ impl Node {
 }
 
 /// One command and its outcome on an open connection.
-async fn request(client: &mut Client<Body>, node: &Node, cmd: Command) -> anyhow::Result<Outcome> {
+pub(crate) async fn request(
+    client: &mut Client<Body>,
+    node: &Node,
+    cmd: Command,
+) -> anyhow::Result<Outcome> {
     outcome(client.request(Body::Command(cmd), node.reply).await, node)
 }
 
@@ -78,6 +86,7 @@ pub(crate) async fn run(node: &Node, req: Request) -> anyhow::Result<Outcome> {
             };
             request(&mut client, node, cmd).await
         }
+        Request::Node(cmd) if cmd.is_listing() => crate::listing::collect(node, cmd).await,
         Request::Node(cmd) => {
             let mut client = node.connect(Lane::Control).await?;
             request(&mut client, node, cmd).await
@@ -90,6 +99,10 @@ pub(crate) async fn run(node: &Node, req: Request) -> anyhow::Result<Outcome> {
             local,
             force,
         } => get(node, &name, Some(k), &local, force).await,
+        Request::Results { job, out, force } => match out {
+            None => crate::results::print(node, &job, false).await,
+            Some(out) => crate::results::export(node, &job, Path::new(&out), force).await,
+        },
     }
 }
 
@@ -107,6 +120,10 @@ async fn put(node: &Node, local: &Path, name: &str) -> anyhow::Result<Outcome> {
         Ok(d) => d,
         Err(e) => return Ok(Err(e)),
     };
+    let mut progress = node.progress.then(|| {
+        let total = dir.total() as u64;
+        Progress::new(format!("put {}/", prefix.as_str()), total, Mode::detect())
+    });
     let mut idle: Vec<Client<Body>> = Vec::with_capacity(PARALLELISM);
     let mut running = tokio::task::JoinSet::new();
     loop {
@@ -143,6 +160,12 @@ async fn put(node: &Node, local: &Path, name: &str) -> anyhow::Result<Outcome> {
             Err(e) => Err(format!("{e:#}")),
         };
         dir.file_done(&name, result);
+        if let Some(p) = progress.as_mut() {
+            p.update(dir.finished() as u64, dir.failed() as u64);
+        }
+    }
+    if let Some(p) = progress.as_mut() {
+        p.finish();
     }
     Ok(dir.result().map(|d: PutLocalDone| sdfs_text::put_local(&d)))
 }

@@ -61,14 +61,25 @@ fn image_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 const SYNTHETIC_NOTE: &str = "!!! SYNTHETIC WEIGHTS: these labels are meaningless (run `dml weights fetch` for real ones) !!!";
 
-/// Classifies every file in `dir` with `model` and prints its top-5 (or a one-line error).
+/// What [`classify`] did: how many files it read, and which ones failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub total: usize,
+    /// File names whose image could not be read or classified, in order.
+    pub failed: Vec<String>,
+}
+
+/// Classifies every file in `dir` with `model` and prints its top-5 (or a one-line error)
+/// on stdout. `progress(done, failed, total)` is told after each batch (and once before
+/// the first).
 pub fn classify(
     model: &str,
     weights_dir: &Path,
     dir: &Path,
     threads: usize,
     json: bool,
-) -> anyhow::Result<()> {
+    progress: &mut dyn FnMut(usize, usize, usize),
+) -> anyhow::Result<Classified> {
     let net = Network::parse(model)?;
     let classifier = Classifier::load(net, weights_dir, threads)?;
     let files = image_files(dir)?;
@@ -78,6 +89,9 @@ pub fn classify(
             println!("{SYNTHETIC_NOTE}");
         }
     }
+    let mut failed = Vec::new();
+    let mut done = 0;
+    progress(0, 0, files.len());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Batches of 8 keep memory bounded for large directories.
@@ -107,9 +121,18 @@ pub fn classify(
                 None => result.map_err(|e| e.to_string()),
             };
             print_result(&mut out, &name, net, &result, json)?;
+            if result.is_err() {
+                failed.push(name);
+            }
         }
+        out.flush()?;
+        done += chunk.len();
+        progress(done, failed.len(), files.len());
     }
-    Ok(())
+    Ok(Classified {
+        total: files.len(),
+        failed,
+    })
 }
 
 fn print_result(

@@ -431,6 +431,23 @@ pub fn ctl_within(
         .map_err(|e| format!("{e:#}"))
 }
 
+/// Every result of `job`, read page by page through the admin operator.
+pub fn job_results(
+    addr: &str,
+    job: &str,
+) -> Result<Vec<dml_actors::jobs::types::QueryResult>, String> {
+    let admin = dml_cluster::test_operator(SECRET, "admin").map_err(|e| format!("{e:#}"))?;
+    dml_cluster::job_results(
+        addr,
+        &admin,
+        job,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    )
+    .map_err(|e| format!("{e:#}"))?
+    .map(|(rows, _)| rows)
+}
+
 /// Delivers one message to a node as a node (proving the cluster secret: tools may send
 /// only console commands) and does not wait for an answer (the node answers protocol
 /// messages to their sender's node address, not on this connection).

@@ -4,8 +4,8 @@
 
 use crate::control::{Outcome, Reply};
 use crate::jobs::client::Answer;
-use crate::jobs::msg::{Msg, StatusReport};
-use crate::jobs::types::{JobId, QueryResult};
+use crate::jobs::msg::{Msg, ResultsPage, StatusReport};
+use crate::jobs::types::{BatchId, JobId, QueryId, QueryResult};
 use crate::types::NodeAddr;
 
 /// The console's reply to a job request that ended with `answer`.
@@ -57,43 +57,90 @@ pub fn not_a_job_id(job: &str) -> String {
     format!("{job:?} is not a job id (like 1-2)")
 }
 
-/// `C4 --results` for a job with no result in SDFS.
-pub fn no_results(job: JobId) -> String {
-    format!("no results for job {job} in SDFS (unknown job, or none finished yet)")
+/// A result object the coordinator's index names could not be read.
+pub fn result_object_unreadable(job: JobId, batch: BatchId, error: &str) -> String {
+    format!(
+        "results of job {job}: result object of batch {batch} not readable ({error}); try again"
+    )
 }
 
-/// `C4 --results`: every result of `job`, sorted by query.
-pub fn results(job: JobId, mut results: Vec<QueryResult>) -> Reply {
-    results.sort_by(|a, b| a.query.cmp(&b.query));
-    let synthetic = results.iter().any(|r| r.synthetic);
-    let mut text = format!(
-        "job {job}: {} results{}",
-        results.len(),
-        if synthetic {
-            " (SYNTHETIC weights: labels are meaningless)"
-        } else {
-            ""
-        }
-    );
-    for r in &results {
-        match &r.error {
-            Some(e) => text.push_str(&format!("\n{}: error: {e}", r.query)),
-            None => {
-                let tops: Vec<String> = r
-                    .top5
-                    .iter()
-                    .map(|t| format!("{} ({:.3})", t.label, t.prob))
-                    .collect();
-                text.push_str(&format!("\n{}: {}", r.query, tops.join(", ")));
-            }
+/// The index names an object that has no line for the query.
+pub fn result_missing(job: JobId, q: QueryId) -> String {
+    format!("results of job {job}: the result object of query {q} has no line for it")
+}
+
+/// The row of a query that failed every attempt.
+pub fn failed_row(page: &ResultsPage, q: QueryId, name: Option<&&String>) -> QueryResult {
+    QueryResult {
+        job: page.job.to_string(),
+        q,
+        query: name.map_or_else(|| format!("#{q}"), |n| n.to_string()),
+        model: page.model.clone(),
+        top5: Vec::new(),
+        error: Some("failed on every attempt (input unreadable or the workers failed)".into()),
+        synthetic: false,
+        bench_fixed_logits: false,
+        per_query_ms: 0.0,
+        worker: String::new(),
+        at_wall_ms: 0,
+    }
+}
+
+/// One result as a line of text: `INPUT: label (p), ...` or `INPUT: error: ...`.
+pub fn result_line(r: &QueryResult) -> String {
+    match &r.error {
+        Some(e) => format!("{}: error: {e}", r.query),
+        None => {
+            let tops: Vec<String> = r
+                .top5
+                .iter()
+                .map(|t| format!("{} ({:.3})", t.label, t.prob))
+                .collect();
+            format!("{}: {}", r.query, tops.join(", "))
         }
     }
-    Reply::new(text, serde_json::to_value(&results).unwrap_or_default())
+}
+
+/// A page of `C4 --results` (what `dml ctl results` loops over): the rows of queries
+/// `from..next` in query order. The JSON is what the tool reads; the text is a summary.
+pub fn results_page(page: &ResultsPage, rows: Vec<QueryResult>) -> Reply {
+    let end = page.from + page.outcome.len() as u32;
+    let next = (end < page.total).then_some(end);
+    let text = format!(
+        "job {}: queries {}..{} of {}: {} rows ({} ok, {} failed in the job{})",
+        page.job,
+        page.from,
+        end,
+        page.total,
+        rows.len(),
+        page.ok,
+        page.failed,
+        if page.complete {
+            ", complete"
+        } else {
+            ", running"
+        }
+    );
+    Reply::new(
+        text,
+        serde_json::json!({
+            "job": page.job.to_string(),
+            "model": page.model,
+            "total": page.total,
+            "ok": page.ok,
+            "failed": page.failed,
+            "complete": page.complete,
+            "from": page.from,
+            "next": next,
+            "rows": rows,
+        }),
+    )
 }
 
 /// C1, C2 or C5 as a table.
 pub fn format_report(report: StatusReport) -> Reply {
     match report {
+        StatusReport::Results(page) => results_page(&page, Vec::new()),
         StatusReport::Rates(rows) => {
             let mut text = String::from(
                 "job      model          rate(q/s, 10 s)  processed/total  failed  state",
@@ -172,11 +219,6 @@ pub fn format_report(report: StatusReport) -> Reply {
             Reply::new(text, serde_json::json!({"nodes": nodes, "shares": shares}))
         }
     }
-}
-
-/// `C4 --results` found a result file it cannot parse.
-pub fn bad_result_file(error: &dyn std::fmt::Display) -> String {
-    format!("bad result file: {error}")
 }
 
 #[cfg(test)]

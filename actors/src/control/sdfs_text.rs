@@ -4,9 +4,9 @@
 
 use serde_json::json;
 
-use crate::control::Reply as CtlReply;
+use crate::control::{Reply as CtlReply, Transfer};
 use crate::sdfs::dir_put::PutLocalDone;
-use crate::sdfs::Reply;
+use crate::sdfs::{Reply, SdfsName};
 
 /// Text and JSON of a core reply; `local` is the file a get wrote, if any.
 pub fn reply(r: &Reply, local: Option<&str>) -> CtlReply {
@@ -63,34 +63,38 @@ pub fn reply(r: &Reply, local: Option<&str>) -> CtlReply {
                 }),
             )
         }
-        Reply::Names(names) => {
+        // Listings come in pages: each page's text is its lines only, and the tool
+        // (`dml_cluster`) adds what needs the whole listing ("no names", the count).
+        Reply::Names { names, next } => {
             let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-            CtlReply::new(
-                if list.is_empty() {
-                    "no names".to_string()
-                } else {
-                    list.join("\n")
-                },
-                json!(list),
-            )
+            page(list.join("\n"), json!(list), next.as_ref())
         }
-        Reply::Store(holdings) => {
+        Reply::Store { holdings, next } => {
             // The text lists what is held; deleted names (tombstones) are in the JSON.
-            let held: Vec<_> = holdings.iter().filter(|h| !h.versions.is_empty()).collect();
-            let mut text = format!("{} names stored here:", held.len());
-            for h in held {
-                let vs: Vec<String> = h.versions.iter().map(|v| v.to_string()).collect();
-                text.push_str(&format!("\n  {}  versions {}", h.name, vs.join(", ")));
-            }
-            CtlReply::new(
-                text,
-                json!(holdings
-                    .iter()
-                    .map(|h| json!({"name": h.name.as_str(), "versions": h.versions, "tombstone": h.tombstone}))
-                    .collect::<Vec<_>>()),
-            )
+            let lines: Vec<String> = holdings
+                .iter()
+                .filter(|h| !h.versions.is_empty())
+                .map(|h| {
+                    let vs: Vec<String> = h.versions.iter().map(|v| v.to_string()).collect();
+                    format!("  {}  versions {}", h.name, vs.join(", "))
+                })
+                .collect();
+            let json = json!(holdings
+                .iter()
+                .map(|h| json!({"name": h.name.as_str(), "versions": h.versions, "tombstone": h.tombstone}))
+                .collect::<Vec<_>>());
+            page(lines.join("\n"), json, next.as_ref())
         }
     }
+}
+
+/// A listing page, with the cursor of the next one if there is more.
+fn page(text: String, json: serde_json::Value, next: Option<&SdfsName>) -> CtlReply {
+    let mut reply = CtlReply::new(text, json);
+    reply.transfer = next.map(|n| Transfer::More {
+        after: n.to_string(),
+    });
+    reply
 }
 
 /// An operator's put or delete of a name only the jobs layer writes.

@@ -29,11 +29,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::error::JobError;
-use super::msg::{Msg, RefuseReason, StatusKind, StatusReport};
+use super::msg::{Msg, RefuseReason, ResultsPage, StatusKind, StatusReport};
 use super::schedule::{target_shares, Fairness};
-use super::state::{CoordState, ResultFound};
+use super::state::{self, CoordState, ResultFound};
 use super::stats::{self, Assignment, JobShare};
-use super::types::{BatchId, JobId, JobManifest, JobsConfig, QueryId, Reign, Term, MAX_EPOCH};
+use super::types::{
+    BatchId, JobId, JobManifest, JobsConfig, QueryId, Reign, Source, Term, MAX_EPOCH,
+};
 use crate::machine::Machine;
 use crate::types::{Millis, NodeAddr};
 
@@ -57,6 +59,10 @@ pub enum Timer {
         job: JobId,
     },
 }
+
+/// The most queries one page of the results index covers (about 4 bytes each, plus the
+/// names of failed ones).
+pub const RESULTS_PAGE_MAX: u32 = 50_000;
 
 /// How long the coordinator waits before writing a manifest again after SDFS refused
 /// it (SDFS refuses while its ring is still forming, for about a membership change).
@@ -86,8 +92,8 @@ pub enum Input {
         model: String,
         /// The prefix that was listed.
         input: String,
-        /// The names found.
-        queries: Vec<QueryId>,
+        /// The files and archives found (archives with their entry counts).
+        sources: Vec<Source>,
     },
     /// The manifest of an [`Effect::WriteManifest`] is in SDFS.
     ManifestWritten(JobId),
@@ -359,7 +365,7 @@ impl Coordinator {
         };
         p.queues
             .get(&job)
-            .map_or(0, |q| q.iter().filter(|q| !j.is_done(q)).count())
+            .map_or(0, |q| q.iter().filter(|q| !j.is_done(**q)).count())
     }
 
     /// C5 rows: every live worker and the batch it runs (empty when not coordinating).
@@ -411,8 +417,8 @@ impl Coordinator {
     }
 
     /// The answer to a status request (C1, C2, C5) from this node's state.
-    pub fn status(&self, now: Millis, kind: StatusKind) -> StatusReport {
-        match kind {
+    pub fn status(&self, now: Millis, kind: StatusKind) -> Result<StatusReport, JobError> {
+        Ok(match kind {
             StatusKind::Rates => {
                 StatusReport::Rates(stats::c1(&self.state, now, self.cfg.rate_window_ms))
             }
@@ -421,7 +427,60 @@ impl Coordinator {
                 nodes: self.assignment(),
                 shares: self.shares(),
             },
+            StatusKind::Results { job, from, limit } => {
+                StatusReport::Results(self.results_page(job, from, limit)?)
+            }
+        })
+    }
+
+    /// A page of the results index of `job`: for each query from `from`, which result
+    /// object holds its committed result. At most [`RESULTS_PAGE_MAX`] queries, so an
+    /// answer stays well below the frame limit whatever the job's size.
+    pub fn results_page(
+        &self,
+        job: JobId,
+        from: QueryId,
+        limit: u32,
+    ) -> Result<ResultsPage, JobError> {
+        let j = self
+            .state
+            .jobs
+            .get(&job)
+            .ok_or(JobError::UnknownJob { job })?;
+        let total = j.manifest.queries.len();
+        let from = from.min(total);
+        let end = from
+            .saturating_add(limit.clamp(1, RESULTS_PAGE_MAX))
+            .min(total);
+        let mut objects: Vec<BatchId> = Vec::new();
+        let mut index: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut outcome = Vec::with_capacity((end - from) as usize);
+        let mut unfinished = Vec::new();
+        for q in from..end {
+            let o = j.outcome[q as usize];
+            if o == state::OPEN || o == state::FAILED {
+                outcome.push(o);
+                unfinished.push((q, j.manifest.queries.display(q)));
+                continue;
+            }
+            let k = *index.entry(o).or_insert_with(|| {
+                objects.push(j.objects[o as usize - 1]);
+                objects.len() as u32
+            });
+            outcome.push(k);
         }
+        Ok(ResultsPage {
+            job,
+            model: j.manifest.model.clone(),
+            total,
+            ok: j.ok,
+            failed: j.failed,
+            complete: j.is_complete(),
+            from,
+            outcome,
+            objects,
+            unfinished,
+        })
     }
 
     fn coordinator_hint(&self) -> Option<NodeAddr> {
@@ -603,8 +662,8 @@ impl Machine for Coordinator {
                 request_id,
                 model,
                 input,
-                queries,
-            } => self.on_inputs_listed(now, client, request_id, &model, &input, queries),
+                sources,
+            } => self.on_inputs_listed(now, client, request_id, &model, &input, sources),
             Input::ManifestWritten(job) => self.on_manifest_written(now, job),
             Input::ManifestFailed(job) => vec![Effect::SetTimer {
                 at: now + MANIFEST_RETRY_MS,

@@ -20,13 +20,15 @@ use tracing::{info, warn};
 
 use crate::clock;
 use crate::control::{jobs_text, Command, Outcome};
+use crate::jobs::archive;
 use crate::jobs::client::{self, Client, Request};
 use crate::jobs::coordinator::{self, Coordinator};
+use crate::jobs::msg::{ResultsPage, StatusReport};
 use crate::jobs::outbox::Outbox;
-use crate::jobs::state::ResultFound;
+use crate::jobs::state::{self, ResultFound};
 use crate::jobs::types::{
     job_of_name, manifest_name, parse_result_name, JobId, JobManifest, JobsConfig, QueryResult,
-    MAX_EPOCH,
+    Source, MAX_EPOCH,
 };
 use crate::jobs::StatusKind;
 use crate::machine::Machine;
@@ -46,6 +48,15 @@ pub struct Exec {
     pub reply: oneshot::Sender<Outcome>,
 }
 
+/// Who waits for a console request's answer.
+enum Waiter {
+    /// The answer, as console text and JSON.
+    Reply(oneshot::Sender<Outcome>),
+    /// A page of results: the coordinator's index page, then the rows read from the
+    /// result objects it names.
+    Rows(oneshot::Sender<Outcome>),
+}
+
 /// How long a client request waits for the coordinator.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -60,7 +71,7 @@ pub struct CoordinatorActor {
     /// The coordinator last told to the client core.
     coordinator: Option<NodeAddr>,
     /// Console requests in the client core, by ticket.
-    tickets: HashMap<u64, oneshot::Sender<Outcome>>,
+    tickets: HashMap<u64, Waiter>,
     next_ticket: u64,
 }
 
@@ -130,13 +141,13 @@ impl CoordinatorActor {
                 ctx.spawn(
                     async move { list_inputs(&sdfs, &prefix).await }
                         .into_actor(self)
-                        .map(move |queries, act, ctx| {
+                        .map(move |sources, act, ctx| {
                             let listed = Input::InputsListed {
                                 client,
                                 request_id,
                                 model,
                                 input,
-                                queries,
+                                sources,
                             };
                             act.coord(listed, ctx);
                         }),
@@ -227,11 +238,23 @@ impl CoordinatorActor {
                         act.client(Input::Timer(timer), ctx)
                     });
                 }
-                Effect::Answer { ticket, answer } => {
-                    if let Some(reply) = self.tickets.remove(&ticket) {
+                Effect::Answer { ticket, answer } => match self.tickets.remove(&ticket) {
+                    Some(Waiter::Reply(reply)) => {
                         let _ = reply.send(jobs_text::answer(answer));
                     }
-                }
+                    Some(Waiter::Rows(reply)) => match answer {
+                        client::Answer::Status(StatusReport::Results(page)) => {
+                            let sdfs = self.sdfs.clone();
+                            actix::spawn(async move {
+                                let _ = reply.send(result_rows(&sdfs, page).await);
+                            });
+                        }
+                        other => {
+                            let _ = reply.send(jobs_text::answer(other));
+                        }
+                    },
+                    None => {}
+                },
                 Effect::Event(Event::JobCompleted { job, ok, failed }) => {
                     info!(wall = clock::wall_ms(), %job, ok, failed, "event=job_completed")
                 }
@@ -248,7 +271,11 @@ impl CoordinatorActor {
     ) {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.tickets.insert(ticket, reply);
+        let waiter = match request {
+            Request::Status(StatusKind::Results { .. }) => Waiter::Rows(reply),
+            _ => Waiter::Reply(reply),
+        };
+        self.tickets.insert(ticket, waiter);
         self.client(client::Input::Request { ticket, request }, ctx);
     }
 
@@ -266,19 +293,46 @@ impl CoordinatorActor {
     }
 }
 
-/// Names that are `input` itself or lie under `input/`.
-async fn list_inputs(sdfs: &SdfsClient, input: &str) -> Vec<String> {
+/// The inputs under `input` (the name itself, or names under `input/`): each file is
+/// one query; each `.tar` archive is read once here to count its file entries. An
+/// archive that cannot be read or parsed is left out with a warning (its queries could
+/// never run).
+async fn list_inputs(sdfs: &SdfsClient, input: &str) -> Vec<Source> {
     let dir = input.trim_end_matches('/').to_string();
-    match sdfs.list_prefix(dir.clone()).await {
+    let names: Vec<String> = match sdfs.list_prefix(dir.clone()).await {
         Ok(names) => names
             .into_iter()
             .filter(|n| *n == dir || n.starts_with(&format!("{dir}/")))
             .collect(),
         Err(e) => {
             warn!(%input, "cannot list inputs: {e}");
-            Vec::new()
+            return Vec::new();
+        }
+    };
+    let mut sources = Vec::with_capacity(names.len());
+    let (archives, files): (Vec<String>, Vec<String>) =
+        names.into_iter().partition(|n| archive::is_archive_name(n));
+    sources.extend(files.into_iter().map(|name| Source {
+        name,
+        entries: None,
+    }));
+    // A few at a time: each archive is held whole while its entries are counted.
+    for chunk in archives.chunks(4) {
+        let read = join_all(chunk.iter().map(|n| sdfs.get_bytes(n.clone()))).await;
+        for (name, r) in chunk.iter().zip(read) {
+            match r
+                .map_err(|e| e.to_string())
+                .and_then(|b| archive::count(&b).map_err(|e| e.to_string()))
+            {
+                Ok(n) => sources.push(Source {
+                    name: name.clone(),
+                    entries: Some(n),
+                }),
+                Err(e) => warn!(archive = %name, "archive left out of the job: {e}"),
+            }
         }
     }
+    sources
 }
 
 async fn load_from_sdfs(sdfs: &SdfsClient) -> (Vec<JobManifest>, Vec<ResultFound>) {
@@ -296,38 +350,95 @@ async fn load_from_sdfs(sdfs: &SdfsClient) -> (Vec<JobManifest>, Vec<ResultFound
             .and_then(|b| serde_json::from_slice::<JobManifest>(&b).ok())
     })
     .collect();
-    let names: Vec<(String, JobId, String)> = sdfs
+    let names: Vec<(String, JobId, crate::jobs::BatchId)> = sdfs
         .list_prefix("results/".into())
         .await
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|n| parse_result_name(&n).map(|(job, query)| (n, job, query)))
+        .filter_map(|n| parse_result_name(&n).map(|(job, batch)| (n, job, batch)))
         .collect();
-    // Each result file records its processing time, worker and wall time: read them, so
-    // that C1 and C2 survive losing coordinator and standby together. A file that cannot
-    // be read still counts as a result (its name proves it was written), without timing.
+    // Each result object says which queries it holds, with processing time, worker and
+    // wall time: read them all, so that committed queries stay committed and C1 and C2
+    // survive losing coordinator and standby together. An object that cannot be read
+    // counts for nothing: its queries run again.
     let (now, now_wall) = (clock::now(), clock::wall_ms());
     let mut results = Vec::with_capacity(names.len());
     for chunk in names.chunks(32) {
         let files = join_all(chunk.iter().map(|(n, _, _)| sdfs.get_bytes(n.clone()))).await;
-        for ((_, job, query), file) in chunk.iter().zip(files) {
-            let rec = file
-                .ok()
-                .and_then(|b| serde_json::from_slice::<QueryResult>(&b).ok())
-                .filter(|r| r.query == *query && r.job == job.to_string());
+        for ((name, job, batch), file) in chunk.iter().zip(files) {
+            let Ok(bytes) = file else {
+                warn!(object = %name, "result object not readable; its queries run again");
+                continue;
+            };
+            let lines = parse_result_lines(&bytes, *job);
+            let Some(first) = lines.first() else {
+                continue;
+            };
             results.push(ResultFound {
                 job: *job,
-                query: query.clone(),
-                per_query_ms: rec.as_ref().map(|r| r.per_query_ms),
-                // Commit times are on this process's monotonic clock, the file has wall time.
-                at: rec
-                    .as_ref()
-                    .map(|r| now.saturating_sub(now_wall.saturating_sub(r.at_wall_ms))),
-                worker: rec.map(|r| NodeAddr(r.worker)),
+                batch: *batch,
+                queries: lines.iter().map(|r| r.q).collect(),
+                per_query_ms: Some(first.per_query_ms),
+                // Commit times are on this process's monotonic clock, objects have wall time.
+                at: Some(now.saturating_sub(now_wall.saturating_sub(first.at_wall_ms))),
+                worker: Some(NodeAddr(first.worker.clone())),
             });
         }
     }
     (manifests, results)
+}
+
+/// The lines of a result object that belong to `job` (a damaged line is skipped).
+fn parse_result_lines(bytes: &[u8], job: JobId) -> Vec<QueryResult> {
+    let job = job.to_string();
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice::<QueryResult>(l).ok())
+        .filter(|r| r.job == job)
+        .collect()
+}
+
+/// A page of a job's results: the rows of the queries in `page`, in query order, read
+/// from the result objects the coordinator's index names (16 at a time). A failed
+/// query's row carries its error; a query without an outcome yet has no row.
+async fn result_rows(sdfs: &SdfsClient, page: ResultsPage) -> Outcome {
+    let mut objects: Vec<Option<Vec<QueryResult>>> = Vec::with_capacity(page.objects.len());
+    for chunk in page.objects.chunks(16) {
+        let read = join_all(
+            chunk
+                .iter()
+                .map(|b| sdfs.get_bytes(crate::jobs::types::result_name(page.job, *b))),
+        )
+        .await;
+        for (b, r) in chunk.iter().zip(read) {
+            let bytes = r.map_err(|e| jobs_text::result_object_unreadable(page.job, *b, &e))?;
+            objects.push(Some(parse_result_lines(&bytes, page.job)));
+        }
+    }
+    let unfinished: HashMap<u32, &String> = page.unfinished.iter().map(|(q, n)| (*q, n)).collect();
+    let mut rows = Vec::with_capacity(page.outcome.len());
+    for (i, o) in page.outcome.iter().enumerate() {
+        let q = page.from + i as u32;
+        match *o {
+            state::OPEN => {}
+            state::FAILED => rows.push(jobs_text::failed_row(&page, q, unfinished.get(&q))),
+            k => {
+                let obj = (k as usize)
+                    .checked_sub(1)
+                    .and_then(|k| objects.get(k))
+                    .and_then(|o| o.as_ref());
+                let row = obj.and_then(|lines| lines.iter().find(|r| r.q == q));
+                match row {
+                    Some(r) => rows.push(r.clone()),
+                    None => {
+                        return Err(jobs_text::result_missing(page.job, q));
+                    }
+                }
+            }
+        }
+    }
+    Ok(jobs_text::results_page(&page, rows))
 }
 
 /// The highest epoch among the job manifests and results in SDFS (0 if none, or if SDFS
@@ -357,25 +468,6 @@ async fn used_epoch(sdfs: &SdfsClient) -> u64 {
         );
     }
     top
-}
-
-/// C4 --results: every result of a job, read back from SDFS.
-async fn job_results(sdfs: &SdfsClient, job: &str) -> Outcome {
-    let id: JobId = job.parse().map_err(|_| jobs_text::not_a_job_id(job))?;
-    let names = sdfs.list_prefix(format!("results/{id}/")).await?;
-    if names.is_empty() {
-        return Err(jobs_text::no_results(id));
-    }
-    let mut results = Vec::new();
-    for chunk in names.chunks(16) {
-        for r in join_all(chunk.iter().map(|n| sdfs.get_bytes(n.clone()))).await {
-            let bytes = r?;
-            let q: QueryResult =
-                serde_json::from_slice(&bytes).map_err(|e| jobs_text::bad_result_file(&e))?;
-            results.push(q);
-        }
-    }
-    Ok(jobs_text::results(id, results))
 }
 
 impl Actor for CoordinatorActor {
@@ -420,12 +512,15 @@ impl Handler<Exec> for CoordinatorActor {
                 self.request(Request::SetBatchSize { model, size }, reply, ctx);
             }
             Command::C4 { model, input } => self.submit(model, input, reply, ctx),
-            Command::C4Results { job } => {
-                let sdfs = self.sdfs.clone();
-                actix::spawn(async move {
-                    let _ = reply.send(job_results(&sdfs, &job).await);
-                });
-            }
+            Command::C4Results { job, from, limit } => match job.parse::<JobId>() {
+                Ok(job) => {
+                    let kind = StatusKind::Results { job, from, limit };
+                    self.request(Request::Status(kind), reply, ctx);
+                }
+                Err(_) => {
+                    let _ = reply.send(Err(jobs_text::not_a_job_id(&job)));
+                }
+            },
             other => {
                 let _ = reply.send(Err(jobs_text::not_a_job_command(&other)));
             }

@@ -42,6 +42,16 @@ pub enum JobError {
         /// The coordinator this node believes in.
         coordinator: Option<NodeAddr>,
     },
+    /// The inputs hold more queries than one job may have.
+    #[error("`{input}` holds {queries} queries; one job takes at most {max}: split it into several jobs")]
+    TooManyQueries {
+        /// The prefix the client gave.
+        input: String,
+        /// How many it holds (at least).
+        queries: u64,
+        /// The limit.
+        max: u64,
+    },
     /// No job with this id.
     #[error("unknown job {job}")]
     UnknownJob {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use dml_models::{Classifier, Network, Prediction, Weights};
+use dml_models::{Classifier, Network, Prediction, TopClass, Weights};
 use tracing::{info, warn};
 
 /// Classify a batch of encoded images (JPEG, PNG, ...).
@@ -26,6 +26,8 @@ pub struct BatchResult {
     pub compute_ms: f64,
     /// The network runs on synthetic weights: labels mean nothing.
     pub synthetic: bool,
+    /// Made by the benchmark's fixed-logits model: nothing was computed.
+    pub fixed_logits: bool,
 }
 
 /// Where a ModelActor gets its weights.
@@ -40,7 +42,17 @@ pub enum WeightSource {
 /// Cheap to clone: SyncArbiter builds its actor from a factory in the new thread.
 #[derive(Clone)]
 pub struct ModelActor {
-    classifier: Arc<Classifier>,
+    engine: Engine,
+}
+
+#[derive(Clone)]
+enum Engine {
+    Net(Arc<Classifier>),
+    /// `dml bench scale`'s model: the same top 5 for every input, nothing decoded or
+    /// computed, so the benchmark measures the pipeline around the model. Reachable
+    /// only through `dml node --bench-fixed-logits`, which only `dml bench` passes; never
+    /// from a configuration file.
+    Fixed,
 }
 
 impl ModelActor {
@@ -60,8 +72,15 @@ impl ModelActor {
             "model loaded"
         );
         Ok(ModelActor {
-            classifier: Arc::new(classifier),
+            engine: Engine::Net(Arc::new(classifier)),
         })
+    }
+
+    /// The benchmark-only fixed-logits model (see `Engine::Fixed`).
+    pub fn fixed_logits() -> Self {
+        ModelActor {
+            engine: Engine::Fixed,
+        }
     }
 
     /// Picks the weights: the file in `dir` when there is one, synthetic otherwise (loudly).
@@ -89,7 +108,29 @@ impl Handler<ClassifyBatch> for ModelActor {
     type Result = Result<BatchResult, String>;
 
     fn handle(&mut self, m: ClassifyBatch, _ctx: &mut SyncContext<Self>) -> Self::Result {
-        let out = self.classifier.classify_batch(&m.images);
+        let classifier = match &self.engine {
+            Engine::Net(c) => c,
+            Engine::Fixed => {
+                let top5: Vec<TopClass> = (0..5)
+                    .map(|i| TopClass {
+                        index: i,
+                        label: dml_models::labels::label(i).to_string(),
+                        prob: 0.2,
+                    })
+                    .collect();
+                let p = Prediction {
+                    top5,
+                    synthetic: true,
+                };
+                return Ok(BatchResult {
+                    results: m.images.iter().map(|_| Ok(p.clone())).collect(),
+                    compute_ms: 0.0,
+                    synthetic: true,
+                    fixed_logits: true,
+                });
+            }
+        };
+        let out = classifier.classify_batch(&m.images);
         Ok(BatchResult {
             results: out
                 .results
@@ -97,7 +138,8 @@ impl Handler<ClassifyBatch> for ModelActor {
                 .map(|r| r.map_err(|e| e.to_string()))
                 .collect(),
             compute_ms: out.compute_time.as_secs_f64() * 1000.0,
-            synthetic: self.classifier.is_synthetic(),
+            synthetic: classifier.is_synthetic(),
+            fixed_logits: false,
         })
     }
 }

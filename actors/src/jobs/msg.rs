@@ -7,7 +7,7 @@ use super::error::JobError;
 pub use super::record::{Commit, Record};
 use super::state::CoordState;
 use super::stats::{Assignment, JobRate, JobShare, JobTimes};
-use super::types::{BatchId, JobId, QueryId, Reign, Term};
+use super::types::{BatchId, JobId, QueryId, QueryInput, Reign, Term};
 use crate::types::Millis;
 
 /// Coordinator -> worker: run these queries with this model.
@@ -21,8 +21,10 @@ pub struct RunBatch {
     pub job: JobId,
     /// The model to run.
     pub model: String,
-    /// SDFS names of the inputs.
+    /// The queries (numbers in the job).
     pub queries: Vec<QueryId>,
+    /// What each query reads, in the order of `queries`.
+    pub inputs: Vec<QueryInput>,
 }
 
 /// Worker -> coordinator: a batch ran; its results are already in SDFS.
@@ -34,7 +36,8 @@ pub struct BatchDone {
     pub batch: BatchId,
     /// The job.
     pub job: JobId,
-    /// Queries whose result file the worker wrote to SDFS.
+    /// Queries whose result is in the batch's result object, already in SDFS
+    /// (`result_name(job, batch)`).
     pub results_written: Vec<QueryId>,
     /// Queries it could not process (input unreadable, model error).
     pub failed: Vec<QueryId>,
@@ -60,6 +63,44 @@ pub enum StatusKind {
     Times,
     /// C5: which node runs which job, and the target shares.
     Assignment,
+    /// Where the results of queries `from..from + limit` of `job` are (a page of the
+    /// results export: no answer carries a whole job's results).
+    Results {
+        /// The job.
+        job: JobId,
+        /// First query of the page.
+        from: QueryId,
+        /// At most this many queries (the coordinator caps it).
+        limit: u32,
+    },
+}
+
+/// The coordinator's answer to [`StatusKind::Results`]: for each query of the page,
+/// which run's result object holds its committed result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultsPage {
+    /// The job.
+    pub job: JobId,
+    /// Its model.
+    pub model: String,
+    /// Its number of queries.
+    pub total: u32,
+    /// Queries committed with a result, and as failed, in the whole job.
+    pub ok: u64,
+    /// Queries committed as failed, in the whole job.
+    pub failed: u64,
+    /// Whether every query has an outcome.
+    pub complete: bool,
+    /// The first query of the page.
+    pub from: QueryId,
+    /// Per query from `from`: `state::OPEN`, `state::FAILED`, or 1 + an index into
+    /// `objects`.
+    pub outcome: Vec<u32>,
+    /// The runs whose result objects the page refers to.
+    pub objects: Vec<BatchId>,
+    /// The input name of every query of the page without a result (failed or open):
+    /// a failed row still names its input.
+    pub unfinished: Vec<(QueryId, String)>,
 }
 
 /// The answer to a status request.
@@ -69,6 +110,8 @@ pub enum StatusReport {
     Rates(Vec<JobRate>),
     /// C2, one row per job.
     Times(Vec<JobTimes>),
+    /// A page of the results index.
+    Results(ResultsPage),
     /// C5: one row per live worker, and the worker-time share each job is entitled to.
     Assignment {
         /// Node -> job/model.
@@ -238,7 +281,7 @@ impl Msg {
 mod tests {
     use super::*;
     use crate::jobs::state::ResultFound;
-    use crate::jobs::types::{JobManifest, JobsConfig};
+    use crate::jobs::types::{JobManifest, JobsConfig, Queries, Source};
 
     fn term() -> Term {
         Term {
@@ -254,14 +297,25 @@ mod tests {
             id,
             model: "resnet50".into(),
             input: "imgs/".into(),
-            queries: vec!["imgs/a.jpg".into(), "imgs/b.jpg".into()],
+            queries: Queries::new(vec![
+                Source {
+                    name: "imgs/a.jpg".into(),
+                    entries: None,
+                },
+                Source {
+                    name: "imgs/b.tar".into(),
+                    entries: Some(5),
+                },
+            ])
+            .unwrap(),
             client: "c:1".into(),
             request_id: 3,
             submitted_at: 10,
         };
         let found = ResultFound {
             job: id,
-            query: "imgs/a.jpg".into(),
+            batch: BatchId { epoch: 3, seq: 1 },
+            queries: vec![0, 2],
             per_query_ms: Some(20.0),
             at: Some(30),
             worker: None,
@@ -282,7 +336,11 @@ mod tests {
                 batch: BatchId { epoch: 4, seq: 2 },
                 job: id,
                 model: "resnet50".into(),
-                queries: vec!["imgs/b.jpg".into()],
+                queries: vec![3],
+                inputs: vec![QueryInput {
+                    source: "imgs/b.tar".into(),
+                    entry: Some(2),
+                }],
             }),
             Msg::Refused {
                 request_id: 1,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{JobId, JobManifest, QueryId};
+use super::types::{BatchId, JobId, JobManifest, QueryId};
 use crate::types::{Millis, NodeAddr};
 
 /// One committed batch result, as replicated and stored.
@@ -11,6 +11,8 @@ use crate::types::{Millis, NodeAddr};
 pub struct Commit {
     /// The job.
     pub job: JobId,
+    /// The run whose result object (`result_name(job, batch)`) holds the `ok` results.
+    pub batch: BatchId,
     /// Queries committed with a result (first result wins: none committed before).
     pub ok: Vec<QueryId>,
     /// Queries committed as failed after `max_attempts`.

@@ -105,14 +105,14 @@ pub fn c1(state: &CoordState, now: Millis, window_ms: Millis) -> Vec<JobRate> {
                 .filter(|c| c.at > from && c.at <= now)
                 .map(|c| u64::from(c.ok) + u64::from(c.failed))
                 .sum();
-            let processed = j.outcomes.len() as u64;
+            let processed = j.processed();
             JobRate {
                 job: j.manifest.id,
                 model: j.manifest.model.clone(),
                 rate_qps: recent as f64 / secs,
                 processed,
-                failed: processed - j.ok_count(),
-                total: j.manifest.queries.len() as u64,
+                failed: j.failed,
+                total: j.total(),
                 complete: j.is_complete(),
             }
         })

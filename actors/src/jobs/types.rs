@@ -8,8 +8,12 @@ use thiserror::Error;
 
 use crate::types::{Millis, NodeAddr};
 
-/// One query = one input file in SDFS, named by its SDFS name.
-pub type QueryId = String;
+/// One query: its position in the job's query order (see [`Queries`]). A number, not a
+/// name, so per-query state stays a few bytes however long the input names are.
+pub type QueryId = u32;
+
+/// The most queries one job may have (per-query state is indexed by `u32`).
+pub const MAX_QUERIES: u64 = 1 << 31;
 
 /// A job's id. The epoch of the reign that accepted it is part of the id, so a
 /// coordinator of a later reign can never hand out an id that a dead coordinator
@@ -109,6 +113,109 @@ impl Reign {
     }
 }
 
+/// One input of a job: an SDFS file (one query), or a tar archive in SDFS whose regular
+/// file entries are one query each, in archive order. Archives let a million images be
+/// a thousand SDFS objects: uploaded in a thousand puts, listed in a thousand names,
+/// fetched by a worker once for many batches.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Source {
+    /// The SDFS name.
+    pub name: String,
+    /// `None`: the file is one query. `Some(n)`: an archive with `n` file entries.
+    pub entries: Option<u32>,
+}
+
+impl Source {
+    /// How many queries this input is.
+    pub fn queries(&self) -> u64 {
+        self.entries.map_or(1, u64::from)
+    }
+}
+
+/// Where each query of a job comes from: the sources, in order, and the first query of
+/// each (a prefix sum), so query `q` is found by binary search instead of a table with
+/// one entry per query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queries {
+    sources: Vec<Source>,
+    starts: Vec<u32>,
+    total: u32,
+}
+
+/// What one query reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryInput {
+    /// The SDFS name of the file or archive.
+    pub source: String,
+    /// For an archive, the entry (0-based, file entries only, in archive order).
+    pub entry: Option<u32>,
+}
+
+impl Queries {
+    /// Sorts and de-duplicates the sources (by name), drops empty archives, and refuses
+    /// more than [`MAX_QUERIES`] queries in all.
+    pub fn new(mut sources: Vec<Source>) -> Result<Self, u64> {
+        sources.retain(|s| !s.name.is_empty() && s.entries != Some(0));
+        sources.sort();
+        sources.dedup_by(|a, b| a.name == b.name);
+        let mut starts = Vec::with_capacity(sources.len());
+        let mut total: u64 = 0;
+        for s in &sources {
+            starts.push(total as u32);
+            total += s.queries();
+            if total > MAX_QUERIES {
+                return Err(total);
+            }
+        }
+        Ok(Queries {
+            sources,
+            starts,
+            total: total as u32,
+        })
+    }
+
+    /// The number of queries.
+    pub fn len(&self) -> u32 {
+        self.total
+    }
+
+    /// Whether there is no query at all.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The sources, sorted by name.
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    /// What query `q` reads; `None` for a query the job does not have.
+    pub fn input(&self, q: QueryId) -> Option<QueryInput> {
+        if q >= self.total {
+            return None;
+        }
+        let i = self.starts.partition_point(|s| *s <= q).checked_sub(1)?;
+        let s = &self.sources[i];
+        Some(QueryInput {
+            source: s.name.clone(),
+            entry: s.entries.map(|_| q - self.starts[i]),
+        })
+    }
+
+    /// The name a user sees for query `q`: the file's name, or `ARCHIVE!N` for the
+    /// Nth entry of an archive (results carry the entry's own name too).
+    pub fn display(&self, q: QueryId) -> String {
+        match self.input(q) {
+            Some(QueryInput {
+                source,
+                entry: Some(e),
+            }) => format!("{source}!{e}"),
+            Some(QueryInput { source, .. }) => source,
+            None => format!("#{q}"),
+        }
+    }
+}
+
 /// What the coordinator writes to SDFS when it accepts a job: enough to rebuild the
 /// job table from SDFS alone if coordinator and standby die together.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,8 +226,8 @@ pub struct JobManifest {
     pub model: String,
     /// The SDFS prefix (or folder) the client named.
     pub input: String,
-    /// The queries, sorted and without duplicates.
-    pub queries: Vec<QueryId>,
+    /// The queries: files and archives, sorted by name.
+    pub queries: Queries,
     /// Who submitted it (gets the acceptance and completion messages).
     pub client: NodeAddr,
     /// The client's id for the submission, so a resubmission is recognised.
@@ -129,12 +236,14 @@ pub struct JobManifest {
     pub submitted_at: Millis,
 }
 
-/// What a worker writes to `results/<job>/<query>`: the query's output, or its error.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One line of a batch's result object: one query's output, or its error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryResult {
     /// The job (as its id's text).
     pub job: String,
-    /// The query (the input's SDFS name).
+    /// The query's number in the job (its position in the sorted inputs).
+    pub q: QueryId,
+    /// The input's name: the SDFS file, or `ARCHIVE!ENTRY-NAME` for an archive entry.
     pub query: String,
     /// The model that ran it.
     pub model: String,
@@ -144,6 +253,9 @@ pub struct QueryResult {
     pub error: Option<String>,
     /// The network ran on synthetic weights: labels mean nothing.
     pub synthetic: bool,
+    /// Made by `dml bench scale`'s fixed-logits model, which computes nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bench_fixed_logits: bool,
     /// Processing time per query of its batch (ms).
     pub per_query_ms: f64,
     /// The worker that wrote it.
@@ -157,20 +269,24 @@ pub fn manifest_name(job: JobId) -> String {
     format!("jobs/{job}.manifest")
 }
 
-/// SDFS name of the result of one query. One name per (job, query): a query that runs
-/// twice writes the same name twice, which is why results count exactly once.
-pub fn result_name(job: JobId, query: &str) -> String {
-    format!("results/{job}/{query}")
+/// SDFS name of the result object of one run of a batch: one JSON line per query
+/// ([`QueryResult`]). Each dispatch has its own id, so two runs of the same queries write
+/// two objects; the coordinator's commit says which one counts for each query.
+pub fn result_name(job: JobId, batch: BatchId) -> String {
+    format!("results/{job}/batch-{batch}.jsonl")
 }
 
-/// The inverse of [`result_name`]; `None` for a name that is not a result.
-pub fn parse_result_name(name: &str) -> Option<(JobId, QueryId)> {
+/// The inverse of [`result_name`]; `None` for a name that is not a result object.
+pub fn parse_result_name(name: &str) -> Option<(JobId, BatchId)> {
     let rest = name.strip_prefix("results/")?;
-    let (job, query) = rest.split_once('/')?;
-    if query.is_empty() {
-        return None;
-    }
-    Some((job.parse().ok()?, query.to_string()))
+    let (job, obj) = rest.split_once('/')?;
+    let batch = obj.strip_prefix("batch-")?.strip_suffix(".jsonl")?;
+    let (e, n) = batch.split_once('.')?;
+    let batch = BatchId {
+        epoch: e.parse().ok()?,
+        seq: n.parse().ok()?,
+    };
+    Some((job.parse().ok()?, batch))
 }
 
 /// The job whose manifest or result an SDFS name is, if it is one.
@@ -319,24 +435,53 @@ mod tests {
     fn job_of_name_reads_manifests_and_results_only() {
         let j = JobId { epoch: 7, seq: 3 };
         assert_eq!(job_of_name(&manifest_name(j)), Some(j));
-        assert_eq!(job_of_name(&result_name(j, "inputs/a/b.png")), Some(j));
+        let b = BatchId { epoch: 7, seq: 9 };
+        assert_eq!(job_of_name(&result_name(j, b)), Some(j));
         assert_eq!(job_of_name("jobs/7-3.manifest.tmp"), None);
         assert_eq!(job_of_name("jobs/x.manifest"), None);
         assert_eq!(job_of_name("inputs/7-3.manifest"), None);
     }
 
     #[test]
-    fn result_names_round_trip_with_slashes_in_queries() {
+    fn result_names_round_trip() {
         let job = JobId { epoch: 3, seq: 12 };
-        let name = result_name(job, "images/cat.jpg");
-        assert_eq!(name, "results/3-12/images/cat.jpg");
-        assert_eq!(
-            parse_result_name(&name),
-            Some((job, "images/cat.jpg".to_string()))
-        );
+        let batch = BatchId { epoch: 4, seq: 77 };
+        let name = result_name(job, batch);
+        assert_eq!(name, "results/3-12/batch-4.77.jsonl");
+        assert_eq!(parse_result_name(&name), Some((job, batch)));
         assert_eq!(parse_result_name("results/3-12/"), None);
-        assert_eq!(parse_result_name("results/x/y"), None);
+        assert_eq!(parse_result_name("results/3-12/images/cat.jpg"), None);
+        assert_eq!(parse_result_name("results/x/batch-1.2.jsonl"), None);
         assert_eq!(parse_result_name("jobs/3-12.manifest"), None);
+    }
+
+    #[test]
+    fn queries_number_files_and_archive_entries_in_name_order() {
+        let src = |n: &str, e: Option<u32>| Source {
+            name: n.into(),
+            entries: e,
+        };
+        let q = Queries::new(vec![
+            src("in/c.jpg", None),
+            src("in/b.tar", Some(3)),
+            src("in/a.jpg", None),
+            src("in/empty.tar", Some(0)),
+            src("in/a.jpg", None),
+        ])
+        .unwrap();
+        assert_eq!(q.len(), 5);
+        let at = |i| q.input(i).map(|x| (x.source, x.entry));
+        assert_eq!(at(0), Some(("in/a.jpg".into(), None)));
+        assert_eq!(at(1), Some(("in/b.tar".into(), Some(0))));
+        assert_eq!(at(3), Some(("in/b.tar".into(), Some(2))));
+        assert_eq!(at(4), Some(("in/c.jpg".into(), None)));
+        assert_eq!(at(5), None);
+        assert_eq!(q.display(2), "in/b.tar!1");
+        assert!(Queries::new(vec![
+            src("x.tar", Some(u32::MAX)),
+            src("y.tar", Some(u32::MAX))
+        ])
+        .is_err());
     }
 
     #[test]

@@ -317,7 +317,8 @@ mod tests {
             batch: BatchId { epoch, seq },
             job: JobId { epoch: 1, seq: 1 },
             model: model.into(),
-            queries: vec!["q1".into(), "q2".into()],
+            queries: vec![0, 1],
+            inputs: Vec::new(),
         })
     }
 
@@ -355,7 +356,7 @@ mod tests {
             2,
             BatchId { epoch: 1, seq: 1 },
             Executed {
-                results_written: vec!["q1".into(), "q2".into()],
+                results_written: vec![0, 1],
                 failed: vec![],
                 compute_ms: 40,
             },

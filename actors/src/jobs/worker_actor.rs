@@ -1,6 +1,6 @@
 //! WorkerActor: the shell around the job [`Worker`] core. It runs the batches the
 //! coordinator assigns: fetches the inputs from SDFS, runs the model's ModelActor, writes
-//! one result per query into SDFS (before reporting, so a reported result is never lost),
+//! one result object per batch into SDFS (before reporting, so a reported result is never lost),
 //! and reports back through the [`Outbox`].
 //!
 //! Not supervised: its state (the newest term seen, the batches running, the reports not
@@ -9,13 +9,14 @@
 //! a failed node, whose batches the coordinator requeues.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use futures_util::future::join_all;
 use tracing::{debug, info, warn};
 
 use crate::clock;
+use crate::jobs::archive;
 use crate::jobs::model_actor::{ClassifyBatch, ModelActor};
 use crate::jobs::outbox::Outbox;
 use crate::jobs::types::{result_name, JobId};
@@ -37,6 +38,8 @@ pub struct WorkerActor {
     /// Jobs this node has started computing for: the first batch of each is logged as an
     /// event, which is when a job "starts executing" here.
     started: HashSet<JobId>,
+    /// Archives fetched for recent batches.
+    cache: Shared<ArchiveCache>,
 }
 
 impl WorkerActor {
@@ -52,6 +55,7 @@ impl WorkerActor {
             sdfs,
             models: Arc::new(models),
             started: HashSet::new(),
+            cache: Arc::default(),
         }
     }
 
@@ -79,20 +83,168 @@ impl WorkerActor {
         let me = self.outbox.me().clone();
         let batch = rb.batch;
         let first = self.started.insert(rb.job);
-        let work = async move { run_batch(rb, sdfs, models, me, first).await };
+        let cache = self.cache.clone();
+        let work = async move { run_batch(rb, sdfs, models, cache, me, first).await };
         ctx.spawn(work.into_actor(self).map(move |ex, act, ctx| {
             act.drive(Input::Executed { batch, ex }, ctx);
         }));
     }
 }
 
-/// Fetch, classify, write. Inputs that cannot be fetched and results that cannot be
-/// written are reported as failed (the coordinator retries them); an input that is not
-/// an image gets an error *result* (it was processed; its output is the error).
+/// Archives fetched for recent batches, by (job, SDFS name), at most [`CACHE_BYTES`] in
+/// all: the coordinator cuts batches from the head of a job's queue, so consecutive
+/// batches mostly read the same archive, and a worker fetches it once for all of them.
+#[derive(Default)]
+pub struct ArchiveCache {
+    map: HashMap<(JobId, String), CachedArchive>,
+    bytes: usize,
+    tick: u64,
+}
+
+struct CachedArchive {
+    data: Arc<Vec<u8>>,
+    entries: Arc<Vec<archive::Entry>>,
+    used: u64,
+}
+
+/// The most archive bytes a worker keeps between batches.
+pub const CACHE_BYTES: usize = 64 << 20;
+
+type Shared<T> = Arc<Mutex<T>>;
+
+/// An archive's bytes and its file entries.
+type Unpacked = (Arc<Vec<u8>>, Arc<Vec<archive::Entry>>);
+
+impl ArchiveCache {
+    fn get(&mut self, key: &(JobId, String)) -> Option<Unpacked> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.map.get_mut(key).map(|c| {
+            c.used = tick;
+            (c.data.clone(), c.entries.clone())
+        })
+    }
+
+    fn insert(
+        &mut self,
+        key: (JobId, String),
+        data: Arc<Vec<u8>>,
+        entries: Arc<Vec<archive::Entry>>,
+    ) {
+        if data.len() > CACHE_BYTES {
+            return;
+        }
+        self.tick += 1;
+        self.bytes += data.len();
+        if let Some(old) = self.map.insert(
+            key,
+            CachedArchive {
+                data,
+                entries,
+                used: self.tick,
+            },
+        ) {
+            self.bytes -= old.data.len();
+        }
+        while self.bytes > CACHE_BYTES {
+            let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(c) = self.map.remove(&oldest) {
+                self.bytes -= c.data.len();
+            }
+        }
+    }
+}
+
+/// One fetched input: the name a result shows, and the bytes to classify.
+type Fetched = Result<(String, Vec<u8>), String>;
+
+/// The inputs of a batch, in its order: each file fetched once, each archive fetched
+/// (or found in the cache) once and cut into its entries.
+async fn fetch_inputs(
+    rb: &RunBatch,
+    sdfs: &SdfsClient,
+    cache: &Shared<ArchiveCache>,
+) -> Vec<Fetched> {
+    let mut archives: HashMap<String, Result<Unpacked, String>> = HashMap::new();
+    for input in rb.inputs.iter().filter(|i| i.entry.is_some()) {
+        if archives.contains_key(&input.source) {
+            continue;
+        }
+        let key = (rb.job, input.source.clone());
+        let cached = cache.lock().ok().and_then(|mut c| c.get(&key));
+        let got = match cached {
+            Some(hit) => Ok(hit),
+            None => match sdfs.get_bytes(input.source.clone()).await {
+                Ok(bytes) => match archive::entries(&bytes) {
+                    Ok(es) => {
+                        let hit = (Arc::new(bytes), Arc::new(es));
+                        if let Ok(mut c) = cache.lock() {
+                            c.insert(key, hit.0.clone(), hit.1.clone());
+                        }
+                        Ok(hit)
+                    }
+                    Err(e) => Err(format!("{}: {e}", input.source)),
+                },
+                Err(e) => Err(e),
+            },
+        };
+        archives.insert(input.source.clone(), got);
+    }
+    let files = join_all(rb.inputs.iter().map(|i| {
+        let sdfs = sdfs.clone();
+        let name = i.source.clone();
+        let is_file = i.entry.is_none();
+        async move {
+            if is_file {
+                Some(sdfs.get_bytes(name).await)
+            } else {
+                None
+            }
+        }
+    }))
+    .await;
+    rb.inputs
+        .iter()
+        .zip(files)
+        .map(|(i, file)| match (i.entry, file) {
+            (None, Some(r)) => r.map(|b| (i.source.clone(), b)),
+            (Some(k), _) => match archives.get(&i.source) {
+                Some(Ok((data, es))) => match es.get(k as usize) {
+                    Some(e) => Ok((
+                        format!("{}!{}", i.source, e.name),
+                        data[e.offset..e.offset + e.len].to_vec(),
+                    )),
+                    None => Err(format!(
+                        "{} has {} entries, not {} (replaced since the job began?)",
+                        i.source,
+                        es.len(),
+                        k + 1
+                    )),
+                },
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(format!("{} not fetched", i.source)),
+            },
+            (None, None) => Err(format!("{} not fetched", i.source)),
+        })
+        .collect()
+}
+
+/// Fetch, classify, write one result object for the batch. Inputs that cannot be
+/// fetched are reported as failed (the coordinator retries them), and so is everything
+/// when the object cannot be written; an input that is not an image gets an error
+/// *result* (it was processed; its output is the error).
 async fn run_batch(
     rb: RunBatch,
     sdfs: SdfsClient,
     models: Arc<HashMap<String, Addr<ModelActor>>>,
+    cache: Shared<ArchiveCache>,
     me: NodeAddr,
     first_of_job: bool,
 ) -> Executed {
@@ -105,21 +257,26 @@ async fn run_batch(
             compute_ms: 0,
         };
     };
-    let fetched = join_all(rb.queries.iter().map(|q| sdfs.get_bytes(q.clone()))).await;
+    let fetched = fetch_inputs(&rb, &sdfs, &cache).await;
+    let mut queries = Vec::new();
     let mut names = Vec::new();
     let mut images = Vec::new();
     for (q, r) in rb.queries.iter().zip(fetched) {
         match r {
-            Ok(bytes) => {
-                names.push(q.clone());
+            Ok((name, bytes)) => {
+                queries.push(*q);
+                names.push(name);
                 images.push(bytes);
             }
             Err(e) => {
-                warn!(query = %q, "input not fetched: {e}");
-                failed.push(q.clone());
+                warn!(job = %rb.job, query = q, "input not fetched: {e}");
+                failed.push(*q);
             }
         }
     }
+    // A batch whose inputs list is shorter than its queries (a malformed message) fails
+    // the queries without an input.
+    failed.extend(rb.queries.iter().skip(rb.inputs.len()).copied());
     if names.is_empty() {
         return Executed {
             results_written: Vec::new(),
@@ -139,7 +296,7 @@ async fn run_batch(
         Ok(Ok(out)) => out,
         Ok(Err(e)) => {
             warn!("model failed: {e}");
-            failed.extend(names);
+            failed.extend(queries);
             return Executed {
                 results_written: Vec::new(),
                 failed,
@@ -148,7 +305,7 @@ async fn run_batch(
         }
         Err(e) => {
             warn!("model actor unavailable: {e}");
-            failed.extend(names);
+            failed.extend(queries);
             return Executed {
                 results_written: Vec::new(),
                 failed,
@@ -158,41 +315,44 @@ async fn run_batch(
     };
     let per_query_ms = out.compute_ms / names.len() as f64;
     let wall = clock::wall_ms();
-    let writes = names.iter().zip(out.results).map(|(q, r)| {
+    let mut object = Vec::with_capacity(names.len() * 400);
+    for ((q, name), r) in queries.iter().zip(names).zip(out.results) {
         let (top5, error) = match r {
             Ok(p) => (p.top5, None),
             Err(e) => (Vec::new(), Some(e)),
         };
         let result = QueryResult {
             job: rb.job.to_string(),
-            query: q.clone(),
+            q: *q,
+            query: name,
             model: rb.model.clone(),
             top5,
             error,
             synthetic: out.synthetic,
+            bench_fixed_logits: out.fixed_logits,
             per_query_ms,
             worker: me.to_string(),
             at_wall_ms: wall,
         };
-        let data = serde_json::to_vec(&result).unwrap_or_default();
-        let sdfs = sdfs.clone();
-        let name = result_name(rb.job, q);
-        async move { (q.clone(), sdfs.put_bytes(name, data).await) }
-    });
-    let mut written = Vec::new();
-    for (q, r) in join_all(writes).await {
-        match r {
-            Ok(_) => written.push(q),
-            Err(e) => {
-                warn!(query = %q, "result not written: {e}");
-                failed.push(q);
-            }
+        if serde_json::to_writer(&mut object, &result).is_ok() {
+            object.push(b'\n');
         }
     }
-    Executed {
-        results_written: written,
-        failed,
-        compute_ms: out.compute_ms.round() as u64,
+    match sdfs.put_bytes(result_name(rb.job, rb.batch), object).await {
+        Ok(_) => Executed {
+            results_written: queries,
+            failed,
+            compute_ms: out.compute_ms.round() as u64,
+        },
+        Err(e) => {
+            warn!(job = %rb.job, batch = %rb.batch, "results not written: {e}");
+            failed.extend(queries);
+            Executed {
+                results_written: Vec::new(),
+                failed,
+                compute_ms: out.compute_ms.round() as u64,
+            }
+        }
     }
 }
 

@@ -59,7 +59,7 @@ pub fn command_route(cmd: &Command) -> To {
         | Command::Delete { .. }
         | Command::Ls { .. }
         | Command::LsPrefix { .. }
-        | Command::Store => To::Sdfs,
+        | Command::Store { .. } => To::Sdfs,
         Command::C1
         | Command::C2
         | Command::C3 { .. }
@@ -82,7 +82,7 @@ pub fn is_read_only(cmd: &Command) -> bool {
         | Command::TransferEnd { .. }
         | Command::Ls { .. }
         | Command::LsPrefix { .. }
-        | Command::Store
+        | Command::Store { .. }
         | Command::C1
         | Command::C2
         | Command::C4Results { .. }

@@ -380,6 +380,17 @@ impl<B: Serialize> Responder<B> {
     /// Sends the reply. Never waits: if the connection's queue is full or the connection
     /// is gone, the reply is not sent and the error says why.
     pub fn respond(self, body: B) -> Result<(), TransportError> {
+        self.respond_or(body, |_| None)
+    }
+
+    /// Sends the reply or, when it is too large for one frame, what `too_large` makes of
+    /// that error instead, so that the asker learns why rather than waiting out its
+    /// timeout. The error is returned in that case too.
+    pub fn respond_or(
+        self,
+        body: B,
+        too_large: impl FnOnce(&WireError) -> Option<B>,
+    ) -> Result<(), TransportError> {
         match self.kind {
             ResponderKind::Local(tx) => tx.send(body).map_err(|_| TransportError::Closed),
             ResponderKind::Conn {
@@ -390,8 +401,18 @@ impl<B: Serialize> Responder<B> {
                 shared,
             } => {
                 let id = shared.next_id();
-                let frame =
-                    wire::encode_frame_max(&Envelope::reply(id, reply_to, body), shared.max_frame)?;
+                let encode =
+                    |b| wire::encode_frame_max(&Envelope::reply(id, reply_to, b), shared.max_frame);
+                let (frame, refused) = match encode(body) {
+                    Ok(frame) => (frame, None),
+                    Err(e @ WireError::FrameTooLarge { .. }) => {
+                        match too_large(&e).and_then(|b| encode(b).ok()) {
+                            Some(frame) => (frame, Some(e)),
+                            None => return Err(e.into()),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 if shared.drops(lane) {
                     debug!(%peer, %lane, "simulated loss: reply dropped");
                     return Ok(());
@@ -399,7 +420,8 @@ impl<B: Serialize> Responder<B> {
                 tx.try_send(Outgoing { id, frame }).map_err(|e| match e {
                     TrySendError::Full(_) => TransportError::QueueFull { peer, lane },
                     TrySendError::Closed(_) => TransportError::Closed,
-                })
+                })?;
+                refused.map_or(Ok(()), |e| Err(e.into()))
             }
         }
     }

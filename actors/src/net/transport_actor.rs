@@ -14,8 +14,8 @@ use crate::jobs::worker_actor::{self, WorkerActor};
 use crate::membership::membership_actor::{Exec, FromPeer, MembershipActor};
 use crate::net::body::Body;
 use crate::net::route::{command_route, is_read_only, route, To};
-use crate::net::transport::{Inbound, Responder};
-use crate::net::wire::{Access, Grant};
+use crate::net::transport::{Inbound, Responder, TransportError};
+use crate::net::wire::{Access, Grant, WireError};
 use crate::sdfs::sdfs_actor::{self, SdfsActor};
 
 /// Where the messages of each protocol go.
@@ -60,11 +60,21 @@ fn answer(responder: Option<Responder<Body>>, rx: oneshot::Receiver<Outcome>) {
             .await
             .unwrap_or_else(|_| Err("the node dropped the command (shutting down?)".into()));
         if let Some(r) = responder {
-            if let Err(e) = r.respond(Body::Outcome(outcome)) {
-                debug!("reply not delivered: {e}");
+            // A reply over the frame cap would otherwise leave the tool waiting out its
+            // timeout with no word of why: it gets the reason instead.
+            let too_large = |e: &WireError| Some(Body::Outcome(Err(too_large(e))));
+            match r.respond_or(Body::Outcome(outcome), too_large) {
+                Ok(()) => {}
+                Err(e @ TransportError::Wire(_)) => warn!("reply not sent: {e}"),
+                Err(e) => debug!("reply not delivered: {e}"),
             }
         }
     });
+}
+
+/// What the tool reads when its answer does not fit in one frame.
+pub fn too_large(e: &WireError) -> String {
+    format!("the answer is too large to send ({e}); ask for less (a listing: a smaller --limit)")
 }
 
 impl StreamHandler<Inbound<Body>> for TransportActor {

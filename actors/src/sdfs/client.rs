@@ -35,10 +35,25 @@ impl SdfsClient {
         rx.await.map_err(|_| DROPPED.to_string())?
     }
 
-    /// The names that start with `prefix`.
+    /// The names that start with `prefix`, sorted, asked page by page (each node's
+    /// answer stays one bounded message however many names there are).
     pub async fn list_prefix(&self, prefix: String) -> Result<Vec<String>, String> {
-        let (reply, rx) = oneshot::channel();
-        self.sdfs.do_send(ListPrefix { prefix, reply });
-        rx.await.map_err(|_| DROPPED.to_string())?
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            let prefix = prefix.clone();
+            self.sdfs.do_send(ListPrefix {
+                prefix,
+                after,
+                reply,
+            });
+            let (names, next) = rx.await.map_err(|_| DROPPED.to_string())??;
+            all.extend(names);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
+        }
     }
 }

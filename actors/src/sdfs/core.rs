@@ -151,12 +151,23 @@ pub enum Command {
     Ls {
         name: SdfsName,
     },
+    /// One page of the live names under `prefix` across the cluster: those after
+    /// `after`, at most `limit` (capped at [`PAGE_MAX`]).
     LsPrefix {
         prefix: String,
+        after: Option<String>,
+        limit: usize,
     },
-    /// What this node holds.
-    Store,
+    /// One page of what this node holds (cursor and limit as for `LsPrefix`).
+    Store {
+        after: Option<String>,
+        limit: usize,
+    },
 }
+
+/// Most names in one listing page (a node's answer to a listing and the merged page);
+/// [`crate::sdfs::PAGE_BYTES`] bounds the page's bytes as well.
+pub const PAGE_MAX: usize = 10_000;
 
 /// Timers the core asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -234,8 +245,16 @@ pub enum Reply {
         name: SdfsName,
         versions: Vec<VersionInfo>,
     },
-    Names(Vec<SdfsName>),
-    Store(Vec<Holding>),
+    /// A page of names; `next`: more follow, from after this name.
+    Names {
+        names: Vec<SdfsName>,
+        next: Option<SdfsName>,
+    },
+    /// A page of this node's holdings; `next` as for `Names`.
+    Store {
+        holdings: Vec<Holding>,
+        next: Option<SdfsName>,
+    },
 }
 
 /// Why a client command failed. Nothing partial becomes visible on failure; a failed
@@ -416,8 +435,13 @@ struct DeleteOp {
 #[derive(Debug)]
 struct ListOp {
     prefix: String,
+    after: Option<String>,
+    limit: usize,
     waiting: BTreeSet<NodeAddr>,
     names: BTreeSet<SdfsName>,
+    /// The smallest last name of the answers that had more: names past it may be
+    /// missing from this page, so it ends there at the latest.
+    cut: Option<SdfsName>,
     /// When the nodes still `waiting` were last asked (a lost answer is asked again).
     asked_at: Millis,
 }

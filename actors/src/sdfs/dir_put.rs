@@ -130,6 +130,21 @@ impl DirPut {
         }
     }
 
+    /// Files in the put.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Files done so far, stored or failed.
+    pub fn finished(&self) -> usize {
+        self.stored.len() + self.errors.len()
+    }
+
+    /// Files that failed so far.
+    pub fn failed(&self) -> usize {
+        self.errors.len()
+    }
+
     /// Whether every file is done.
     pub fn is_done(&self) -> bool {
         self.running == 0 && self.queue.is_empty()
@@ -207,6 +222,7 @@ mod tests {
         d.file_done(started[0].1.as_str(), Err("disk on fire".into()));
         d.file_done(started[1].1.as_str(), Ok(1));
         assert!(d.is_done());
+        assert_eq!((d.total(), d.finished(), d.failed()), (2, 2, 1));
         assert_eq!(
             d.result(),
             Err("put d/: 1 of 2 files failed; first: d/f0: disk on fire".into())

@@ -127,13 +127,18 @@ pub enum Msg {
         op: OpId,
         error: RemoteError,
     },
+    /// One page of a node's live names under `prefix`: after `after`, at most `limit`.
     ListPrefix {
         op: OpId,
         prefix: String,
+        after: Option<String>,
+        limit: u32,
     },
+    /// `more`: the node holds names past the last one sent.
     ListReply {
         op: OpId,
         names: Vec<SdfsName>,
+        more: bool,
     },
 
     // ---- primary <-> replicas (control) ----

@@ -44,6 +44,13 @@ pub enum NameError {
 #[serde(try_from = "String", into = "String")]
 pub struct SdfsName(String);
 
+/// Names order as their text, so a sorted set of names can be searched by text.
+impl std::borrow::Borrow<str> for SdfsName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl SdfsName {
     /// Checks `s` and wraps it. Rejects what could ever be read as a path escape even
     /// though the store never uses the name as a path: the console shows these names and

@@ -40,7 +40,7 @@ use crate::sdfs::scp;
 use crate::sdfs::sessions::{Data, Kind, Sessions, Want, SPOOL_DIR};
 use crate::sdfs::{
     Command as SdfsCommand, Effect, Event, Input, LocalStore, OpId, Reply, SdfsConfig, SdfsCore,
-    SdfsError, SdfsName, StoreConfig,
+    SdfsError, SdfsName, StoreConfig, PAGE_MAX,
 };
 use crate::types::Millis;
 use crate::types::NodeAddr;
@@ -84,13 +84,18 @@ pub struct GetBytes {
     pub reply: oneshot::Sender<Result<Vec<u8>, String>>,
 }
 
-/// Names under a prefix (used by inference jobs).
+/// One page of the names under a prefix, after `after` (used by inference jobs): the
+/// names and the cursor of the next page, if any.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ListPrefix {
     pub prefix: String,
-    pub reply: oneshot::Sender<Result<Vec<String>, String>>,
+    pub after: Option<String>,
+    pub reply: oneshot::Sender<Result<NamesPage, String>>,
 }
+
+/// A page of names and the cursor of the next one.
+pub type NamesPage = (Vec<String>, Option<String>);
 
 /// A staging copy (scp) finished on its thread.
 #[derive(Message)]
@@ -115,7 +120,7 @@ enum Done {
     Stream(u64),
     PutBytes(oneshot::Sender<Result<u64, String>>),
     GetBytes(oneshot::Sender<Result<Vec<u8>, String>>),
-    List(oneshot::Sender<Result<Vec<String>, String>>),
+    List(oneshot::Sender<Result<NamesPage, String>>),
 }
 
 struct OpState {
@@ -415,7 +420,10 @@ impl SdfsActor {
             }
             Done::List(tx) => {
                 let _ = tx.send(result.and_then(|r| match r {
-                    Reply::Names(names) => Ok(names.into_iter().map(|n| n.to_string()).collect()),
+                    Reply::Names { names, next } => Ok((
+                        names.into_iter().map(|n| n.to_string()).collect(),
+                        next.map(|n| n.to_string()),
+                    )),
                     other => Err(format!("unexpected reply {other:?}")),
                 }));
             }
@@ -503,10 +511,24 @@ impl SdfsActor {
             Command::Ls { name: n } => {
                 name(&n).map(|sdfs| (Source::None, Sink::None, SdfsCommand::Ls { name: sdfs }))
             }
-            Command::LsPrefix { prefix } => {
-                Ok((Source::None, Sink::None, SdfsCommand::LsPrefix { prefix }))
+            Command::LsPrefix {
+                prefix,
+                after,
+                limit,
+            } => {
+                let limit = limit.unwrap_or(PAGE_MAX);
+                let cmd = SdfsCommand::LsPrefix {
+                    prefix,
+                    after,
+                    limit,
+                };
+                Ok((Source::None, Sink::None, cmd))
             }
-            Command::Store => Ok((Source::None, Sink::None, SdfsCommand::Store)),
+            Command::Store { after, limit } => {
+                let limit = limit.unwrap_or(PAGE_MAX);
+                let cmd = SdfsCommand::Store { after, limit };
+                Ok((Source::None, Sink::None, cmd))
+            }
             other => Err(format!("{other:?} is not an SDFS command")),
         };
         match prepared {
@@ -714,7 +736,12 @@ impl Handler<ListPrefix> for SdfsActor {
     type Result = ();
     fn handle(&mut self, m: ListPrefix, ctx: &mut Context<Self>) {
         let op = self.new_op(Source::None, Sink::None, Done::List(m.reply));
-        self.start(op, SdfsCommand::LsPrefix { prefix: m.prefix }, ctx);
+        let cmd = SdfsCommand::LsPrefix {
+            prefix: m.prefix,
+            after: m.after,
+            limit: PAGE_MAX,
+        };
+        self.start(op, cmd, ctx);
     }
 }
 

@@ -17,10 +17,13 @@
 //! visible only by `rename` after `fsync`, so a crash leaves either the whole version or
 //! nothing (plus a temp file that the next `open` deletes).
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -137,12 +140,26 @@ pub struct Holding {
     pub tombstone: Version,
 }
 
+/// Bytes of names in one listing page, so that a page (as text and JSON) stays far
+/// below the 16 MiB frame cap whatever the names' lengths.
+pub const PAGE_BYTES: usize = 2 << 20;
+
+/// A page of [`LocalStore::page`]; `more`: names after the last item may exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Holding>,
+    pub more: bool,
+}
+
 /// Handle on a data directory. Cheap to clone; all state lives on disk, so clones on
-/// other threads see the same store.
+/// other threads see the same store. The one thing kept in memory, shared by the clones,
+/// is the sorted set of names for listings (built on the first listing; name directories
+/// are only ever created, through this handle, so it cannot go stale).
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
     keep: usize,
+    names: Arc<Mutex<Option<BTreeSet<SdfsName>>>>,
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -156,6 +173,7 @@ impl LocalStore {
         let store = LocalStore {
             root,
             keep: cfg.keep_versions.max(1),
+            names: Arc::default(),
         };
         let tmp = store.tmp_dir();
         if tmp.exists() {
@@ -230,6 +248,9 @@ impl LocalStore {
             // Only succeeds while the directory is empty, i.e. it was made just now.
             let _ = fs::remove_dir(&dir);
             return Err(e);
+        }
+        if let Some(names) = self.names_index().as_mut() {
+            names.insert(name.clone());
         }
         Ok(dir)
     }
@@ -438,6 +459,63 @@ impl LocalStore {
         let mut names = self.names()?;
         names.retain(|n| n.as_str().starts_with(prefix));
         Ok(names)
+    }
+
+    /// One page of a listing, in name order: the names under `prefix` that sort after
+    /// `after`, at most `limit` of them and about [`PAGE_BYTES`] of names (at least one).
+    /// `live_only`: names with a live version (`ls-prefix`); otherwise deleted names
+    /// with their tombstone too (`store`).
+    pub fn page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        live_only: bool,
+    ) -> Result<Page, StoreError> {
+        let mut index = self.names_index();
+        if index.is_none() {
+            let mut all = BTreeSet::new();
+            for dir in self.name_dirs()? {
+                all.extend(read_name(&dir)?);
+            }
+            *index = Some(all);
+        }
+        let Some(names) = index.as_ref() else {
+            return Ok(Page::default());
+        };
+        let from = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let mut rest = names
+            .range::<str, _>((from, Bound::Unbounded))
+            .take_while(|n| n.as_str().starts_with(prefix));
+        let (mut items, mut bytes) = (Vec::new(), 0);
+        for name in rest.by_ref() {
+            let versions = self.versions(name)?;
+            let tombstone = if live_only { 0 } else { self.tombstone(name)? };
+            if versions.is_empty() && tombstone == 0 {
+                continue;
+            }
+            bytes += name.as_str().len();
+            items.push(Holding {
+                name: name.clone(),
+                versions,
+                tombstone,
+            });
+            if items.len() >= limit.max(1) || bytes >= PAGE_BYTES {
+                break;
+            }
+        }
+        Ok(Page {
+            items,
+            more: rest.next().is_some(),
+        })
+    }
+
+    /// The names index (see [`LocalStore`]); a poisoned lock still holds a valid set.
+    fn names_index(&self) -> MutexGuard<'_, Option<BTreeSet<SdfsName>>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes on disk of all committed versions (headers included).

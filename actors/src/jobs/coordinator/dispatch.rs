@@ -95,7 +95,7 @@ impl Primary {
             .state
             .jobs
             .get(&e.job)
-            .is_some_and(|j| e.queries.iter().any(|q| !j.is_done(q)));
+            .is_some_and(|j| e.queries.iter().any(|q| !j.is_done(*q)));
         batch == e.group && copies == 1 && open && !self.reissue.contains(&batch)
     }
 
@@ -111,8 +111,8 @@ impl Primary {
         let open: Vec<QueryId> = e
             .queries
             .iter()
-            .filter(|q| !job.is_done(q) && only.is_none_or(|o| o.contains(q)))
-            .cloned()
+            .filter(|q| !job.is_done(**q) && only.is_none_or(|o| o.contains(q)))
+            .copied()
             .collect();
         if open.is_empty() {
             return;
@@ -190,13 +190,13 @@ impl Primary {
         let allowed = |q: &QueryId| {
             entry
                 .as_ref()
-                .map_or_else(|| job.has_query(q), |e| e.queries.contains(q))
+                .map_or_else(|| job.has_query(*q), |e| e.queries.contains(q))
         };
         let mut ok: Vec<QueryId> = done
             .results_written
             .iter()
-            .filter(|q| allowed(q) && !job.is_done(q))
-            .cloned()
+            .filter(|q| allowed(q) && !job.is_done(**q))
+            .copied()
             .collect();
         ok.sort();
         ok.dedup();
@@ -206,8 +206,8 @@ impl Primary {
         let mut unfinished: Vec<QueryId> = done
             .failed
             .iter()
-            .filter(|q| allowed(q) && !job.is_done(q) && !ok.contains(q))
-            .cloned()
+            .filter(|q| allowed(q) && !job.is_done(**q) && ok.binary_search(q).is_err())
+            .copied()
             .collect();
         if let Some(e) = &entry {
             // Queries the worker neither wrote nor reported as failed count as failed.
@@ -217,15 +217,15 @@ impl Primary {
                     .filter(|q| {
                         !done.results_written.contains(q)
                             && !done.failed.contains(q)
-                            && !job.is_done(q)
+                            && !job.is_done(**q)
                     })
-                    .cloned(),
+                    .copied(),
             );
         }
         unfinished.sort();
         unfinished.dedup();
         for q in unfinished {
-            let n = self.attempts.entry((done.job, q.clone())).or_insert(0);
+            let n = self.attempts.entry((done.job, q)).or_insert(0);
             *n += 1;
             if *n >= cx.cfg.max_attempts {
                 failed.push(q);
@@ -238,10 +238,11 @@ impl Primary {
             self.seq
         } else {
             for q in ok.iter().chain(&failed) {
-                self.attempts.remove(&(done.job, q.clone()));
+                self.attempts.remove(&(done.job, *q));
             }
             let commit = Commit {
                 job: done.job,
+                batch: done.batch,
                 ok,
                 failed,
                 per_query_ms: done.compute_ms as f64 / processed as f64,
@@ -264,7 +265,7 @@ impl Primary {
                 .state
                 .jobs
                 .get(&e.job)
-                .is_some_and(|j| e.queries.iter().all(|q| j.is_done(q)));
+                .is_some_and(|j| e.queries.iter().all(|q| j.is_done(*q)));
             if finished {
                 self.reissue.retain(|b| *b != e.group);
             }
@@ -279,7 +280,7 @@ impl Primary {
                     msg: Msg::JobCompleted {
                         job: done.job,
                         ok,
-                        failed: j.outcomes.len() as u64 - ok,
+                        failed: j.failed,
                     },
                 });
                 self.queues.remove(&done.job);
@@ -294,7 +295,7 @@ impl Primary {
         let (Some(queue), Some(j)) = (self.queues.get_mut(&job), cx.state.jobs.get(&job)) else {
             return false;
         };
-        while queue.front().is_some_and(|q| j.is_done(q)) {
+        while queue.front().is_some_and(|q| j.is_done(*q)) {
             queue.pop_front();
         }
         !queue.is_empty()
@@ -337,8 +338,8 @@ impl Primary {
                 Some(j) => orig
                     .queries
                     .iter()
-                    .filter(|q| !j.is_done(q))
-                    .cloned()
+                    .filter(|q| !j.is_done(**q))
+                    .copied()
                     .collect(),
                 None => Vec::new(),
             };
@@ -389,7 +390,7 @@ impl Primary {
             if let Some(queue) = self.queues.get_mut(&job) {
                 while batch.len() < size {
                     let Some(q) = queue.pop_front() else { break };
-                    if !j.is_done(&q) {
+                    if !j.is_done(q) {
                         batch.push(q);
                     }
                 }
@@ -431,6 +432,13 @@ impl Primary {
                 timer: Timer::BatchDeadline { batch: id },
             });
         }
+        let inputs = match cx.state.jobs.get(&job) {
+            Some(j) => queries
+                .iter()
+                .filter_map(|q| j.manifest.queries.input(*q))
+                .collect(),
+            None => Vec::new(),
+        };
         cx.fx.push(Effect::Send {
             to: w.clone(),
             msg: Msg::RunBatch(RunBatch {
@@ -439,6 +447,7 @@ impl Primary {
                 job,
                 model: model.clone(),
                 queries: queries.clone(),
+                inputs,
             }),
         });
         self.in_flight.insert(

@@ -107,12 +107,8 @@ impl Coordinator {
             p.workers.insert(m.clone(), Slot::default());
         }
         for j in self.state.jobs.values().filter(|j| !j.is_complete()) {
-            let q: VecDeque<QueryId> = j
-                .manifest
-                .queries
-                .iter()
-                .filter(|q| !j.is_done(q))
-                .cloned()
+            let q: VecDeque<QueryId> = (0..j.manifest.queries.len())
+                .filter(|q| !j.is_done(*q))
                 .collect();
             p.queues.insert(j.manifest.id, q);
         }

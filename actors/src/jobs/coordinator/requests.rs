@@ -6,7 +6,7 @@ use super::{Coordinator, Effect, PendingAck};
 use crate::jobs::error::JobError;
 use crate::jobs::msg::{Msg, StatusKind};
 use crate::jobs::record::Record;
-use crate::jobs::types::{JobId, JobManifest, QueryId};
+use crate::jobs::types::{JobId, JobManifest, Queries, Source, MAX_QUERIES};
 use crate::types::{Millis, NodeAddr};
 
 impl Coordinator {
@@ -51,7 +51,7 @@ impl Coordinator {
         request_id: u64,
         model: &str,
         input: &str,
-        queries: Vec<QueryId>,
+        sources: Vec<Source>,
     ) -> Vec<Effect> {
         let mut fx = Vec::new();
         if !self.is_primary() {
@@ -62,9 +62,18 @@ impl Coordinator {
             self.reack_job(now, job, &mut fx);
             return fx;
         }
-        let mut queries: Vec<QueryId> = queries.into_iter().filter(|q| !q.is_empty()).collect();
-        queries.sort();
-        queries.dedup();
+        let queries = match Queries::new(sources) {
+            Ok(q) => q,
+            Err(n) => {
+                let error = JobError::TooManyQueries {
+                    input: input.to_string(),
+                    queries: n,
+                    max: MAX_QUERIES,
+                };
+                self.refuse(&client, request_id, error, &mut fx);
+                return fx;
+            }
+        };
         if queries.is_empty() {
             let error = JobError::NoInputs {
                 input: input.to_string(),
@@ -87,9 +96,8 @@ impl Coordinator {
         });
         self.with_primary(now, &mut fx, |p, cx| {
             let id = manifest.id;
-            let n = manifest.queries.len() as u64;
-            p.queues
-                .insert(id, manifest.queries.iter().cloned().collect());
+            let n = u64::from(manifest.queries.len());
+            p.queues.insert(id, (0..manifest.queries.len()).collect());
             let seq = p.log(cx, Record::JobAccepted { manifest });
             p.pending.push(PendingAck {
                 seq,
@@ -125,7 +133,7 @@ impl Coordinator {
                 msg: Msg::JobAccepted {
                     request_id,
                     job,
-                    queries: n as u64,
+                    queries: u64::from(n),
                 },
             });
             p.release(cx);
@@ -207,13 +215,13 @@ impl Coordinator {
         fx: &mut Vec<Effect>,
     ) {
         if self.is_primary() {
-            fx.push(Effect::Send {
-                to: from.clone(),
-                msg: Msg::StatusReply {
-                    request_id,
-                    report: self.status(now, kind),
-                },
-            });
+            match self.status(now, kind) {
+                Ok(report) => fx.push(Effect::Send {
+                    to: from.clone(),
+                    msg: Msg::StatusReply { request_id, report },
+                }),
+                Err(error) => self.refuse(from, request_id, error, fx),
+            }
         } else {
             self.refuse(from, request_id, self.not_coordinator(), fx);
         }

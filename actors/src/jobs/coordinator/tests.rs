@@ -26,7 +26,13 @@ fn listed(client: &str, request_id: u64, queries: &[&str]) -> Input {
         request_id,
         model: "resnet50".into(),
         input: "in/".into(),
-        queries: queries.iter().map(|q| q.to_string()).collect(),
+        sources: queries
+            .iter()
+            .map(|q| Source {
+                name: q.to_string(),
+                entries: None,
+            })
+            .collect(),
     }
 }
 
@@ -96,8 +102,8 @@ fn a_query_that_keeps_failing_is_committed_as_failed_after_max_attempts() {
             term: b.term.clone(),
             batch: b.batch,
             job: b.job,
-            results_written: vec!["in/a".into()],
-            failed: vec!["in/b".into()],
+            results_written: vec![0],
+            failed: vec![1],
             compute_ms: 30,
         };
         let fx = c.handle(
@@ -110,7 +116,8 @@ fn a_query_that_keeps_failing_is_committed_as_failed_after_max_attempts() {
         rb = run_batches(&fx);
         if attempt == 1 {
             assert_eq!(rb.len(), 1, "in/b retried");
-            assert_eq!(rb[0].queries, vec!["in/b".to_string()]);
+            assert_eq!(rb[0].queries, vec![1]);
+            assert_eq!(rb[0].inputs[0].source, "in/b");
         } else {
             assert!(rb.is_empty());
             assert!(sends(&fx).iter().any(|(_, m)| matches!(

@@ -5,11 +5,12 @@ use std::collections::{BTreeSet, VecDeque};
 
 use crate::sdfs::msg::{Msg, OpId, RemoteError};
 use crate::sdfs::name::SdfsName;
+use crate::sdfs::store::Page;
 use crate::types::{Millis, NodeAddr};
 
 use super::{
-    ClientOp, Command, Ctl, DeleteOp, Effect, Event, ListOp, PutOp, PutStage, ReadKind, ReadOp,
-    Reply, SdfsCore, SdfsError,
+    ClientOp, Command, Ctl, DeleteOp, Event, ListOp, PutOp, PutStage, ReadKind, ReadOp, Reply,
+    SdfsCore, SdfsError, PAGE_MAX,
 };
 
 impl SdfsCore {
@@ -27,19 +28,21 @@ impl SdfsCore {
                 }
             }
             Msg::Refused { op, error } => self.on_refused(op, error),
-            Msg::ListPrefix { op, prefix } => {
-                let names = self.store.names_with_prefix(&prefix).unwrap_or_else(|e| {
-                    self.out.push(Effect::Event(Event::StoreFailure {
-                        what: e.to_string(),
-                    }));
-                    Vec::new()
-                });
-                self.send(&from, Msg::ListReply { op, names });
+            Msg::ListPrefix {
+                op,
+                prefix,
+                after,
+                limit,
+            } => {
+                let page = self.page(&prefix, after.as_deref(), limit as usize, true);
+                let names = page.items.into_iter().map(|h| h.name).collect();
+                let more = page.more;
+                self.send(&from, Msg::ListReply { op, names, more });
             }
-            Msg::ListReply { op, names } => {
+            Msg::ListReply { op, names, more } => {
                 if let Some(ClientOp::List(l)) = self.ops.get_mut(&op) {
                     if l.waiting.remove(&from) {
-                        l.names.extend(names);
+                        l.add(names, more);
                     }
                 }
                 self.maybe_finish_list(op);
@@ -86,55 +89,64 @@ impl SdfsCore {
                 );
                 self.ctl_send(op);
             }
-            Command::LsPrefix { prefix } => {
-                let mut names = BTreeSet::new();
-                match self.store.names_with_prefix(&prefix) {
-                    Ok(local) => names.extend(local),
-                    Err(e) => self.log(Event::StoreFailure {
-                        what: e.to_string(),
-                    }),
-                }
+            Command::LsPrefix {
+                prefix,
+                after,
+                limit,
+            } => {
+                let limit = limit.clamp(1, PAGE_MAX);
+                let local = self.page(&prefix, after.as_deref(), limit, true);
                 let me = self.cfg.me.clone();
                 let waiting: BTreeSet<NodeAddr> =
                     self.ring.members().filter(|m| **m != me).cloned().collect();
-                for m in &waiting {
-                    self.send(
-                        m,
-                        Msg::ListPrefix {
-                            op,
-                            prefix: prefix.clone(),
-                        },
-                    );
-                }
-                let asked_at = self.now;
-                self.ops.insert(
-                    op,
-                    ClientOp::List(ListOp {
-                        prefix,
-                        waiting,
-                        names,
-                        asked_at,
-                    }),
+                let mut list = ListOp {
+                    prefix,
+                    after,
+                    limit,
+                    waiting,
+                    names: BTreeSet::new(),
+                    cut: None,
+                    asked_at: self.now,
+                };
+                list.add(
+                    local.items.into_iter().map(|h| h.name).collect(),
+                    local.more,
                 );
+                self.ops.insert(op, ClientOp::List(list));
+                self.resend_list(op);
                 self.maybe_finish_list(op);
             }
-            Command::Store => {
+            Command::Store { after, limit } => {
                 // Deleted names are listed with their tombstone (and no versions): a
                 // copy elsewhere that missed the delete is then recognisable as stale.
+                let limit = limit.clamp(1, PAGE_MAX);
                 let result = self
                     .store
-                    .holdings()
-                    .map(|hs| {
-                        Reply::Store(
-                            hs.into_iter()
-                                .filter(|h| !h.versions.is_empty() || h.tombstone > 0)
-                                .collect(),
-                        )
+                    .page("", after.as_deref(), limit, false)
+                    .map(|p| Reply::Store {
+                        next: match p.more {
+                            true => p.items.last().map(|h| h.name.clone()),
+                            false => None,
+                        },
+                        holdings: p.items,
                     })
                     .map_err(|e| SdfsError::Store(e.to_string()));
                 self.reply(op, result);
             }
         }
+    }
+
+    /// A page of this node's live names (empty, logged, when the store fails).
+    fn page(&mut self, prefix: &str, after: Option<&str>, limit: usize, live: bool) -> Page {
+        let limit = limit.clamp(1, PAGE_MAX);
+        self.store
+            .page(prefix, after, limit, live)
+            .unwrap_or_else(|e| {
+                self.log(Event::StoreFailure {
+                    what: e.to_string(),
+                });
+                Page::default()
+            })
     }
 
     pub(super) fn start_read(&mut self, op: OpId, name: SdfsName, kind: ReadKind) {
@@ -358,7 +370,7 @@ impl SdfsCore {
         }
     }
 
-    /// Asks the nodes that have not answered a listing again (a lost answer would
+    /// Asks the nodes that have not answered a listing (again: a lost answer would
     /// otherwise leave it waiting for ever; a repeated answer is ignored).
     pub(super) fn resend_list(&mut self, op: OpId) {
         let now = self.now;
@@ -366,10 +378,17 @@ impl SdfsCore {
             return;
         };
         l.asked_at = now;
-        let (prefix, nodes) = (l.prefix.clone(), l.waiting.clone());
+        let nodes = l.waiting.clone();
+        let (prefix, after, limit) = (l.prefix.clone(), l.after.clone(), l.limit as u32);
         for n in nodes {
-            let prefix = prefix.clone();
-            self.send(&n, Msg::ListPrefix { op, prefix });
+            let (prefix, after) = (prefix.clone(), after.clone());
+            let msg = Msg::ListPrefix {
+                op,
+                prefix,
+                after,
+                limit,
+            };
+            self.send(&n, msg);
         }
     }
 
@@ -378,8 +397,38 @@ impl SdfsCore {
             return;
         }
         if let Some(ClientOp::List(l)) = self.ops.remove(&op) {
-            self.reply(op, Ok(Reply::Names(l.names.into_iter().collect())));
+            let (names, next) = l.merged();
+            self.reply(op, Ok(Reply::Names { names, next }));
         }
+    }
+}
+
+impl ListOp {
+    /// One node's answer: its names, and whether it holds more past the last.
+    fn add(&mut self, names: Vec<SdfsName>, more: bool) {
+        if more {
+            if let Some(last) = names.last() {
+                if self.cut.as_ref().is_none_or(|c| last < c) {
+                    self.cut = Some(last.clone());
+                }
+            }
+        }
+        self.names.extend(names);
+    }
+
+    /// The page: the smallest `limit` names up to the cut, and the cursor of the next
+    /// page. Each node sent its smallest names, so every name up to the last one kept is
+    /// in some answer: a node that stopped early stopped at or after the cut.
+    fn merged(self) -> (Vec<SdfsName>, Option<SdfsName>) {
+        let cut = self.cut;
+        let mut names: Vec<SdfsName> = match &cut {
+            Some(c) => self.names.into_iter().take_while(|n| n <= c).collect(),
+            None => self.names.into_iter().collect(),
+        };
+        let more = names.len() > self.limit || cut.is_some();
+        names.truncate(self.limit);
+        let next = if more { names.last().cloned() } else { None };
+        (names, next)
     }
 }
 
