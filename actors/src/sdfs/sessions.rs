@@ -511,6 +511,22 @@ mod tests {
         matches!(d, Data::Feed { op: 1, offset, .. } if offset == at)
     }
 
+    /// The tool sends `bytes` at `at`, which the core has not asked for yet: held, and
+    /// its request left waiting.
+    fn held(s: &mut Sessions, at: u64, bytes: &[u8]) -> oneshot::Receiver<Outcome> {
+        let (tx, mut rx) = oneshot::channel();
+        assert!(matches!(s.data(7, at, bytes.to_vec(), tx), Data::Nothing));
+        assert!(rx.try_recv().is_err());
+        rx
+    }
+
+    /// The tool sends the start the core asked for: fed, and the next range asked at once.
+    fn sends_the_start(s: &mut Sessions) {
+        let (tx, rx) = oneshot::channel();
+        assert!(fed(s.data(7, 0, b"abcd".to_vec(), tx), 0));
+        assert_eq!(next(rx), send(4));
+    }
+
     #[test]
     fn a_pull_reads_one_range_ahead_and_follows_the_core_when_it_restarts() {
         let (mut s, dir) = sessions();
@@ -520,14 +536,10 @@ mod tests {
         assert_eq!(next(rx), send(0));
         // The bytes asked for go to the core, and the tool is told the next range at
         // once: it reads and sends while the node streams these.
-        let (tx, rx) = oneshot::channel();
-        assert!(fed(s.data(7, 0, b"abcd".to_vec(), tx), 0));
-        assert_eq!(next(rx), send(4));
+        sends_the_start(&mut s);
         // They arrive before the core asks: held, and the tool's request waits, so
         // no more than one range is ever ahead.
-        let (tx, mut rx) = oneshot::channel();
-        assert!(matches!(s.data(7, 4, b"efgh".to_vec(), tx), Data::Nothing));
-        assert!(rx.try_recv().is_err());
+        let rx = held(&mut s, 4, b"efgh");
         match s.want(7, 4, 4) {
             Want::Ready(d) => assert_eq!(d, b"efgh"),
             _ => panic!("the range read ahead is served at once"),
@@ -539,22 +551,15 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         assert!(matches!(s.data(7, 8, b"ij".to_vec(), tx), Data::Nothing));
         assert_eq!(next(rx), send(0));
-        let (tx, rx) = oneshot::channel();
-        assert!(fed(s.data(7, 0, b"abcd".to_vec(), tx), 0));
-        assert_eq!(next(rx), send(4));
+        sends_the_start(&mut s);
         // A restart while a range is held ahead: it is dropped, the start asked for.
-        let (tx, mut rx) = oneshot::channel();
-        assert!(matches!(s.data(7, 4, b"efgh".to_vec(), tx), Data::Nothing));
-        assert!(rx.try_recv().is_err());
+        let rx = held(&mut s, 4, b"efgh");
         assert!(matches!(s.want(7, 0, 4), Want::Asked));
         assert_eq!(next(rx), send(0));
-        let (tx, rx) = oneshot::channel();
-        assert!(fed(s.data(7, 0, b"abcd".to_vec(), tx), 0));
-        assert_eq!(next(rx), send(4));
+        sends_the_start(&mut s);
         // The end of the source (no bytes) is held like any range; nothing is asked
         // after it, the put's answer goes to the waiting request.
-        let (tx, mut rx) = oneshot::channel();
-        assert!(matches!(s.data(7, 4, Vec::new(), tx), Data::Nothing));
+        let mut rx = held(&mut s, 4, &[]);
         match s.want(7, 4, 4) {
             Want::Ready(d) => assert!(d.is_empty()),
             _ => panic!("the end read ahead is served at once"),
