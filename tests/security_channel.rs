@@ -183,8 +183,16 @@ fn on_path_attacks_have_no_effect() {
     assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
 
     // 8. Wrong, missing and absent credentials: one clear line each, exit code non-zero.
+    use std::os::unix::fs::PermissionsExt;
+    let private =
+        |p: &Path, mode: u32| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
     let bad = work.join("bad.credential");
     fs::write(&bad, "admin 00112233445566778899aabbccddeeff00112233\n").unwrap();
+    private(&bad, 0o600);
+    // The admin's own credential, readable by others on the host: refused before use.
+    let open = work.join("open.credential");
+    fs::copy(c.dir.join("admin.credential"), &open).unwrap();
+    private(&open, 0o644);
     let no_ctl = c.dir.join("no-ctl.toml");
     let text = fs::read_to_string(&c.config).unwrap();
     fs::write(
@@ -204,6 +212,11 @@ fn on_path_attacks_have_no_effect() {
             "cannot read",
         ),
         (no_ctl.as_path(), vec![], "operator credential"),
+        (
+            c.config.as_path(),
+            vec!["--credential", open.to_str().unwrap()],
+            "readable by group or others",
+        ),
     ] {
         let mut f = flags.clone();
         f.extend(["--node", h1.as_str()]);

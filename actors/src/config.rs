@@ -244,16 +244,12 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// Reads `cluster.secret_file`. The file must be private to its owner (no group or
-/// other bits: a secret anyone on the host can read is no secret). Its bytes are the
-/// secret exactly, binary or not, except one trailing newline (`\n` or `\r\n`) that
-/// editors and `echo` add; a file starting with `hex:` holds the secret as hex digits
-/// (whitespace ignored). Never decoded lossily: two different keys stay different.
-pub(super) fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+/// Refuses a key file (`key` names the setting) that its owner's group or others may
+/// read: a secret anyone on the host can read is no secret.
+pub(super) fn check_private(key: &str, path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
-    let cannot = |e: std::io::Error| err(key, format!("cannot read {}: {e}", path.display()));
     let mode = std::fs::metadata(path)
-        .map_err(cannot)?
+        .map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?
         .permissions()
         .mode()
         & 0o777;
@@ -267,6 +263,17 @@ pub(super) fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, Config
             ),
         ));
     }
+    Ok(())
+}
+
+/// Reads `cluster.secret_file`. The file must be private to its owner
+/// ([`check_private`]). Its bytes are the secret exactly, binary or not, except one
+/// trailing newline (`\n` or `\r\n`) that editors and `echo` add; a file starting with
+/// `hex:` holds the secret as hex digits (whitespace ignored). Never decoded lossily:
+/// two different keys stay different.
+pub(super) fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let cannot = |e: std::io::Error| err(key, format!("cannot read {}: {e}", path.display()));
+    check_private(key, path)?;
     let bytes = std::fs::read(path).map_err(cannot)?;
     if let Some(hex) = bytes.strip_prefix(b"hex:") {
         return decode_hex(hex).ok_or_else(|| {
@@ -696,6 +703,47 @@ mod tests {
             assert!(line.contains("readable by group or others"), "{line}");
             assert!(line.contains("chmod 600"), "{line}");
             assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    /// The operators file and the tool's credential hold keys like the secret does: a
+    /// copy others on the host can read is refused the same way.
+    #[test]
+    fn operator_key_files_open_to_group_or_others_are_refused_naming_the_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let ops = dir.path().join("operators.txt");
+        std::fs::write(&ops, format!("alice admin {key}\n")).unwrap();
+        let cred = dir.path().join("alice.credential");
+        std::fs::write(&cred, format!("alice {key}\n")).unwrap();
+        let config = || {
+            let mut r = raw();
+            r.security.operators_file = Some("operators.txt".into());
+            r.ctl.credential_file = Some("alice.credential".into());
+            r.validate(dir.path())
+        };
+        let chmod = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        chmod(&cred, 0o600);
+        for mode in [0o644, 0o640, 0o604] {
+            chmod(&ops, mode);
+            let e = config().unwrap_err();
+            assert_eq!(e.key, "security.operators_file");
+            let line = e.to_string();
+            assert!(line.contains("readable by group or others"), "{line}");
+            assert!(line.contains("chmod 600"), "{line}");
+        }
+        chmod(&ops, 0o600);
+        let c = config().unwrap();
+        assert_eq!(c.operators.len(), 1);
+        assert!(c.tool_credential().is_ok());
+        for mode in [0o644, 0o640, 0o604] {
+            chmod(&cred, mode);
+            let e = c.tool_credential().unwrap_err();
+            assert_eq!(e.key, "ctl.credential_file");
+            assert!(e.to_string().contains("readable by group or others"), "{e}");
         }
     }
 

@@ -34,8 +34,8 @@ pub enum Command {
         data: Vec<u8>,
     },
     /// Fetch the latest version (`versions: None`) or the newest K versions of `name`,
-    /// streamed: every answer is the next [`Piece`] ([`Transfer::Piece`], ask for the one
-    /// after with `GetData`) or the read's end ([`Transfer::Done`]).
+    /// streamed: every answer is the next [`Piece`]s ([`Transfer::Pieces`], ask for the
+    /// ones after with `GetData`) or the read's end ([`Transfer::Done`]).
     GetBegin {
         name: String,
         versions: Option<usize>,
@@ -183,8 +183,9 @@ impl From<Command> for Request {
 pub enum Transfer {
     /// Put: send up to `len` bytes of the source at `offset` with `PutData`.
     Send { session: u64, offset: u64, len: u32 },
-    /// Get: the next piece of the result.
-    Piece { session: u64, piece: Piece },
+    /// Get: the next pieces of the result, in order (what the node had queued, at most
+    /// a few MiB of chunks).
+    Pieces { session: u64, pieces: Vec<Piece> },
     /// Get: every piece was sent; the read's own answer.
     Done(crate::sdfs::Reply),
     /// A listing's page: more names follow; ask again with `after` as the cursor.

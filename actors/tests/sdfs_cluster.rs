@@ -1295,6 +1295,31 @@ fn a_node_whose_store_refuses_writes_fails_only_its_replica() {
     }
 }
 
+/// Every node's store refuses writes (all disks full): the put fails saying so, with
+/// the last refusal, and not "this node is not in the cluster" (what an empty placement
+/// used to report, sending the operator after the membership instead of the disks).
+#[test]
+fn a_put_that_every_node_refuses_says_so() {
+    for seed in sim::seeds("a_put_that_every_node_refuses_says_so", 1..=SEEDS) {
+        let mut sim = Sim::new(5, seed);
+        for i in 0..5 {
+            let tmp = sim.store(&addr(i)).root().join("tmp");
+            std::fs::remove_dir_all(&tmp).unwrap();
+            std::fs::write(&tmp, b"not a directory").unwrap();
+        }
+        let op = sim.put(&addr(0), "full", data(4, 2 * CHUNK));
+        sim.run();
+        match sim.reply(&addr(0), op) {
+            Err(e @ SdfsError::AllRefused { refused: 5, .. }) => {
+                let line = e.to_string();
+                assert!(line.contains("every live node refused the write"), "{line}");
+                assert!(!line.contains("not in the cluster"), "{line}");
+            }
+            other => panic!("seed {seed}: {other:?}"),
+        }
+    }
+}
+
 /// A re-replication target whose disk refuses writes does not hold a name below m + 1
 /// copies: after it refuses, the copy goes to the next live node of the ring.
 #[test]

@@ -211,9 +211,13 @@ fn write_operators(dir: &Path, secret: &str) -> anyhow::Result<Credential> {
         test_operator(secret, "admin")?,
         test_operator(secret, "viewer")?,
     );
+    // Key files must be private to their owner, or nodes and tools refuse them.
     let write = |name: &str, text: String| {
+        use std::os::unix::fs::PermissionsExt;
         let p = dir.join(name);
-        fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
+        fs::write(&p, text)
+            .and_then(|()| fs::set_permissions(&p, fs::Permissions::from_mode(0o600)))
+            .with_context(|| format!("cannot write {}", p.display()))
     };
     write(
         "operators.txt",

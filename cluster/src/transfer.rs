@@ -16,7 +16,7 @@ use dml_actors::control::{
     jobs_text, sdfs_text, Command, Outcome, Piece, Reply, Request, Transfer,
 };
 use dml_actors::net::body::Body;
-use dml_actors::net::transport::{Client, Lane};
+use dml_actors::net::transport::{Client, Lane, TransportError};
 use dml_actors::net::wire::Credential;
 use dml_actors::sdfs::dir_put::{dir_files, DirPut, PutLocalDone, PARALLELISM};
 use dml_actors::sdfs::MAX_CHUNK;
@@ -49,7 +49,12 @@ pub(crate) async fn request(
     node: &Node,
     cmd: Command,
 ) -> anyhow::Result<Outcome> {
-    match client.request(Body::Command(cmd), node.reply).await {
+    outcome(client.request(Body::Command(cmd), node.reply).await, node)
+}
+
+/// The outcome a node's answer carries.
+fn outcome(answer: Result<Body, TransportError>, node: &Node) -> anyhow::Result<Outcome> {
+    match answer {
         Ok(Body::Outcome(o)) => Ok(o),
         Ok(other) => Err(anyhow!(
             "node {} sent an unexpected answer: {}",
@@ -246,23 +251,29 @@ async fn get(
     };
     let mut answer = request(&mut client, node, begin).await?;
     let read = loop {
-        let (session, piece) = match answer {
+        let (session, pieces) = match answer {
             Err(e) => return Ok(Err(e)),
             Ok(Reply {
-                transfer: Some(Transfer::Piece { session, piece }),
+                transfer: Some(Transfer::Pieces { session, pieces }),
                 ..
-            }) => (session, piece),
+            }) => (session, pieces),
             Ok(Reply {
                 transfer: Some(Transfer::Done(read)),
                 ..
             }) => break read,
             Ok(other) => bail!("node {} answered a get with {other:?}", node.addr),
         };
-        if let Err(e) = sink.piece(name, piece) {
+        // The next pieces are asked for before these are written, so the node's round
+        // trip overlaps with the write to disk.
+        let next = client
+            .start_request(Body::Command(Command::GetData { session }), node.reply)
+            .await
+            .map_err(|e| anyhow!("node {}: {e}", node.addr))?;
+        if let Err(e) = pieces.into_iter().try_for_each(|p| sink.piece(name, p)) {
             let _ = request(&mut client, node, Command::TransferEnd { session }).await;
             return Ok(Err(e));
         }
-        answer = request(&mut client, node, Command::GetData { session }).await?;
+        answer = outcome(client.reply(next, node.reply).await, node)?;
     };
     let dest = sink.commit()?;
     Ok(Ok(sdfs_text::reply(

@@ -32,7 +32,9 @@ fn drain_sealed(data: &[u8], split: usize) {
                 let _ = encode_frame(&env);
             }
             Ok(None) if !fed_rest => {
-                dec.push(b);
+                // The rest as a socket read straight into the buffer delivers it.
+                dec.read_buf(b.len()).copy_from_slice(b);
+                dec.filled(b.len());
                 fed_rest = true;
             }
             Ok(None) | Err(_) => break,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use dml_wire::{parse_credential, parse_operators, Credential, Key, OperatorKey, MIN_KEY_LEN};
 
-use super::{err, read_secret_file, resolve, Config, ConfigError, RawConfig};
+use super::{check_private, err, read_secret_file, resolve, Config, ConfigError, RawConfig};
 
 /// The validated keys.
 pub(super) struct Keys {
@@ -42,6 +42,8 @@ pub(super) fn load(raw: &RawConfig, base: &Path) -> Result<Keys, ConfigError> {
         None => Vec::new(),
         Some(f) => {
             let path = resolve(base, f);
+            // The operators' keys let a tool act as that operator: private like a secret.
+            check_private("security.operators_file", &path)?;
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 err(
                     "security.operators_file",
@@ -71,6 +73,7 @@ impl Config {
     pub fn tool_credential(&self) -> Result<Credential, ConfigError> {
         match &self.credential_file {
             Some(path) => {
+                check_private("ctl.credential_file", path)?;
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     err(
                         "ctl.credential_file",

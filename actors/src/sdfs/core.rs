@@ -267,6 +267,12 @@ pub enum SdfsError {
     NoSuchFile(SdfsName),
     #[error("{name}: no replica could serve v{version}")]
     Unavailable { name: SdfsName, version: Version },
+    #[error("{name}: every live node refused the write ({refused} of them); last: {last}")]
+    AllRefused {
+        name: String,
+        refused: usize,
+        last: String,
+    },
     #[error("{name}: gave up after {attempts} attempts: {last}")]
     GaveUp {
         name: String,
@@ -360,6 +366,8 @@ struct PutOp {
     attempts: u32,
     /// Nodes that failed a write for this put; skipped when placing the retry.
     excluded: BTreeSet<NodeAddr>,
+    /// Why the last of them failed it, for the error once no node is left.
+    refused: Option<String>,
     /// Where the upload committed, for the commit request (and its resends).
     holders: Vec<NodeAddr>,
 }

@@ -153,6 +153,10 @@ impl DirPut {
     /// The answer of a finished put: every file stored, or the first error.
     pub fn result(self) -> Result<PutLocalDone, String> {
         match self.errors.first() {
+            Some(first) if self.stored.is_empty() => Err(format!(
+                "put {}/: every one of the {} files failed; first: {first}",
+                self.prefix, self.total
+            )),
             Some(first) => Err(format!(
                 "put {}/: {} of {} files failed; first: {first}",
                 self.prefix,
@@ -222,6 +226,27 @@ mod tests {
         assert_eq!(
             d.result(),
             Err("put d/: 1 of 2 files failed; first: d/f0: disk on fire".into())
+        );
+    }
+
+    #[test]
+    fn a_put_whose_every_file_failed_says_so() {
+        let mut d = DirPut::new(Path::new("/tmp/d"), &prefix(), files(2)).unwrap();
+        let started = d.start_next();
+        for (_, name) in &started {
+            d.file_done(
+                name.as_str(),
+                Err("every live node refused the write".into()),
+            );
+        }
+        assert!(d.is_done());
+        assert_eq!(
+            d.result(),
+            Err(
+                "put d/: every one of the 2 files failed; first: d/f0: every live node \
+                 refused the write"
+                    .into()
+            )
         );
     }
 }

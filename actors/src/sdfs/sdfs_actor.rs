@@ -37,7 +37,7 @@ use crate::sdfs::local_io::{deliver, prepare_staging, Sink, Source, StageSource}
 use crate::sdfs::msg::XferId;
 use crate::sdfs::name::bad_name;
 use crate::sdfs::scp;
-use crate::sdfs::sessions::{Data, Kind, Sessions, SPOOL_DIR};
+use crate::sdfs::sessions::{Data, Kind, Sessions, Want, SPOOL_DIR};
 use crate::sdfs::{
     Command as SdfsCommand, Effect, Event, Input, LocalStore, OpId, Reply, SdfsConfig, SdfsCore,
     SdfsError, SdfsName, StoreConfig, PAGE_MAX,
@@ -278,9 +278,15 @@ impl SdfsActor {
             Effect::ReadSource { op, offset, len } => {
                 if let Some(Source::Remote(session)) = self.ops.get(&op).map(|s| &s.source) {
                     // The tool sends the range with its next request.
-                    if !self.sessions.want(*session, offset, len) {
-                        let error = "the dml ctl side ended the put".to_string();
-                        self.queue.push_back(Input::SourceFailed { op, error });
+                    match self.sessions.want(*session, offset, len) {
+                        Want::Gone => {
+                            let error = "the dml ctl side ended the put".to_string();
+                            self.queue.push_back(Input::SourceFailed { op, error });
+                        }
+                        Want::Asked => {}
+                        Want::Ready(data) => {
+                            self.queue.push_back(Input::Source { op, offset, data });
+                        }
                     }
                     return;
                 }
@@ -552,8 +558,7 @@ impl SdfsActor {
         }
         let session = self.sessions.new_id();
         let op = self.new_op(Source::Remote(session), Sink::None, Done::Transfer(session));
-        self.sessions
-            .insert(session, Kind::Pull { op, want: None }, Some(reply));
+        self.sessions.insert(session, Kind::pull(op), Some(reply));
         self.start(op, SdfsCommand::Put { name }, ctx);
     }
 

@@ -28,12 +28,20 @@ pub(super) const SPOOL_DIR: &str = "spool";
 /// Pieces of a get queued for the tool before the holders' chunks are parked.
 pub(super) const QUEUED_PIECES: usize = 8;
 
+/// Most chunk bytes one answer to a get's request carries (far below the frame limit).
+pub(super) const BATCH_BYTES: usize = 4 * MAX_CHUNK;
+
 pub(super) enum Kind {
-    /// A put whose core pulls the source from the tool, one range at a time.
+    /// A put whose core pulls the source from the tool, one range at a time. The tool
+    /// is asked for the next range as soon as it sent one, so that reading and sending
+    /// it overlaps with the node streaming the last one to the replicas: the round trip
+    /// to the tool is not on every chunk's path. At most one range is held ahead.
     Pull {
         op: OpId,
         /// The range the core asked for and the tool has not sent yet.
         want: Option<(u64, usize)>,
+        /// Bytes the tool sent (at that offset) before the core asked for them.
+        ahead: Option<(u64, Vec<u8>)>,
     },
     /// scp transfer: the source is first spooled whole, because a staging copy sends a
     /// whole file; `next` is the offset the tool sends next.
@@ -59,6 +67,15 @@ pub(super) enum Kind {
 }
 
 impl Kind {
+    /// A put whose core has asked for nothing yet.
+    pub(super) fn pull(op: OpId) -> Kind {
+        Kind::Pull {
+            op,
+            want: None,
+            ahead: None,
+        }
+    }
+
     /// A get that has sent nothing yet.
     pub(super) fn stream() -> Kind {
         Kind::Stream {
@@ -74,6 +91,16 @@ pub(super) struct Session {
     /// The tool request that gets the next answer.
     pub waiter: Option<oneshot::Sender<Outcome>>,
     last: Instant,
+}
+
+/// What became of the core's ask for a range of a put's source.
+pub(super) enum Want {
+    /// The session is gone (the tool ended it): the put must fail.
+    Gone,
+    /// The tool was asked (or is sending it already); the bytes come with its request.
+    Asked,
+    /// The tool sent the range ahead: feed these bytes to the core now.
+    Ready(Vec<u8>),
 }
 
 /// What a session's owner must do after the tool sent bytes of a put.
@@ -172,28 +199,34 @@ impl Sessions {
         Ok(())
     }
 
-    /// The core asked for `len` bytes of session `id`'s source at `offset`; `false` if
-    /// the session is gone (the tool ended it), so the put must fail.
-    pub(super) fn want(&mut self, id: u64, offset: u64, len: usize) -> bool {
+    /// The core asked for `len` bytes of session `id`'s source at `offset`.
+    pub(super) fn want(&mut self, id: u64, offset: u64, len: usize) -> Want {
         let Some(s) = self.map.get_mut(&id) else {
-            return false;
+            return Want::Gone;
         };
-        if let Kind::Pull { want, .. } = &mut s.kind {
-            *want = Some((offset, len));
-            Self::ask(s, id);
+        let Kind::Pull { want, ahead, .. } = &mut s.kind else {
+            return Want::Asked;
+        };
+        match ahead.take() {
+            Some((at, data)) if at == offset => {
+                // The tool is told the range after these bytes (none after the end).
+                if !data.is_empty() {
+                    let next = offset.saturating_add(data.len() as u64);
+                    Self::ask(s, id, next, len);
+                }
+                Want::Ready(data)
+            }
+            // Bytes of a range the core does not want (it restarted the upload).
+            _ => {
+                *want = Some((offset, len));
+                Self::ask(s, id, offset, len);
+                Want::Asked
+            }
         }
-        true
     }
 
     /// Tells a waiting tool request which range to send next.
-    fn ask(s: &mut Session, id: u64) {
-        let Kind::Pull {
-            want: Some((offset, len)),
-            ..
-        } = s.kind
-        else {
-            return;
-        };
+    fn ask(s: &mut Session, id: u64, offset: u64, len: usize) {
         if let Some(tx) = s.waiter.take() {
             let len = u32::try_from(len).unwrap_or(u32::MAX);
             let _ = tx.send(step(Transfer::Send {
@@ -218,22 +251,32 @@ impl Sessions {
         };
         s.last = Instant::now();
         match &mut s.kind {
-            Kind::Pull { op, want } => {
+            Kind::Pull { op, want, ahead } => {
                 let op = *op;
                 s.waiter = Some(reply);
                 match *want {
-                    Some((o, _)) if o == offset => {
+                    Some((o, len)) if o == offset => {
                         *want = None;
+                        // Read ahead: the tool sends the next range while the core
+                        // streams this one (nothing is after the end).
+                        if !data.is_empty() {
+                            let next = offset.saturating_add(data.len() as u64);
+                            Self::ask(s, id, next, len);
+                        }
                         Data::Feed { op, offset, data }
                     }
                     // Bytes for a range the core no longer wants (it restarted the
                     // upload): ask for the current one again.
-                    Some(_) => {
-                        Self::ask(s, id);
+                    Some((o, len)) => {
+                        Self::ask(s, id, o, len);
                         Data::Nothing
                     }
-                    // The core has not asked yet; the answer waits for it.
-                    None => Data::Nothing,
+                    // The range read ahead: kept until the core asks for it; the tool's
+                    // request waits until then, so no more than this is held.
+                    None => {
+                        *ahead = Some((offset, data));
+                        Data::Nothing
+                    }
                 }
             }
             Kind::Spool {
@@ -334,12 +377,35 @@ impl Sessions {
         if s.waiter.is_none() {
             return false;
         }
-        let (answer, over) = match pieces.pop_front() {
-            Some(piece) => (step(Transfer::Piece { session: id, piece }), false),
-            None => match end.take() {
+        let (answer, over) = if pieces.is_empty() {
+            match end.take() {
                 Some(outcome) => (outcome, true),
                 None => return false,
-            },
+            }
+        } else {
+            // Everything queued, up to BATCH_BYTES, in one answer: a tool slower than
+            // the holders catches up in fewer round trips.
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(p) = pieces.front() {
+                let len = match p {
+                    Piece::Chunk(d) => d.len(),
+                    Piece::Begin { .. } | Piece::End { .. } => 0,
+                };
+                if !batch.is_empty() && bytes.saturating_add(len) > BATCH_BYTES {
+                    break;
+                }
+                bytes = bytes.saturating_add(len);
+                batch.extend(pieces.pop_front());
+            }
+            let pieces = batch;
+            (
+                step(Transfer::Pieces {
+                    session: id,
+                    pieces,
+                }),
+                false,
+            )
         };
         if let Some(tx) = s.waiter.take() {
             let _ = tx.send(answer);
@@ -433,52 +499,82 @@ mod tests {
         rx.blocking_recv().ok()?.ok()?.transfer
     }
 
+    fn send(offset: u64) -> Option<Transfer> {
+        Some(Transfer::Send {
+            session: 7,
+            offset,
+            len: 4,
+        })
+    }
+
+    fn fed(d: Data, at: u64) -> bool {
+        matches!(d, Data::Feed { op: 1, offset, .. } if offset == at)
+    }
+
+    /// The tool sends `bytes` at `at`, which the core has not asked for yet: held, and
+    /// its request left waiting.
+    fn held(s: &mut Sessions, at: u64, bytes: &[u8]) -> oneshot::Receiver<Outcome> {
+        let (tx, mut rx) = oneshot::channel();
+        assert!(matches!(s.data(7, at, bytes.to_vec(), tx), Data::Nothing));
+        assert!(rx.try_recv().is_err());
+        rx
+    }
+
+    /// The tool sends the start the core asked for: fed, and the next range asked at once.
+    fn sends_the_start(s: &mut Sessions) {
+        let (tx, rx) = oneshot::channel();
+        assert!(fed(s.data(7, 0, b"abcd".to_vec(), tx), 0));
+        assert_eq!(next(rx), send(4));
+    }
+
     #[test]
-    fn a_pull_answers_each_request_with_the_range_the_core_wants() {
+    fn a_pull_reads_one_range_ahead_and_follows_the_core_when_it_restarts() {
         let (mut s, dir) = sessions();
         let (tx, rx) = oneshot::channel();
-        s.insert(7, Kind::Pull { op: 1, want: None }, Some(tx));
-        assert!(s.want(7, 0, 4));
-        assert_eq!(
-            next(rx),
-            Some(Transfer::Send {
-                session: 7,
-                offset: 0,
-                len: 4
-            })
-        );
-        // The bytes asked for go to the core; the answer waits for its next ask.
-        let (tx, mut rx) = oneshot::channel();
-        assert!(matches!(
-            s.data(7, 0, b"abcd".to_vec(), tx),
-            Data::Feed {
-                op: 1,
-                offset: 0,
-                ..
-            }
-        ));
-        assert!(rx.try_recv().is_err());
-        // The core restarted the upload before the tool's next bytes came: those are
-        // dropped and the start is asked for again.
-        assert!(s.want(7, 0, 4));
-        assert!(next(rx).is_some());
+        s.insert(7, Kind::pull(1), Some(tx));
+        assert!(matches!(s.want(7, 0, 4), Want::Asked));
+        assert_eq!(next(rx), send(0));
+        // The bytes asked for go to the core, and the tool is told the next range at
+        // once: it reads and sends while the node streams these.
+        sends_the_start(&mut s);
+        // They arrive before the core asks: held, and the tool's request waits, so
+        // no more than one range is ever ahead.
+        let rx = held(&mut s, 4, b"efgh");
+        match s.want(7, 4, 4) {
+            Want::Ready(d) => assert_eq!(d, b"efgh"),
+            _ => panic!("the range read ahead is served at once"),
+        }
+        assert_eq!(next(rx), send(8));
+        // The core restarted the upload while the tool sends the range at 8: those
+        // bytes are dropped and the start is asked for again.
+        assert!(matches!(s.want(7, 0, 4), Want::Asked));
         let (tx, rx) = oneshot::channel();
-        assert!(matches!(s.data(7, 4, b"ef".to_vec(), tx), Data::Nothing));
-        assert_eq!(
-            next(rx),
-            Some(Transfer::Send {
-                session: 7,
-                offset: 0,
-                len: 4
-            })
-        );
+        assert!(matches!(s.data(7, 8, b"ij".to_vec(), tx), Data::Nothing));
+        assert_eq!(next(rx), send(0));
+        sends_the_start(&mut s);
+        // A restart while a range is held ahead: it is dropped, the start asked for.
+        let rx = held(&mut s, 4, b"efgh");
+        assert!(matches!(s.want(7, 0, 4), Want::Asked));
+        assert_eq!(next(rx), send(0));
+        sends_the_start(&mut s);
+        // The end of the source (no bytes) is held like any range; nothing is asked
+        // after it, the put's answer goes to the waiting request.
+        let mut rx = held(&mut s, 4, &[]);
+        match s.want(7, 4, 4) {
+            Want::Ready(d) => assert!(d.is_empty()),
+            _ => panic!("the end read ahead is served at once"),
+        }
+        assert!(rx.try_recv().is_err());
+        s.put_ended(7, Ok(Reply::new("stored", serde_json::json!({}))));
+        assert_eq!(rx.blocking_recv().unwrap().unwrap().text, "stored");
+        assert!(matches!(s.want(7, 0, 4), Want::Gone));
         let _ = fs::remove_dir_all(dir);
     }
 
     #[test]
     fn an_answer_with_nobody_waiting_is_kept_for_the_next_request() {
         let (mut s, dir) = sessions();
-        s.insert(9, Kind::Pull { op: 1, want: None }, None);
+        s.insert(9, Kind::pull(1), None);
         s.put_ended(9, Err("replicas lost".into()));
         let (tx, rx) = oneshot::channel();
         assert!(matches!(s.data(9, 0, Vec::new(), tx), Data::Nothing));
@@ -496,36 +592,51 @@ mod tests {
         }
     }
 
+    /// The first byte of each chunk of a batch of pieces (`None` for the others).
+    fn firsts(t: Option<Transfer>) -> Vec<Option<u8>> {
+        let Some(Transfer::Pieces { session: 3, pieces }) = t else {
+            panic!("not pieces of session 3: {t:?}");
+        };
+        pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Chunk(d) => {
+                    assert_eq!(d.len(), MAX_CHUNK);
+                    d.first().copied()
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn a_get_streams_piece_by_piece_and_parks_chunks_while_the_tool_lags() {
+    fn a_get_streams_queued_pieces_in_batches_and_parks_chunks_while_the_tool_lags() {
         let (mut s, dir) = sessions();
         let (tx, rx) = oneshot::channel();
         s.insert(3, Kind::stream(), Some(tx));
         s.piece(3, Piece::Begin { version: 2 });
         assert_eq!(
             next(rx),
-            Some(Transfer::Piece {
+            Some(Transfer::Pieces {
                 session: 3,
-                piece: Piece::Begin { version: 2 }
+                pieces: vec![Piece::Begin { version: 2 }]
             })
         );
         // The tool is away: pieces queue up to the limit, then chunks are parked.
         for i in 0..QUEUED_PIECES {
             assert!(s.park(3, chunk(i as u8)).is_some());
-            s.piece(3, Piece::Chunk(vec![i as u8]));
+            s.piece(3, Piece::Chunk(vec![i as u8; MAX_CHUNK]));
         }
         assert!(s.park(3, chunk(100)).is_none());
         assert!(s.park(3, chunk(101)).is_none());
-        // One piece taken: room again, the parked chunks come back in order.
+        // One request takes what is queued, in order, up to BATCH_BYTES: room again,
+        // the parked chunks come back in order.
+        let per_batch = BATCH_BYTES / MAX_CHUNK;
+        assert!((2..QUEUED_PIECES).contains(&per_batch));
         let (tx, rx) = oneshot::channel();
         let back = s.next_piece(3, tx);
-        assert_eq!(
-            next(rx),
-            Some(Transfer::Piece {
-                session: 3,
-                piece: Piece::Chunk(vec![0])
-            })
-        );
+        let first: Vec<Option<u8>> = (0..per_batch).map(|i| Some(i as u8)).collect();
+        assert_eq!(firsts(next(rx)), first);
         let ops: Vec<u64> = back
             .iter()
             .map(|i| match i {
@@ -537,20 +648,23 @@ mod tests {
         // The end comes after the last queued piece, and closes the session.
         let done = Ok(Reply::new("got", serde_json::json!({})));
         s.get_ended(3, done.clone());
-        for i in 1..QUEUED_PIECES {
+        let mut rest = Vec::new();
+        loop {
             let (tx, rx) = oneshot::channel();
             s.next_piece(3, tx);
-            assert_eq!(
-                next(rx),
-                Some(Transfer::Piece {
-                    session: 3,
-                    piece: Piece::Chunk(vec![i as u8])
-                })
-            );
+            match rx.blocking_recv().unwrap() {
+                Ok(Reply {
+                    transfer: Some(t @ Transfer::Pieces { .. }),
+                    ..
+                }) => rest.extend(firsts(Some(t))),
+                other => {
+                    assert_eq!(other, done);
+                    break;
+                }
+            }
         }
-        let (tx, rx) = oneshot::channel();
-        s.next_piece(3, tx);
-        assert_eq!(rx.blocking_recv().unwrap(), done);
+        let expect: Vec<Option<u8>> = (per_batch..QUEUED_PIECES).map(|i| Some(i as u8)).collect();
+        assert_eq!(rest, expect);
         assert!(s.get_mut(3).is_none());
         let _ = fs::remove_dir_all(dir);
     }
@@ -580,6 +694,7 @@ mod tests {
         let pull = Kind::Pull {
             op: 44,
             want: Some((0, 1)),
+            ahead: None,
         };
         s.insert(4, pull, None);
         let spool = Kind::Spool {
@@ -590,7 +705,7 @@ mod tests {
         };
         s.insert(5, spool, None);
         let (tx, _rx) = oneshot::channel();
-        s.insert(6, Kind::Pull { op: 66, want: None }, Some(tx));
+        s.insert(6, Kind::pull(66), Some(tx));
         assert!(s.expire(Instant::now()).is_empty());
         let ops = s.expire(Instant::now() + IDLE);
         assert_eq!(ops, vec![44]);

@@ -160,38 +160,50 @@ impl SecureDecoder {
         self.frames.push(data);
     }
 
+    /// Room for the next `len` received bytes, as [`FrameDecoder::read_buf`].
+    pub fn read_buf(&mut self, len: usize) -> &mut [u8] {
+        self.frames.read_buf(len)
+    }
+
+    /// Takes `n` bytes written into the last [`SecureDecoder::read_buf`] as received.
+    pub fn filled(&mut self, n: usize) {
+        self.frames.filled(n);
+    }
+
     /// Bytes buffered and not yet returned.
     pub fn buffered(&self) -> usize {
         self.frames.buffered()
     }
 
-    /// The next opened payload, `Ok(None)` if more bytes are needed.
-    pub fn next_plain(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+    /// The next frame, opened in place in the receive buffer: `Ok(None)` if more bytes
+    /// are needed. After a failure nothing more is decoded from this stream.
+    fn next_opened(&mut self) -> Result<Option<&[u8]>, WireError> {
         if self.failed {
             return Err(WireError::Unauthentic);
         }
-        let res = self.next_plain_inner();
-        self.failed = res.is_err();
-        res
-    }
-
-    fn next_plain_inner(&mut self) -> Result<Option<Vec<u8>>, WireError> {
-        let Some(mut sealed) = self.frames.next_payload()? else {
+        self.failed = true;
+        let Some(sealed) = self.frames.next_payload_mut()? else {
+            self.failed = false;
             return Ok(None);
         };
-        let len = self.opener.open(&mut sealed)?.len();
-        sealed.truncate(len);
-        if sealed.is_empty() {
+        let plain = self.opener.open(sealed)?;
+        if plain.is_empty() {
             return Err(WireError::EmptyFrame);
         }
-        Ok(Some(sealed))
+        self.failed = false;
+        Ok(Some(plain))
+    }
+
+    /// The next opened payload, `Ok(None)` if more bytes are needed.
+    pub fn next_plain(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        Ok(self.next_opened()?.map(<[u8]>::to_vec))
     }
 
     /// The next opened and decoded envelope, `Ok(None)` if more bytes are needed.
     pub fn next_envelope<B: DeserializeOwned>(&mut self) -> Result<Option<Envelope<B>>, WireError> {
-        match self.next_plain()? {
+        match self.next_opened()? {
             None => Ok(None),
-            Some(plain) => decode_payload(&plain).map(Some),
+            Some(plain) => decode_payload(plain).map(Some),
         }
     }
 }

@@ -167,10 +167,27 @@ pub enum Role {
 // Frame codec
 // ---------------------------------------------------------------------------------------
 
+/// The frame under construction. Every write reserves room for the seal's tag as well, so
+/// sealing a bulk frame appends its tag without moving the payload to a bigger buffer.
+struct FrameBuf(Vec<u8>);
+
+impl std::io::Write for FrameBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.reserve(data.len().saturating_add(TAG_LEN));
+        self.0.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Serialises `msg` and puts a length prefix in front, refusing payloads over `max`.
 fn encode_with_max<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, WireError> {
-    let mut out = vec![0u8; LEN_PREFIX];
+    let mut out = FrameBuf(vec![0u8; LEN_PREFIX]);
     rmp_serde::encode::write(&mut out, msg)?;
+    let mut out = out.0;
     let len = out.len() - LEN_PREFIX;
     let too_large = WireError::FrameTooLarge { len, max };
     if len > max {
@@ -224,6 +241,25 @@ pub fn split_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, Wir
 
 /// Decodes exactly one `T` from `payload`, rejecting leftover bytes and deep nesting.
 fn decode_exact<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
+    // Fast path: the end of the first value is found by walking the markers (no copies),
+    // and the value is decoded straight from the slice, so a chunk's bytes are copied
+    // once, into the message. Input the walk does not accept takes the slow path below,
+    // which decides exactly as before.
+    if let Some(end) = value_end(payload, 0, MAX_DEPTH) {
+        let mut de = rmp_serde::Deserializer::from_read_ref(payload.get(..end).unwrap_or_default());
+        de.set_max_depth(MAX_DEPTH);
+        let value = T::deserialize(&mut de)?;
+        let extra = payload.len().saturating_sub(end);
+        if extra > 0 {
+            return Err(WireError::TrailingBytes { extra });
+        }
+        return Ok(value);
+    }
+    decode_exact_reader(payload)
+}
+
+/// [`decode_exact`] the slow way, for any input.
+fn decode_exact_reader<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
     // A reader-based deserializer copies strings out of the slice (bounded by the slice
     // length, so a hostile length costs nothing) and can tell how far it got.
     let mut de = rmp_serde::Deserializer::new(Cursor::new(payload));
@@ -235,6 +271,61 @@ fn decode_exact<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
         return Err(WireError::TrailingBytes { extra });
     }
     Ok(value)
+}
+
+/// `n` bytes starting at `at`, if `buf` has them: the end offset.
+fn skip(buf: &[u8], at: usize, n: usize) -> Option<usize> {
+    let end = at.checked_add(n)?;
+    (end <= buf.len()).then_some(end)
+}
+
+/// A big-endian length of `N` bytes at `at`: (length, offset after it).
+fn be_len<const N: usize>(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    let bytes = buf.get(at..skip(buf, at, N)?)?;
+    let len = bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    Some((usize::try_from(len).ok()?, at + N))
+}
+
+/// The offset just past the MessagePack value starting at `at`, or `None` if the value is
+/// malformed, truncated or nested deeper than `depth`. Each element costs at least one
+/// byte of `buf`, so a hostile count ends the walk within `buf.len()` steps.
+fn value_end(buf: &[u8], at: usize, depth: usize) -> Option<usize> {
+    let marker = *buf.get(at)?;
+    let at = at + 1;
+    let (items, at) = match marker {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => return Some(at),
+        0xcc | 0xd0 => return skip(buf, at, 1),
+        0xcd | 0xd1 => return skip(buf, at, 2),
+        0xca | 0xce | 0xd2 => return skip(buf, at, 4),
+        0xcb | 0xcf | 0xd3 => return skip(buf, at, 8),
+        0xd4 => return skip(buf, at, 2),
+        0xd5 => return skip(buf, at, 3),
+        0xd6 => return skip(buf, at, 5),
+        0xd7 => return skip(buf, at, 9),
+        0xd8 => return skip(buf, at, 17),
+        0xa0..=0xbf => return skip(buf, at, usize::from(marker & 0x1f)),
+        0xc4 | 0xd9 => return be_len::<1>(buf, at).and_then(|(n, at)| skip(buf, at, n)),
+        0xc5 | 0xda => return be_len::<2>(buf, at).and_then(|(n, at)| skip(buf, at, n)),
+        0xc6 | 0xdb => return be_len::<4>(buf, at).and_then(|(n, at)| skip(buf, at, n)),
+        // ext: length, type byte, data
+        0xc7 => return be_len::<1>(buf, at).and_then(|(n, at)| skip(buf, at, n.checked_add(1)?)),
+        0xc8 => return be_len::<2>(buf, at).and_then(|(n, at)| skip(buf, at, n.checked_add(1)?)),
+        0xc9 => return be_len::<4>(buf, at).and_then(|(n, at)| skip(buf, at, n.checked_add(1)?)),
+        0x90..=0x9f => (usize::from(marker & 0x0f), at),
+        0x80..=0x8f => (usize::from(marker & 0x0f).checked_mul(2)?, at),
+        0xdc => be_len::<2>(buf, at)?,
+        0xdd => be_len::<4>(buf, at)?,
+        0xde => be_len::<2>(buf, at).and_then(|(n, at)| Some((n.checked_mul(2)?, at)))?,
+        0xdf => be_len::<4>(buf, at).and_then(|(n, at)| Some((n.checked_mul(2)?, at)))?,
+        // 0xc1 is never used
+        _ => return None,
+    };
+    let depth = depth.checked_sub(1)?;
+    let mut at = at;
+    for _ in 0..items {
+        at = value_end(buf, at, depth)?;
+    }
+    Some(at)
 }
 
 /// The version field of an envelope of any layout: the first element of the top array,
@@ -262,17 +353,24 @@ impl<'de> Deserialize<'de> for VersionPeek {
     }
 }
 
-/// Decodes one envelope from a frame's payload (without its length prefix): checks the
-/// version first, then decodes the body and rejects trailing bytes.
+/// Decodes one envelope from a frame's payload (without its length prefix), rejecting
+/// trailing bytes and other versions. The outcome is that of checking the version first
+/// and decoding the body after, but a good payload is decoded only once: the version is
+/// looked at separately only when the payload did not decode.
 pub fn decode_payload<B: DeserializeOwned>(payload: &[u8]) -> Result<Envelope<B>, WireError> {
-    let VersionPeek(got) = decode_exact(payload)?;
-    if got != PROTOCOL_VERSION {
-        return Err(WireError::VersionMismatch {
-            got,
-            expected: PROTOCOL_VERSION,
-        });
+    let mismatch = |got| WireError::VersionMismatch {
+        got,
+        expected: PROTOCOL_VERSION,
+    };
+    match decode_exact::<Envelope<B>>(payload) {
+        Ok(env) if env.version == PROTOCOL_VERSION => Ok(env),
+        Ok(env) => Err(mismatch(env.version)),
+        Err(e) => match decode_exact::<VersionPeek>(payload) {
+            Ok(VersionPeek(got)) if got != PROTOCOL_VERSION => Err(mismatch(got)),
+            Ok(_) => Err(e),
+            Err(peek) => Err(peek),
+        },
     }
-    decode_exact(payload)
 }
 
 /// Decodes the first frame of `buf`: `Ok(Some((envelope, bytes consumed)))`, `Ok(None)`
@@ -290,12 +388,18 @@ pub fn decode_frame<B: DeserializeOwned>(
 /// Reassembles frames from a byte stream that arrives in arbitrary pieces. It only ever
 /// holds bytes that were actually received, and refuses a frame as soon as its prefix
 /// announces more than `max`, so memory per connection stays below `max` plus one read.
+/// Frames are handed out in place (no copy per frame), and a socket can read straight
+/// into the buffer ([`FrameDecoder::read_buf`]).
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// Storage; `buf[start..end]` are the bytes received and not yet returned. What lies
+    /// past `end` was zeroed once and is reused by later reads.
     buf: Vec<u8>,
-    /// Start of the unconsumed bytes. Consumed frames are cut off lazily, in `push`, so a
-    /// read holding many small frames costs one shift instead of one per frame.
+    /// Start of the unconsumed bytes. Consumed frames are cut off lazily, when a read
+    /// needs room, so a read holding many small frames costs one shift instead of one per
+    /// frame, and the frame last returned stays where it is until the next read.
     start: usize,
+    end: usize,
     max: usize,
 }
 
@@ -305,6 +409,7 @@ impl FrameDecoder {
         FrameDecoder {
             buf: Vec::new(),
             start: 0,
+            end: 0,
             max,
         }
     }
@@ -315,50 +420,66 @@ impl FrameDecoder {
         self.max = max;
     }
 
-    /// Appends received bytes.
-    pub fn push(&mut self, data: &[u8]) {
-        if self.start > 0 {
-            self.buf.drain(..self.start.min(self.buf.len()));
+    /// Room for the next `len` received bytes; write them there, then call
+    /// [`FrameDecoder::filled`] with how many were written.
+    pub fn read_buf(&mut self, len: usize) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let room = |d: &Self| d.buf.len().saturating_sub(d.end);
+        if room(self) < len && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        self.buf.extend_from_slice(data);
+        let want = self.end.saturating_add(len);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        self.buf.get_mut(self.end..want).unwrap_or_default()
+    }
+
+    /// Takes `n` bytes written into the last [`FrameDecoder::read_buf`] as received.
+    pub fn filled(&mut self, n: usize) {
+        self.end = self.end.saturating_add(n).min(self.buf.len());
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.read_buf(data.len()).copy_from_slice(data);
+        self.filled(data.len());
     }
 
     /// Bytes buffered and not yet returned as a frame.
     pub fn buffered(&self) -> usize {
-        self.buf.len().saturating_sub(self.start)
+        self.end.saturating_sub(self.start)
     }
 
-    fn unconsumed(&self) -> &[u8] {
-        self.buf.get(self.start..).unwrap_or_default()
-    }
-
-    fn consume(&mut self, used: usize) {
-        self.start = self.start.saturating_add(used).min(self.buf.len());
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
+    /// The next complete payload, in place in the buffer, consumed: `Ok(None)` if more
+    /// bytes are needed.
+    pub fn next_payload_mut(&mut self) -> Result<Option<&mut [u8]>, WireError> {
+        let unconsumed = self.buf.get(self.start..self.end).unwrap_or_default();
+        let Some((payload, used)) = split_frame(unconsumed, self.max)? else {
+            return Ok(None);
+        };
+        let from = self.start.saturating_add(LEN_PREFIX);
+        let to = from.saturating_add(payload.len());
+        self.start = self.start.saturating_add(used).min(self.end);
+        Ok(Some(self.buf.get_mut(from..to).unwrap_or_default()))
     }
 
     /// The next complete payload, `Ok(None)` if more bytes are needed.
     pub fn next_payload(&mut self) -> Result<Option<Vec<u8>>, WireError> {
-        let Some((payload, used)) = split_frame(self.unconsumed(), self.max)? else {
-            return Ok(None);
-        };
-        let payload = payload.to_vec();
-        self.consume(used);
-        Ok(Some(payload))
+        Ok(self.next_payload_mut()?.map(|p| p.to_vec()))
     }
 
     /// The next complete envelope, `Ok(None)` if more bytes are needed.
     pub fn next_envelope<B: DeserializeOwned>(&mut self) -> Result<Option<Envelope<B>>, WireError> {
-        let Some((payload, used)) = split_frame(self.unconsumed(), self.max)? else {
-            return Ok(None);
-        };
-        let env = decode_payload(payload);
-        self.consume(used);
-        env.map(Some)
+        match self.next_payload_mut()? {
+            None => Ok(None),
+            Some(payload) => decode_payload(payload).map(Some),
+        }
     }
 }
 

@@ -9,12 +9,45 @@ use proptest::test_runner::{Config, RngSeed};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum TestBody {
     Unit,
-    Ping { seq: u64, from: NodeAddr },
+    Ping {
+        seq: u64,
+        from: NodeAddr,
+    },
     Text(String),
     Bytes(Vec<u8>),
+    /// Bytes as MessagePack `bin`, as the cluster's chunks travel.
+    Bin(#[serde(with = "bin")] Vec<u8>),
     Nested(Option<Box<TestBody>>),
     Pair(i64, bool),
     Float(f64),
+}
+
+/// MessagePack `bin` for a byte vector (serde's default is an array of integers).
+mod bin {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    struct V;
+
+    impl serde::de::Visitor<'_> for V {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(V)
+    }
 }
 
 /// Any nesting of values, to feed the decoder hostile depth.
@@ -42,6 +75,7 @@ fn body() -> impl Strategy<Value = TestBody> {
         }),
         any::<String>().prop_map(TestBody::Text),
         proptest::collection::vec(any::<u8>(), 0..512).prop_map(TestBody::Bytes),
+        proptest::collection::vec(any::<u8>(), 0..512).prop_map(TestBody::Bin),
         (any::<i64>(), any::<bool>()).prop_map(|(a, b)| TestBody::Pair(a, b)),
         // NaN != NaN would make the round-trip comparison fail for the wrong reason.
         any::<f64>()
@@ -166,6 +200,95 @@ proptest! {
         let mut out = Vec::new();
         for piece in stream.chunks(chunk) {
             dec.push(piece);
+            while let Some(e) = dec.next_envelope::<TestBody>().unwrap() {
+                out.push(e);
+            }
+        }
+        prop_assert_eq!(dec.buffered(), 0);
+        prop_assert_eq!(out, envs);
+    }
+}
+
+/// The envelope decoder as it was before the fast path: the version peeked first (slow
+/// path), then the whole payload decoded (slow path).
+fn reference_decode(payload: &[u8]) -> Result<Envelope<TestBody>, WireError> {
+    let VersionPeek(got) = decode_exact_reader(payload)?;
+    if got != PROTOCOL_VERSION {
+        return Err(WireError::VersionMismatch {
+            got,
+            expected: PROTOCOL_VERSION,
+        });
+    }
+    decode_exact_reader(payload)
+}
+
+/// Same outcome from both decoders: the same envelope, or errors of the same kind.
+fn same_outcome(payload: &[u8]) -> Result<(), TestCaseError> {
+    let fast = decode_payload::<TestBody>(payload);
+    let slow = reference_decode(payload);
+    match (&fast, &slow) {
+        (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+        (Err(a), Err(b)) => prop_assert_eq!(
+            std::mem::discriminant(a),
+            std::mem::discriminant(b),
+            "{:?} vs {:?}",
+            a,
+            b
+        ),
+        _ => prop_assert!(false, "fast {fast:?}, reference {slow:?}"),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn fast_decode_agrees_with_the_reader_on_random_payloads(
+        payload in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        same_outcome(&payload)?;
+    }
+
+    #[test]
+    fn fast_decode_agrees_with_the_reader_on_damaged_envelopes(
+        env in envelope(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in any::<prop::sample::Index>(),
+        tail in proptest::collection::vec(any::<u8>(), 0..8),
+    ) {
+        let mut payload = rmp_serde::to_vec(&env).unwrap();
+        for (at, byte) in flips {
+            let i = at.index(payload.len());
+            payload[i] = byte;
+        }
+        same_outcome(&payload)?;
+        let cut = cut.index(payload.len() + 1);
+        same_outcome(&payload[..cut])?;
+        payload.extend_from_slice(&tail);
+        same_outcome(&payload)?;
+    }
+
+    #[test]
+    fn reads_into_the_decoder_reassemble_any_chunking(
+        envs in proptest::collection::vec(envelope(), 1..8),
+        reads in proptest::collection::vec((1usize..200, any::<prop::sample::Index>()), 1..64),
+    ) {
+        // A socket read offers `room` bytes and fills only some of them.
+        let stream: Vec<u8> = envs.iter().flat_map(|e| encode_frame(e).unwrap()).collect();
+        let mut dec = FrameDecoder::new(MAX_FRAME);
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut i = 0;
+        while at < stream.len() {
+            let (room, fill) = reads[i % reads.len()];
+            i += 1;
+            let n = (fill.index(room) + 1).min(stream.len() - at);
+            let buf = dec.read_buf(room);
+            prop_assert_eq!(buf.len(), room);
+            buf[..n].copy_from_slice(&stream[at..at + n]);
+            dec.filled(n);
+            at += n;
             while let Some(e) = dec.next_envelope::<TestBody>().unwrap() {
                 out.push(e);
             }
@@ -833,7 +956,7 @@ proptest! {
 fn channel_throughput() {
     use std::time::Instant;
     const FRAMES: usize = 256;
-    let chunk = TestBody::Bytes(vec![0x5a; 1024 * 1024]);
+    let chunk = TestBody::Bin(vec![0x5a; 1024 * 1024]);
     let mb = (FRAMES * 1024 * 1024) as f64 / 1e6;
     for round in 0..3 {
         let t = Instant::now();

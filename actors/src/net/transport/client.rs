@@ -117,6 +117,50 @@ impl<B: Serialize + DeserializeOwned> Client<B> {
     /// Sends a request and waits for its reply, at most `timeout`. After a timeout the
     /// connection is unusable (a frame may be half written); connect again.
     pub async fn request(&mut self, body: B, timeout: Duration) -> Result<B, TransportError> {
+        self.within(timeout, |c| async move {
+            let id = c.write_request(body).await?;
+            c.read_reply(id).await
+        })
+        .await
+    }
+
+    /// Writes a request (at most `timeout`) and returns its id without waiting for the
+    /// reply, which [`Client::reply`] collects: a tool overlaps its own work (writing
+    /// the last bytes it got to disk) with the node's round trip.
+    pub async fn start_request(
+        &mut self,
+        body: B,
+        timeout: Duration,
+    ) -> Result<u64, TransportError> {
+        self.within(timeout, |c| c.write_request(body)).await
+    }
+
+    /// Waits for the reply to request `id` (at most `timeout`); anything else that comes
+    /// first (a reply nobody waits for any more, an unsolicited message) is skipped.
+    pub async fn reply(&mut self, id: u64, timeout: Duration) -> Result<B, TransportError> {
+        self.within(timeout, |c| c.read_reply(id)).await
+    }
+
+    /// Runs `work` on this connection, at most `timeout`.
+    async fn within<'a, T, F, Fut>(
+        &'a mut self,
+        timeout: Duration,
+        work: F,
+    ) -> Result<T, TransportError>
+    where
+        F: FnOnce(&'a mut Self) -> Fut,
+        Fut: std::future::Future<Output = Result<T, TransportError>> + 'a,
+    {
+        let peer = self.peer.clone();
+        tokio::time::timeout(timeout, work(self))
+            .await
+            .map_err(|_| TransportError::Timeout {
+                peer,
+                after: timeout,
+            })?
+    }
+
+    async fn write_request(&mut self, body: B) -> Result<u64, TransportError> {
         if self.broken {
             return Err(TransportError::Closed);
         }
@@ -124,34 +168,33 @@ impl<B: Serialize + DeserializeOwned> Client<B> {
         let id = self.next_id;
         let mut frame = wire::encode_frame(&Envelope::request(id, body))?;
         self.sealer.seal_frame(&mut frame)?;
+        // Left set if the write is cut off (timeout) or fails: the stream may hold half
+        // a frame.
         self.broken = true;
-        let Client { stream, dec, .. } = self;
-        let work = async {
-            stream.write_all(&frame).await?;
-            let mut chunk = vec![0u8; READ_CHUNK];
-            loop {
-                while let Some(env) = dec.next_envelope::<B>()? {
-                    if env.reply_to == Some(id) {
-                        return Ok(env.body);
-                    }
-                    // Anything else (an unsolicited message) is not for a tool.
+        self.stream.write_all(&frame).await?;
+        self.broken = false;
+        Ok(id)
+    }
+
+    async fn read_reply(&mut self, id: u64) -> Result<B, TransportError> {
+        if self.broken {
+            return Err(TransportError::Closed);
+        }
+        // A protocol error, a timeout or a closed stream leaves it in an unknown state.
+        self.broken = true;
+        loop {
+            while let Some(env) = self.dec.next_envelope::<B>()? {
+                if env.reply_to == Some(id) {
+                    self.broken = false;
+                    return Ok(env.body);
                 }
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(TransportError::PeerClosed);
-                }
-                dec.push(chunk.get(..n).unwrap_or_default());
+                // Anything else (an unsolicited message) is not for a tool.
             }
-        };
-        let res =
-            tokio::time::timeout(timeout, work)
-                .await
-                .map_err(|_| TransportError::Timeout {
-                    peer: self.peer.clone(),
-                    after: timeout,
-                })?;
-        // A protocol error also leaves the stream in an unknown state.
-        self.broken = res.is_err();
-        res
+            let n = self.stream.read(self.dec.read_buf(READ_CHUNK)).await?;
+            if n == 0 {
+                return Err(TransportError::PeerClosed);
+            }
+            self.dec.filled(n);
+        }
     }
 }

@@ -762,7 +762,6 @@ pub(super) async fn read_loop<B: Message>(
     mut dec: SecureDecoder,
     ctx: &ConnCtx<B>,
 ) -> Result<(), TransportError> {
-    let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         loop {
             // Counted by frame, not by socket read: the first frames may have arrived
@@ -774,13 +773,14 @@ pub(super) async fn read_loop<B: Message>(
             ctx.count(false, 1, before.saturating_sub(dec.buffered()));
             ctx.dispatch(env).await?;
         }
-        let n = rd.read(&mut chunk).await?;
+        // Straight into the decoder's buffer, where the frame is then opened in place.
+        let n = rd.read(dec.read_buf(READ_CHUNK)).await?;
         if n == 0 {
             return match dec.buffered() {
                 0 => Err(TransportError::PeerClosed),
                 buffered => Err(TransportError::Truncated { buffered }),
             };
         }
-        dec.push(chunk.get(..n).unwrap_or_default());
+        dec.filled(n);
     }
 }

@@ -68,6 +68,7 @@ impl SdfsCore {
                         ctl: None,
                         attempts: 0,
                         excluded: BTreeSet::new(),
+                        refused: None,
                         holders: Vec::new(),
                     }),
                 );

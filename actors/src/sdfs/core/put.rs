@@ -51,7 +51,17 @@ impl SdfsCore {
         let name = p.name.clone();
         let targets = self.ring.placement_excluding(&name, replicas, &p.excluded);
         if targets.is_empty() {
-            self.fail_put(op, SdfsError::NoMembers);
+            // Nodes are there, but each failed a write of this put (a full disk, say):
+            // saying "not in the cluster" would send the operator the wrong way.
+            let err = match &p.refused {
+                Some(last) if !p.excluded.is_empty() => SdfsError::AllRefused {
+                    name: name.to_string(),
+                    refused: p.excluded.len(),
+                    last: last.clone(),
+                },
+                _ => SdfsError::NoMembers,
+            };
+            self.fail_put(op, err);
             return;
         }
         let xfer = self.id();
@@ -94,6 +104,7 @@ impl SdfsCore {
         p.attempts += 1;
         if exclude {
             p.excluded.insert(lost.clone());
+            p.refused = Some(format!("{lost}: {why}"));
         }
         let (name, version, attempts) = (p.name.clone(), p.version.unwrap_or(0), p.attempts);
         if let PutStage::Uploading { xfer } = p.stage {
