@@ -65,6 +65,8 @@ pub struct RawSecurity {
     pub operators_file: Option<String>,
     /// Let tools prove the cluster secret instead of an operator key (as admins).
     pub allow_secret_for_tools: Option<bool>,
+    /// The operator key files are the public samples shipped in `samples/`.
+    pub sample_keys: Option<bool>,
 }
 
 /// `[ctl]`: the operator side (`dml ctl`, `dml up`, `dml demo`).
@@ -220,6 +222,10 @@ pub struct Config {
     pub operators: Vec<dml_wire::OperatorKey>,
     /// Whether tools may prove the cluster secret (off unless configured).
     pub allow_secret_for_tools: bool,
+    /// `[security] sample_keys`: the operator files are the public samples of the
+    /// repository, whose file mode is not checked (a fresh clone cannot keep mode 600,
+    /// and keys everybody has protect nothing); nodes warn about it at start.
+    pub sample_keys: bool,
     /// The operator credential `dml ctl` proves, read when a tool needs it (nodes do
     /// not need the operator's key file).
     pub credential_file: Option<PathBuf>,
@@ -531,6 +537,7 @@ impl RawConfig {
             accept_secrets: keys.accept_secrets,
             operators: keys.operators,
             allow_secret_for_tools: keys.allow_secret_for_tools,
+            sample_keys: keys.sample_keys,
             credential_file: keys.credential_file,
             secret,
             data_dir: resolve(base, self.cluster.data_dir.as_deref().unwrap_or("data")),
@@ -745,6 +752,17 @@ mod tests {
             assert_eq!(e.key, "ctl.credential_file");
             assert!(e.to_string().contains("readable by group or others"), "{e}");
         }
+        // The repository's public sample keys, said to be so, are not mode-checked (a
+        // fresh clone cannot keep mode 600); nothing else changes.
+        chmod(&ops, 0o644);
+        let mut r = raw();
+        r.security.operators_file = Some("operators.txt".into());
+        r.ctl.credential_file = Some("alice.credential".into());
+        r.security.sample_keys = Some(true);
+        let c = r.validate(dir.path()).unwrap();
+        assert!(c.sample_keys);
+        assert_eq!(c.operators.len(), 1);
+        assert!(c.tool_credential().is_ok());
     }
 
     #[test]

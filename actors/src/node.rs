@@ -143,6 +143,13 @@ fn start_models(
 
 /// Runs the node `me` until a shutdown signal.
 pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeError> {
+    if config.sample_keys {
+        warn!(
+            "SAMPLE operator keys ([security] sample_keys = true): anyone with the dml \
+             repository can act as an operator of this cluster; generate your own keys for a \
+             deployment (README, Security)"
+        );
+    }
     let system = System::new();
     system.block_on(async move {
         let listener = bind(&me).await?;

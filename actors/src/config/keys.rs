@@ -15,6 +15,7 @@ pub(super) struct Keys {
     pub operators: Vec<OperatorKey>,
     pub allow_secret_for_tools: bool,
     pub credential_file: Option<PathBuf>,
+    pub sample_keys: bool,
 }
 
 pub(super) fn load(raw: &RawConfig, base: &Path) -> Result<Keys, ConfigError> {
@@ -38,12 +39,16 @@ pub(super) fn load(raw: &RawConfig, base: &Path) -> Result<Keys, ConfigError> {
             format!("every accepted secret must be at least {MIN_KEY_LEN} bytes long"),
         ));
     }
+    let sample_keys = raw.security.sample_keys.unwrap_or(false);
     let operators = match &raw.security.operators_file {
         None => Vec::new(),
         Some(f) => {
             let path = resolve(base, f);
-            // The operators' keys let a tool act as that operator: private like a secret.
-            check_private("security.operators_file", &path)?;
+            // The operators' keys let a tool act as that operator: private like a secret
+            // (unless they are the public samples, which nobody can keep private).
+            if !sample_keys {
+                check_private("security.operators_file", &path)?;
+            }
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 err(
                     "security.operators_file",
@@ -63,6 +68,7 @@ pub(super) fn load(raw: &RawConfig, base: &Path) -> Result<Keys, ConfigError> {
         operators,
         allow_secret_for_tools: raw.security.allow_secret_for_tools.unwrap_or(false),
         credential_file: raw.ctl.credential_file.as_deref().map(|f| resolve(base, f)),
+        sample_keys,
     })
 }
 
@@ -73,7 +79,9 @@ impl Config {
     pub fn tool_credential(&self) -> Result<Credential, ConfigError> {
         match &self.credential_file {
             Some(path) => {
-                check_private("ctl.credential_file", path)?;
+                if !self.sample_keys {
+                    check_private("ctl.credential_file", path)?;
+                }
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     err(
                         "ctl.credential_file",
