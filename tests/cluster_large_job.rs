@@ -1,9 +1,9 @@
 //! A real image set end to end (issue 15, item 6): 10,000 generated JPEGs of varied sizes,
 //! packed into tar archives of 1,000 as a user with a large folder would, stored with one
 //! directory put, one ResNet-50 job over them on a 10-node local cluster, the results
-//! exported with the real `dml ctl results JOB --out FILE`, and every row checked: each
-//! input exactly once, numbered in order, classified as `dml classify` classifies the
-//! same image. Set `DML_LARGE_JOB_IMAGES` to run another size.
+//! exported with the real `dml ctl results JOB --out FILE` (and an interrupted export
+//! resumed to the same file), and every row checked: each input exactly once, numbered
+//! in order, classified as `dml classify` classifies the same image. Set `DML_LARGE_JOB_IMAGES` to run another size.
 
 mod common;
 
@@ -186,6 +186,50 @@ fn ten_thousand_images_in_archives_end_to_end() {
     assert!(
         !root.join("results.jsonl.dml-export").exists(),
         "sidecar left"
+    );
+
+    // An export interrupted a third of the way, halfway through writing a row: run again,
+    // it truncates the half row, goes on from its mark, and ends with the same file.
+    let cut = n / 3;
+    let head: usize = text.lines().take(cut).map(|l| l.len() + 1).sum();
+    let partial = root.join("again.jsonl");
+    let next_line = text.lines().nth(cut).unwrap_or("");
+    fs::write(
+        &partial,
+        format!("{}{}", &text[..head], &next_line[..next_line.len() / 2]),
+    )
+    .unwrap();
+    fs::write(
+        root.join("again.jsonl.dml-export"),
+        serde_json::json!({"job": job, "next": cut, "bytes": head, "rows": cut, "errors": 0})
+            .to_string(),
+    )
+    .unwrap();
+    let export = || {
+        Proc::new(common::dml_bin())
+            .arg("ctl")
+            .arg("--config")
+            .arg(&c.config)
+            .args(["--node", &via, "results", &job, "--out"])
+            .arg(&partial)
+            .status()
+            .unwrap()
+    };
+    let status = export();
+    assert!(status.success(), "resumed export failed: {status}");
+    assert!(
+        fs::read_to_string(&partial).unwrap() == text,
+        "the resumed export differs from the uninterrupted one"
+    );
+    assert!(
+        !root.join("again.jsonl.dml-export").exists(),
+        "sidecar left"
+    );
+    // Without a mark, an existing file is not replaced.
+    assert_eq!(
+        export().code(),
+        Some(1),
+        "an existing export is not overwritten"
     );
 
     // What `dml classify` says of each image, from the same weights.

@@ -359,7 +359,8 @@ pub(crate) async fn export(
     file.set_len(mark.bytes)?;
     file.seek(SeekFrom::Start(mark.bytes))?;
     let mut w = RowWriter::new(BufWriter::new(file), format, mark.rows, from == 0)?;
-    let mut progress = Progress::new(format!("results of job {job}"), 0, Mode::detect());
+    // Shown from the first page on: a refused export (unknown job) shows only its error.
+    let mut progress: Option<Progress> = None;
     let mut total = 0;
     let mut complete = true;
     let r = each_page(node, job, from, |p| {
@@ -382,8 +383,10 @@ pub(crate) async fn export(
         mark.bytes = w.out.get_ref().metadata()?.len();
         fs::write(&mark_file, serde_json::to_vec(&mark)?)
             .with_context(|| format!("cannot write {}", mark_file.display()))?;
-        progress.set_total(u64::from(total));
-        progress.update(mark.rows, mark.errors);
+        let p = progress.get_or_insert_with(|| {
+            Progress::new(format!("results of job {job}"), u64::from(total), Mode::detect())
+        });
+        p.update(mark.rows, mark.errors);
         Ok(())
     })
     .await;
@@ -404,7 +407,9 @@ pub(crate) async fn export(
     }
     let file: File = w.finish()?.into_inner().map_err(|e| anyhow!("{e}"))?;
     file.sync_all()?;
-    progress.finish();
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
     let _ = fs::remove_file(&mark_file);
     let summary = Summary {
         rows: mark.rows,
