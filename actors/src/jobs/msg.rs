@@ -85,7 +85,7 @@ pub struct ResultsPage {
     pub model: String,
     /// Its number of queries.
     pub total: u32,
-    /// Queries committed with a result, and as failed, in the whole job.
+    /// Queries committed with a result, in the whole job.
     pub ok: u64,
     /// Queries committed as failed, in the whole job.
     pub failed: u64,
