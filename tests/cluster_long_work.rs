@@ -186,13 +186,7 @@ fn listings_and_long_work_on_a_real_cluster() {
     let o = ctl(&c, &h1, &["C4", "resnet50", "inputs/mixed"]);
     let stderr = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "C4 with a bad input: {stderr}");
-    let job = text(&o.stdout)
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("job "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no job line: {}", text(&o.stdout)))
-        .to_string();
+    let job = job_of(&o);
     plain_progress(
         &stderr,
         &format!("job {job}: 0/101"),
@@ -218,13 +212,7 @@ fn listings_and_long_work_on_a_real_cluster() {
     );
     let stderr = text(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "C4 past its deadline: {stderr}");
-    let job2 = text(&o.stdout)
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("job "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no job line: {}", text(&o.stdout)))
-        .to_string();
+    let job2 = job_of(&o);
     assert_ne!(job2, job);
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
@@ -305,4 +293,15 @@ fn classify_exits_non_zero_naming_the_files_that_failed() {
         .output()
         .expect("run dml classify");
     assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// The job id of `dml ctl C4`'s first stdout line (`job J accepted: ...`).
+fn job_of(o: &std::process::Output) -> String {
+    text(&o.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("job "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job line: {}", text(&o.stdout)))
+        .to_string()
 }

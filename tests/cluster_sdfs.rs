@@ -327,22 +327,19 @@ struct RssWatch {
     handle: std::thread::JoinHandle<f64>,
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 impl RssWatch {
     fn start(pids: Vec<u32>) -> RssWatch {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
-            let base: Vec<u64> = pids.iter().map(|p| rss_kib(*p).unwrap_or(0)).collect();
+            let base: Vec<u64> = pids
+                .iter()
+                .map(|p| dml_bench::scale::rss_kb(*p).unwrap_or(0))
+                .collect();
             let mut worst = 0u64;
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
                 for (p, b) in pids.iter().zip(&base) {
-                    if let Some(now) = rss_kib(*p) {
+                    if let Some(now) = dml_bench::scale::rss_kb(*p) {
                         worst = worst.max(now.saturating_sub(*b));
                     }
                 }

@@ -403,7 +403,8 @@ fn parse_result_lines(bytes: &[u8], job: JobId) -> Vec<QueryResult> {
 /// from the result objects the coordinator's index names (16 at a time). A failed
 /// query's row carries its error; a query without an outcome yet has no row.
 async fn result_rows(sdfs: &SdfsClient, page: ResultsPage) -> Outcome {
-    let mut objects: Vec<Option<Vec<QueryResult>>> = Vec::with_capacity(page.objects.len());
+    // Per object of the page, its rows by query.
+    let mut objects: Vec<HashMap<u32, QueryResult>> = Vec::with_capacity(page.objects.len());
     for chunk in page.objects.chunks(16) {
         let read = join_all(
             chunk
@@ -413,7 +414,8 @@ async fn result_rows(sdfs: &SdfsClient, page: ResultsPage) -> Outcome {
         .await;
         for (b, r) in chunk.iter().zip(read) {
             let bytes = r.map_err(|e| jobs_text::result_object_unreadable(page.job, *b, &e))?;
-            objects.push(Some(parse_result_lines(&bytes, page.job)));
+            let lines = parse_result_lines(&bytes, page.job);
+            objects.push(lines.into_iter().map(|r| (r.q, r)).collect());
         }
     }
     let unfinished: HashMap<u32, &String> = page.unfinished.iter().map(|(q, n)| (*q, n)).collect();
@@ -424,17 +426,11 @@ async fn result_rows(sdfs: &SdfsClient, page: ResultsPage) -> Outcome {
             state::OPEN => {}
             state::FAILED => rows.push(jobs_text::failed_row(&page, q, unfinished.get(&q))),
             k => {
-                let obj = (k as usize)
+                let row = (k as usize)
                     .checked_sub(1)
-                    .and_then(|k| objects.get(k))
-                    .and_then(|o| o.as_ref());
-                let row = obj.and_then(|lines| lines.iter().find(|r| r.q == q));
-                match row {
-                    Some(r) => rows.push(r.clone()),
-                    None => {
-                        return Err(jobs_text::result_missing(page.job, q));
-                    }
-                }
+                    .and_then(|k| objects.get_mut(k))
+                    .and_then(|lines| lines.remove(&q));
+                rows.push(row.ok_or_else(|| jobs_text::result_missing(page.job, q))?);
             }
         }
     }
