@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dml_actors::config::ConfigError;
 use dml_models::cli as models_cli;
+use dml_models::Precision;
 
 #[derive(Parser)]
 #[command(
@@ -112,6 +113,9 @@ enum Cmd {
         weights: PathBuf,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// What the convolutions compute in: fp32, bf16 or int8 (see README).
+        #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+        precision: Precision,
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -144,13 +148,17 @@ enum BenchCmd {
         threads: usize,
         #[arg(long, value_delimiter = ',', default_value = "1,8")]
         batches: Vec<usize>,
-        /// Also measure every other kernel combination (portable, no Winograd), one
-        /// line each, to show what each step brings.
+        /// Precisions to measure (fp32, bf16, int8), comma-separated; default: fp32 and
+        /// every precision this CPU has a path for.
+        #[arg(long, value_delimiter = ',', value_parser = parse_precision)]
+        precision: Vec<Precision>,
+        /// Also measure every other kernel combination (portable, no Winograd, no AMX),
+        /// one line each, to show what each step brings.
         #[arg(long)]
         all_kernels: bool,
         /// Instead of timing, serve single passes for an outside harness
-        /// (tools/reference/interleave.py): each stdin line `<network> <batch>` runs one
-        /// forward pass and prints its seconds.
+        /// (tools/reference/interleave.py): each stdin line `<network> <batch>
+        /// [precision]` runs one forward pass and prints its seconds.
         #[arg(long, conflicts_with = "all_kernels")]
         passes_from_stdin: bool,
     },
@@ -249,6 +257,11 @@ fn init_logs() {
         .try_init();
 }
 
+/// `--precision` values: the one-line error lists the choices.
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    Precision::parse(s)
+}
+
 /// `dml classify`: the results on stdout, progress on stderr, and exit code 1 with the
 /// failed files' names on stderr when any image failed.
 fn classify(
@@ -256,6 +269,7 @@ fn classify(
     weights: &std::path::Path,
     dir: &std::path::Path,
     threads: usize,
+    precision: Precision,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use dml_cluster::progress::{Mode, Progress};
@@ -265,6 +279,7 @@ fn classify(
         weights,
         dir,
         threads,
+        precision,
         json,
         &mut |n, failed, total| {
             let p = progress
@@ -367,23 +382,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             model,
             weights,
             threads,
+            precision,
             json,
             dir,
         } => {
             init_logs();
-            return classify(&model, &weights, &dir, threads, json);
+            return classify(&model, &weights, &dir, threads, precision, json);
         }
         Cmd::Bench { what } => match what {
             BenchCmd::Models {
                 weights,
                 threads,
                 batches,
+                precision,
                 all_kernels,
                 passes_from_stdin: false,
-            } => dml_bench::models::bench_models(&weights, threads, &batches, all_kernels)?,
+            } => dml_bench::models::bench_models(
+                &weights,
+                threads,
+                &batches,
+                &precision,
+                all_kernels,
+            )?,
             BenchCmd::Models {
-                weights, threads, ..
-            } => dml_bench::models::serve_passes(&weights, threads)?,
+                weights,
+                threads,
+                precision,
+                ..
+            } => {
+                let precision = if precision.is_empty() {
+                    vec![Precision::Fp32]
+                } else {
+                    precision
+                };
+                dml_bench::models::serve_passes(&weights, threads, &precision)?
+            }
             BenchCmd::Cluster { args } => dml_bench::cluster::run(&args)?,
             BenchCmd::Idunno { args } => dml_bench::idunno::run(&args)?,
             BenchCmd::JobsChurn { args } => dml_bench::jobs_churn::run(&args)?,

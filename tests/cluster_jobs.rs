@@ -334,6 +334,25 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
         all.iter().cloned().collect(),
         "C5 lists every live node"
     );
+    // Every worker that ran a batch reports the precision its model computes in (the
+    // test config leaves `[inference] precision` at its default, fp32).
+    let reply = common::ctl_within(&via, Command::C5, Duration::from_secs(5))
+        .expect("C5 in time")
+        .expect("C5");
+    let v: Value = serde_json::from_str(&reply.json).unwrap();
+    let precisions: BTreeSet<String> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["precision"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        precisions,
+        BTreeSet::from(["fp32".to_string()]),
+        "C5 names the workers' precision: {}",
+        reply.text
+    );
+    assert!(reply.text.contains("precision"), "{}", reply.text);
     assert_eq!(
         seen.get("resnet50"),
         Some(&BTreeSet::from([3])),

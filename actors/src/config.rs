@@ -144,6 +144,7 @@ pub struct RawFailureDetector {
 #[serde(deny_unknown_fields)]
 pub struct RawInference {
     pub threads: Option<i64>,
+    pub precision: Option<String>,
     pub weights_dir: Option<String>,
 }
 
@@ -214,6 +215,10 @@ pub struct Config {
     /// Explicit monitor table by address, when given.
     pub topology: Option<BTreeMap<NodeAddr, Vec<NodeAddr>>>,
     pub threads: usize,
+    /// `[inference] precision`: what the convolutions compute in. Whether this CPU has a
+    /// path for it is checked when the models load (a config is shared by machines that
+    /// may differ).
+    pub precision: dml_models::Precision,
     pub weights_dir: PathBuf,
     pub sdfs: SdfsConfig,
     /// Cluster secrets accepted besides `secret` (the one this node dials with).
@@ -244,6 +249,7 @@ impl std::fmt::Debug for Config {
             .field("fd", &self.fd)
             .field("topology", &self.topology)
             .field("threads", &self.threads)
+            .field("precision", &self.precision)
             .field("weights_dir", &self.weights_dir)
             .field("sdfs", &self.sdfs)
             .finish()
@@ -496,6 +502,10 @@ impl RawConfig {
             ));
         }
 
+        let precision =
+            dml_models::Precision::parse(self.inference.precision.as_deref().unwrap_or("fp32"))
+                .map_err(|e| err("inference.precision", e))?;
+
         let s = &self.sdfs;
         let transfer = match s.transfer.as_deref().unwrap_or("native") {
             "native" => Transfer::Native,
@@ -554,6 +564,7 @@ impl RawConfig {
             },
             topology,
             threads: threads as usize,
+            precision,
             weights_dir: resolve(
                 base,
                 self.inference.weights_dir.as_deref().unwrap_or("weights"),
@@ -629,6 +640,9 @@ mod tests {
         let mut r = raw();
         r.inference.threads = Some(0);
         assert_eq!(key_of(r), "inference.threads");
+        let mut r = raw();
+        r.inference.precision = Some("fp16".into());
+        assert_eq!(key_of(r), "inference.precision");
     }
 
     #[test]

@@ -125,7 +125,8 @@ fn start_models(
         let actor = match which {
             Models::Networks => {
                 let source = ModelActor::source_for(network, &config.weights_dir);
-                ModelActor::load(network, &source, config.threads).map_err(NodeError::Model)?
+                ModelActor::load(network, &source, config.threads, config.precision)
+                    .map_err(NodeError::Model)?
             }
             Models::BenchFixedLogits => {
                 warn!(

@@ -440,6 +440,7 @@ impl Sim {
                     results_written: rb.queries.clone(),
                     failed: vec![],
                     compute_ms: ms,
+                    precision: Some("fp32".into()),
                 };
                 let batch = rb.batch;
                 self.worker(&to, worker::Input::Executed { batch, ex });

@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
             Path::new(arg(2)),
             Path::new(arg(3)),
             threads,
+            dml_models::Precision::Fp32,
             arg(4) == "--json",
             &mut |_, _, _| {},
         )
@@ -34,9 +35,9 @@ fn main() -> anyhow::Result<()> {
         "bench" => {
             let batches: Vec<usize> = args.iter().skip(2).filter_map(|b| b.parse().ok()).collect();
             let all = args.iter().any(|a| a == "--all-kernels");
-            bench_models(Path::new(arg(1)), threads, &batches, all)
+            bench_models(Path::new(arg(1)), threads, &batches, &[], all)
         }
-        "passes" => serve_passes(Path::new(arg(1)), threads),
+        "passes" => serve_passes(Path::new(arg(1)), threads, &[dml_models::Precision::Fp32]),
         _ => anyhow::bail!("usage: cli synth DIR [SEED] | fetch DIR | classify MODEL WEIGHTS DIR [--json] | bench WEIGHTS [BATCH..] | passes WEIGHTS"),
     }
 }

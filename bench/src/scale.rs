@@ -73,9 +73,14 @@ impl Line {
 
 /// Resident memory of a process (kB), from `/proc/<pid>/status`.
 pub fn rss_kb(pid: u32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kb(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// A `kB` field (`VmRSS:`, `VmHWM:`, ...) of a `/proc/.../status` file.
+pub fn status_kb(path: &str, field: &str) -> Option<u64> {
+    let s = fs::read_to_string(path).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()

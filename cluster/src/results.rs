@@ -466,6 +466,7 @@ mod tests {
             error: error.map(str::to_string),
             synthetic: true,
             bench_fixed_logits: false,
+            precision: Some("fp32".into()),
             per_query_ms: 1.0,
             worker: "n:1".into(),
             at_wall_ms: 0,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::inception_v3::InceptionV3;
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, Precision};
 use crate::labels;
 use crate::preprocess;
 use crate::resnet50::ResNet50;
@@ -61,6 +61,7 @@ pub struct Classifier {
     network: Network,
     net: Net,
     synthetic: Option<u64>,
+    precision: Precision,
     /// Decodes and resizes the images of a batch.
     pool: rayon::ThreadPool,
     /// Runs the forward pass's parallel loops.
@@ -72,6 +73,7 @@ impl std::fmt::Debug for Classifier {
         f.debug_struct("Classifier")
             .field("network", &self.network)
             .field("synthetic", &self.synthetic)
+            .field("precision", &self.precision)
             .field("threads", &self.pool.current_num_threads())
             .finish()
     }
@@ -90,6 +92,7 @@ impl Classifier {
         kernels: Kernels,
     ) -> Result<Self, ModelError> {
         let kernels = kernels.for_this_cpu();
+        kernels.precision.paths().map_err(ModelError::Unsupported)?;
         let network = weights.network();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
@@ -117,6 +120,7 @@ impl Classifier {
             network,
             net,
             synthetic: weights.synthetic_seed(),
+            precision: kernels.precision,
             pool,
             team,
         })
@@ -124,9 +128,26 @@ impl Classifier {
 
     /// Loads `network`'s weights from `dir` (see [`weights::find_weight_file`]) and builds it.
     pub fn load(network: Network, dir: &Path, threads: usize) -> Result<Self, ModelError> {
+        Self::load_at(network, dir, threads, Precision::Fp32)
+    }
+
+    /// Like [`Classifier::load`], computing in `precision` (an error, naming the missing
+    /// instructions, where this CPU has no path for it).
+    pub fn load_at(
+        network: Network,
+        dir: &Path,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<Self, ModelError> {
+        let kernels = Kernels::at(precision).map_err(ModelError::Unsupported)?;
         let path = weights::find_weight_file(network, dir)?;
         let w = Weights::load(network, &path)?;
-        Self::new(&w, threads)
+        Self::with_kernels(&w, threads, kernels)
+    }
+
+    /// The precision the convolutions compute in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn network(&self) -> Network {

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::{weights, Classifier, Network, Prediction, Weights};
+use crate::{weights, Classifier, Network, Precision, Prediction, Weights};
 use anyhow::Context;
 
 /// Writes deterministic synthetic weights for both networks into `dir`. Refuses to replace
@@ -77,11 +77,12 @@ pub fn classify(
     weights_dir: &Path,
     dir: &Path,
     threads: usize,
+    precision: Precision,
     json: bool,
     progress: &mut dyn FnMut(usize, usize, usize),
 ) -> anyhow::Result<Classified> {
     let net = Network::parse(model)?;
-    let classifier = Classifier::load(net, weights_dir, threads)?;
+    let classifier = Classifier::load_at(net, weights_dir, threads, precision)?;
     let files = image_files(dir)?;
     if classifier.is_synthetic() {
         eprintln!("{SYNTHETIC_NOTE}");

@@ -35,6 +35,10 @@ pub enum ModelError {
     /// A model name that is neither `resnet50` nor `inception_v3`.
     #[error("unknown model `{0}` (expected resnet50 or inception_v3)")]
     UnknownModel(String),
+    /// The precision has no instruction path on this CPU; the message names the missing
+    /// feature and the alternative.
+    #[error("{0}")]
+    Unsupported(String),
     /// The inference thread pool could not be created.
     #[error("cannot start inference threads: {0}")]
     Threads(String),

@@ -271,7 +271,7 @@ impl InceptionV3 {
         let shift: Vec<f64> = MEAN.iter().map(|m| (m - 0.5) / 0.5).collect();
         let mut fold = |c: &ConvSpec| {
             if c.conv_key == "Conv2d_1a_3x3.conv" {
-                layers::fold_with_input_affine(c, w, true, Some((&scale, &shift)), k)
+                layers::fold_with_input_affine(c, w, true, Some((&scale, &shift)), k.fp32())
             } else {
                 layers::fold(c, w, true, k)
             }

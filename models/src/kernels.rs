@@ -14,7 +14,9 @@
 
 use std::cell::RefCell;
 
+use crate::amx;
 use crate::packed_gemm::{self, Epilogue, PackedB};
+use crate::qgemm::{self, Format, PackedLow};
 use crate::team;
 use crate::winograd::{self, Winograd};
 
@@ -191,6 +193,73 @@ pub(crate) struct PackedConv {
     /// small images (7x7 at batch 1) the direct path wins, since Winograd's padded tiles and
     /// 16/9 larger filters cost more than the multiplications it saves.
     pub wino: Option<Winograd>,
+    /// The weights for the low-precision kernel (precision int8 or bf16); `w`, `packed`
+    /// and `wino` are then empty.
+    pub low: Option<PackedLow>,
+}
+
+/// The number format a network's convolutions compute in. Activations between layers
+/// stay f32 whatever the precision; a low-precision layer converts its input as it packs
+/// each tile, and its epilogue writes f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// IEEE single precision throughout: the reference.
+    #[default]
+    Fp32,
+    /// bfloat16 operands, f32 accumulation (AVX512-BF16 `vdpbf16ps`).
+    Bf16,
+    /// u8 activations (per-row scale) x s8 weights (per-channel scale), i32 accumulation
+    /// (AVX-512 VNNI `vpdpbusd`, AMX-INT8 tiles where the CPU has them).
+    Int8,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::Fp32, Precision::Bf16, Precision::Int8];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// Parses `fp32`, `bf16` or `int8`; the error is a one-line message naming them.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown precision `{s}` (expected fp32, bf16 or int8)"))
+    }
+
+    /// The instruction paths this CPU has for this precision, or why it has none.
+    pub fn paths(self) -> Result<&'static str, String> {
+        match self {
+            Precision::Fp32 if packed_gemm::available() => Ok("AVX-512 FMA"),
+            Precision::Fp32 => Ok("portable (gemm crate)"),
+            Precision::Int8 if amx::available(Format::Int8) => Ok("AMX-INT8 + AVX-512"),
+            Precision::Int8 if Format::Int8.available() => Ok("AVX-512 VNNI"),
+            Precision::Int8 => Err(
+                "int8 needs AVX-512 VNNI (avx512_vnni), which this CPU lacks; \
+                 use precision = \"fp32\""
+                    .into(),
+            ),
+            Precision::Bf16 if amx::available(Format::Bf16) => Ok("AMX-BF16 + AVX-512"),
+            Precision::Bf16 if Format::Bf16.available() => Ok("AVX512-BF16"),
+            Precision::Bf16 => Err(
+                "bf16 needs AVX512-BF16 (avx512_bf16), which this CPU lacks; \
+                 use precision = \"fp32\""
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Which kernels a network's convolutions are built for. [`Kernels::best`] is what the
@@ -198,41 +267,75 @@ pub(crate) struct PackedConv {
 /// machine that has AVX-512.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernels {
-    /// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions.
+    /// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (fp32 only).
     pub winograd: bool,
     /// Weights packed for the AVX-512 micro-kernel instead of the portable `gemm` crate.
     /// Ignored (treated as false) on a CPU without AVX-512.
     pub avx512: bool,
+    /// What every convolution but the first computes in (the first reads the signed
+    /// image and stays fp32).
+    pub precision: Precision,
+    /// AMX tiles for int8 and bf16 where the CPU has them and Linux grants them.
+    pub amx: bool,
 }
 
 impl Kernels {
-    /// Everything on, limited to what this CPU has.
+    /// Everything on, limited to what this CPU has, in fp32.
     pub fn best() -> Self {
         Self {
             winograd: true,
             avx512: true,
+            precision: Precision::Fp32,
+            amx: true,
         }
         .for_this_cpu()
+    }
+
+    /// The best kernels at `precision`, or the one-line reason this CPU has no path for it.
+    pub fn at(precision: Precision) -> Result<Self, String> {
+        precision.paths()?;
+        Ok(Self {
+            precision,
+            ..Self::best()
+        })
     }
 
     /// `self` with the AVX-512 kernel dropped when the CPU lacks it.
     pub fn for_this_cpu(self) -> Self {
         Self {
             avx512: self.avx512 && packed_gemm::available(),
+            amx: self.amx && (amx::available(Format::Int8) || amx::available(Format::Bf16)),
+            ..self
+        }
+    }
+
+    /// The same kernels in fp32: for a network's first convolution.
+    pub fn fp32(self) -> Self {
+        Self {
+            precision: Precision::Fp32,
             ..self
         }
     }
 }
 
 /// The fp32 peak of `threads` cores, measured (GFLOP/s): each thread of a fresh pool runs
-/// a register-only AVX-512 FMA loop at the same time. `None` on a CPU without AVX-512.
+/// a register-only AVX-512 FMA loop at the same time, seven times; each thread's best run
+/// counts. One run can land in a slow moment of a shared host (a single run once read
+/// 12% low, so a network measured after it showed "114% of peak"); the best of several
+/// is the core's speed. `None` on a CPU without AVX-512.
 pub fn fp32_peak_gflops(threads: usize) -> Option<f64> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
         .ok()?;
-    let per_core: Vec<Option<f64>> = pool.broadcast(|_| packed_gemm::core_peak_gflops());
-    per_core.into_iter().sum()
+    let mut best = vec![0.0f64; threads.max(1)];
+    for _ in 0..7 {
+        let per_core: Vec<Option<f64>> = pool.broadcast(|_| packed_gemm::core_peak_gflops());
+        for (b, g) in best.iter_mut().zip(per_core) {
+            *b = b.max(g?);
+        }
+    }
+    Some(best.iter().sum())
 }
 
 /// A raw pointer that may cross into parallel tasks; each task writes a disjoint tile.
@@ -253,6 +356,8 @@ impl SendPtr {
 thread_local! {
     /// Per-thread im2col tile, reused across calls.
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread quantized rows of an int8 tile and their scales.
+    static QROWS: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Output pixels per call from which Winograd is used. Measured per layer at batch 1:
@@ -283,13 +388,15 @@ impl PackedConv {
         algo: Kernels,
         large: bool,
     ) -> Self {
-        let wino = (algo.winograd && kh == 3 && kw == 3 && stride == 1 && ph == pw && ph <= 1)
-            .then(|| {
-                // F(4x4) needs many tiles per call to amortise its 2.25x larger filters
-                // (measured: it wins at 56x56, loses at 28x28 and 14x14).
-                let v = if large { &winograd::F4 } else { &winograd::F2 };
-                Winograd::from_oihw(v, oihw, cin, cout, algo.avx512)
-            });
+        let low = algo.precision != Precision::Fp32;
+        let wino =
+            (!low && algo.winograd && kh == 3 && kw == 3 && stride == 1 && ph == pw && ph <= 1)
+                .then(|| {
+                    // F(4x4) needs many tiles per call to amortise its 2.25x larger filters
+                    // (measured: it wins at 56x56, loses at 28x28 and 14x14).
+                    let v = if large { &winograd::F4 } else { &winograd::F2 };
+                    Winograd::from_oihw(v, oihw, cin, cout, algo.avx512)
+                });
         let k = kh * kw * cin;
         let mut w = vec![0.0f32; k * cout];
         for o in 0..cout {
@@ -316,14 +423,24 @@ impl PackedConv {
             relu,
             packed: None,
             wino,
+            low: None,
         }
-        .pack(algo.avx512)
+        .pack(algo)
     }
 
-    /// Moves the row-major weights into the AVX-512 kernel's panel order.
-    fn pack(mut self, packed: bool) -> Self {
-        if packed {
-            let k = self.kh * self.kw * self.cin;
+    /// Moves the row-major weights into the kernel's panel order: quantized for int8, else
+    /// the AVX-512 fp32 kernel's.
+    fn pack(mut self, algo: Kernels) -> Self {
+        let k = self.kh * self.kw * self.cin;
+        let low = match algo.precision {
+            Precision::Fp32 => None,
+            Precision::Int8 => Some(Format::Int8),
+            Precision::Bf16 => Some(Format::Bf16),
+        };
+        if let Some(format) = low {
+            self.low = Some(PackedLow::pack(&self.w, k, self.cout, format, algo.amx));
+            self.w = Vec::new();
+        } else if algo.avx512 {
             self.packed = Some(PackedB::pack(&self.w, k, self.cout, self.cout));
             self.w = Vec::new();
         }
@@ -469,6 +586,16 @@ impl PackedConv {
         } else {
             (&ZEROS[..self.cout], false)
         };
+        if let Some(q) = &self.low {
+            let ep = Epilogue {
+                bias,
+                residual: residual.map(|r| (r.as_ptr().add(m0 * self.cout + n0), self.cout)),
+                relu,
+            };
+            let c = dst.add(m0 * ld + col0 + n0);
+            let panels = (n0 / qgemm::NR, n1.div_ceil(qgemm::NR));
+            return self.tile_low(x, (oh, ow), (m0, m1), q, panels, (c, ld), ep);
+        }
         if let Some(pb) = &self.packed {
             let ep = Epilogue {
                 bias,
@@ -535,6 +662,83 @@ impl PackedConv {
                 }
             }
         }
+    }
+
+    /// The low-precision tile: convert rows `m0..m1` of the input (in place for a
+    /// pointwise convolution, else from the f32 im2col rows), then the product.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_low(
+        &self,
+        x: &Act,
+        (oh, ow): (usize, usize),
+        (m0, m1): (usize, usize),
+        q: &PackedLow,
+        panels: (usize, usize),
+        (c, ldc): (*mut f32, usize),
+        ep: Epilogue<'_>,
+    ) {
+        let rows = m1 - m0;
+        let k = q.k;
+        // Rows one packed row plus 64 bytes apart: off the 4 KiB grid (see packed_gemm's
+        // APACK).
+        let lda = q.row_bytes() + 64;
+        QROWS.with(|cell| {
+            let mut qr = cell.borrow_mut();
+            let (bytes, scales) = &mut *qr;
+            // AMX reads whole 16-row tiles; the rows past `rows` are never stored.
+            let alloc = if q.amx { amx::padded_rows(rows) } else { rows };
+            if bytes.len() < alloc * lda {
+                bytes.resize(alloc * lda, 0);
+            }
+            if scales.len() < rows {
+                scales.resize(rows, 0.0);
+            }
+            if self.pointwise() {
+                let a = x.data.as_ptr().add(m0 * self.cin);
+                qgemm::pack_rows(
+                    q.format,
+                    a,
+                    self.cin,
+                    rows,
+                    k,
+                    bytes.as_mut_ptr(),
+                    lda,
+                    q.kp,
+                    scales,
+                );
+            } else {
+                COLS.with(|cell| {
+                    let mut cols_buf = cell.borrow_mut();
+                    if cols_buf.len() < rows * k {
+                        cols_buf.resize(rows * k, 0.0);
+                    }
+                    self.im2col(x, (oh, ow), m0, m1, &mut cols_buf[..rows * k]);
+                    qgemm::pack_rows(
+                        q.format,
+                        cols_buf.as_ptr(),
+                        k,
+                        rows,
+                        k,
+                        bytes.as_mut_ptr(),
+                        lda,
+                        q.kp,
+                        scales,
+                    );
+                });
+            }
+            let gemm = if q.amx { amx::gemm } else { qgemm::gemm };
+            gemm(
+                rows,
+                bytes.as_ptr(),
+                lda,
+                scales.as_ptr(),
+                q,
+                panels,
+                c,
+                ldc,
+                ep,
+            );
+        });
     }
 
     /// Rows `m0..m1` of the im2col matrix: for each output pixel, the `kh x kw` window of

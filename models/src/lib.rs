@@ -17,6 +17,7 @@
 //! - [`error`]: [`ModelError`], the one error type of this layer.
 #![deny(unsafe_code)]
 
+mod amx;
 pub mod classifier;
 pub mod cli;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod labels;
 mod layers;
 mod packed_gemm;
 pub mod preprocess;
+mod qgemm;
 pub mod resnet50;
 mod team;
 pub mod weights;
@@ -33,5 +35,5 @@ mod winograd;
 
 pub use classifier::{BatchOutput, Classifier, Prediction, TopClass};
 pub use error::ModelError;
-pub use kernels::{fp32_peak_gflops, Kernels};
+pub use kernels::{fp32_peak_gflops, Kernels, Precision};
 pub use weights::{Network, Weights};

@@ -205,7 +205,7 @@ unsafe fn gemm_avx512(
 /// as equal as they go: a short last block (49 = 4 x 12 + 1) runs its one or two rows
 /// latency-bound on too few accumulators, while 49 = 10+10+10+10+9 keeps every block near
 /// full speed.
-fn block_rows(rows: usize, i: usize) -> usize {
+pub(crate) fn block_rows(rows: usize, i: usize) -> usize {
     let blocks = rows.div_ceil(MR);
     rows / blocks + usize::from(i < rows % blocks)
 }
@@ -307,7 +307,7 @@ pub(crate) fn core_peak_gflops() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: available() checked AVX-512F.
-        let (flops, secs) = unsafe { fma_loop(20_000_000) };
+        let (flops, secs) = unsafe { fma_loop(5_000_000) };
         Some(flops / secs / 1e9)
     }
     #[cfg(not(target_arch = "x86_64"))]

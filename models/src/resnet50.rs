@@ -163,7 +163,7 @@ impl ResNet50 {
 
     /// Like [`ResNet50::new`], with a chosen set of kernels.
     pub fn with_kernels(w: &Weights, k: Kernels) -> candle_core::Result<Self> {
-        let stem = layers::fold(&stem_spec(), w, true, k)?;
+        let stem = layers::fold(&stem_spec(), w, true, k.fp32())?;
         let blocks = block_specs()
             .iter()
             .map(|b| {

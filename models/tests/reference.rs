@@ -84,10 +84,11 @@ fn other_kernel_paths_match_torchvision() {
     let portable = Kernels {
         winograd: true,
         avx512: false,
+        ..Kernels::best()
     };
     let direct = Kernels {
         winograd: false,
-        avx512: true,
+        ..Kernels::best()
     };
     check_network(Network::ResNet50, portable);
     check_network(Network::InceptionV3, portable);

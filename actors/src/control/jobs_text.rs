@@ -80,6 +80,7 @@ pub fn failed_row(page: &ResultsPage, q: QueryId, name: Option<&&String>) -> Que
         error: Some("failed on every attempt (input unreadable or the workers failed)".into()),
         synthetic: false,
         bench_fixed_logits: false,
+        precision: None,
         per_query_ms: 0.0,
         worker: String::new(),
         at_wall_ms: 0,
@@ -191,14 +192,16 @@ pub fn format_report(report: StatusReport) -> Reply {
             Reply::new(text, serde_json::to_value(&rows).unwrap_or_default())
         }
         StatusReport::Assignment { nodes, shares } => {
-            let mut text =
-                String::from("node                   job      model          batch queries");
+            let mut text = String::from(
+                "node                   job      model          precision batch queries",
+            );
             for a in &nodes {
                 text.push_str(&format!(
-                    "\n{:<22} {:<8} {:<14} {}",
+                    "\n{:<22} {:<8} {:<14} {:<9} {}",
                     a.node.to_string(),
                     a.job.map_or("-".into(), |j| j.to_string()),
                     a.model.clone().unwrap_or_else(|| "idle".into()),
+                    a.precision.as_deref().unwrap_or("-"),
                     if a.queries > 0 {
                         a.queries.to_string()
                     } else {

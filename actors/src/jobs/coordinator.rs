@@ -245,6 +245,8 @@ struct InFlight {
 #[derive(Debug, Default)]
 struct Slot {
     busy: Option<BatchId>,
+    /// The precision its model computes in, from its latest report.
+    precision: Option<String>,
     last_job: Option<JobId>,
     /// Refused a batch as busy: not used until it reports something.
     blocked: bool,
@@ -383,6 +385,7 @@ impl Coordinator {
                     model: b.map(|(_, e)| e.model.clone()),
                     batch: b.map(|(id, _)| id),
                     queries: b.map_or(0, |(_, e)| e.queries.len() as u32),
+                    precision: slot.precision.clone(),
                 }
             })
             .collect()

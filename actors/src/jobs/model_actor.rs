@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use dml_models::{Classifier, Network, Prediction, TopClass, Weights};
+use dml_models::{
+    Classifier, Kernels, ModelError, Network, Precision, Prediction, TopClass, Weights,
+};
 use tracing::{info, warn};
 
 /// Classify a batch of encoded images (JPEG, PNG, ...).
@@ -28,6 +30,8 @@ pub struct BatchResult {
     pub synthetic: bool,
     /// Made by the benchmark's fixed-logits model: nothing was computed.
     pub fixed_logits: bool,
+    /// The precision the network computed in (`None` for the fixed-logits model).
+    pub precision: Option<String>,
 }
 
 /// Where a ModelActor gets its weights.
@@ -57,18 +61,29 @@ enum Engine {
 
 impl ModelActor {
     /// Loads the network. Runs on the SyncArbiter thread, so a slow load never blocks pings.
-    pub fn load(network: Network, source: &WeightSource, threads: usize) -> Result<Self, String> {
+    /// `precision` with no path on this CPU is an error naming the missing instructions.
+    pub fn load(
+        network: Network,
+        source: &WeightSource,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<Self, String> {
         let classifier = match source {
-            WeightSource::Dir(dir) => Classifier::load(network, dir, threads),
-            WeightSource::Synthetic(seed) => {
-                Weights::synthetic(network, *seed).and_then(|w| Classifier::new(&w, threads))
-            }
+            WeightSource::Dir(dir) => Classifier::load_at(network, dir, threads, precision),
+            WeightSource::Synthetic(seed) => Kernels::at(precision)
+                .map_err(ModelError::Unsupported)
+                .and_then(|k| {
+                    Weights::synthetic(network, *seed)
+                        .and_then(|w| Classifier::with_kernels(&w, threads, k))
+                }),
         }
         .map_err(|e| format!("{}: {e}", network.name()))?;
         info!(
             network = network.name(),
             synthetic = classifier.is_synthetic(),
             threads,
+            precision = %precision,
+            paths = precision.paths().unwrap_or_default(),
             "model loaded"
         );
         Ok(ModelActor {
@@ -127,6 +142,7 @@ impl Handler<ClassifyBatch> for ModelActor {
                     compute_ms: 0.0,
                     synthetic: true,
                     fixed_logits: true,
+                    precision: None,
                 });
             }
         };
@@ -140,6 +156,7 @@ impl Handler<ClassifyBatch> for ModelActor {
             compute_ms: out.compute_time.as_secs_f64() * 1000.0,
             synthetic: classifier.is_synthetic(),
             fixed_logits: false,
+            precision: Some(classifier.precision().name().to_string()),
         })
     }
 }
@@ -162,8 +179,13 @@ mod tests {
     fn classifies_a_batch_off_the_calling_arbiter() {
         let sys = actix::System::new();
         sys.block_on(async {
-            let actor =
-                ModelActor::load(Network::ResNet50, &WeightSource::Synthetic(0), 1).expect("load");
+            let actor = ModelActor::load(
+                Network::ResNet50,
+                &WeightSource::Synthetic(0),
+                1,
+                Precision::Fp32,
+            )
+            .expect("load");
             let addr = SyncArbiter::start(1, move || actor.clone());
             let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let t = ticks.clone();
@@ -205,9 +227,14 @@ mod tests {
             b"\x08\0\0\0\0\0\0\0{}garbage",
         )
         .expect("write");
-        let err = ModelActor::load(Network::ResNet50, &WeightSource::Dir(dir.clone()), 1)
-            .err()
-            .expect("must refuse");
+        let err = ModelActor::load(
+            Network::ResNet50,
+            &WeightSource::Dir(dir.clone()),
+            1,
+            Precision::Fp32,
+        )
+        .err()
+        .expect("must refuse");
         assert!(err.contains("resnet50.safetensors"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

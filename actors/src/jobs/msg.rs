@@ -43,6 +43,9 @@ pub struct BatchDone {
     pub failed: Vec<QueryId>,
     /// Worker-measured time from start of fetching to the last result written.
     pub compute_ms: Millis,
+    /// The precision the worker's model computed in (C5 shows it per node).
+    #[serde(default)]
+    pub precision: Option<String>,
 }
 
 /// Why a worker did not run a batch.

@@ -71,6 +71,9 @@ pub struct Assignment {
     pub batch: Option<BatchId>,
     /// Queries in that batch.
     pub queries: u32,
+    /// The precision the node's model computes in, once it has reported a batch.
+    #[serde(default)]
+    pub precision: Option<String>,
 }
 
 /// The fair-time target of one running job.

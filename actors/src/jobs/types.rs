@@ -256,6 +256,10 @@ pub struct QueryResult {
     /// Made by `dml bench scale`'s fixed-logits model, which computes nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bench_fixed_logits: bool,
+    /// The precision the model computed in (`fp32`, `bf16`, `int8`); absent for the
+    /// fixed-logits benchmark model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     /// Processing time per query of its batch (ms).
     pub per_query_ms: f64,
     /// The worker that wrote it.

@@ -49,6 +49,8 @@ pub struct Executed {
     pub failed: Vec<QueryId>,
     /// Time from the start of fetching to the last result written.
     pub compute_ms: Millis,
+    /// The precision the model computed in (`None`: nothing was computed).
+    pub precision: Option<String>,
 }
 
 /// Everything that can happen to a worker.
@@ -235,6 +237,7 @@ impl Worker {
             results_written: ex.results_written,
             failed: ex.failed,
             compute_ms: ex.compute_ms,
+            precision: ex.precision,
         };
         self.unacked.insert(batch, done.clone());
         fx.push(self.report(done));
@@ -359,6 +362,7 @@ mod tests {
                 results_written: vec![0, 1],
                 failed: vec![],
                 compute_ms: 40,
+                precision: None,
             },
         );
         let s = sends(&fx);
@@ -420,6 +424,7 @@ mod tests {
                 results_written: vec![],
                 failed: vec![],
                 compute_ms: 5,
+                precision: None,
             },
         );
         assert!(fx

@@ -255,6 +255,7 @@ async fn run_batch(
             results_written: Vec::new(),
             failed: rb.queries.clone(),
             compute_ms: 0,
+            precision: None,
         };
     };
     let fetched = fetch_inputs(&rb, &sdfs, &cache).await;
@@ -282,6 +283,7 @@ async fn run_batch(
             results_written: Vec::new(),
             failed,
             compute_ms: 0,
+            precision: None,
         };
     }
     if first_of_job {
@@ -301,6 +303,7 @@ async fn run_batch(
                 results_written: Vec::new(),
                 failed,
                 compute_ms: 0,
+                precision: None,
             };
         }
         Err(e) => {
@@ -310,6 +313,7 @@ async fn run_batch(
                 results_written: Vec::new(),
                 failed,
                 compute_ms: 0,
+                precision: None,
             };
         }
     };
@@ -330,6 +334,7 @@ async fn run_batch(
             error,
             synthetic: out.synthetic,
             bench_fixed_logits: out.fixed_logits,
+            precision: out.precision.clone(),
             per_query_ms,
             worker: me.to_string(),
             at_wall_ms: wall,
@@ -343,6 +348,7 @@ async fn run_batch(
             results_written: queries,
             failed,
             compute_ms: out.compute_ms.round() as u64,
+            precision: out.precision.clone(),
         },
         Err(e) => {
             warn!(job = %rb.job, batch = %rb.batch, "results not written: {e}");
@@ -351,6 +357,7 @@ async fn run_batch(
                 results_written: Vec::new(),
                 failed,
                 compute_ms: out.compute_ms.round() as u64,
+                precision: out.precision.clone(),
             }
         }
     }

@@ -7,7 +7,12 @@ static ALGOS: std::sync::LazyLock<Vec<Kernels>> = std::sync::LazyLock::new(|| {
     let mut all = Vec::new();
     for winograd in [false, true] {
         for avx512 in [false, true] {
-            let k = Kernels { winograd, avx512 };
+            let k = Kernels {
+                winograd,
+                avx512,
+                precision: Precision::Fp32,
+                amx: false,
+            };
             if k.for_this_cpu() == k {
                 all.push(k);
             }
@@ -114,6 +119,113 @@ fn conv_matches_direct_loop_for_every_shape_family() {
                         assert!(
                             (got - exp).abs() < 1e-4 * (1.0 + exp.abs()),
                             "{got} vs {exp} ({algo:?})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The low-precision paths on every shape family, against the f64 loop: inputs are
+/// non-negative (they follow a ReLU in the networks), the error is bounded by a few
+/// quantization steps of the largest output, with and without residual, ReLU and a column
+/// offset. A precision this CPU has no path for is reported, not silently passed.
+#[test]
+fn low_precision_convs_stay_within_quantization_error() {
+    let pool = team::Team::new(2, "test").unwrap();
+    // (n, cin, h, w, cout, kh, kw, stride, ph, pw)
+    let cases = [
+        (2, 8, 9, 7, 24, 1, 1, 1, 0, 0),
+        (1, 5, 11, 11, 7, 3, 3, 2, 0, 0),
+        (2, 16, 8, 8, 40, 3, 3, 1, 1, 1),
+        (1, 12, 9, 9, 20, 1, 7, 1, 0, 3),
+        (1, 12, 9, 9, 20, 7, 1, 1, 3, 0),
+        (3, 8, 10, 10, 33, 1, 1, 2, 0, 0),
+        (1, 64, 3, 3, 300, 3, 3, 1, 1, 1),
+        (1, 96, 7, 7, 300, 3, 3, 1, 1, 1),
+        (2, 288, 5, 5, 70, 1, 1, 1, 0, 0),
+    ];
+    for (precision, amx) in [
+        (Precision::Int8, false),
+        (Precision::Int8, true),
+        (Precision::Bf16, false),
+        (Precision::Bf16, true),
+    ] {
+        let algo = match Kernels::at(precision) {
+            Ok(k) => Kernels { amx, ..k },
+            Err(why) => {
+                eprintln!("SKIPPED {precision}: {why}");
+                continue;
+            }
+        };
+        if amx && !algo.for_this_cpu().amx {
+            eprintln!("SKIPPED {precision} on AMX: this CPU or kernel has no AMX");
+            continue;
+        }
+        // int8: 1/255 of a row's max times 1/127 of a column's max per product; bf16: 8
+        // bits of mantissa on both operands.
+        let bound = match precision {
+            Precision::Int8 => 0.03,
+            _ => 0.01,
+        };
+        for (case, &(n, c, h, w, cout, kh, kw, s, ph, pw)) in cases.iter().enumerate() {
+            let x: Vec<f32> = values(n * c * h * w, 1)
+                .iter()
+                .map(|v| v.max(0.0))
+                .collect();
+            let k = values(cout * c * kh * kw, 2);
+            let bias = values(cout, 3);
+            let want = naive(&x, (n, c, h, w), &k, &bias, cout, (kh, kw, s, ph, pw));
+            let relu = case % 2 == 0;
+            let conv = PackedConv::from_oihw(
+                &k,
+                bias.clone(),
+                c,
+                cout,
+                kh,
+                kw,
+                s,
+                ph,
+                pw,
+                relu,
+                algo,
+                case % 3 == 1,
+            );
+            let mut scratch = Scratch::default();
+            let xa = nchw_to_nhwc(&x, n, c, h, w, &mut scratch);
+            let (oh, ow) = conv.out_hw(h, w);
+            let res = values(n * oh * ow * cout, 4);
+            let ld = cout + 3;
+            let mut out = vec![f32::NAN; n * oh * ow * ld];
+            pool.install(|| {
+                conv.run(
+                    &xa,
+                    OutSlice {
+                        data: &mut out,
+                        ld,
+                        col0: 2,
+                    },
+                    Some(&res),
+                )
+            });
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())) + 1.0;
+            for b in 0..n {
+                for p in 0..oh * ow {
+                    let row = (b * oh * ow + p) * ld;
+                    assert!(
+                        out[row].is_nan() && out[row + 1].is_nan() && out[row + ld - 1].is_nan()
+                    );
+                    for o in 0..cout {
+                        let got = out[row + 2 + o];
+                        let mut exp =
+                            want[(b * cout + o) * oh * ow + p] + res[(b * oh * ow + p) * cout + o];
+                        if relu {
+                            exp = exp.max(0.0);
+                        }
+                        assert!(
+                            (got - exp).abs() <= bound * scale,
+                            "{precision} case {case}: {got} vs {exp} (scale {scale})"
                         );
                     }
                 }
@@ -346,11 +458,7 @@ fn winograd_speed() {
         let k = values(c * c * 9, 2);
         let mut scratch = Scratch::default();
         let xa = nchw_to_nhwc(&x, n, c, hw, hw, &mut scratch);
-        let kern = Kernels {
-            winograd: true,
-            avx512: true,
-        }
-        .for_this_cpu();
+        let kern = Kernels::best();
         let direct = PackedConv::from_oihw(
             &k,
             vec![0.0; c],

@@ -172,6 +172,9 @@ impl Primary {
                 slot.busy = None;
             }
             slot.blocked = false;
+            if done.precision.is_some() {
+                slot.precision = done.precision.clone();
+            }
         }
         let Some(job) = cx.state.jobs.get(&done.job) else {
             // Unknown job (a stale report from before a rebuild): nothing to commit.

@@ -105,6 +105,7 @@ fn a_query_that_keeps_failing_is_committed_as_failed_after_max_attempts() {
             results_written: vec![0],
             failed: vec![1],
             compute_ms: 30,
+            precision: Some("int8".into()),
         };
         let fx = c.handle(
             10 * attempt,
