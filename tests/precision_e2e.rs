@@ -43,7 +43,10 @@ fn photos(dir: &Path) -> PathBuf {
     fs::create_dir_all(&out).unwrap();
     for e in fs::read_dir(&src).expect("samples/images") {
         let path = e.unwrap().path();
-        if matches!(path.extension().and_then(|x| x.to_str()), Some("png" | "jpg")) {
+        if matches!(
+            path.extension().and_then(|x| x.to_str()),
+            Some("png" | "jpg")
+        ) {
             fs::copy(&path, out.join(path.file_name().unwrap())).unwrap();
         }
     }

@@ -251,8 +251,43 @@ pub fn bench_models(
             }
         }
     }
+    decode_cost(&weights.iter().map(|w| w.network()).collect::<Vec<_>>());
     println!("peak RSS {}", fmt_mib(peak_rss_bytes()));
     Ok(())
+}
+
+/// Decode + resize + normalise per image on one thread, over the sample photographs
+/// (`samples/images`, when run from the repository): the part of a job's per-image cost
+/// that the forward-pass figures above leave out.
+fn decode_cost(networks: &[Network]) {
+    let Ok(dir) = std::fs::read_dir("samples/images") else {
+        println!("decode + preprocess: samples/images not found (run from the repository)");
+        return;
+    };
+    let photos: Vec<Vec<u8>> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("jpg" | "png")))
+        .filter_map(|p| std::fs::read(p).ok())
+        .collect();
+    if photos.is_empty() {
+        return;
+    }
+    for &net in networks {
+        let t = Instant::now();
+        let mut n = 0u32;
+        while n < 20 || t.elapsed() < Duration::from_secs(2) {
+            for b in &photos {
+                let _ = dml_models::preprocess::preprocess(b, net);
+                n += 1;
+            }
+        }
+        println!(
+            "{} decode + preprocess: {:.1} ms/img on one thread ({} sample photos)",
+            net.name(),
+            t.elapsed().as_secs_f64() * 1000.0 / f64::from(n),
+            photos.len()
+        );
+    }
 }
 
 fn fmt_mib(bytes: Option<u64>) -> String {
