@@ -356,8 +356,27 @@ impl SendPtr {
 thread_local! {
     /// Per-thread im2col tile, reused across calls.
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Per-thread quantized rows of an int8 tile and their scales.
+    /// Per-thread converted rows of a low-precision tile and their scales.
     static QROWS: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The calling thread's converted rows of a whole layer (`PackedConv::prepack`).
+    static PREPACKED: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A layer's rows converted once for all its column tiles: row `r` at `bytes + r * lda`,
+/// its scale at `scales + r`. Points into the calling thread's `PREPACKED`, which no one
+/// touches until the layer's parallel loop has returned.
+pub(crate) struct Prepacked {
+    bytes: *const u8,
+    scales: *const f32,
+    lda: usize,
+}
+// SAFETY: read-only while the tasks of one loop run (see above).
+unsafe impl Sync for Prepacked {}
+
+/// Bytes between converted rows: one packed row plus 64, off the 4 KiB grid (see
+/// packed_gemm's APACK).
+fn low_row_stride(q: &PackedLow) -> usize {
+    q.row_bytes() + 64
 }
 
 /// Output pixels per call from which Winograd is used. Measured per layer at batch 1:
@@ -542,6 +561,10 @@ impl PackedConv {
         let dst = SendPtr(out.data.as_mut_ptr());
         let ld = out.ld;
         let col0 = out.col0;
+        let pre = match &self.low {
+            Some(q) if tiles_n > 1 => Some(self.prepack(x, (oh, ow), m, q)),
+            _ => None,
+        };
         team::for_each(tiles_m * tiles_n, |t| {
             let (m0, n0) = ((t / tiles_n) * mt, (t % tiles_n) * nt);
             let (m1, n1) = ((m0 + mt).min(m), (n0 + nt).min(n));
@@ -559,6 +582,7 @@ impl PackedConv {
                     col0,
                     residual,
                     epilogue,
+                    pre.as_ref(),
                 );
             }
         });
@@ -579,6 +603,7 @@ impl PackedConv {
         col0: usize,
         residual: Option<&[f32]>,
         epilogue: bool,
+        pre: Option<&Prepacked>,
     ) {
         let rows = m1 - m0;
         let (bias, relu) = if epilogue {
@@ -594,7 +619,7 @@ impl PackedConv {
             };
             let c = dst.add(m0 * ld + col0 + n0);
             let panels = (n0 / qgemm::NR, n1.div_ceil(qgemm::NR));
-            return self.tile_low(x, (oh, ow), (m0, m1), q, panels, (c, ld), ep);
+            return self.tile_low(x, (oh, ow), (m0, m1), q, panels, (c, ld), ep, pre);
         }
         if let Some(pb) = &self.packed {
             let ep = Epilogue {
@@ -664,8 +689,49 @@ impl PackedConv {
         }
     }
 
-    /// The low-precision tile: convert rows `m0..m1` of the input (in place for a
-    /// pointwise convolution, else from the f32 im2col rows), then the product.
+    /// Converts rows `m0..m1` of the input (in place for a pointwise convolution, else
+    /// from the f32 im2col rows) into `q`'s format at `dst` (rows `lda` bytes apart), their
+    /// scales into `scales`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pack_low_rows(
+        &self,
+        x: &Act,
+        (oh, ow): (usize, usize),
+        (m0, m1): (usize, usize),
+        q: &PackedLow,
+        dst: *mut u8,
+        lda: usize,
+        scales: &mut [f32],
+    ) {
+        let rows = m1 - m0;
+        let k = q.k;
+        if self.pointwise() {
+            let a = x.data.as_ptr().add(m0 * self.cin);
+            qgemm::pack_rows(q.format, a, self.cin, rows, k, dst, lda, q.kp, scales);
+        } else {
+            COLS.with(|cell| {
+                let mut cols_buf = cell.borrow_mut();
+                if cols_buf.len() < rows * k {
+                    cols_buf.resize(rows * k, 0.0);
+                }
+                self.im2col(x, (oh, ow), m0, m1, &mut cols_buf[..rows * k]);
+                qgemm::pack_rows(
+                    q.format,
+                    cols_buf.as_ptr(),
+                    k,
+                    rows,
+                    k,
+                    dst,
+                    lda,
+                    q.kp,
+                    scales,
+                );
+            });
+        }
+    }
+
+    /// The low-precision tile: the rows of the whole layer converted once (`pre`, when
+    /// the layer is split by columns), or rows `m0..m1` converted here; then the product.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile_low(
         &self,
@@ -676,12 +742,15 @@ impl PackedConv {
         panels: (usize, usize),
         (c, ldc): (*mut f32, usize),
         ep: Epilogue<'_>,
+        pre: Option<&Prepacked>,
     ) {
         let rows = m1 - m0;
-        let k = q.k;
-        // Rows one packed row plus 64 bytes apart: off the 4 KiB grid (see packed_gemm's
-        // APACK).
-        let lda = q.row_bytes() + 64;
+        let gemm = if q.amx { amx::gemm } else { qgemm::gemm };
+        if let Some(p) = pre {
+            let a = p.bytes.add(m0 * p.lda);
+            return gemm(rows, a, p.lda, p.scales.add(m0), q, panels, c, ldc, ep);
+        }
+        let lda = low_row_stride(q);
         QROWS.with(|cell| {
             let mut qr = cell.borrow_mut();
             let (bytes, scales) = &mut *qr;
@@ -693,40 +762,7 @@ impl PackedConv {
             if scales.len() < rows {
                 scales.resize(rows, 0.0);
             }
-            if self.pointwise() {
-                let a = x.data.as_ptr().add(m0 * self.cin);
-                qgemm::pack_rows(
-                    q.format,
-                    a,
-                    self.cin,
-                    rows,
-                    k,
-                    bytes.as_mut_ptr(),
-                    lda,
-                    q.kp,
-                    scales,
-                );
-            } else {
-                COLS.with(|cell| {
-                    let mut cols_buf = cell.borrow_mut();
-                    if cols_buf.len() < rows * k {
-                        cols_buf.resize(rows * k, 0.0);
-                    }
-                    self.im2col(x, (oh, ow), m0, m1, &mut cols_buf[..rows * k]);
-                    qgemm::pack_rows(
-                        q.format,
-                        cols_buf.as_ptr(),
-                        k,
-                        rows,
-                        k,
-                        bytes.as_mut_ptr(),
-                        lda,
-                        q.kp,
-                        scales,
-                    );
-                });
-            }
-            let gemm = if q.amx { amx::gemm } else { qgemm::gemm };
+            self.pack_low_rows(x, (oh, ow), (m0, m1), q, bytes.as_mut_ptr(), lda, scales);
             gemm(
                 rows,
                 bytes.as_ptr(),
@@ -739,6 +775,42 @@ impl PackedConv {
                 ep,
             );
         });
+    }
+
+    /// Converts all `m` rows of a low-precision layer once, in parallel, into the calling
+    /// thread's `PREPACKED` buffer, and returns where they are. For layers cut into
+    /// several column tiles, each of which would otherwise convert the same rows again
+    /// (ResNet's stages 3-4 at batch 1: 4 column tiles).
+    fn prepack(&self, x: &Act, (oh, ow): (usize, usize), m: usize, q: &PackedLow) -> Prepacked {
+        let lda = low_row_stride(q);
+        PREPACKED.with(|cell| {
+            let mut pr = cell.borrow_mut();
+            let (bytes, scales) = &mut *pr;
+            // A tile starting at any row may read up to 15 rows past `m` on AMX.
+            if bytes.len() < (m + 16) * lda {
+                bytes.resize((m + 16) * lda, 0);
+            }
+            if scales.len() < m {
+                scales.resize(m, 0.0);
+            }
+            let dst = SendPtr(bytes.as_mut_ptr() as *mut f32);
+            let sc = SendPtr(scales.as_mut_ptr());
+            const CHUNK: usize = 32;
+            team::for_each(m.div_ceil(CHUNK), |t| {
+                let (m0, m1) = (t * CHUNK, ((t + 1) * CHUNK).min(m));
+                // SAFETY: chunk t owns rows m0..m1 of both buffers, sized above.
+                unsafe {
+                    let scales = std::slice::from_raw_parts_mut(sc.get().add(m0), m1 - m0);
+                    let dst = (dst.get() as *mut u8).add(m0 * lda);
+                    self.pack_low_rows(x, (oh, ow), (m0, m1), q, dst, lda, scales);
+                }
+            });
+            Prepacked {
+                bytes: bytes.as_ptr(),
+                scales: scales.as_ptr(),
+                lda,
+            }
+        })
     }
 
     /// Rows `m0..m1` of the im2col matrix: for each output pixel, the `kh x kw` window of
