@@ -145,6 +145,8 @@ pub struct RawFailureDetector {
 pub struct RawInference {
     pub threads: Option<i64>,
     pub weights_dir: Option<String>,
+    /// Serve synthetic weights for a model with no weights at all (tests, demos).
+    pub synthetic_weights: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -215,6 +217,10 @@ pub struct Config {
     pub topology: Option<BTreeMap<NodeAddr, Vec<NodeAddr>>>,
     pub threads: usize,
     pub weights_dir: PathBuf,
+    /// `inference.synthetic_weights` (or `dml node --synthetic-weights`): a model with
+    /// no local file and nothing published runs on synthetic weights instead of not
+    /// being served; results and C5 say so.
+    pub synthetic_weights: bool,
     pub sdfs: SdfsConfig,
     /// Cluster secrets accepted besides `secret` (the one this node dials with).
     pub accept_secrets: Vec<Vec<u8>>,
@@ -245,6 +251,7 @@ impl std::fmt::Debug for Config {
             .field("topology", &self.topology)
             .field("threads", &self.threads)
             .field("weights_dir", &self.weights_dir)
+            .field("synthetic_weights", &self.synthetic_weights)
             .field("sdfs", &self.sdfs)
             .finish()
     }
@@ -558,6 +565,7 @@ impl RawConfig {
                 base,
                 self.inference.weights_dir.as_deref().unwrap_or("weights"),
             ),
+            synthetic_weights: self.inference.synthetic_weights.unwrap_or(false),
             sdfs,
         })
     }

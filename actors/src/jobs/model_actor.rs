@@ -1,13 +1,14 @@
 //! ModelActor: one per network, on its own SyncArbiter thread (inference is CPU-bound and
-//! must never run on the arbiter that answers pings). It loads the weights once and
-//! classifies batches of encoded images.
+//! must never run on the arbiter that answers pings). It holds the node's own weights
+//! (local file or synthetic) and up to [`FETCHED_KEPT`] published versions, loads a
+//! version between batches, and classifies each batch with exactly one of them.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use dml_models::{Classifier, Network, Prediction, TopClass, Weights};
-use tracing::{info, warn};
+use tracing::info;
 
 /// Classify a batch of encoded images (JPEG, PNG, ...).
 #[derive(Message)]
@@ -15,7 +16,30 @@ use tracing::{info, warn};
 pub struct ClassifyBatch {
     /// The encoded images, in the order of the results.
     pub images: Vec<Vec<u8>>,
+    /// The published version (its SHA-256) to run, loaded before ([`LoadWeights`]);
+    /// `None`: the node's own weights.
+    pub weights: Option<String>,
 }
+
+/// Whether the published version with this SHA-256 is loaded.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct HasWeights(pub String);
+
+/// Load a published version from a verified cache file (between batches: the actor
+/// runs one message at a time).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct LoadWeights {
+    /// The cache file, already verified against `sha256`.
+    pub path: PathBuf,
+    /// The version's SHA-256, by which batches ask for it.
+    pub sha256: String,
+}
+
+/// Published versions kept loaded besides the node's own weights: the version running
+/// jobs are pinned to and the newly published one, during a rolling update.
+pub const FETCHED_KEPT: usize = 2;
 
 /// Per-image results in input order, and the batch's compute time.
 #[derive(Debug, Clone)]
@@ -28,6 +52,8 @@ pub struct BatchResult {
     pub synthetic: bool,
     /// Made by the benchmark's fixed-logits model: nothing was computed.
     pub fixed_logits: bool,
+    /// SHA-256 of the weight file that ran, or `synthetic`.
+    pub weights: String,
 }
 
 /// Where a ModelActor gets its weights.
@@ -45,9 +71,19 @@ pub struct ModelActor {
     engine: Engine,
 }
 
+/// The classifiers of one network: the node's own and the published ones loaded.
+struct Slots {
+    network: Network,
+    threads: usize,
+    /// The node's own weights and their hash (`None`: synthetic), if it has any.
+    own: Option<(Arc<Classifier>, Option<String>)>,
+    /// Published versions by hash, least recently used first.
+    fetched: Vec<(String, Arc<Classifier>)>,
+}
+
 #[derive(Clone)]
 enum Engine {
-    Net(Arc<Classifier>),
+    Net(Arc<Mutex<Slots>>),
     /// `dml bench scale`'s model: the same top 5 for every input, nothing decoded or
     /// computed, so the benchmark measures the pipeline around the model. Reachable
     /// only through `dml node --bench-fixed-logits`, which only `dml bench` passes; never
@@ -56,8 +92,14 @@ enum Engine {
 }
 
 impl ModelActor {
-    /// Loads the network. Runs on the SyncArbiter thread, so a slow load never blocks pings.
-    pub fn load(network: Network, source: &WeightSource, threads: usize) -> Result<Self, String> {
+    /// Loads the network from the node's own weights; `sha256` is the local file's hash
+    /// (`None` for synthetic weights).
+    pub fn load(
+        network: Network,
+        source: &WeightSource,
+        threads: usize,
+        sha256: Option<String>,
+    ) -> Result<Self, String> {
         let classifier = match source {
             WeightSource::Dir(dir) => Classifier::load(network, dir, threads),
             WeightSource::Synthetic(seed) => {
@@ -71,31 +113,37 @@ impl ModelActor {
             threads,
             "model loaded"
         );
-        Ok(ModelActor {
-            engine: Engine::Net(Arc::new(classifier)),
-        })
+        Ok(Self::with(
+            network,
+            threads,
+            Some((Arc::new(classifier), sha256)),
+        ))
+    }
+
+    /// A network with no weights of the node's own: it runs only published versions.
+    pub fn published_only(network: Network, threads: usize) -> Self {
+        Self::with(network, threads, None)
+    }
+
+    fn with(
+        network: Network,
+        threads: usize,
+        own: Option<(Arc<Classifier>, Option<String>)>,
+    ) -> Self {
+        ModelActor {
+            engine: Engine::Net(Arc::new(Mutex::new(Slots {
+                network,
+                threads,
+                own,
+                fetched: Vec::new(),
+            }))),
+        }
     }
 
     /// The benchmark-only fixed-logits model (see `Engine::Fixed`).
     pub fn fixed_logits() -> Self {
         ModelActor {
             engine: Engine::Fixed,
-        }
-    }
-
-    /// Picks the weights: the file in `dir` when there is one, synthetic otherwise (loudly).
-    pub fn source_for(network: Network, dir: &std::path::Path) -> WeightSource {
-        match dml_models::weights::find_weight_file(network, dir) {
-            Ok(_) => WeightSource::Dir(dir.to_path_buf()),
-            Err(_) => {
-                warn!(
-                    network = network.name(),
-                    dir = %dir.display(),
-                    "no weight file: using SYNTHETIC weights (seed 0); predictions are meaningless. \
-                     Run `dml weights fetch` or copy the files (see weights/README.md)"
-                );
-                WeightSource::Synthetic(0)
-            }
         }
     }
 }
@@ -108,8 +156,13 @@ impl Handler<ClassifyBatch> for ModelActor {
     type Result = Result<BatchResult, String>;
 
     fn handle(&mut self, m: ClassifyBatch, _ctx: &mut SyncContext<Self>) -> Self::Result {
-        let classifier = match &self.engine {
-            Engine::Net(c) => c,
+        let (classifier, weights) = match &self.engine {
+            Engine::Net(slots) => {
+                let mut slots = slots
+                    .lock()
+                    .map_err(|_| "model state poisoned".to_string())?;
+                slots.pick(m.weights.as_deref())?
+            }
             Engine::Fixed => {
                 let top5: Vec<TopClass> = (0..5)
                     .map(|i| TopClass {
@@ -127,6 +180,7 @@ impl Handler<ClassifyBatch> for ModelActor {
                     compute_ms: 0.0,
                     synthetic: true,
                     fixed_logits: true,
+                    weights: SYNTHETIC.into(),
                 });
             }
         };
@@ -140,7 +194,91 @@ impl Handler<ClassifyBatch> for ModelActor {
             compute_ms: out.compute_time.as_secs_f64() * 1000.0,
             synthetic: classifier.is_synthetic(),
             fixed_logits: false,
+            weights,
         })
+    }
+}
+
+/// What results say for weights that are no file.
+pub const SYNTHETIC: &str = "synthetic";
+
+impl Slots {
+    /// The classifier a batch runs on (one for the whole batch) and its hash.
+    fn pick(&mut self, sha256: Option<&str>) -> Result<(Arc<Classifier>, String), String> {
+        let network = self.network;
+        match sha256 {
+            None => self
+                .own
+                .as_ref()
+                .map(|(c, sha)| (c.clone(), sha.clone().unwrap_or_else(|| SYNTHETIC.into())))
+                .ok_or_else(|| format!("{network}: no weights loaded")),
+            Some(want) => {
+                if let Some((c, Some(sha))) = &self.own {
+                    if sha == want {
+                        return Ok((c.clone(), sha.clone()));
+                    }
+                }
+                let i = self
+                    .fetched
+                    .iter()
+                    .position(|(sha, _)| sha == want)
+                    .ok_or_else(|| format!("{network}: weights {want} not loaded"))?;
+                let slot = self.fetched.remove(i);
+                let out = (slot.1.clone(), slot.0.clone());
+                self.fetched.push(slot);
+                Ok(out)
+            }
+        }
+    }
+
+    fn has(&self, sha256: &str) -> bool {
+        self.fetched.iter().any(|(s, _)| s == sha256)
+            || matches!(&self.own, Some((_, Some(s))) if s == sha256)
+    }
+}
+
+impl Handler<HasWeights> for ModelActor {
+    type Result = bool;
+
+    fn handle(&mut self, m: HasWeights, _ctx: &mut SyncContext<Self>) -> bool {
+        match &self.engine {
+            Engine::Net(slots) => slots.lock().is_ok_and(|s| s.has(&m.0)),
+            Engine::Fixed => true,
+        }
+    }
+}
+
+impl Handler<LoadWeights> for ModelActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, m: LoadWeights, _ctx: &mut SyncContext<Self>) -> Self::Result {
+        let Engine::Net(slots) = &self.engine else {
+            return Ok(());
+        };
+        let (network, threads) = match slots.lock() {
+            Ok(s) if s.has(&m.sha256) => return Ok(()),
+            Ok(s) => (s.network, s.threads),
+            Err(_) => return Err("model state poisoned".into()),
+        };
+        let started = std::time::Instant::now();
+        let classifier = Weights::load(network, &m.path)
+            .and_then(|w| Classifier::new(&w, threads))
+            .map_err(|e| format!("{network}: {e}"))?;
+        let mut s = slots
+            .lock()
+            .map_err(|_| "model state poisoned".to_string())?;
+        s.fetched.push((m.sha256.clone(), Arc::new(classifier)));
+        while s.fetched.len() > FETCHED_KEPT {
+            s.fetched.remove(0);
+        }
+        info!(
+            wall = crate::clock::wall_ms(),
+            network = network.name(),
+            sha256 = %m.sha256,
+            ms = started.elapsed().as_millis() as u64,
+            "event=weights_loaded"
+        );
+        Ok(())
     }
 }
 
@@ -162,8 +300,8 @@ mod tests {
     fn classifies_a_batch_off_the_calling_arbiter() {
         let sys = actix::System::new();
         sys.block_on(async {
-            let actor =
-                ModelActor::load(Network::ResNet50, &WeightSource::Synthetic(0), 1).expect("load");
+            let actor = ModelActor::load(Network::ResNet50, &WeightSource::Synthetic(0), 1, None)
+                .expect("load");
             let addr = SyncArbiter::start(1, move || actor.clone());
             let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let t = ticks.clone();
@@ -175,7 +313,10 @@ mod tests {
             });
             let images = vec![rocket(), b"not an image".to_vec(), rocket()];
             let out = addr
-                .send(ClassifyBatch { images })
+                .send(ClassifyBatch {
+                    images,
+                    weights: None,
+                })
                 .await
                 .expect("mailbox")
                 .expect("batch");
@@ -205,7 +346,7 @@ mod tests {
             b"\x08\0\0\0\0\0\0\0{}garbage",
         )
         .expect("write");
-        let err = ModelActor::load(Network::ResNet50, &WeightSource::Dir(dir.clone()), 1)
+        let err = ModelActor::load(Network::ResNet50, &WeightSource::Dir(dir.clone()), 1, None)
             .err()
             .expect("must refuse");
         assert!(err.contains("resnet50.safetensors"), "{err}");

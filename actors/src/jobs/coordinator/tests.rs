@@ -33,6 +33,7 @@ fn listed(client: &str, request_id: u64, queries: &[&str]) -> Input {
                 entries: None,
             })
             .collect(),
+        weights: Ok(Default::default()),
     }
 }
 
