@@ -239,6 +239,12 @@ enum BenchCmd {
         #[command(flatten)]
         args: dml_bench::scale::Args,
     },
+    /// Published weights: time to roll a ~100 MB file out to every node, and a running
+    /// job's throughput while a new version is published and loaded.
+    Weights {
+        #[command(flatten)]
+        args: dml_bench::weights::Args,
+    },
 }
 
 /// Rust ignores SIGPIPE, so printing into a closed pipe (`dml ctl store | head`) made
@@ -469,6 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCmd::Pings { args } => dml_bench::pings::run(&args)?,
             BenchCmd::Chaos { args } => dml_bench::chaos::run(&args)?,
             BenchCmd::Scale { args } => dml_bench::scale::run(&args)?,
+            BenchCmd::Weights { args } => dml_bench::weights::run(&args)?,
         },
     }
     Ok(ExitCode::SUCCESS)
