@@ -117,14 +117,14 @@ pub enum Models {
     BenchFixedLogits,
 }
 
+/// One ModelActor per network, and what the node serves for each.
+type Started = (HashMap<String, Addr<ModelActor>>, BTreeMap<String, Serving>);
+
 /// Decides what the node serves per network and loads its own weights (a bad local
 /// file stops the node), then starts one ModelActor per network on its own SyncArbiter
 /// thread. A network without a local file runs the versions published in SDFS, fetched
 /// when needed; synthetic weights only where the config allows them.
-fn start_models(
-    config: &Config,
-    which: Models,
-) -> Result<(HashMap<String, Addr<ModelActor>>, BTreeMap<String, Serving>), NodeError> {
+fn start_models(config: &Config, which: Models) -> Result<Started, NodeError> {
     let mut models = HashMap::new();
     let mut serving = BTreeMap::new();
     for network in Network::ALL {

@@ -53,11 +53,11 @@ impl WeightsRecord {
 
     /// What a job submitted now is pinned to.
     pub fn pin(&self) -> WeightsPin {
-        WeightsPin::Published {
+        WeightsPin::Published(Box::new(Pinned {
             version: self.version,
             sha256: self.sha256.clone(),
             format: self.format.clone(),
-        }
+        }))
     }
 }
 
@@ -101,12 +101,19 @@ pub enum WeightsPin {
     /// weights where the operator allowed them.
     #[default]
     Unpublished,
-    /// A published version.
-    Published {
-        version: u64,
-        sha256: String,
-        format: String,
-    },
+    /// A published version (boxed: every job message carries a pin).
+    Published(Box<Pinned>),
+}
+
+/// A published version a job is pinned to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Pinned {
+    /// The model version.
+    pub version: u64,
+    /// SHA-256 of its file.
+    pub sha256: String,
+    /// `safetensors` or `pth`.
+    pub format: String,
 }
 
 impl WeightsPin {
@@ -114,9 +121,7 @@ impl WeightsPin {
     pub fn label(&self) -> String {
         match self {
             WeightsPin::Unpublished => "unpublished".into(),
-            WeightsPin::Published {
-                version, sha256, ..
-            } => format!("v{version} ({})", short(sha256)),
+            WeightsPin::Published(p) => format!("v{} ({})", p.version, short(&p.sha256)),
         }
     }
 }
@@ -142,9 +147,9 @@ impl Serving {
     /// Whether a node serving this may be given a batch of a job pinned to `pin`.
     pub fn serves(&self, pin: &WeightsPin) -> bool {
         match (self, pin) {
-            (Serving::Local { sha256 }, WeightsPin::Published { sha256: p, .. }) => sha256 == p,
+            (Serving::Local { sha256 }, WeightsPin::Published(p)) => *sha256 == p.sha256,
             (Serving::Local { .. }, WeightsPin::Unpublished) => true,
-            (Serving::Cluster { .. }, WeightsPin::Published { .. }) => true,
+            (Serving::Cluster { .. }, WeightsPin::Published(_)) => true,
             (Serving::Cluster { synthetic }, WeightsPin::Unpublished) => *synthetic,
         }
     }
@@ -173,11 +178,11 @@ mod tests {
     use super::*;
 
     fn pin(sha: &str) -> WeightsPin {
-        WeightsPin::Published {
+        WeightsPin::Published(Box::new(Pinned {
             version: 2,
             sha256: sha.into(),
             format: "safetensors".into(),
-        }
+        }))
     }
 
     #[test]

@@ -420,7 +420,7 @@ mod tests {
 
     #[test]
     fn a_batch_pinned_to_weights_the_node_does_not_serve_is_refused() {
-        use crate::weights::{Serving, WeightsPin};
+        use crate::weights::{Pinned, Serving, WeightsPin};
         let mut w = Worker::new(WorkerSettings::default());
         w.set_serving(ServingReport {
             models: vec![(
@@ -436,11 +436,11 @@ mod tests {
             let Msg::RunBatch(mut b) = rb(1, "c:1", seq, "resnet50") else {
                 unreachable!()
             };
-            b.weights = WeightsPin::Published {
+            b.weights = WeightsPin::Published(Box::new(Pinned {
                 version: 1,
                 sha256: sha.repeat(64),
                 format: "safetensors".into(),
-            };
+            }));
             Msg::RunBatch(b)
         };
         let fx = message(&mut w, 0, &c, pinned("b", 1));

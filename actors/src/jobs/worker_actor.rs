@@ -418,7 +418,7 @@ async fn run_batch(
             error,
             synthetic: out.synthetic,
             weights_version: match &rb.weights {
-                WeightsPin::Published { version, .. } => Some(*version),
+                WeightsPin::Published(p) => Some(p.version),
                 WeightsPin::Unpublished => None,
             },
             weights: out.weights.clone(),
@@ -463,7 +463,7 @@ async fn prepare(
         .serving(name)
         .ok_or_else(|| format!("this node does not run {name}"))?;
     match (serving, pin) {
-        (Serving::Local { sha256 }, WeightsPin::Published { sha256: p, .. }) if sha256 != p => {
+        (Serving::Local { sha256 }, WeightsPin::Published(p)) if *sha256 != p.sha256 => {
             Err(format!(
                 "pinned to {} but this node's local file is {}",
                 pin.label(),
@@ -476,7 +476,8 @@ async fn prepare(
             "no weights for {name}: publish them with `dml weights publish {name} FILE` or copy \
              a file into weights/"
         )),
-        (Serving::Cluster { .. }, WeightsPin::Published { sha256, format, .. }) => {
+        (Serving::Cluster { .. }, WeightsPin::Published(p)) => {
+            let (sha256, format) = (&p.sha256, &p.format);
             if !model
                 .send(HasWeights(sha256.clone()))
                 .await
