@@ -70,6 +70,17 @@ fn ask(c: &Cluster, via: &str, cmd: impl Into<Request>) -> Value {
     c.ask_json(via, cmd).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Stores a local folder under `name/`.
+fn put_dir(c: &Cluster, via: &str, local: &Path, name: &str) {
+    let put = Request::Put {
+        local: local.to_string_lossy().into_owned(),
+        name: name.into(),
+    };
+    c.ask(via, put, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .unwrap_or_else(|e| panic!("put {name}: {e}"));
+}
+
 fn submit(c: &Cluster, via: &str, input: &str) -> String {
     let v = ask(
         c,
@@ -259,16 +270,7 @@ fn weights_are_published_once_pinned_per_job_and_verified() {
     );
 
     // Nodes without weights load v1 from SDFS and classify exactly like `dml classify`.
-    c.ask(
-        &h1,
-        Request::Put {
-            local: files.join("small").to_string_lossy().into_owned(),
-            name: "small".into(),
-        },
-        Duration::from_secs(60),
-    )
-    .unwrap()
-    .unwrap();
+    put_dir(&c, &h1, &files.join("small"), "small");
     let job = submit(&c, &h1, "small");
     wait_complete(&c, &h1, &job);
     let rows = results(&c, &h1, &job);
@@ -307,16 +309,7 @@ fn weights_are_published_once_pinned_per_job_and_verified() {
 
     // v2 is published while a long job pinned to v1 runs: that job ends on v1, the next
     // job runs on v2.
-    c.ask(
-        &h1,
-        Request::Put {
-            local: files.join("big").to_string_lossy().into_owned(),
-            name: "big".into(),
-        },
-        Duration::from_secs(60),
-    )
-    .unwrap()
-    .unwrap();
+    put_dir(&c, &h1, &files.join("big"), "big");
     ask(
         &c,
         &h1,

@@ -635,7 +635,8 @@ impl Coordinator {
                 self.observe_reign(&reign, &mut fx);
             }
             Msg::Reign(r) => self.on_reign(from, r, &mut fx),
-            Msg::Serving(report) => {
+            // Only members' reports are kept (a joiner reports again within seconds).
+            Msg::Serving(report) if self.members.contains(from) => {
                 let changed = self.serving.get(from) != Some(&report);
                 self.serving.insert(from.clone(), report);
                 // A worker refused as busy or for its weights is used again once heard.
