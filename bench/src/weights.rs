@@ -3,7 +3,7 @@
 //! loads it), and what a version switch costs a running job (its throughput before,
 //! during and after a new version is published and loaded everywhere).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -75,8 +75,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         std::env::temp_dir().join(format!("dml-bench-weights-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let files = dir.join("files");
+    // Beside the cluster's directory, which writing its config replaces.
+    let files =
+        std::env::temp_dir().join(format!("dml-bench-weights-files-{}", std::process::id()));
     std::fs::create_dir_all(&files)?;
+    let outcome = measure(args, &exe, &dir, &files);
+    let _ = std::fs::remove_dir_all(&files);
+    outcome
+}
+
+fn measure(args: &Args, exe: &Path, dir: &Path, files: &Path) -> anyhow::Result<()> {
     let mut versions = Vec::new();
     for seed in [1, 2] {
         let path = files.join(format!("resnet50-v{seed}.safetensors"));
@@ -85,16 +93,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let images = files.join("images");
     write_images(&images, args.images)?;
-    let layout = write_config(&dir, args.nodes, &dir.join("no-weights"))?;
+    let layout = write_config(dir, args.nodes, &dir.join("no-weights"))?;
     let opts = Options {
         env: vec![("RUST_LOG".into(), "info".into())],
         stop: Stop::Kill,
-        own_dir: Some(dir.clone()),
+        own_dir: Some(dir.to_path_buf()),
         // The point is the published weights: nothing synthetic.
         synthetic_weights: false,
         ..Options::default()
     };
-    let run = Run::start_bin(&exe, layout, opts)?;
+    let run = Run::start_bin(exe, layout, opts)?;
     let prepared = run.prepare(&["resnet50"], args.batch, &images)?;
     let target = Target {
         addr: run.console.clone(),
