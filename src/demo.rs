@@ -110,7 +110,9 @@ pub fn run(
         config.nodes.len(),
         config.log_dir.display()
     );
-    let cluster = up::start(config_path, overrides, config)?;
+    // The demo shows the cluster at work on a fresh clone: synthetic weights for a model
+    // nothing was published for (its results say so).
+    let cluster = up::start(config_path, overrides, config, true)?;
     let n = up::wait_formed(&cluster, Duration::from_secs(120))?;
     println!(
         "demo: cluster formed: {n} nodes alive ({:.1} s)",

@@ -57,6 +57,11 @@ enum Cmd {
         /// Benchmark only (`dml bench scale`): fixed logits instead of the networks.
         #[arg(long, hide = true)]
         bench_fixed_logits: bool,
+        /// Serve synthetic weights (meaningless labels) for a model that has no local
+        /// file and nothing published, instead of not serving it
+        /// (`inference.synthetic_weights`).
+        #[arg(long)]
+        synthetic_weights: bool,
     },
     /// The main job in one command: local cluster, sample images into SDFS, a ResNet50
     /// and an InceptionV3 job side by side with live C1/C2/C5, the results, shutdown.
@@ -136,6 +141,49 @@ enum WeightsCmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Check FILE (.safetensors or .pth) against MODEL's network, store it in SDFS under
+    /// its SHA-256 and make it the model's next (active) version on every node.
+    Publish {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        model: String,
+        file: PathBuf,
+    },
+    /// The published versions of every model (or of MODEL): hash, size, which is active.
+    List {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        model: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct TargetArgs {
+    /// The node to ask, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    node: String,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 600.0)]
+    timeout: f64,
+}
+
+impl TargetArgs {
+    fn target(&self, cfg: &ConfigArgs) -> anyhow::Result<dml_cluster::weights::Target> {
+        let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
+        Ok(dml_cluster::weights::Target {
+            addr: self.node.clone(),
+            cred: config.tool_credential()?,
+            connect: std::time::Duration::from_secs(5),
+            reply: std::time::Duration::from_secs_f64(self.timeout.clamp(0.1, 86_400.0)),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -198,6 +246,12 @@ enum BenchCmd {
     Scale {
         #[command(flatten)]
         args: dml_bench::scale::Args,
+    },
+    /// Published weights: time to roll a ~100 MB file out to every node, and a running
+    /// job's throughput while a new version is published and loaded.
+    Weights {
+        #[command(flatten)]
+        args: dml_bench::weights::Args,
     },
 }
 
@@ -317,8 +371,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             port,
             no_console,
             bench_fixed_logits,
+            synthetic_weights,
         } => {
-            let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
+            let mut config = dml_actors::config::load(&cfg.config, &cfg.set)?;
+            config.synthetic_weights |= synthetic_weights;
             let addr = dml_actors::types::NodeAddr::new(&hostname, port);
             if config.node(&addr).is_none() {
                 return Err(ConfigError {
@@ -377,6 +433,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Weights { what, dir } => match what {
             WeightsCmd::Fetch => models_cli::weights_fetch(&dir)?,
             WeightsCmd::Synth { seed } => models_cli::weights_synth(&dir, seed)?,
+            WeightsCmd::Publish {
+                cfg,
+                target,
+                model,
+                file,
+            } => {
+                let r = dml_cluster::weights::publish(&target.target(&cfg)?, &model, &file)?;
+                println!(
+                    "published {} v{}: sha256 {}, {} bytes (weights/{}/...); it is now active",
+                    r.model, r.version, r.sha256, r.bytes, r.model
+                );
+            }
+            WeightsCmd::List {
+                cfg,
+                target,
+                json,
+                model,
+            } => {
+                let models = match model {
+                    Some(m) => vec![dml_models::Network::parse(&m)?],
+                    None => Vec::new(),
+                };
+                let rows = dml_cluster::weights::list(&target.target(&cfg)?, &models)?;
+                if json {
+                    println!("{}", serde_json::to_string(&rows)?);
+                } else {
+                    println!("{}", dml_cluster::weights::list_text(&rows));
+                }
+            }
         },
         Cmd::Classify {
             model,
@@ -423,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCmd::Pings { args } => dml_bench::pings::run(&args)?,
             BenchCmd::Chaos { args } => dml_bench::chaos::run(&args)?,
             BenchCmd::Scale { args } => dml_bench::scale::run(&args)?,
+            BenchCmd::Weights { args } => dml_bench::weights::run(&args)?,
         },
     }
     Ok(ExitCode::SUCCESS)

@@ -10,11 +10,18 @@ use dml_actors::config::Config;
 use dml_cluster::{Cluster, Layout, Options};
 
 /// Starts the local cluster of `config` (this executable, the config's `--set`
-/// overrides), each process logging to `log_dir/<name>.log`.
-pub fn start(config_path: &Path, overrides: &[String], config: &Config) -> anyhow::Result<Cluster> {
+/// overrides), each process logging to `log_dir/<name>.log`; `synthetic_weights`: the
+/// nodes run synthetic weights for a model nothing was published for (`dml demo`).
+pub fn start(
+    config_path: &Path,
+    overrides: &[String],
+    config: &Config,
+    synthetic_weights: bool,
+) -> anyhow::Result<Cluster> {
     let exe = std::env::current_exe().context("cannot find the dml executable")?;
     let opts = Options {
         overrides: overrides.to_vec(),
+        synthetic_weights,
         ..Options::default()
     };
     Cluster::start(&exe, Layout::of(config_path, config)?, opts)
@@ -28,7 +35,7 @@ pub fn wait_formed(cluster: &Cluster, within: Duration) -> anyhow::Result<usize>
 }
 
 pub fn run(config_path: &Path, overrides: &[String], config: &Config) -> anyhow::Result<()> {
-    let mut cluster = start(config_path, overrides, config)?;
+    let mut cluster = start(config_path, overrides, config, false)?;
     let n = wait_formed(&cluster, Duration::from_secs(60))?;
     let first = &config.nodes[0].addr;
     println!(
@@ -37,6 +44,12 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config) -> anyhow:
         config.log_dir.display()
     );
     println!("dml: try `dml ctl --node {first} list_mem`; Ctrl-C stops the cluster");
+    if !config.synthetic_weights {
+        println!(
+            "dml: nodes without a local weights/ file serve a model once it is published: \
+             `dml weights publish resnet50 FILE` (once, from any machine)"
+        );
+    }
     wait_for_signal(&mut cluster);
     println!("dml: stopping the cluster");
     drop(cluster);

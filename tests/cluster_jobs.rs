@@ -643,6 +643,7 @@ fn inference_jobs_on_a_real_cluster_lose_and_double_count_nothing() {
                     source: inputs5[i].clone(),
                     entry: None,
                 }],
+                weights: Default::default(),
             };
             common::send_oneway(&c.addr(n), Body::Jobs(Msg::RunBatch(rb))).unwrap();
         }

@@ -146,6 +146,8 @@ pub struct RawInference {
     pub threads: Option<i64>,
     pub precision: Option<String>,
     pub weights_dir: Option<String>,
+    /// Serve synthetic weights for a model with no weights at all (tests, demos).
+    pub synthetic_weights: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -220,6 +222,10 @@ pub struct Config {
     /// may differ).
     pub precision: dml_models::Precision,
     pub weights_dir: PathBuf,
+    /// `inference.synthetic_weights` (or `dml node --synthetic-weights`): a model with
+    /// no local file and nothing published runs on synthetic weights instead of not
+    /// being served; results and C5 say so.
+    pub synthetic_weights: bool,
     pub sdfs: SdfsConfig,
     /// Cluster secrets accepted besides `secret` (the one this node dials with).
     pub accept_secrets: Vec<Vec<u8>>,
@@ -251,6 +257,7 @@ impl std::fmt::Debug for Config {
             .field("threads", &self.threads)
             .field("precision", &self.precision)
             .field("weights_dir", &self.weights_dir)
+            .field("synthetic_weights", &self.synthetic_weights)
             .field("sdfs", &self.sdfs)
             .finish()
     }
@@ -569,6 +576,7 @@ impl RawConfig {
                 base,
                 self.inference.weights_dir.as_deref().unwrap_or("weights"),
             ),
+            synthetic_weights: self.inference.synthetic_weights.unwrap_or(false),
             sdfs,
         })
     }

@@ -28,6 +28,7 @@ pub mod coordinator_actor;
 pub mod error;
 pub mod model_actor;
 pub mod msg;
+pub mod node_weights;
 pub mod outbox;
 pub mod record;
 pub mod schedule;

@@ -21,3 +21,4 @@ pub mod net;
 pub mod node;
 pub mod sdfs;
 pub mod types;
+pub mod weights;

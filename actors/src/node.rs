@@ -1,7 +1,8 @@
 //! Node assembly: binds the listener, starts the transport and the node's actors on one
 //! actix system, and runs until Ctrl-C or SIGTERM (a node leaves the cluster first).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dml_models::Network;
@@ -12,7 +13,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::jobs::coordinator_actor::CoordinatorActor;
-use crate::jobs::model_actor::ModelActor;
+use crate::jobs::model_actor::{ModelActor, WeightSource};
+use crate::jobs::node_weights::NodeWeights;
 use crate::jobs::outbox::Outbox;
 use crate::jobs::worker_actor::WorkerActor;
 use crate::jobs::JobsConfig;
@@ -26,6 +28,7 @@ use crate::net::transport_actor::{Routes, TransportActor};
 use crate::sdfs::client::SdfsClient;
 use crate::sdfs::sdfs_actor::SdfsActor;
 use crate::types::NodeAddr;
+use crate::weights::Serving;
 
 /// Why a node or the introducer could not run.
 #[derive(Debug, Error)]
@@ -114,32 +117,89 @@ pub enum Models {
     BenchFixedLogits,
 }
 
-/// Loads both networks (the node never starts half-loaded) and starts one ModelActor per
-/// network on its own SyncArbiter thread.
-fn start_models(
-    config: &Config,
-    which: Models,
-) -> Result<HashMap<String, Addr<ModelActor>>, NodeError> {
+/// One ModelActor per network, and what the node serves for each.
+type Started = (HashMap<String, Addr<ModelActor>>, BTreeMap<String, Serving>);
+
+/// Decides what the node serves per network and loads its own weights (a bad local
+/// file stops the node), then starts one ModelActor per network on its own SyncArbiter
+/// thread. A network without a local file runs the versions published in SDFS, fetched
+/// when needed; synthetic weights only where the config allows them.
+fn start_models(config: &Config, which: Models) -> Result<Started, NodeError> {
     let mut models = HashMap::new();
+    let mut serving = BTreeMap::new();
     for network in Network::ALL {
-        let actor = match which {
-            Models::Networks => {
-                let source = ModelActor::source_for(network, &config.weights_dir);
-                ModelActor::load(network, &source, config.threads, config.precision)
-                    .map_err(NodeError::Model)?
-            }
+        let (actor, serves) = match which {
+            Models::Networks => model_for(config, network)?,
             Models::BenchFixedLogits => {
                 warn!(
                     network = network.name(),
                     "BENCHMARK node: fixed logits instead of the network (dml bench scale)"
                 );
-                ModelActor::fixed_logits()
+                (
+                    ModelActor::fixed_logits(),
+                    Serving::Cluster { synthetic: true },
+                )
             }
         };
         let addr = SyncArbiter::start(1, move || actor.clone());
         models.insert(network.name().to_string(), addr);
+        serving.insert(network.name().to_string(), serves);
     }
-    Ok(models)
+    Ok((models, serving))
+}
+
+/// The ModelActor of `network` and what it serves (see [`start_models`]).
+fn model_for(config: &Config, network: Network) -> Result<(ModelActor, Serving), NodeError> {
+    let dir = &config.weights_dir;
+    let threads = config.threads;
+    if let Ok(file) = dml_models::weights::find_weight_file(network, dir) {
+        let sha256 = dml_models::weights::sha256_file(&file)
+            .map_err(|e| NodeError::Model(format!("{}: {e}", file.display())))?;
+        let source = WeightSource::Dir(dir.clone());
+        let actor = ModelActor::load(
+            network,
+            &source,
+            threads,
+            Some(sha256.clone()),
+            config.precision,
+        )
+        .map_err(NodeError::Model)?;
+        info!(
+            network = network.name(),
+            file = %file.display(),
+            %sha256,
+            "local weights: this node serves only them (jobs pinned to another version go \
+             to other nodes)"
+        );
+        return Ok((actor, Serving::Local { sha256 }));
+    }
+    if config.synthetic_weights {
+        warn!(
+            network = network.name(),
+            "SYNTHETIC weights (inference.synthetic_weights / --synthetic-weights) while \
+             nothing is published: predictions are meaningless"
+        );
+        let actor = ModelActor::load(
+            network,
+            &WeightSource::Synthetic(0),
+            threads,
+            None,
+            config.precision,
+        )
+        .map_err(NodeError::Model)?;
+        return Ok((actor, Serving::Cluster { synthetic: true }));
+    }
+    warn!(
+        network = network.name(),
+        dir = %dir.display(),
+        "no local weight file: serving {network} only from the versions published in SDFS \
+         (publish once with `dml weights publish {network} FILE`, or copy a file into the \
+         weights directory)"
+    );
+    Ok((
+        ModelActor::published_only(network, threads, config.precision).map_err(NodeError::Model)?,
+        Serving::Cluster { synthetic: false },
+    ))
 }
 
 /// Runs the node `me` until a shutdown signal.
@@ -170,7 +230,13 @@ pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeE
             SdfsActor::new(&config, me.clone(), transport.clone()).map_err(NodeError::Sdfs)?;
         let sdfs_arbiter = Arbiter::new();
         let sdfs = SdfsActor::start_in_arbiter(&sdfs_arbiter.handle(), move |_| sdfs_actor);
-        let models = start_models(&config, which)?;
+        let (models, serving) = start_models(&config, which)?;
+        let cache = config
+            .node(&me)
+            .map(|spec| config.node_data_dir(spec))
+            .unwrap_or_else(|| config.data_dir.join(me.as_str()))
+            .join("weights-cache");
+        let weights = Arc::new(NodeWeights::new(cache, serving));
         // The job actors reach each other through one outbox holding both as recipients,
         // so both addresses exist before either actor starts.
         let coord_ctx = Context::<CoordinatorActor>::new();
@@ -187,6 +253,7 @@ pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeE
             outbox.clone(),
             sdfs_client.clone(),
             models,
+            weights,
         ));
         coord_ctx.run(CoordinatorActor::new(
             outbox,

@@ -463,6 +463,7 @@ impl Sim {
                     model,
                     input,
                     sources,
+                    weights: Ok(Default::default()),
                 };
                 self.coord(&to, listed);
             }

@@ -353,6 +353,8 @@ pub fn soak(bin: &Path, cfg: &Config) -> anyhow::Result<Summary> {
         own_dir: Some(cfg.dir.clone()),
         keep: cfg.keep,
         stop: dml_cluster::Stop::Kill,
+        // Benchmarks and tests run on synthetic weights, and say so.
+        synthetic_weights: true,
         ..Options::default()
     };
     let mut cluster = Cluster::start(bin, layout.clone(), opts)?;

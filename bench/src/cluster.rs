@@ -280,6 +280,8 @@ fn start(
         // With simulated loss the node drops a share of its replies too.
         tries: 8,
         reply_within: Duration::from_secs(1),
+        // Benchmarks and tests run on synthetic weights, and say so.
+        synthetic_weights: true,
         ..Options::default()
     };
     Cluster::start(&exe, layout, opts)

@@ -469,6 +469,8 @@ pub fn scenario(s: &Setup, say: &dyn Fn(&str)) -> anyhow::Result<Report> {
         env: vec![("RUST_LOG".into(), "info".into())],
         stop: Stop::Kill,
         reply_within: Duration::from_secs(10),
+        // Benchmarks and tests run on synthetic weights, and say so.
+        synthetic_weights: true,
         ..Options::default()
     };
     let mut run = Run::start_bin(s.exe, write_config(s.dir, s.nodes, s.weights)?, opts)?;

@@ -254,6 +254,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let opts = Options {
         node_args: vec!["--bench-fixed-logits".into()],
         keep: args.keep,
+        // Benchmarks and tests run on synthetic weights, and say so.
+        synthetic_weights: true,
         ..Options::default()
     };
     let run = Run::start_bin(&exe, layout, opts)?;

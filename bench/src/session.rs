@@ -57,6 +57,8 @@ impl Run {
         let exe = std::env::current_exe().context("cannot find the dml executable")?;
         let opts = Options {
             overrides: overrides.to_vec(),
+            // Benchmarks and tests run on synthetic weights, and say so.
+            synthetic_weights: true,
             ..Options::default()
         };
         Self::start_bin(&exe, layout, opts)

@@ -13,6 +13,7 @@ pub mod process;
 pub mod progress;
 pub mod results;
 mod transfer;
+pub mod weights;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

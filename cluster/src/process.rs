@@ -38,6 +38,12 @@ pub struct Options {
     pub spawn_nodes: bool,
     /// Extra arguments of every `dml node` (`--bench-fixed-logits` for `dml bench scale`).
     pub node_args: Vec<String>,
+    /// Extra arguments of one node (after `node_args`), by name.
+    pub args_of: BTreeMap<String, Vec<String>>,
+    /// Nodes serve synthetic weights for a model nothing was published for
+    /// (`--synthetic-weights`): tests, `dml demo` and the benchmarks say so explicitly;
+    /// off by default, as for a deployment.
+    pub synthetic_weights: bool,
     pub stop: Stop,
     /// A directory the cluster owns (its config, logs and data): removed on drop unless
     /// `keep`, or while a panic unwinds (a failed test keeps its logs).
@@ -56,6 +62,8 @@ impl Default for Options {
             env: Vec::new(),
             spawn_nodes: true,
             node_args: Vec::new(),
+            args_of: BTreeMap::new(),
+            synthetic_weights: false,
             stop: Stop::Term,
             own_dir: None,
             keep: false,
@@ -155,8 +163,13 @@ impl Cluster {
             .context("node address without a port")?;
         let (host, port) = (host.to_string(), port.to_string());
         let mut args = vec!["node", "--no-console", "--hostname", &host, "--port", &port];
+        if self.opts.synthetic_weights {
+            args.push("--synthetic-weights");
+        }
         let extra = self.opts.node_args.clone();
         args.extend(extra.iter().map(String::as_str));
+        let own = self.opts.args_of.get(name).cloned().unwrap_or_default();
+        args.extend(own.iter().map(String::as_str));
         self.spawn(name, &args)
     }
 

@@ -241,7 +241,7 @@ impl<W: Write> RowWriter<W> {
     }
 }
 
-const CSV_HEADER: &str = "q,input,label1,prob1,label2,prob2,label3,prob3,label4,prob4,label5,prob5,error,worker,per_query_ms,synthetic\n";
+const CSV_HEADER: &str = "q,input,label1,prob1,label2,prob2,label3,prob3,label4,prob4,label5,prob5,error,worker,per_query_ms,synthetic,weights_version,weights\n";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -266,6 +266,8 @@ fn csv_row(r: &QueryResult) -> String {
     f.push(csv_field(&r.worker));
     f.push(format!("{:.3}", r.per_query_ms));
     f.push(r.synthetic.to_string());
+    f.push(r.weights_version.map_or(String::new(), |v| v.to_string()));
+    f.push(csv_field(&r.weights));
     f.join(",") + "\n"
 }
 
@@ -465,6 +467,8 @@ mod tests {
             },
             error: error.map(str::to_string),
             synthetic: true,
+            weights_version: None,
+            weights: "synthetic".into(),
             bench_fixed_logits: false,
             precision: Some("fp32".into()),
             per_query_ms: 1.0,

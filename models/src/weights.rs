@@ -266,6 +266,24 @@ impl Weights {
         std::fs::rename(&tmp, path).map_err(|e| write_err(e.to_string()))
     }
 
+    /// Writes these weights as half-precision `.safetensors` (half the bytes; a node
+    /// widens them to f32 when it loads them): small files for tests of weight
+    /// distribution, not for accuracy.
+    pub fn save_safetensors_f16(&self, path: &Path) -> Result<(), ModelError> {
+        let half: HashMap<String, Tensor> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F16)?)))
+            .collect::<Result<_, candle_core::Error>>()?;
+        Self {
+            network: self.network,
+            tensors: half,
+            synthetic: self.synthetic,
+            source: self.source.clone(),
+        }
+        .save_safetensors(path)
+    }
+
     /// The network these weights are for.
     pub fn network(&self) -> Network {
         self.network

@@ -109,6 +109,8 @@ impl Cluster {
             stop: Stop::Kill,
             own_dir: Some(dir.clone()),
             reply_within: Duration::from_secs(60),
+            // Tests run on synthetic weights unless they publish some, and say so.
+            synthetic_weights: true,
             ..Options::default()
         };
         Cluster {

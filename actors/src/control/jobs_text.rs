@@ -79,6 +79,8 @@ pub fn failed_row(page: &ResultsPage, q: QueryId, name: Option<&&String>) -> Que
         top5: Vec::new(),
         error: Some("failed on every attempt (input unreadable or the workers failed)".into()),
         synthetic: false,
+        weights_version: None,
+        weights: String::new(),
         bench_fixed_logits: false,
         precision: None,
         per_query_ms: 0.0,
@@ -87,7 +89,8 @@ pub fn failed_row(page: &ResultsPage, q: QueryId, name: Option<&&String>) -> Que
     }
 }
 
-/// One result as a line of text: `INPUT: label (p), ...` or `INPUT: error: ...`.
+/// One result as a line of text: `INPUT: label (p), ... [weights]` or `INPUT: error: ...`,
+/// where `weights` names the version and file hash that produced it.
 pub fn result_line(r: &QueryResult) -> String {
     match &r.error {
         Some(e) => format!("{}: error: {e}", r.query),
@@ -97,8 +100,21 @@ pub fn result_line(r: &QueryResult) -> String {
                 .iter()
                 .map(|t| format!("{} ({:.3})", t.label, t.prob))
                 .collect();
-            format!("{}: {}", r.query, tops.join(", "))
+            format!("{}: {} [{}]", r.query, tops.join(", "), provenance(r))
         }
+    }
+}
+
+/// Which weights produced a result: `weights v3 sha256:1a2b3c4d5e6f`, `local weights
+/// sha256:...` (nothing published), or `synthetic weights`; a file that holds synthetic
+/// weights says so too.
+pub fn provenance(r: &QueryResult) -> String {
+    let sha = crate::weights::short(&r.weights);
+    let tag = if r.synthetic { " (SYNTHETIC)" } else { "" };
+    match (r.weights_version, r.weights.as_str()) {
+        (_, "" | crate::jobs::model_actor::SYNTHETIC) => "synthetic weights".into(),
+        (Some(v), _) => format!("weights v{v} sha256:{sha}{tag}"),
+        (None, _) => format!("local weights sha256:{sha}{tag}"),
     }
 }
 
@@ -191,7 +207,11 @@ pub fn format_report(report: StatusReport) -> Reply {
             }
             Reply::new(text, serde_json::to_value(&rows).unwrap_or_default())
         }
-        StatusReport::Assignment { nodes, shares } => {
+        StatusReport::Assignment {
+            nodes,
+            shares,
+            weights,
+        } => {
             let mut text = String::from(
                 "node                   job      model          precision batch queries",
             );
@@ -219,7 +239,13 @@ pub fn format_report(report: StatusReport) -> Reply {
                     s.workers_now
                 ));
             }
-            Reply::new(text, serde_json::json!({"nodes": nodes, "shares": shares}))
+            for w in &weights {
+                text.push_str(&format!("\nweights: {w}"));
+            }
+            Reply::new(
+                text,
+                serde_json::json!({"nodes": nodes, "shares": shares, "weights": weights}),
+            )
         }
     }
 }

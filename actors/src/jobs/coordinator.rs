@@ -38,6 +38,7 @@ use super::types::{
 };
 use crate::machine::Machine;
 use crate::types::{Millis, NodeAddr};
+use crate::weights::{ServingReport, WeightsPin};
 
 pub use reign::successor;
 
@@ -94,6 +95,9 @@ pub enum Input {
         input: String,
         /// The files and archives found (archives with their entry counts).
         sources: Vec<Source>,
+        /// The model's active weights, which the job is pinned to, or why they could
+        /// not be read.
+        weights: Result<WeightsPin, String>,
     },
     /// The manifest of an [`Effect::WriteManifest`] is in SDFS.
     ManifestWritten(JobId),
@@ -282,6 +286,8 @@ struct Primary {
 struct Cx<'a> {
     now: Millis,
     cfg: &'a JobsConfig,
+    /// What each worker last said it serves.
+    serving: &'a BTreeMap<NodeAddr, ServingReport>,
     reign: &'a mut Reign,
     state: &'a mut CoordState,
     counters: &'a mut CoordCounters,
@@ -304,6 +310,9 @@ pub struct Coordinator {
     bootstrap_grace_ms: Millis,
     /// A bootstrap is under way (grace timer set, or SDFS asked for its epochs).
     bootstrap_armed: bool,
+    /// What each live worker last reported it serves (workers report to the coordinator
+    /// they know, every few seconds and whenever a new reign reaches them).
+    serving: BTreeMap<NodeAddr, ServingReport>,
 }
 
 impl Coordinator {
@@ -327,6 +336,7 @@ impl Coordinator {
             ring,
             bootstrap_grace_ms,
             bootstrap_armed: false,
+            serving: BTreeMap::new(),
         }
     }
 
@@ -429,6 +439,12 @@ impl Coordinator {
             StatusKind::Assignment => StatusReport::Assignment {
                 nodes: self.assignment(),
                 shares: self.shares(),
+                weights: self
+                    .serving
+                    .iter()
+                    .filter(|(n, _)| self.members.contains(*n))
+                    .flat_map(|(n, r)| r.notes.iter().map(move |note| format!("{n}: {note}")))
+                    .collect(),
             },
             StatusKind::Results { job, from, limit } => {
                 StatusReport::Results(self.results_page(job, from, limit)?)
@@ -516,6 +532,7 @@ impl Coordinator {
         let mut cx = Cx {
             now,
             cfg: &self.cfg,
+            serving: &self.serving,
             reign,
             state: &mut self.state,
             counters: &mut self.counters,
@@ -605,7 +622,7 @@ impl Coordinator {
                 term,
             } => {
                 self.observe_term(&term, &mut fx);
-                if reason == RefuseReason::Busy {
+                if matches!(reason, RefuseReason::Busy | RefuseReason::Weights) {
                     self.with_primary(now, &mut fx, |p, cx| p.on_busy(cx, from, batch));
                 }
             }
@@ -621,6 +638,21 @@ impl Coordinator {
                 self.observe_reign(&reign, &mut fx);
             }
             Msg::Reign(r) => self.on_reign(from, r, &mut fx),
+            // Only members' reports are kept (a joiner reports again within seconds).
+            Msg::Serving(report) if self.members.contains(from) => {
+                let changed = self.serving.get(from) != Some(&report);
+                self.serving.insert(from.clone(), report);
+                // A worker refused as busy or for its weights is used again once heard.
+                self.with_primary(now, &mut fx, |p, cx| {
+                    let unblocked = p
+                        .workers
+                        .get_mut(from)
+                        .is_some_and(|s| std::mem::replace(&mut s.blocked, false));
+                    if changed || unblocked {
+                        p.fill(cx);
+                    }
+                });
+            }
             _ => {}
         }
         fx
@@ -666,7 +698,17 @@ impl Machine for Coordinator {
                 model,
                 input,
                 sources,
-            } => self.on_inputs_listed(now, client, request_id, &model, &input, sources),
+                weights,
+            } => {
+                let job = requests::Listed {
+                    client,
+                    request_id,
+                    model,
+                    input,
+                    sources,
+                };
+                self.on_inputs_listed(now, job, weights)
+            }
             Input::ManifestWritten(job) => self.on_manifest_written(now, job),
             Input::ManifestFailed(job) => vec![Effect::SetTimer {
                 at: now + MANIFEST_RETRY_MS,

@@ -24,6 +24,7 @@ use crate::jobs::archive;
 use crate::jobs::client::{self, Client, Request};
 use crate::jobs::coordinator::{self, Coordinator};
 use crate::jobs::msg::{ResultsPage, StatusReport};
+use crate::jobs::node_weights;
 use crate::jobs::outbox::Outbox;
 use crate::jobs::state::{self, ResultFound};
 use crate::jobs::types::{
@@ -138,19 +139,26 @@ impl CoordinatorActor {
             } => {
                 let sdfs = self.sdfs.clone();
                 let prefix = input.clone();
+                let name = model.clone();
                 ctx.spawn(
-                    async move { list_inputs(&sdfs, &prefix).await }
-                        .into_actor(self)
-                        .map(move |sources, act, ctx| {
-                            let listed = Input::InputsListed {
-                                client,
-                                request_id,
-                                model,
-                                input,
-                                sources,
-                            };
-                            act.coord(listed, ctx);
-                        }),
+                    async move {
+                        let sources = list_inputs(&sdfs, &prefix).await;
+                        // The job is pinned to the version active now.
+                        let weights = node_weights::active_pin(&sdfs, &name).await;
+                        (sources, weights)
+                    }
+                    .into_actor(self)
+                    .map(move |(sources, weights), act, ctx| {
+                        let listed = Input::InputsListed {
+                            client,
+                            request_id,
+                            model,
+                            input,
+                            sources,
+                            weights,
+                        };
+                        act.coord(listed, ctx);
+                    }),
                 );
             }
             Effect::WriteManifest { manifest } => self.write_manifest(manifest, ctx),

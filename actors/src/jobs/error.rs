@@ -19,6 +19,15 @@ pub enum JobError {
         /// The names it could have given.
         known: String,
     },
+    /// The model's active weights version could not be read, so the job cannot be
+    /// pinned to one.
+    #[error("cannot read the active weights of `{model}`: {error}")]
+    WeightsUnreadable {
+        /// The model.
+        model: String,
+        /// Why.
+        error: String,
+    },
     /// The input prefix or folder holds no file (missing or empty).
     #[error("no input files under `{input}` (missing or empty)")]
     NoInputs {

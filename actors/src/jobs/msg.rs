@@ -9,6 +9,7 @@ use super::state::CoordState;
 use super::stats::{Assignment, JobRate, JobShare, JobTimes};
 use super::types::{BatchId, JobId, QueryId, QueryInput, Reign, Term};
 use crate::types::Millis;
+use crate::weights::{ServingReport, WeightsPin};
 
 /// Coordinator -> worker: run these queries with this model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,9 @@ pub struct RunBatch {
     pub queries: Vec<QueryId>,
     /// What each query reads, in the order of `queries`.
     pub inputs: Vec<QueryInput>,
+    /// The weights the job is pinned to: the batch runs on exactly these.
+    #[serde(default)]
+    pub weights: WeightsPin,
 }
 
 /// Worker -> coordinator: a batch ran; its results are already in SDFS.
@@ -55,6 +59,9 @@ pub enum RefuseReason {
     StaleTerm,
     /// The worker's queue for that model is full.
     Busy,
+    /// The worker does not serve the job's pinned weights (its local file differs, or it
+    /// has none): the batch goes to another worker.
+    Weights,
 }
 
 /// Which console report a status request asks for.
@@ -121,6 +128,9 @@ pub enum StatusReport {
         nodes: Vec<Assignment>,
         /// Per running job: measured per-query time and target share of worker time.
         shares: Vec<JobShare>,
+        /// Why nodes do not serve a model's active weights (`node: reason`).
+        #[serde(default)]
+        weights: Vec<String>,
     },
 }
 
@@ -249,6 +259,8 @@ pub enum Msg {
     /// Coordinator -> every member: the current reign (after a takeover, a new standby,
     /// or to a member that joined).
     Reign(Reign),
+    /// Worker -> coordinator, periodically: which weights it serves per model.
+    Serving(ServingReport),
 }
 
 impl Msg {
@@ -276,6 +288,7 @@ impl Msg {
                 | Msg::SnapshotRequest { .. }
                 | Msg::Fenced { .. }
                 | Msg::Reign(_)
+                | Msg::Serving(_)
         )
     }
 }
@@ -314,6 +327,7 @@ mod tests {
             client: "c:1".into(),
             request_id: 3,
             submitted_at: 10,
+            weights: WeightsPin::Unpublished,
         };
         let found = ResultFound {
             job: id,
@@ -344,6 +358,7 @@ mod tests {
                     source: "imgs/b.tar".into(),
                     entry: Some(2),
                 }],
+                weights: WeightsPin::Unpublished,
             }),
             Msg::Refused {
                 request_id: 1,

@@ -427,6 +427,7 @@ mod tests {
             client: "client:1".into(),
             request_id: 7,
             submitted_at: 0,
+            weights: Default::default(),
         }
     }
 

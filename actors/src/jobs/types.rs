@@ -234,6 +234,10 @@ pub struct JobManifest {
     pub request_id: u64,
     /// Coordinator clock at acceptance.
     pub submitted_at: Millis,
+    /// The weights every batch of the job runs on: the model's active version when the
+    /// job was accepted (a version published later applies to later jobs).
+    #[serde(default)]
+    pub weights: crate::weights::WeightsPin,
 }
 
 /// One line of a batch's result object: one query's output, or its error.
@@ -253,6 +257,13 @@ pub struct QueryResult {
     pub error: Option<String>,
     /// The network ran on synthetic weights: labels mean nothing.
     pub synthetic: bool,
+    /// The published model version that produced it (`None`: nothing was published and
+    /// the node's local file or synthetic weights ran).
+    #[serde(default)]
+    pub weights_version: Option<u64>,
+    /// SHA-256 of the weight file that produced it, or `synthetic`.
+    #[serde(default)]
+    pub weights: String,
     /// Made by `dml bench scale`'s fixed-logits model, which computes nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bench_fixed_logits: bool,

@@ -13,6 +13,7 @@ use super::msg::{BatchDone, Msg, RefuseReason, RunBatch};
 use super::types::{BatchId, QueryId, Term, MAX_EPOCH};
 use crate::machine::Machine;
 use crate::types::{Millis, NodeAddr};
+use crate::weights::ServingReport;
 
 /// Tunables of a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +106,8 @@ pub struct Worker {
     unacked: BTreeMap<BatchId, BatchDone>,
     resend_armed: bool,
     refused_stale: u64,
+    /// What the node serves (`None`: anything, as in the simulations).
+    serving: Option<ServingReport>,
 }
 
 impl Worker {
@@ -118,7 +121,14 @@ impl Worker {
             unacked: BTreeMap::new(),
             resend_armed: false,
             refused_stale: 0,
+            serving: None,
         }
+    }
+
+    /// What this node serves: a batch pinned to weights it does not serve is refused
+    /// ([`RefuseReason::Weights`]) instead of run on other weights.
+    pub fn set_serving(&mut self, serving: ServingReport) {
+        self.serving = Some(serving);
     }
 
     /// The newest term seen (commands of older terms are refused).
@@ -182,6 +192,21 @@ impl Worker {
         let known = self.running.values().any(|r| r.batch == rb.batch)
             || self.queued.iter().any(|r| r.batch == rb.batch);
         if known {
+            return;
+        }
+        if self
+            .serving
+            .as_ref()
+            .is_some_and(|s| !s.serves(&rb.model, &rb.weights))
+        {
+            fx.push(Effect::Send {
+                to: from.clone(),
+                msg: Msg::WorkerRefused {
+                    batch: rb.batch,
+                    reason: RefuseReason::Weights,
+                    term: rb.term,
+                },
+            });
             return;
         }
         if !self.running.contains_key(&rb.model) {
@@ -322,6 +347,7 @@ mod tests {
             model: model.into(),
             queries: vec![0, 1],
             inputs: Vec::new(),
+            weights: Default::default(),
         })
     }
 
@@ -394,6 +420,47 @@ mod tests {
             },
         );
         assert!(sends(&w.handle(4_003, Input::Timer(Timer::Resend))).is_empty());
+    }
+
+    #[test]
+    fn a_batch_pinned_to_weights_the_node_does_not_serve_is_refused() {
+        use crate::weights::{Pinned, Serving, WeightsPin};
+        let mut w = Worker::new(WorkerSettings::default());
+        w.set_serving(ServingReport {
+            models: vec![(
+                "resnet50".into(),
+                Serving::Local {
+                    sha256: "a".repeat(64),
+                },
+            )],
+            notes: vec![],
+        });
+        let c: NodeAddr = "c:1".into();
+        let pinned = |sha: &str, seq| {
+            let Msg::RunBatch(mut b) = rb(1, "c:1", seq, "resnet50") else {
+                unreachable!()
+            };
+            b.weights = WeightsPin::Published(Box::new(Pinned {
+                version: 1,
+                sha256: sha.repeat(64),
+                format: "safetensors".into(),
+            }));
+            Msg::RunBatch(b)
+        };
+        let fx = message(&mut w, 0, &c, pinned("b", 1));
+        assert!(matches!(
+            sends(&fx).as_slice(),
+            [(
+                _,
+                Msg::WorkerRefused {
+                    reason: RefuseReason::Weights,
+                    ..
+                }
+            )]
+        ));
+        assert!(w.running().next().is_none());
+        let fx = message(&mut w, 0, &c, pinned("a", 2));
+        assert!(matches!(fx.as_slice(), [Effect::Execute(_)]));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! WorkerActor: the shell around the job [`Worker`] core. It runs the batches the
 //! coordinator assigns: fetches the inputs from SDFS, runs the model's ModelActor, writes
 //! one result object per batch into SDFS (before reporting, so a reported result is never lost),
-//! and reports back through the [`Outbox`].
+//! and reports back through the [`Outbox`]. Each batch runs on the weights its job is
+//! pinned to (a published version is fetched and loaded first); every few seconds the
+//! actor reads each model's active version, loads it ahead of the jobs that will use
+//! it, and tells the coordinator what this node serves.
 //!
 //! Not supervised: its state (the newest term seen, the batches running, the reports not
 //! yet acknowledged) lives only here, and a restart that forgot it would let a fenced
@@ -17,7 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::clock;
 use crate::jobs::archive;
-use crate::jobs::model_actor::{ClassifyBatch, ModelActor};
+use crate::jobs::model_actor::{ClassifyBatch, HasWeights, LoadWeights, ModelActor};
+use crate::jobs::node_weights::{self, NodeWeights};
 use crate::jobs::outbox::Outbox;
 use crate::jobs::types::{result_name, JobId};
 use crate::jobs::worker::{Effect, Input, Worker, WorkerSettings};
@@ -25,6 +29,10 @@ use crate::jobs::{Executed, RunBatch};
 use crate::machine::Machine;
 use crate::sdfs::client::SdfsClient;
 use crate::types::NodeAddr;
+use crate::weights::{Serving, WeightsPin};
+
+/// How often the active versions are read and the coordinator told what this node serves.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub use crate::jobs::outbox::FromPeer;
 pub use crate::jobs::types::QueryResult;
@@ -40,6 +48,9 @@ pub struct WorkerActor {
     started: HashSet<JobId>,
     /// Archives fetched for recent batches.
     cache: Shared<ArchiveCache>,
+    weights: Arc<NodeWeights>,
+    /// A watch of the active versions is running.
+    watching: bool,
 }
 
 impl WorkerActor {
@@ -48,19 +59,79 @@ impl WorkerActor {
         outbox: Outbox,
         sdfs: SdfsClient,
         models: HashMap<String, Addr<ModelActor>>,
+        weights: Arc<NodeWeights>,
     ) -> Self {
+        let mut core = Worker::new(WorkerSettings::default());
+        core.set_serving(weights.report());
         WorkerActor {
-            core: Worker::new(WorkerSettings::default()),
+            core,
             outbox,
             sdfs,
             models: Arc::new(models),
             started: HashSet::new(),
             cache: Arc::default(),
+            weights,
+            watching: false,
         }
     }
 
+    /// Tells the coordinator of the newest term what this node serves.
+    fn report_serving(&self) {
+        if let Some(t) = self.core.term() {
+            let msg = crate::jobs::Msg::Serving(self.weights.report());
+            if let Err(e) = self.outbox.send(&t.coordinator, msg) {
+                debug!("serving report dropped: {e}");
+            }
+        }
+    }
+
+    /// Reads each model's active version, loads it where this node runs published
+    /// versions (so that a switch costs the first batch nothing), then reports.
+    fn watch(&mut self, ctx: &mut Context<Self>) {
+        if self.watching {
+            return;
+        }
+        self.watching = true;
+        let (sdfs, models, weights) =
+            (self.sdfs.clone(), self.models.clone(), self.weights.clone());
+        let work = async move {
+            let served: Vec<(String, Serving)> = weights
+                .models()
+                .map(|(m, s)| (m.clone(), s.clone()))
+                .collect();
+            for (model, serving) in served {
+                let active = match node_weights::active_record(&sdfs, &model).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        debug!(model, "active weights not read: {e}");
+                        continue;
+                    }
+                };
+                weights.set_active(&model, active.clone());
+                let (Some(record), Serving::Cluster { .. }) = (active, serving) else {
+                    continue;
+                };
+                let Some(addr) = models.get(&model) else {
+                    continue;
+                };
+                let loaded = prepare(&sdfs, addr, &weights, &model, &record.pin()).await;
+                weights.set_failed(&model, loaded.err());
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(|(), act, _ctx| {
+            act.watching = false;
+            act.report_serving();
+        }));
+    }
+
     fn drive(&mut self, input: Input, ctx: &mut Context<Self>) {
-        for effect in self.core.handle(clock::now(), input) {
+        let term = self.core.term().cloned();
+        let fx = self.core.handle(clock::now(), input);
+        if self.core.term() != term.as_ref() {
+            // A new coordinator: it learns at once what this node serves.
+            self.report_serving();
+        }
+        for effect in fx {
             match effect {
                 Effect::Send { to, msg } => {
                     if let Err(e) = self.outbox.send(&to, msg) {
@@ -84,7 +155,8 @@ impl WorkerActor {
         let batch = rb.batch;
         let first = self.started.insert(rb.job);
         let cache = self.cache.clone();
-        let work = async move { run_batch(rb, sdfs, models, cache, me, first).await };
+        let weights = self.weights.clone();
+        let work = async move { run_batch(rb, sdfs, models, cache, weights, me, first).await };
         ctx.spawn(work.into_actor(self).map(move |ex, act, ctx| {
             act.drive(Input::Executed { batch, ex }, ctx);
         }));
@@ -245,6 +317,7 @@ async fn run_batch(
     sdfs: SdfsClient,
     models: Arc<HashMap<String, Addr<ModelActor>>>,
     cache: Shared<ArchiveCache>,
+    weights: Arc<NodeWeights>,
     me: NodeAddr,
     first_of_job: bool,
 ) -> Executed {
@@ -257,6 +330,18 @@ async fn run_batch(
             compute_ms: 0,
             precision: None,
         };
+    };
+    let use_weights = match prepare(&sdfs, &model, &weights, &rb.model, &rb.weights).await {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(job = %rb.job, model = %rb.model, "batch not run: {e}");
+            return Executed {
+                results_written: Vec::new(),
+                failed: rb.queries.clone(),
+                compute_ms: 0,
+                precision: None,
+            };
+        }
     };
     let fetched = fetch_inputs(&rb, &sdfs, &cache).await;
     let mut queries = Vec::new();
@@ -294,7 +379,11 @@ async fn run_batch(
             "event=job_compute_started"
         );
     }
-    let out = match model.send(ClassifyBatch { images }).await {
+    let batch = ClassifyBatch {
+        images,
+        weights: use_weights,
+    };
+    let out = match model.send(batch).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => {
             warn!("model failed: {e}");
@@ -333,6 +422,11 @@ async fn run_batch(
             top5,
             error,
             synthetic: out.synthetic,
+            weights_version: match &rb.weights {
+                WeightsPin::Published(p) => Some(p.version),
+                WeightsPin::Unpublished => None,
+            },
+            weights: out.weights.clone(),
             bench_fixed_logits: out.fixed_logits,
             precision: out.precision.clone(),
             per_query_ms,
@@ -363,8 +457,59 @@ async fn run_batch(
     }
 }
 
+/// Makes the weights of `pin` ready in the model actor: `None` runs the node's own
+/// weights, `Some(sha)` a published version, fetched (or found in the cache) and loaded
+/// first. Refuses weights this node does not serve.
+async fn prepare(
+    sdfs: &SdfsClient,
+    model: &Addr<ModelActor>,
+    weights: &NodeWeights,
+    name: &str,
+    pin: &WeightsPin,
+) -> Result<Option<String>, String> {
+    let serving = weights
+        .serving(name)
+        .ok_or_else(|| format!("this node does not run {name}"))?;
+    match (serving, pin) {
+        (Serving::Local { sha256 }, WeightsPin::Published(p)) if *sha256 != p.sha256 => {
+            Err(format!(
+                "pinned to {} but this node's local file is {}",
+                pin.label(),
+                crate::weights::short(sha256)
+            ))
+        }
+        (Serving::Local { .. }, _)
+        | (Serving::Cluster { synthetic: true }, WeightsPin::Unpublished) => Ok(None),
+        (Serving::Cluster { synthetic: false }, WeightsPin::Unpublished) => Err(format!(
+            "no weights for {name}: publish them with `dml weights publish {name} FILE` or copy \
+             a file into weights/"
+        )),
+        (Serving::Cluster { .. }, WeightsPin::Published(p)) => {
+            let (sha256, format) = (&p.sha256, &p.format);
+            if !model
+                .send(HasWeights(sha256.clone()))
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                let path = weights.cached(sdfs, name, sha256, format).await?;
+                let load = LoadWeights {
+                    path,
+                    sha256: sha256.clone(),
+                };
+                model.send(load).await.map_err(|e| e.to_string())??;
+            }
+            Ok(Some(sha256.clone()))
+        }
+    }
+}
+
 impl Actor for WorkerActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.watch(ctx);
+        ctx.run_interval(WATCH_EVERY, |act, ctx| act.watch(ctx));
+    }
 }
 
 impl Handler<FromPeer> for WorkerActor {

@@ -30,6 +30,11 @@ impl SdfsClient {
 
     /// The latest version of `name`.
     pub async fn get_bytes(&self, name: String) -> Result<Vec<u8>, String> {
+        self.get_latest(name).await.map(|(_, bytes)| bytes)
+    }
+
+    /// The latest version of `name`: its number and its bytes.
+    pub async fn get_latest(&self, name: String) -> Result<(u64, Vec<u8>), String> {
         let (reply, rx) = oneshot::channel();
         self.sdfs.do_send(GetBytes { name, reply });
         rx.await.map_err(|_| DROPPED.to_string())?

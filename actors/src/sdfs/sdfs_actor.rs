@@ -81,7 +81,8 @@ pub struct PutBytes {
 #[rtype(result = "()")]
 pub struct GetBytes {
     pub name: String,
-    pub reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    /// The version read and its bytes, or a one-line error.
+    pub reply: oneshot::Sender<Result<(u64, Vec<u8>), String>>,
 }
 
 /// One page of the names under a prefix, after `after` (used by inference jobs): the
@@ -119,7 +120,7 @@ enum Done {
     /// A tool's get: the answer follows the session's last piece.
     Stream(u64),
     PutBytes(oneshot::Sender<Result<u64, String>>),
-    GetBytes(oneshot::Sender<Result<Vec<u8>, String>>),
+    GetBytes(oneshot::Sender<Result<(u64, Vec<u8>), String>>),
     List(oneshot::Sender<Result<NamesPage, String>>),
 }
 
@@ -416,7 +417,10 @@ impl SdfsActor {
                 }));
             }
             Done::GetBytes(tx) => {
-                let _ = tx.send(result.map(|_| bytes.unwrap_or_default()));
+                let _ = tx.send(result.and_then(|r| match r {
+                    Reply::Get { version, .. } => Ok((version, bytes.unwrap_or_default())),
+                    other => Err(format!("unexpected reply {other:?}")),
+                }));
             }
             Done::List(tx) => {
                 let _ = tx.send(result.and_then(|r| match r {

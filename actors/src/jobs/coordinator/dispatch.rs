@@ -319,8 +319,9 @@ impl Primary {
             }
             if !self.assign_new(cx, &w) {
                 // No job has queued queries; later workers would find none either,
-                // unless a re-issue waits for a worker that does not hold a copy.
-                if self.reissue.is_empty() {
+                // unless a re-issue waits for a worker that does not hold a copy, or
+                // this worker does not serve the weights a waiting job is pinned to.
+                if self.reissue.is_empty() && cx.serving.is_empty() {
                     break;
                 }
             }
@@ -333,7 +334,7 @@ impl Primary {
                 self.reissue.pop_front();
                 continue;
             };
-            if &orig.worker == w {
+            if &orig.worker == w || !serves(cx, w, orig.job) {
                 return false;
             }
             let (job, model) = (orig.job, orig.model.clone());
@@ -368,6 +369,9 @@ impl Primary {
                 let Some(j) = cx.state.jobs.get(&job) else {
                     continue;
                 };
+                if !serves(cx, w, job) {
+                    continue;
+                }
                 let workers = self
                     .in_flight
                     .values()
@@ -435,12 +439,15 @@ impl Primary {
                 timer: Timer::BatchDeadline { batch: id },
             });
         }
-        let inputs = match cx.state.jobs.get(&job) {
-            Some(j) => queries
-                .iter()
-                .filter_map(|q| j.manifest.queries.input(*q))
-                .collect(),
-            None => Vec::new(),
+        let (inputs, weights) = match cx.state.jobs.get(&job) {
+            Some(j) => (
+                queries
+                    .iter()
+                    .filter_map(|q| j.manifest.queries.input(*q))
+                    .collect(),
+                j.manifest.weights.clone(),
+            ),
+            None => (Vec::new(), Default::default()),
         };
         cx.fx.push(Effect::Send {
             to: w.clone(),
@@ -451,6 +458,7 @@ impl Primary {
                 model: model.clone(),
                 queries: queries.clone(),
                 inputs,
+                weights,
             }),
         });
         self.in_flight.insert(
@@ -464,4 +472,16 @@ impl Primary {
             },
         );
     }
+}
+
+/// Whether worker `w` may run batches of `job`: it serves the weights the job is pinned
+/// to. A worker not heard from yet is given work (it refuses a batch it cannot serve,
+/// see `RefuseReason::Weights`), so a new coordinator does not stall until every report.
+fn serves(cx: &Cx<'_>, w: &NodeAddr, job: JobId) -> bool {
+    let Some(j) = cx.state.jobs.get(&job) else {
+        return false;
+    };
+    cx.serving
+        .get(w)
+        .is_none_or(|r| r.serves(&j.manifest.model, &j.manifest.weights))
 }

@@ -185,6 +185,8 @@ impl Coordinator {
         let gone: Vec<NodeAddr> = self.members.difference(&live).cloned().collect();
         let joined: Vec<NodeAddr> = live.difference(&self.members).cloned().collect();
         self.members = live;
+        let members = &self.members;
+        self.serving.retain(|n, _| members.contains(n));
         match &self.role {
             Role::Primary(_) => {
                 let standby_gone = self

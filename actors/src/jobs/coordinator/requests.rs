@@ -8,6 +8,16 @@ use crate::jobs::msg::{Msg, StatusKind};
 use crate::jobs::record::Record;
 use crate::jobs::types::{JobId, JobManifest, Queries, Source, MAX_QUERIES};
 use crate::types::{Millis, NodeAddr};
+use crate::weights::WeightsPin;
+
+/// What the shell found for a submission (an [`super::Input::InputsListed`]).
+pub(super) struct Listed {
+    pub client: NodeAddr,
+    pub request_id: u64,
+    pub model: String,
+    pub input: String,
+    pub sources: Vec<Source>,
+}
 
 impl Coordinator {
     /// C4 arrived: refuse it at once if it cannot be accepted, acknowledge a
@@ -41,18 +51,24 @@ impl Coordinator {
         }
     }
 
-    /// The shell listed the inputs of a `ListInputs`: accept the job, or refuse it if
-    /// this node stopped coordinating meanwhile or nothing is there. (The model was
-    /// checked when the request came in.)
+    /// The shell listed the inputs of a `ListInputs`: accept the job, pinned to
+    /// `weights`, or refuse it if this node stopped coordinating meanwhile, nothing is
+    /// there, or the model's active weights could not be read. (The model was checked
+    /// when the request came in.)
     pub(super) fn on_inputs_listed(
         &mut self,
         now: Millis,
-        client: NodeAddr,
-        request_id: u64,
-        model: &str,
-        input: &str,
-        sources: Vec<Source>,
+        listed: Listed,
+        weights: Result<WeightsPin, String>,
     ) -> Vec<Effect> {
+        let Listed {
+            client,
+            request_id,
+            model,
+            input,
+            sources,
+        } = listed;
+        let (model, input) = (model.as_str(), input.as_str());
         let mut fx = Vec::new();
         if !self.is_primary() {
             self.refuse(&client, request_id, self.not_coordinator(), &mut fx);
@@ -81,6 +97,19 @@ impl Coordinator {
             self.refuse(&client, request_id, error, &mut fx);
             return fx;
         }
+        let weights = match weights {
+            Ok(w) => w,
+            Err(error) => {
+                let model = model.to_string();
+                self.refuse(
+                    &client,
+                    request_id,
+                    JobError::WeightsUnreadable { model, error },
+                    &mut fx,
+                );
+                return fx;
+            }
+        };
         let epoch = self.reign.as_ref().map_or(0, |r| r.term.epoch);
         let manifest = JobManifest {
             id: self.state.next_job_id(epoch),
@@ -90,6 +119,7 @@ impl Coordinator {
             client: client.clone(),
             request_id,
             submitted_at: now,
+            weights,
         };
         fx.push(Effect::WriteManifest {
             manifest: manifest.clone(),

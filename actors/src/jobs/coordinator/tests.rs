@@ -33,6 +33,7 @@ fn listed(client: &str, request_id: u64, queries: &[&str]) -> Input {
                 entries: None,
             })
             .collect(),
+        weights: Ok(Default::default()),
     }
 }
 
@@ -288,4 +289,65 @@ fn a_forged_reign_past_the_bound_is_ignored() {
     assert_eq!(c.reign().map(|r| r.term.epoch), Some(1));
     assert_eq!(c.role(), RoleKind::Primary);
     assert_eq!(reports, 10, "1st, 2nd, 4th ... 512th of 1000");
+}
+
+/// A job pinned to a published version goes only to workers that serve it: none while
+/// the only worker runs another local file, and its batch as soon as the worker says it
+/// serves published versions; the batch carries the pin.
+#[test]
+fn batches_go_only_to_workers_serving_the_pinned_weights() {
+    use crate::weights::{Pinned, Serving, ServingReport};
+    let me = NodeAddr::from("solo:1");
+    let mut c = solo(&me, JobsConfig::default(), 0);
+    let report = |serving| Input::Message {
+        from: me.clone(),
+        msg: Msg::Serving(ServingReport {
+            models: vec![("resnet50".into(), serving)],
+            notes: vec!["resnet50: a note for C5".into()],
+        }),
+    };
+    let other = Serving::Local {
+        sha256: "b".repeat(64),
+    };
+    assert!(run_batches(&c.handle(1, report(other))).is_empty());
+    let pin = WeightsPin::Published(Box::new(Pinned {
+        version: 3,
+        sha256: "a".repeat(64),
+        format: "safetensors".into(),
+    }));
+    let Input::InputsListed {
+        client,
+        request_id,
+        model,
+        input,
+        sources,
+        ..
+    } = listed("client:1", 1, &["in/a"])
+    else {
+        unreachable!()
+    };
+    let submit = Input::InputsListed {
+        client,
+        request_id,
+        model,
+        input,
+        sources,
+        weights: Ok(pin.clone()),
+    };
+    let fx = c.handle(2, submit);
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::WriteManifest { manifest } if manifest.weights == pin)));
+    assert!(
+        run_batches(&fx).is_empty(),
+        "the worker's local file differs"
+    );
+    let fx = c.handle(3, report(Serving::Cluster { synthetic: false }));
+    let rb = run_batches(&fx);
+    assert_eq!(rb.len(), 1);
+    assert_eq!(rb[0].weights, pin);
+    let Ok(StatusReport::Assignment { weights, .. }) = c.status(4, StatusKind::Assignment) else {
+        panic!("no C5")
+    };
+    assert_eq!(weights, vec![format!("{me}: resnet50: a note for C5")]);
 }
