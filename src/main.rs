@@ -53,6 +53,10 @@ enum Cmd {
         /// Never start the interactive console.
         #[arg(long)]
         no_console: bool,
+        /// Serve HTTP (KServe v2 inference, /metrics) on IP:PORT; wins over the node's
+        /// `http` in the config.
+        #[arg(long, value_name = "IP:PORT")]
+        http: Option<std::net::SocketAddr>,
         /// Benchmark only (`dml bench scale`): fixed logits instead of the networks.
         #[arg(long, hide = true)]
         bench_fixed_logits: bool,
@@ -301,9 +305,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hostname,
             port,
             no_console,
+            http,
             bench_fixed_logits,
         } => {
-            let config = dml_actors::config::load(&cfg.config, &cfg.set)?;
+            let mut config = dml_actors::config::load(&cfg.config, &cfg.set)?;
             let addr = dml_actors::types::NodeAddr::new(&hostname, port);
             if config.node(&addr).is_none() {
                 return Err(ConfigError {
@@ -314,6 +319,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ),
                 }
                 .into());
+            }
+            if let Some(http) = http {
+                for n in config.nodes.iter_mut().filter(|n| n.addr == addr) {
+                    n.http = Some(http);
+                }
             }
             init_logs();
             let interactive = !no_console && console::stdin_is_terminal();

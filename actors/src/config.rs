@@ -55,6 +55,20 @@ pub struct RawConfig {
     pub security: RawSecurity,
     #[serde(default)]
     pub ctl: RawCtl,
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// `[http]`: the nodes' HTTP endpoints (each node's address is its `[[nodes]]` `http`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// The bearer token clients must send (one line; private like every key file).
+    pub token_file: Option<String>,
+    /// Largest request body accepted, bytes (default 64 MiB).
+    pub max_body_bytes: Option<i64>,
+    /// The longest a request waits in the dynamic batcher for others, ms (default 5).
+    pub max_queue_delay_ms: Option<i64>,
 }
 
 /// `[security]`: who may connect besides the nodes.
@@ -124,6 +138,8 @@ pub struct RawNode {
     pub name: String,
     pub host: String,
     pub port: i64,
+    /// `HOST:PORT` of the node's HTTP endpoint (KServe v2, metrics); none: no endpoint.
+    pub http: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -165,6 +181,27 @@ pub struct RawSdfs {
 pub struct NodeSpec {
     pub name: String,
     pub addr: NodeAddr,
+    /// Its HTTP endpoint, if it has one.
+    pub http: Option<std::net::SocketAddr>,
+}
+
+/// `[http]`, validated.
+#[derive(Clone, Default)]
+pub struct HttpConfig {
+    /// The bearer token (`None`: the endpoints are open, and nodes say so at start).
+    pub token: Option<String>,
+    pub max_body: usize,
+    pub max_queue_delay_ms: u64,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("token", &self.token.as_ref().map(|_| Redacted))
+            .field("max_body", &self.max_body)
+            .field("max_queue_delay_ms", &self.max_queue_delay_ms)
+            .finish()
+    }
 }
 
 /// Failure-detector timings and completeness.
@@ -229,6 +266,8 @@ pub struct Config {
     /// The operator credential `dml ctl` proves, read when a tool needs it (nodes do
     /// not need the operator's key file).
     pub credential_file: Option<PathBuf>,
+    /// `[http]`.
+    pub http: HttpConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -246,6 +285,7 @@ impl std::fmt::Debug for Config {
             .field("threads", &self.threads)
             .field("weights_dir", &self.weights_dir)
             .field("sdfs", &self.sdfs)
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -311,6 +351,47 @@ fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     Some(digits.chunks(2).map(|p| p[0] << 4 | p[1]).collect())
+}
+
+/// Validates `[http]`; the token file must be private unless it is one of the shipped
+/// samples (`[security] sample_keys`).
+fn http_config(raw: &RawHttp, base: &Path, sample_keys: bool) -> Result<HttpConfig, ConfigError> {
+    let token = match raw.token_file.as_deref() {
+        None => None,
+        Some(p) => {
+            let path = resolve(base, p);
+            if !sample_keys {
+                check_private("http.token_file", &path)?;
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                err("http.token_file", format!("cannot read {}: {e}", path.display()))
+            })?;
+            let token = text.trim().to_string();
+            if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(err(
+                    "http.token_file",
+                    format!(
+                        "{}: the token must be one line of at least 16 printable characters",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(token)
+        }
+    };
+    let max_body = raw.max_body_bytes.unwrap_or(64 << 20);
+    if !(1024..=(1 << 30)).contains(&max_body) {
+        return Err(err("http.max_body_bytes", "must be in 1024..=1073741824"));
+    }
+    let delay = raw.max_queue_delay_ms.unwrap_or(5);
+    if !(0..=10_000).contains(&delay) {
+        return Err(err("http.max_queue_delay_ms", "must be in 0..=10000"));
+    }
+    Ok(HttpConfig {
+        token,
+        max_body: max_body as usize,
+        max_queue_delay_ms: delay as u64,
+    })
 }
 
 impl Config {
@@ -435,7 +516,16 @@ impl RawConfig {
                     format!("address {addr} is used twice"),
                 ));
             }
-            nodes.push(NodeSpec { name, addr });
+            let http = match &n.http {
+                None => None,
+                Some(a) => Some(a.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+                    err(
+                        format!("nodes[{i}].http"),
+                        format!("{a:?} is not an IP:PORT address"),
+                    )
+                })?),
+            };
+            nodes.push(NodeSpec { name, addr, http });
         }
 
         let fd = &self.failure_detector;
@@ -533,12 +623,14 @@ impl RawConfig {
         }
 
         let keys = keys::load(&self, base)?;
+        let http = http_config(&self.http, base, keys.sample_keys)?;
         Ok(Config {
             accept_secrets: keys.accept_secrets,
             operators: keys.operators,
             allow_secret_for_tools: keys.allow_secret_for_tools,
             sample_keys: keys.sample_keys,
             credential_file: keys.credential_file,
+            http,
             secret,
             data_dir: resolve(base, self.cluster.data_dir.as_deref().unwrap_or("data")),
             log_dir: resolve(base, self.cluster.log_dir.as_deref().unwrap_or("logs")),
@@ -578,6 +670,7 @@ mod tests {
                     name: format!("H{i}"),
                     host: "127.0.0.1".into(),
                     port: 8000 + i,
+                    http: None,
                 })
                 .collect(),
             ..Default::default()

@@ -2,6 +2,8 @@
 //! actix system, and runs until Ctrl-C or SIGTERM (a node leaves the cluster first).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dml_models::Network;
@@ -25,6 +27,8 @@ use crate::net::transport::{Transport, TransportConfig};
 use crate::net::transport_actor::{Routes, TransportActor};
 use crate::sdfs::client::SdfsClient;
 use crate::sdfs::sdfs_actor::SdfsActor;
+use crate::serve::http::HttpContext;
+use crate::serve::serve_actor::{ServeActor, ServeSettings};
 use crate::types::NodeAddr;
 
 /// Why a node or the introducer could not run.
@@ -45,6 +49,8 @@ pub enum NodeError {
     Model(String),
     #[error("sdfs: {0}")]
     Sdfs(String),
+    #[error("{0}")]
+    Http(String),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -141,6 +147,56 @@ fn start_models(
     Ok(models)
 }
 
+/// Starts the node's ServeActor (every node runs the batches other nodes' endpoints send)
+/// and, when the node has an `http` address, its HTTP endpoint.
+fn start_serving(
+    config: &Config,
+    me: &NodeAddr,
+    transport: &Transport<Body>,
+    models: &HashMap<String, Addr<ModelActor>>,
+    coordinator: Addr<CoordinatorActor>,
+) -> Result<Addr<ServeActor>, NodeError> {
+    crate::metrics::install();
+    let jobs = JobsConfig::default();
+    let sizes = jobs
+        .models
+        .iter()
+        .map(|m| (m.name.clone(), m.batch_size as usize))
+        .collect();
+    let settings = ServeSettings {
+        max_delay_ms: config.http.max_queue_delay_ms,
+        ..ServeSettings::default()
+    };
+    let timeout = Duration::from_millis(settings.run_timeout_ms + 5_000);
+    let ready = Arc::new(AtomicBool::new(false));
+    let serve = ServeActor::new(
+        me.clone(),
+        transport.clone(),
+        models.clone(),
+        Some(coordinator),
+        sizes,
+        settings,
+        ready.clone(),
+    )
+    .start();
+    if let Some(addr) = config.node(me).and_then(|n| n.http) {
+        if config.http.token.is_none() {
+            warn!(http = %addr, "the http endpoint has no token ([http] token_file): anyone who can reach it can run inference");
+        }
+        let ctx = HttpContext {
+            node: me.clone(),
+            serve: serve.clone(),
+            transport: transport.clone(),
+            ready,
+            token: config.http.token.clone().map(Arc::new),
+            max_body: config.http.max_body,
+            timeout,
+        };
+        crate::serve::http::spawn(addr, ctx).map_err(NodeError::Http)?;
+    }
+    Ok(serve)
+}
+
 /// Runs the node `me` until a shutdown signal.
 pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeError> {
     if config.sample_keys {
@@ -182,6 +238,7 @@ pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeE
             coordinator.clone().recipient(),
         );
         let sdfs_client = SdfsClient::new(sdfs.clone());
+        let serve = start_serving(&config, &me, &transport, &models, coordinator.clone())?;
         let worker = worker_ctx.run(WorkerActor::new(
             outbox.clone(),
             sdfs_client.clone(),
@@ -198,11 +255,13 @@ pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeE
         let membership = Supervisor::start(move |_| MembershipActor::new(core, t, probe, true));
         membership.do_send(Subscribe(sdfs.clone().recipient()));
         membership.do_send(Subscribe(coordinator.clone().recipient()));
+        membership.do_send(Subscribe(serve.clone().recipient()));
         let routes = Routes {
             membership: membership.clone(),
             sdfs: sdfs.clone(),
             coordinator,
             worker,
+            serve,
         };
         TransportActor::new(inbound, routes).start();
         info!(node = %me, "node started");

@@ -38,6 +38,8 @@ pub struct Options {
     pub spawn_nodes: bool,
     /// Extra arguments of every `dml node` (`--bench-fixed-logits` for `dml bench scale`).
     pub node_args: Vec<String>,
+    /// Extra arguments of one node, by name (`dml up`'s `--http` ports), after `node_args`.
+    pub per_node_args: std::collections::HashMap<String, Vec<String>>,
     pub stop: Stop,
     /// A directory the cluster owns (its config, logs and data): removed on drop unless
     /// `keep`, or while a panic unwinds (a failed test keeps its logs).
@@ -56,6 +58,7 @@ impl Default for Options {
             env: Vec::new(),
             spawn_nodes: true,
             node_args: Vec::new(),
+            per_node_args: std::collections::HashMap::new(),
             stop: Stop::Term,
             own_dir: None,
             keep: false,
@@ -77,6 +80,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// How this cluster was started.
+    pub fn opts(&self) -> &Options {
+        &self.opts
+    }
+
     /// Starts the introducer, waits until it listens, then starts every node (unless
     /// `opts.spawn_nodes` is off). Logs start empty.
     pub fn start(bin: &Path, layout: Layout, opts: Options) -> anyhow::Result<Cluster> {
@@ -155,7 +163,8 @@ impl Cluster {
             .context("node address without a port")?;
         let (host, port) = (host.to_string(), port.to_string());
         let mut args = vec!["node", "--no-console", "--hostname", &host, "--port", &port];
-        let extra = self.opts.node_args.clone();
+        let mut extra = self.opts.node_args.clone();
+        extra.extend(self.opts.per_node_args.get(name).cloned().unwrap_or_default());
         args.extend(extra.iter().map(String::as_str));
         self.spawn(name, &args)
     }

@@ -190,7 +190,11 @@ pub fn format_report(report: StatusReport) -> Reply {
             }
             Reply::new(text, serde_json::to_value(&rows).unwrap_or_default())
         }
-        StatusReport::Assignment { nodes, shares } => {
+        StatusReport::Assignment {
+            nodes,
+            shares,
+            batch_sizes,
+        } => {
             let mut text =
                 String::from("node                   job      model          batch queries");
             for a in &nodes {
@@ -216,7 +220,17 @@ pub fn format_report(report: StatusReport) -> Reply {
                     s.workers_now
                 ));
             }
-            Reply::new(text, serde_json::json!({"nodes": nodes, "shares": shares}))
+            if !batch_sizes.is_empty() {
+                let sizes: Vec<String> = batch_sizes
+                    .iter()
+                    .map(|(m, b)| format!("{m} {b}"))
+                    .collect();
+                text.push_str(&format!("\nbatch sizes: {}", sizes.join(", ")));
+            }
+            Reply::new(
+                text,
+                serde_json::json!({"nodes": nodes, "shares": shares, "batch_sizes": batch_sizes}),
+            )
         }
     }
 }

@@ -426,6 +426,12 @@ impl Coordinator {
             StatusKind::Assignment => StatusReport::Assignment {
                 nodes: self.assignment(),
                 shares: self.shares(),
+                batch_sizes: self
+                    .cfg
+                    .models
+                    .iter()
+                    .map(|m| (m.name.clone(), self.state.batch_size(&m.name, &self.cfg)))
+                    .collect(),
             },
             StatusKind::Results { job, from, limit } => {
                 StatusReport::Results(self.results_page(job, from, limit)?)

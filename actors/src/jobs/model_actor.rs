@@ -83,6 +83,15 @@ impl ModelActor {
         }
     }
 
+    /// The network this actor runs (`None` for the benchmark's fixed-logits stand-in);
+    /// online inference (`serve::exec`) runs raw inputs through it.
+    pub(crate) fn classifier(&self) -> Option<&Arc<Classifier>> {
+        match &self.engine {
+            Engine::Net(c) => Some(c),
+            Engine::Fixed => None,
+        }
+    }
+
     /// Picks the weights: the file in `dir` when there is one, synthetic otherwise (loudly).
     pub fn source_for(network: Network, dir: &std::path::Path) -> WeightSource {
         match dml_models::weights::find_weight_file(network, dir) {

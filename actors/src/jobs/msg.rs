@@ -118,6 +118,10 @@ pub enum StatusReport {
         nodes: Vec<Assignment>,
         /// Per running job: measured per-query time and target share of worker time.
         shares: Vec<JobShare>,
+        /// The batch size (C3) of every model: what new batches are cut with, and what
+        /// online inference batches up to.
+        #[serde(default)]
+        batch_sizes: std::collections::BTreeMap<String, u32>,
     },
 }
 

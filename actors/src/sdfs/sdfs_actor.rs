@@ -254,6 +254,7 @@ impl SdfsActor {
                     });
                     return;
                 }
+                crate::metrics::sdfs_msg(false, &msg);
                 let lane = match msg.lane() {
                     crate::sdfs::Lane::Control => Lane::Control,
                     crate::sdfs::Lane::Bulk => Lane::Bulk,
@@ -628,6 +629,7 @@ fn piece(item: crate::sdfs::Delivery) -> control::Piece {
 }
 
 fn log_event(ev: &Event) {
+    crate::metrics::sdfs_event(ev);
     let wall = clock::wall_ms();
     match ev {
         Event::ChecksumMismatch { .. }
@@ -649,12 +651,21 @@ impl Actor for SdfsActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.feed(Input::Start, ctx);
         ctx.run_interval(Duration::from_secs(5), |act, ctx| act.expire_sessions(ctx));
+        // For `/metrics`: a listing of the store, so not at every change.
+        let count = |act: &mut Self| {
+            if let Ok(names) = act.core.store().names() {
+                crate::metrics::sdfs_stored(names.len());
+            }
+        };
+        count(self);
+        ctx.run_interval(Duration::from_secs(15), move |act, _| count(act));
     }
 }
 
 impl Handler<FromPeer> for SdfsActor {
     type Result = ();
     fn handle(&mut self, m: FromPeer, ctx: &mut Context<Self>) {
+        crate::metrics::sdfs_msg(true, &m.msg);
         self.feed(
             Input::Peer {
                 from: m.from,
