@@ -44,6 +44,13 @@ fn start(name: &str, n: usize) -> Serving {
     }
     .write(&dir)
     .expect("config");
+    // Synthetic weight files, which the nodes and `dml classify` both load.
+    let synth = Command::new(env!("CARGO_BIN_EXE_dml"))
+        .args(["weights", "synth", "--dir"])
+        .arg(dir.join("weights"))
+        .output()
+        .expect("dml weights synth");
+    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
     let token = dir.join("http.token");
     fs::write(&token, format!("{TOKEN}\n")).expect("token");
     use std::os::unix::fs::PermissionsExt;
@@ -122,12 +129,12 @@ fn photos(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
     (out, files)
 }
 
-/// `dml classify --json` of `dir`: file name -> top-5 class indices. The test cluster has
-/// no weight files either, so both sides run the same synthetic weights.
-fn classify(dir: &Path, model: &str) -> Vec<(String, Vec<u64>)> {
+/// `dml classify --json` of `dir` with the cluster's weight files: file name -> top-5
+/// class indices.
+fn classify(s: &Serving, dir: &Path, model: &str) -> Vec<(String, Vec<u64>)> {
     let out = Command::new(env!("CARGO_BIN_EXE_dml"))
         .args(["classify", "--json", "--threads", "1", "--model", model, "--weights"])
-        .arg(dir.join("no-weights"))
+        .arg(s.dir.join("weights"))
         .arg(dir)
         .output()
         .expect("dml classify");
@@ -174,7 +181,7 @@ fn kserve_v2_over_the_cluster() {
     let s = start("serve-http", 3);
     let (photo_dir, files) = photos(&s.dir);
     assert!(files.len() >= 4, "{files:?}");
-    let want = classify(&photo_dir, "resnet50");
+    let want = classify(&s, &photo_dir, "resnet50");
     let h1 = format!("http://{}", s.nodes[0].2);
 
     // Health and metrics are open; everything else needs the token.

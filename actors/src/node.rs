@@ -156,7 +156,6 @@ fn start_serving(
     models: &HashMap<String, Addr<ModelActor>>,
     coordinator: Addr<CoordinatorActor>,
 ) -> Result<Addr<ServeActor>, NodeError> {
-    crate::metrics::install();
     let jobs = JobsConfig::default();
     let sizes = jobs
         .models
@@ -206,6 +205,8 @@ pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeE
              deployment (README, Security)"
         );
     }
+    // Before any actor records a metric.
+    crate::metrics::install();
     let system = System::new();
     system.block_on(async move {
         let listener = bind(&me).await?;
