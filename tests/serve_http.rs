@@ -265,9 +265,48 @@ fn kserve_v2_over_the_cluster() {
     });
     assert!(served.len() > 1, "12 concurrent requests all ran on {served:?}");
 
+    jobs_over_http(&s, &photo_dir, &want);
     bad_input_is_a_json_4xx(&s, &files);
     tritonclient_gets_the_same_top5(&s, &files, &want);
     metrics_pass_promtool_and_prometheus_scrapes_every_node(&s);
+}
+
+/// A job over an SDFS prefix, submitted, followed and read back over HTTP.
+fn jobs_over_http(s: &Serving, photo_dir: &Path, want: &[(String, Vec<u64>)]) {
+    let put = dml_actors::control::Request::Put {
+        local: photo_dir.display().to_string(),
+        name: "inputs/photos".into(),
+    };
+    let r = s.cluster.ask(&s.nodes[0].1, put, Duration::from_secs(60));
+    assert!(matches!(r, Ok(Ok(_))), "{r:?}");
+    let jobs = format!("http://{}/v1/jobs", s.nodes[2].2);
+    let (code, res) = post(&jobs, &json!({"model": "resnet50", "input": "inputs/nothing-here"}), &s.dir);
+    assert_eq!(code, 400, "{res}");
+    let (code, res) = post(&jobs, &json!({"model": "resnet50", "input": "inputs/photos"}), &s.dir);
+    assert_eq!(code, 202, "{res}");
+    let job = res["job"].as_str().expect("job id").to_string();
+    assert_eq!(res["queries"], json!(want.len()));
+    let mut last = String::new();
+    let done = dml_cluster::wait_until(Duration::from_secs(120), || {
+        let (code, body) = curl(&jobs, &["-H", &auth()]);
+        last = body.clone();
+        let v: Value = serde_json::from_str(&body)?;
+        Ok(code == 200 && v["jobs"].as_array().is_some_and(|j| j.iter().all(|r| r["complete"] == true) && !j.is_empty()))
+    });
+    assert!(done.is_ok(), "job did not complete: {last}");
+    let (code, body) = curl(&format!("{jobs}/{job}/results"), &["-H", &auth()]);
+    assert_eq!(code, 200, "{body}");
+    let rows: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(rows.len(), want.len(), "{body}");
+    for row in rows {
+        let name = row["query"].as_str().expect("query").rsplit('/').next().expect("name").to_string();
+        let expected = &want.iter().find(|(n, _)| *n == name).expect("classified").1;
+        let got: Vec<u64> = row["top5"].as_array().expect("top5").iter().map(|c| c["index"].as_u64().expect("index")).collect();
+        assert_eq!(&got, expected, "{name}");
+    }
+    let (code, body) = curl(&format!("{jobs}/9-99/results"), &["-H", &auth()]);
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(curl(&jobs, &[]).0, 401);
 }
 
 fn bad_input_is_a_json_4xx(s: &Serving, files: &[PathBuf]) {

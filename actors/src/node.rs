@@ -156,6 +156,7 @@ fn start_serving(
     models: &HashMap<String, Addr<ModelActor>>,
     coordinator: Addr<CoordinatorActor>,
 ) -> Result<Addr<ServeActor>, NodeError> {
+    let coordinator_for_http = coordinator.clone();
     let jobs = JobsConfig::default();
     let sizes = jobs
         .models
@@ -185,6 +186,7 @@ fn start_serving(
         let ctx = HttpContext {
             node: me.clone(),
             serve: serve.clone(),
+            coordinator: coordinator_for_http,
             transport: transport.clone(),
             ready,
             token: config.http.token.clone().map(Arc::new),

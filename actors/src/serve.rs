@@ -4,6 +4,7 @@
 //!
 //! - [`http`]: the axum server (its own tokio runtime thread), protocol JSON, bearer
 //!   token, `/metrics`, job endpoints.
+//! - [`jobs_http`]: job endpoints (submit, status, results as JSON Lines).
 //! - [`kserve`]: request parsing and response building (pure, unit-tested).
 //! - [`batcher`]: the per-model queue that cuts batches (pure, unit-tested).
 //! - [`serve_actor`]: the actix shell: queues requests, picks a node, sends the batch,
@@ -14,6 +15,7 @@
 pub mod batcher;
 pub mod exec;
 pub mod http;
+pub mod jobs_http;
 pub mod kserve;
 pub mod msg;
 pub mod serve_actor;

@@ -25,7 +25,9 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::jobs::coordinator_actor::CoordinatorActor;
 use crate::net::body::Body;
+use crate::serve::jobs_http;
 use crate::net::transport::Transport;
 use crate::serve::kserve;
 use crate::serve::serve_actor::{Infer, ServeActor, ServeError};
@@ -36,6 +38,8 @@ use crate::types::NodeAddr;
 pub struct HttpContext {
     pub node: NodeAddr,
     pub serve: Addr<ServeActor>,
+    /// This node's job client (job endpoints).
+    pub coordinator: Addr<CoordinatorActor>,
     pub transport: Transport<Body>,
     /// Set once the node is in the cluster (`/v2/health/ready`).
     pub ready: Arc<AtomicBool>,
@@ -84,6 +88,8 @@ pub fn router(ctx: HttpContext) -> Router {
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
+        .route("/v1/jobs", post(jobs_http::submit).get(jobs_http::status))
+        .route("/v1/jobs/{job}/results", get(jobs_http::results))
         .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
         .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
@@ -99,7 +105,7 @@ pub fn router(ctx: HttpContext) -> Router {
 }
 
 /// The protocol's error document.
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({"error": msg.into()}))).into_response()
 }
 
