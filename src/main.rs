@@ -21,8 +21,28 @@ use dml_models::cli as models_cli;
     about = "Distributed ML inference cluster (ResNet50, InceptionV3)"
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `dml --version`: the crate's version and the wire protocol it speaks (nodes of
+/// different protocol versions refuse each other's handshakes).
+fn version() -> &'static str {
+    let v = format!(
+        "{} (wire protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        dml_actors::net::wire::PROTOCOL_VERSION
+    );
+    Box::leak(v.into_boxed_str())
 }
 
 #[derive(clap::Args, Clone)]
@@ -125,6 +145,12 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// Print a shell completion script (e.g. `dml completions bash >
+    /// /etc/bash_completion.d/dml`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,7 +236,13 @@ fn restore_sigpipe() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().version(version()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    LOG_FORMAT.get_or_init(|| cli.log_format);
     if matches!(cli.cmd, Cmd::Ctl { .. }) {
         restore_sigpipe();
     }
@@ -243,14 +275,21 @@ fn one_line(e: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
+/// `--log-format`, for [`init_logs`].
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
 fn init_logs() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match LOG_FORMAT.get() {
+        Some(LogFormat::Json) => builder.json().try_init(),
+        _ => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 /// `dml classify`: the results on stdout, progress on stderr, and exit code 1 with the
@@ -401,6 +440,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCmd::Chaos { args } => dml_bench::chaos::run(&args)?,
             BenchCmd::Scale { args } => dml_bench::scale::run(&args)?,
         },
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "dml", &mut std::io::stdout());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,7 +31,8 @@ fn http_args(config: &Config) -> anyhow::Result<HashMap<String, Vec<String>>> {
         .filter(|n| n.http.is_none())
         .map(|n| n.name.as_str())
         .collect();
-    let ports = dml_cluster::free_ports(missing.len()).context("cannot find free ports for http")?;
+    let ports =
+        dml_cluster::free_ports(missing.len()).context("cannot find free ports for http")?;
     Ok(missing
         .into_iter()
         .zip(ports)
@@ -76,7 +77,9 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config) -> anyhow:
         config.log_dir.display()
     );
     for (name, addr) in http_addrs(config, &cluster) {
-        println!("dml: {name} serves http://{addr} (KServe v2 /v2/models/resnet50/infer, /metrics)");
+        println!(
+            "dml: {name} serves http://{addr} (KServe v2 /v2/models/resnet50/infer, /metrics)"
+        );
     }
     println!("dml: try `dml ctl --node {first} list_mem`; Ctrl-C stops the cluster");
     wait_for_signal(&mut cluster);

@@ -50,7 +50,11 @@ fn start(name: &str, n: usize) -> Serving {
         .arg(dir.join("weights"))
         .output()
         .expect("dml weights synth");
-    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    assert!(
+        synth.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synth.stderr)
+    );
     let token = dir.join("http.token");
     fs::write(&token, format!("{TOKEN}\n")).expect("token");
     use std::os::unix::fs::PermissionsExt;
@@ -77,7 +81,11 @@ fn start(name: &str, n: usize) -> Serving {
     cluster
         .wait_members(&all, Duration::from_secs(120), true)
         .expect("cluster formed");
-    Serving { cluster, dir, nodes }
+    Serving {
+        cluster,
+        dir,
+        nodes,
+    }
 }
 
 /// One curl call: (status, body). `args` come after the URL.
@@ -100,9 +108,15 @@ fn auth() -> String {
 fn post(url: &str, body: &Value, dir: &Path) -> (u16, Value) {
     let f = dir.join(format!("req-{}.json", rand_suffix()));
     fs::write(&f, serde_json::to_vec(body).expect("json")).expect("write");
-    let (code, text) = curl(url, &["-H", &auth(), "--data-binary", &format!("@{}", f.display())]);
+    let (code, text) = curl(
+        url,
+        &["-H", &auth(), "--data-binary", &format!("@{}", f.display())],
+    );
     let _ = fs::remove_file(&f);
-    (code, serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text})))
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text})),
+    )
 }
 
 fn rand_suffix() -> u64 {
@@ -133,12 +147,24 @@ fn photos(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
 /// class indices.
 fn classify(s: &Serving, dir: &Path, model: &str) -> Vec<(String, Vec<u64>)> {
     let out = Command::new(env!("CARGO_BIN_EXE_dml"))
-        .args(["classify", "--json", "--threads", "1", "--model", model, "--weights"])
+        .args([
+            "classify",
+            "--json",
+            "--threads",
+            "1",
+            "--model",
+            model,
+            "--weights",
+        ])
         .arg(s.dir.join("weights"))
         .arg(dir)
         .output()
         .expect("dml classify");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut rows: Vec<(String, Vec<u64>)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
@@ -161,7 +187,10 @@ fn indices(top: &[Value]) -> Vec<u64> {
     top.iter()
         .map(|s| {
             let s = s.as_str().expect("string");
-            s.split(':').nth(1).and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("{s}"))
+            s.split(':')
+                .nth(1)
+                .and_then(|i| i.parse().ok())
+                .unwrap_or_else(|| panic!("{s}"))
         })
         .collect()
 }
@@ -191,7 +220,10 @@ fn kserve_v2_over_the_cluster() {
     let (code, body) = curl(&format!("{h1}/v2"), &[]);
     assert_eq!(code, 401, "{body}");
     assert!(serde_json::from_str::<Value>(&body).expect("json")["error"].is_string());
-    let (code, _) = curl(&format!("{h1}/v2"), &["-H", "Authorization: Bearer wrong-token-000000000"]);
+    let (code, _) = curl(
+        &format!("{h1}/v2"),
+        &["-H", "Authorization: Bearer wrong-token-000000000"],
+    );
     assert_eq!(code, 401);
     let (code, body) = curl(&format!("{h1}/v2"), &["-H", &auth()]);
     assert_eq!(code, 200, "{body}");
@@ -199,8 +231,14 @@ fn kserve_v2_over_the_cluster() {
     assert_eq!(code, 200, "{body}");
     let meta: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(meta["inputs"][1]["shape"], json!([-1, 3, 299, 299]));
-    assert_eq!(curl(&format!("{h1}/v2/models/resnet50/ready"), &["-H", &auth()]).0, 200);
-    assert_eq!(curl(&format!("{h1}/v2/models/vgg16/ready"), &["-H", &auth()]).0, 404);
+    assert_eq!(
+        curl(&format!("{h1}/v2/models/resnet50/ready"), &["-H", &auth()]).0,
+        200
+    );
+    assert_eq!(
+        curl(&format!("{h1}/v2/models/vgg16/ready"), &["-H", &auth()]).0,
+        404
+    );
 
     // curl, one image per request, every node: the same top 5 as `dml classify`.
     let infer = |http: &str| format!("http://{http}/v2/models/resnet50/infer");
@@ -212,7 +250,11 @@ fn kserve_v2_over_the_cluster() {
         assert_eq!(out["shape"], json!([1, 5]), "{res}");
         let name = f.file_name().and_then(|n| n.to_str()).expect("name");
         let expected = &want.iter().find(|(n, _)| n == name).expect("classified").1;
-        assert_eq!(&indices(out["data"].as_array().expect("data")), expected, "{name}: {res}");
+        assert_eq!(
+            &indices(out["data"].as_array().expect("data")),
+            expected,
+            "{name}: {res}"
+        );
     }
 
     // One request with every photo: rows in input order.
@@ -226,12 +268,20 @@ fn kserve_v2_over_the_cluster() {
     }
 
     // A preprocessed FP32 tensor with raw logits: the same classes as the encoded image.
-    let pixels = dml_models::preprocess::preprocess(&fs::read(&files[0]).expect("read"), dml_models::Network::ResNet50)
-        .expect("preprocess");
+    let pixels = dml_models::preprocess::preprocess(
+        &fs::read(&files[0]).expect("read"),
+        dml_models::Network::ResNet50,
+    )
+    .expect("preprocess");
     let req = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 224, 224], "data": pixels}],
                      "outputs": [{"name": "logits"}]});
     let (code, res) = post(&infer(&s.nodes[2].2), &req, &s.dir);
-    assert_eq!(code, 200, "{}", res.to_string().chars().take(300).collect::<String>());
+    assert_eq!(
+        code,
+        200,
+        "{}",
+        res.to_string().chars().take(300).collect::<String>()
+    );
     let logits: Vec<f32> = res["outputs"][0]["data"]
         .as_array()
         .expect("logits")
@@ -245,7 +295,14 @@ fn kserve_v2_over_the_cluster() {
     assert_eq!(top, want[0].1);
 
     // Concurrent requests at batch size 1 (C3) spread over the nodes.
-    let c3 = s.cluster.ask(&s.nodes[0].1, dml_actors::control::Command::C3 { model: "resnet50".into(), batch: 1 }, Duration::from_secs(30));
+    let c3 = s.cluster.ask(
+        &s.nodes[0].1,
+        dml_actors::control::Command::C3 {
+            model: "resnet50".into(),
+            batch: 1,
+        },
+        Duration::from_secs(30),
+    );
     assert!(matches!(c3, Ok(Ok(_))), "{c3:?}");
     std::thread::sleep(Duration::from_secs(3)); // the endpoint asks for C3 sizes every 2 s
     let url = infer(&s.nodes[0].2);
@@ -258,12 +315,21 @@ fn kserve_v2_over_the_cluster() {
             .map(|h| {
                 let (code, res) = h.join().expect("thread");
                 assert_eq!(code, 200, "{res}");
-                assert_eq!(indices(res["outputs"][0]["data"].as_array().expect("data")), want[0].1);
-                res["parameters"]["node"].as_str().expect("node").to_string()
+                assert_eq!(
+                    indices(res["outputs"][0]["data"].as_array().expect("data")),
+                    want[0].1
+                );
+                res["parameters"]["node"]
+                    .as_str()
+                    .expect("node")
+                    .to_string()
             })
             .collect()
     });
-    assert!(served.len() > 1, "12 concurrent requests all ran on {served:?}");
+    assert!(
+        served.len() > 1,
+        "12 concurrent requests all ran on {served:?}"
+    );
 
     jobs_over_http(&s, &photo_dir, &want);
     bad_input_is_a_json_4xx(&s, &files);
@@ -280,9 +346,17 @@ fn jobs_over_http(s: &Serving, photo_dir: &Path, want: &[(String, Vec<u64>)]) {
     let r = s.cluster.ask(&s.nodes[0].1, put, Duration::from_secs(60));
     assert!(matches!(r, Ok(Ok(_))), "{r:?}");
     let jobs = format!("http://{}/v1/jobs", s.nodes[2].2);
-    let (code, res) = post(&jobs, &json!({"model": "resnet50", "input": "inputs/nothing-here"}), &s.dir);
+    let (code, res) = post(
+        &jobs,
+        &json!({"model": "resnet50", "input": "inputs/nothing-here"}),
+        &s.dir,
+    );
     assert_eq!(code, 400, "{res}");
-    let (code, res) = post(&jobs, &json!({"model": "resnet50", "input": "inputs/photos"}), &s.dir);
+    let (code, res) = post(
+        &jobs,
+        &json!({"model": "resnet50", "input": "inputs/photos"}),
+        &s.dir,
+    );
     assert_eq!(code, 202, "{res}");
     let job = res["job"].as_str().expect("job id").to_string();
     assert_eq!(res["queries"], json!(want.len()));
@@ -291,17 +365,34 @@ fn jobs_over_http(s: &Serving, photo_dir: &Path, want: &[(String, Vec<u64>)]) {
         let (code, body) = curl(&jobs, &["-H", &auth()]);
         last = body.clone();
         let v: Value = serde_json::from_str(&body)?;
-        Ok(code == 200 && v["jobs"].as_array().is_some_and(|j| j.iter().all(|r| r["complete"] == true) && !j.is_empty()))
+        Ok(code == 200
+            && v["jobs"]
+                .as_array()
+                .is_some_and(|j| j.iter().all(|r| r["complete"] == true) && !j.is_empty()))
     });
     assert!(done.is_ok(), "job did not complete: {last}");
     let (code, body) = curl(&format!("{jobs}/{job}/results"), &["-H", &auth()]);
     assert_eq!(code, 200, "{body}");
-    let rows: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let rows: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
     assert_eq!(rows.len(), want.len(), "{body}");
     for row in rows {
-        let name = row["query"].as_str().expect("query").rsplit('/').next().expect("name").to_string();
+        let name = row["query"]
+            .as_str()
+            .expect("query")
+            .rsplit('/')
+            .next()
+            .expect("name")
+            .to_string();
         let expected = &want.iter().find(|(n, _)| *n == name).expect("classified").1;
-        let got: Vec<u64> = row["top5"].as_array().expect("top5").iter().map(|c| c["index"].as_u64().expect("index")).collect();
+        let got: Vec<u64> = row["top5"]
+            .as_array()
+            .expect("top5")
+            .iter()
+            .map(|c| c["index"].as_u64().expect("index"))
+            .collect();
         assert_eq!(&got, expected, "{name}");
     }
     let (code, body) = curl(&format!("{jobs}/9-99/results"), &["-H", &auth()]);
@@ -323,7 +414,10 @@ fn bad_input_is_a_json_4xx(s: &Serving, files: &[PathBuf]) {
     ] {
         let (code, res) = post(&url, &req, &s.dir);
         assert_eq!(code, status, "{res}");
-        assert!(res["error"].as_str().is_some_and(|e| e.contains(says)), "{res}");
+        assert!(
+            res["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{res}"
+        );
     }
     let (code, res) = post(
         &format!("http://{}/v2/models/vgg16/infer", s.nodes[0].2),
@@ -331,16 +425,40 @@ fn bad_input_is_a_json_4xx(s: &Serving, files: &[PathBuf]) {
         &s.dir,
     );
     assert_eq!(code, 404, "{res}");
-    assert!(res["error"].as_str().is_some_and(|e| e.contains("vgg16")), "{res}");
+    assert!(
+        res["error"].as_str().is_some_and(|e| e.contains("vgg16")),
+        "{res}"
+    );
     // Too large a body: 413 with the protocol's error, not a dropped connection.
     let big = s.dir.join("big.bin");
     fs::write(&big, vec![b'x'; MAX_BODY + 1]).expect("write");
-    let (code, body) = curl(&url, &["-H", &auth(), "--data-binary", &format!("@{}", big.display())]);
+    let (code, body) = curl(
+        &url,
+        &[
+            "-H",
+            &auth(),
+            "--data-binary",
+            &format!("@{}", big.display()),
+        ],
+    );
     assert_eq!(code, 413, "{body}");
     assert!(serde_json::from_str::<Value>(&body).expect("json")["error"].is_string());
-    let (code, body) = curl(&url, &["-H", &auth(), "-H", "Inference-Header-Content-Length: 99999", "-d", "{}"]);
+    let (code, body) = curl(
+        &url,
+        &[
+            "-H",
+            &auth(),
+            "-H",
+            "Inference-Header-Content-Length: 99999",
+            "-d",
+            "{}",
+        ],
+    );
     assert_eq!(code, 400, "{body}");
-    let (code, body) = curl(&format!("http://{}/v2/nothing", s.nodes[0].2), &["-H", &auth()]);
+    let (code, body) = curl(
+        &format!("http://{}/v2/nothing", s.nodes[0].2),
+        &["-H", &auth()],
+    );
     assert_eq!(code, 404, "{body}");
     let (code, body) = curl(&url, &["-H", &auth()]);
     assert_eq!(code, 405, "{body}");
@@ -375,7 +493,11 @@ fn tritonclient_gets_the_same_top5(s: &Serving, files: &[PathBuf], want: &[(Stri
     for l in lines {
         let name = l["file"].as_str().expect("file");
         let expected = &want.iter().find(|(n, _)| n == name).expect("classified").1;
-        assert_eq!(&indices(l["top5"].as_array().expect("top5")), expected, "{name}");
+        assert_eq!(
+            &indices(l["top5"].as_array().expect("top5")),
+            expected,
+            "{name}"
+        );
     }
 }
 
@@ -414,7 +536,12 @@ fn metrics_pass_promtool_and_prometheus_scrapes_every_node(s: &Serving) {
         .expect("promtool (Debian package prometheus)");
     {
         use std::io::Write;
-        promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+        promtool
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
     }
     let out = promtool.wait_with_output().expect("promtool");
     assert!(
@@ -439,7 +566,10 @@ fn metrics_pass_promtool_and_prometheus_scrapes_every_node(s: &Serving) {
     let _prom = Reap(
         Command::new("prometheus")
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", s.dir.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                s.dir.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -463,5 +593,8 @@ fn metrics_pass_promtool_and_prometheus_scrapes_every_node(s: &Serving) {
             .collect();
         Ok(instances.len() == s.nodes.len())
     });
-    assert!(scraped.is_ok(), "Prometheus did not scrape every node: {last}");
+    assert!(
+        scraped.is_ok(),
+        "Prometheus did not scrape every node: {last}"
+    );
 }

@@ -364,7 +364,10 @@ fn http_config(raw: &RawHttp, base: &Path, sample_keys: bool) -> Result<HttpConf
                 check_private("http.token_file", &path)?;
             }
             let text = std::fs::read_to_string(&path).map_err(|e| {
-                err("http.token_file", format!("cannot read {}: {e}", path.display()))
+                err(
+                    "http.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
             })?;
             let token = text.trim().to_string();
             if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {

@@ -29,7 +29,9 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), &BATCH))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), &BATCH)
+                })
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();
@@ -58,26 +60,93 @@ pub fn render(transport: Option<TransportStats>) -> Option<String> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("dml_inference_requests_total", "Online inference requests answered, by model and outcome.");
-    describe_counter!("dml_inference_failures_total", "Online inference requests that failed or were refused, by model.");
-    describe_histogram!("dml_inference_batch_size", "Inputs per online inference batch, by model.");
-    describe_histogram!("dml_inference_queue_seconds", Unit::Seconds, "Time a request waited in the dynamic batcher.");
-    describe_histogram!("dml_inference_compute_seconds", Unit::Seconds, "Decode and forward pass of a batch, measured on the node that ran it.");
-    describe_histogram!("dml_inference_request_seconds", Unit::Seconds, "End to end, from queueing to the answer, per request.");
-    describe_gauge!("dml_membership_members", "Live members (alive or suspect) in this node's view, itself included.");
-    describe_gauge!("dml_membership_suspects", "Members this node currently suspects.");
-    describe_counter!("dml_membership_suspicions_total", "Suspicions this node learned of.");
-    describe_counter!("dml_membership_refutations_total", "Refuted suspicions this node learned of.");
-    describe_counter!("dml_membership_removals_total", "Members removed (failed or left).");
-    describe_counter!("dml_membership_joins_total", "Members that joined or rejoined.");
-    describe_counter!("dml_sdfs_received_bytes_total", Unit::Bytes, "SDFS chunk bytes received from other nodes (puts, replication, reads).");
-    describe_counter!("dml_sdfs_sent_bytes_total", Unit::Bytes, "SDFS chunk bytes sent to other nodes.");
-    describe_gauge!("dml_sdfs_stored_objects", "Names with at least one version in this node's store.");
-    describe_gauge!("dml_sdfs_rereplication_backlog", "Names still waiting for re-replication on this node as primary.");
-    describe_counter!("dml_transport_sent_bytes_total", Unit::Bytes, "Frame bytes written to peers, by lane.");
-    describe_counter!("dml_transport_received_bytes_total", Unit::Bytes, "Frame bytes read from peers, by lane.");
-    describe_counter!("dml_transport_sent_frames_total", "Frames written to peers, by lane.");
-    describe_counter!("dml_transport_received_frames_total", "Frames decoded from peers, by lane.");
+    describe_counter!(
+        "dml_inference_requests_total",
+        "Online inference requests answered, by model and outcome."
+    );
+    describe_counter!(
+        "dml_inference_failures_total",
+        "Online inference requests that failed or were refused, by model."
+    );
+    describe_histogram!(
+        "dml_inference_batch_size",
+        "Inputs per online inference batch, by model."
+    );
+    describe_histogram!(
+        "dml_inference_queue_seconds",
+        Unit::Seconds,
+        "Time a request waited in the dynamic batcher."
+    );
+    describe_histogram!(
+        "dml_inference_compute_seconds",
+        Unit::Seconds,
+        "Decode and forward pass of a batch, measured on the node that ran it."
+    );
+    describe_histogram!(
+        "dml_inference_request_seconds",
+        Unit::Seconds,
+        "End to end, from queueing to the answer, per request."
+    );
+    describe_gauge!(
+        "dml_membership_members",
+        "Live members (alive or suspect) in this node's view, itself included."
+    );
+    describe_gauge!(
+        "dml_membership_suspects",
+        "Members this node currently suspects."
+    );
+    describe_counter!(
+        "dml_membership_suspicions_total",
+        "Suspicions this node learned of."
+    );
+    describe_counter!(
+        "dml_membership_refutations_total",
+        "Refuted suspicions this node learned of."
+    );
+    describe_counter!(
+        "dml_membership_removals_total",
+        "Members removed (failed or left)."
+    );
+    describe_counter!(
+        "dml_membership_joins_total",
+        "Members that joined or rejoined."
+    );
+    describe_counter!(
+        "dml_sdfs_received_bytes_total",
+        Unit::Bytes,
+        "SDFS chunk bytes received from other nodes (puts, replication, reads)."
+    );
+    describe_counter!(
+        "dml_sdfs_sent_bytes_total",
+        Unit::Bytes,
+        "SDFS chunk bytes sent to other nodes."
+    );
+    describe_gauge!(
+        "dml_sdfs_stored_objects",
+        "Names with at least one version in this node's store."
+    );
+    describe_gauge!(
+        "dml_sdfs_rereplication_backlog",
+        "Names still waiting for re-replication on this node as primary."
+    );
+    describe_counter!(
+        "dml_transport_sent_bytes_total",
+        Unit::Bytes,
+        "Frame bytes written to peers, by lane."
+    );
+    describe_counter!(
+        "dml_transport_received_bytes_total",
+        Unit::Bytes,
+        "Frame bytes read from peers, by lane."
+    );
+    describe_counter!(
+        "dml_transport_sent_frames_total",
+        "Frames written to peers, by lane."
+    );
+    describe_counter!(
+        "dml_transport_received_frames_total",
+        "Frames decoded from peers, by lane."
+    );
 }
 
 /// One batch of `n` inputs sent for `model`.

@@ -164,7 +164,13 @@ impl Cluster {
         let (host, port) = (host.to_string(), port.to_string());
         let mut args = vec!["node", "--no-console", "--hostname", &host, "--port", &port];
         let mut extra = self.opts.node_args.clone();
-        extra.extend(self.opts.per_node_args.get(name).cloned().unwrap_or_default());
+        extra.extend(
+            self.opts
+                .per_node_args
+                .get(name)
+                .cloned()
+                .unwrap_or_default(),
+        );
         args.extend(extra.iter().map(String::as_str));
         self.spawn(name, &args)
     }

@@ -136,9 +136,21 @@ mod tests {
             q.push(p(n, 0, i as u32)).expect("push");
         }
         // 3 + 3 = 6 fits in 7; the 1 fits too; the 9 does not.
-        assert_eq!(q.cut(7, usize::MAX).iter().map(|x| x.req).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            q.cut(7, usize::MAX)
+                .iter()
+                .map(|x| x.req)
+                .collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
         // Larger than a batch: runs alone rather than never.
-        assert_eq!(q.cut(7, usize::MAX).iter().map(|x| x.req).collect::<Vec<_>>(), [3]);
+        assert_eq!(
+            q.cut(7, usize::MAX)
+                .iter()
+                .map(|x| x.req)
+                .collect::<Vec<_>>(),
+            [3]
+        );
         q.push(p(2, 0, 7)).expect("push");
         q.push(p(2, 0, 8)).expect("push");
         assert_eq!(q.cut(8, 250).len(), 1, "the byte budget cuts first");
@@ -157,7 +169,13 @@ mod tests {
         q.push(p(1, 2, 4)).expect("push");
         q.requeue(b);
         assert_eq!(q.items(), 5);
-        assert_eq!(q.cut(8, usize::MAX).iter().map(|x| x.req).collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(
+            q.cut(8, usize::MAX)
+                .iter()
+                .map(|x| x.req)
+                .collect::<Vec<_>>(),
+            [1, 3, 4]
+        );
     }
 
     #[test]

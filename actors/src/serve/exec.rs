@@ -66,7 +66,9 @@ fn prepare(items: &[Item], network: Network, threads: usize) -> Vec<Result<Vec<f
     let want = 3 * network.input_size() * network.input_size();
     let one = |item: &Item| -> Result<Vec<f32>, String> {
         match item {
-            Item::Encoded(bytes) => preprocess::preprocess(bytes, network).map_err(|e| e.to_string()),
+            Item::Encoded(bytes) => {
+                preprocess::preprocess(bytes, network).map_err(|e| e.to_string())
+            }
             Item::Pixels(bytes) => {
                 if bytes.len() != want * 4 {
                     return Err(format!(
@@ -107,7 +109,8 @@ fn forward(classifier: &Classifier, inputs: &[&Vec<f32>]) -> Result<Vec<Vec<f32>
     for i in inputs {
         flat.extend_from_slice(i);
     }
-    let t = Tensor::from_vec(flat, (inputs.len(), 3, s, s), &Device::Cpu).map_err(|e| e.to_string())?;
+    let t =
+        Tensor::from_vec(flat, (inputs.len(), 3, s, s), &Device::Cpu).map_err(|e| e.to_string())?;
     classifier
         .logits(&t)
         .and_then(|l| Ok(l.to_vec2::<f32>()?))

@@ -27,8 +27,8 @@ use tracing::{info, warn};
 
 use crate::jobs::coordinator_actor::CoordinatorActor;
 use crate::net::body::Body;
-use crate::serve::jobs_http;
 use crate::net::transport::Transport;
+use crate::serve::jobs_http;
 use crate::serve::kserve;
 use crate::serve::serve_actor::{Infer, ServeActor, ServeError};
 use crate::types::NodeAddr;
@@ -53,7 +53,8 @@ pub struct HttpContext {
 
 /// Binds `addr` (an error stops the node) and serves on a thread of its own.
 pub fn spawn(addr: SocketAddr, ctx: HttpContext) -> Result<SocketAddr, String> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} (http): {e}"))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen on {addr} (http): {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -92,13 +93,19 @@ pub fn router(ctx: HttpContext) -> Router {
         .route("/v1/jobs/{job}/results", get(jobs_http::results))
         .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
-        .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(json!({"live": true})) }),
+        )
         .route("/v2/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(guarded)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
         })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(ctx)
@@ -145,18 +152,28 @@ async fn ready(State(ctx): State<HttpContext>) -> Response {
     if ctx.ready.load(Ordering::Relaxed) {
         Json(json!({"ready": true})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false})),
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(ctx): State<HttpContext>) -> Response {
     match crate::metrics::render(Some(ctx.transport.stats())) {
         Some(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),
-        None => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics are not recorded in this process"),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics are not recorded in this process",
+        ),
     }
 }
 
@@ -164,27 +181,27 @@ async fn server_metadata() -> Json<Value> {
     Json(kserve::server_metadata())
 }
 
-fn network(name: &str) -> Result<Network, Response> {
+fn network(name: &str) -> Result<Network, Box<Response>> {
     match Network::ALL.into_iter().find(|n| n.name() == name) {
         Some(n) => Ok(n),
-        None => Err(error(
+        None => Err(Box::new(error(
             StatusCode::NOT_FOUND,
             format!("unknown model `{name}`; this server has resnet50 and inception_v3"),
-        )),
+        ))),
     }
 }
 
 async fn model_metadata(Path(name): Path<String>) -> Response {
     match network(&name) {
         Ok(n) => Json(kserve::model_metadata(n)).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn model_ready(State(ctx): State<HttpContext>, Path(name): Path<String>) -> Response {
     match network(&name) {
         Ok(_) => ready(State(ctx)).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -196,17 +213,27 @@ async fn infer(
 ) -> Response {
     let net = match network(&name) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match body {
         Ok(b) => b,
-        Err(e) => return error(e.status(), format!("{} (at most {} bytes)", e.body_text(), ctx.max_body)),
+        Err(e) => {
+            return error(
+                e.status(),
+                format!("{} (at most {} bytes)", e.body_text(), ctx.max_body),
+            )
+        }
     };
     let header_len = match headers.get("inference-header-content-length") {
         None => None,
         Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()) {
             Some(n) => Some(n),
-            None => return error(StatusCode::BAD_REQUEST, "Inference-Header-Content-Length is not a number"),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Inference-Header-Content-Length is not a number",
+                )
+            }
         },
     };
     // Parsing a large body is CPU work: off the runtime's workers.
@@ -217,7 +244,12 @@ async fn infer(
             crate::metrics::serve_failure(net.name());
             return error(StatusCode::BAD_REQUEST, e.0);
         }
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be parsed"),
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request could not be parsed",
+            )
+        }
     };
     let (tx, rx) = oneshot::channel();
     ctx.serve.do_send(Infer {
@@ -253,7 +285,10 @@ async fn infer(
     .await;
     match doc {
         Ok(d) => Json(d).into_response(),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the response could not be built"),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the response could not be built",
+        ),
     }
 }
 

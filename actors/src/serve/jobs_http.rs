@@ -80,7 +80,11 @@ pub async fn status(State(ctx): State<HttpContext>) -> Response {
 }
 
 /// One page of results as JSON lines, and where the next starts.
-async fn page(coord: &Addr<CoordinatorActor>, job: &str, from: u32) -> Result<(String, Option<u32>), String> {
+async fn page(
+    coord: &Addr<CoordinatorActor>,
+    job: &str,
+    from: u32,
+) -> Result<(String, Option<u32>), String> {
     let v = json_of(
         exec(
             coord,

@@ -81,7 +81,11 @@ pub struct Request {
 /// Parses a request body for `network`. `header_len` is the
 /// `Inference-Header-Content-Length` header (binary tensor extension): the JSON is the
 /// body's first `header_len` bytes and the tensors follow.
-pub fn parse(body: &[u8], header_len: Option<usize>, network: Network) -> Result<Request, BadRequest> {
+pub fn parse(
+    body: &[u8],
+    header_len: Option<usize>,
+    network: Network,
+) -> Result<Request, BadRequest> {
     let (head, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return bad(format!(
@@ -102,7 +106,10 @@ pub fn parse(body: &[u8], header_len: Option<usize>, network: Network) -> Result
     };
     let items = parse_input(input, &mut binary, network)?;
     if !binary.is_empty() {
-        return bad(format!("{} bytes of binary data follow the inputs", binary.len()));
+        return bad(format!(
+            "{} bytes of binary data follow the inputs",
+            binary.len()
+        ));
     }
     let default_k = match raw.parameters.get("classification") {
         Some(v) => Some(class_count(v)?),
@@ -119,7 +126,10 @@ pub fn parse(body: &[u8], header_len: Option<usize>, network: Network) -> Result
             .iter()
             .map(|o| {
                 if o.name != LOGITS {
-                    return bad(format!("unknown output `{}`; the model has `{LOGITS}`", o.name));
+                    return bad(format!(
+                        "unknown output `{}`; the model has `{LOGITS}`",
+                        o.name
+                    ));
                 }
                 let k = match o.parameters.get("classification") {
                     Some(v) => Some(class_count(v)?),
@@ -147,14 +157,22 @@ fn class_count(v: &Value) -> Result<usize, BadRequest> {
 }
 
 /// Takes this input's binary part off the front of `binary`, if it has one.
-fn take_binary<'a>(input: &RawInput, binary: &mut &'a [u8]) -> Result<Option<&'a [u8]>, BadRequest> {
+fn take_binary<'a>(
+    input: &RawInput,
+    binary: &mut &'a [u8],
+) -> Result<Option<&'a [u8]>, BadRequest> {
     let Some(size) = input.parameters.get("binary_data_size") else {
         return Ok(None);
     };
     let size = size
         .as_u64()
         .and_then(|s| usize::try_from(s).ok())
-        .ok_or_else(|| BadRequest(format!("input `{}`: bad binary_data_size {size}", input.name)))?;
+        .ok_or_else(|| {
+            BadRequest(format!(
+                "input `{}`: bad binary_data_size {size}",
+                input.name
+            ))
+        })?;
     if size > binary.len() {
         return bad(format!(
             "input `{}`: binary_data_size {size} but only {} bytes follow the header",
@@ -167,10 +185,17 @@ fn take_binary<'a>(input: &RawInput, binary: &mut &'a [u8]) -> Result<Option<&'a
     Ok(Some(mine))
 }
 
-fn parse_input(input: &RawInput, binary: &mut &[u8], network: Network) -> Result<Vec<Item>, BadRequest> {
+fn parse_input(
+    input: &RawInput,
+    binary: &mut &[u8],
+    network: Network,
+) -> Result<Vec<Item>, BadRequest> {
     let name = &input.name;
     if input.shape.iter().any(|d| *d < 0) {
-        return bad(format!("input `{name}`: negative dimension in shape {:?}", input.shape));
+        return bad(format!(
+            "input `{name}`: negative dimension in shape {:?}",
+            input.shape
+        ));
     }
     let bin = take_binary(input, binary)?;
     if bin.is_some() && input.data.is_some() {
@@ -234,7 +259,9 @@ fn parse_input(input: &RawInput, binary: &mut &[u8], network: Network) -> Result
 fn count(n: i64) -> Result<usize, BadRequest> {
     match usize::try_from(n) {
         Ok(n) if (1..=MAX_ITEMS).contains(&n) => Ok(n),
-        _ => bad(format!("a request carries 1 to {MAX_ITEMS} inputs, shape says {n}")),
+        _ => bad(format!(
+            "a request carries 1 to {MAX_ITEMS} inputs, shape says {n}"
+        )),
     }
 }
 
@@ -247,7 +274,10 @@ fn split_bytes(mut b: &[u8]) -> Result<Vec<Vec<u8>>, BadRequest> {
         };
         let len = u32::from_le_bytes(*len) as usize;
         if len > rest.len() {
-            return bad(format!("BYTES element of {len} bytes, only {} left", rest.len()));
+            return bad(format!(
+                "BYTES element of {len} bytes, only {} left",
+                rest.len()
+            ));
         }
         let (el, rest) = rest.split_at(len);
         out.push(el.to_vec());
@@ -269,7 +299,9 @@ fn base64_strings(d: &Value) -> Result<Vec<Vec<u8>>, BadRequest> {
             Value::String(s) => out.push(
                 base64::engine::general_purpose::STANDARD
                     .decode(s.trim())
-                    .map_err(|e| BadRequest(format!("BYTES element {} is not base64: {e}", out.len())))?,
+                    .map_err(|e| {
+                        BadRequest(format!("BYTES element {} is not base64: {e}", out.len()))
+                    })?,
             ),
             other => return bad(format!("BYTES data must be base64 strings, found {other}")),
         }
@@ -289,7 +321,9 @@ fn floats(d: &Value, want: usize) -> Result<Vec<u8>, BadRequest> {
             Value::Array(a) => stack.extend(a.iter().rev()),
             Value::Number(n) => match n.as_f64() {
                 Some(f) if out.len() < want * 4 => out.extend_from_slice(&(f as f32).to_le_bytes()),
-                Some(_) => return bad(format!("FP32 data has more than the shape's {want} values")),
+                Some(_) => {
+                    return bad(format!("FP32 data has more than the shape's {want} values"))
+                }
                 None => return bad("FP32 data holds a number out of range"),
             },
             other => return bad(format!("FP32 data must be numbers, found {other}")),
@@ -312,7 +346,13 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<String> {
 }
 
 /// The response document for `rows` of logits.
-pub fn response(model: &str, id: &Option<Value>, outputs: &[Output], rows: &[Vec<f32>], extra: Value) -> Value {
+pub fn response(
+    model: &str,
+    id: &Option<Value>,
+    outputs: &[Output],
+    rows: &[Vec<f32>],
+    extra: Value,
+) -> Value {
     let n = rows.len();
     let outs: Vec<Value> = outputs
         .iter()

@@ -209,13 +209,14 @@ impl ServeActor {
         let models: Vec<String> = self.queues.keys().cloned().collect();
         for model in models {
             let batch = self.batch_size(&model);
-            loop {
-                let Some(q) = self.queues.get(&model) else { break };
+            while let Some(q) = self.queues.get(&model) {
                 if q.items() == 0 || !q.ready(now, batch, self.settings.max_delay_ms) {
                     break;
                 }
                 let Some(node) = self.pick(&model) else { break };
-                let Some(q) = self.queues.get_mut(&model) else { break };
+                let Some(q) = self.queues.get_mut(&model) else {
+                    break;
+                };
                 let reqs = q.cut(batch, self.settings.max_batch_bytes);
                 self.dispatch(node, model.clone(), reqs, ctx);
             }
@@ -232,10 +233,19 @@ impl ServeActor {
         }
     }
 
-    fn dispatch(&mut self, node: NodeAddr, model: String, reqs: Vec<Pending<Req>>, ctx: &mut Context<Self>) {
+    fn dispatch(
+        &mut self,
+        node: NodeAddr,
+        model: String,
+        reqs: Vec<Pending<Req>>,
+        ctx: &mut Context<Self>,
+    ) {
         let id = self.next_id;
         self.next_id += 1;
-        let items: Vec<Item> = reqs.iter().flat_map(|p| p.req.items.iter().cloned()).collect();
+        let items: Vec<Item> = reqs
+            .iter()
+            .flat_map(|p| p.req.items.iter().cloned())
+            .collect();
         metrics::serve_batch(&model, items.len());
         let now = clock::now();
         for p in &reqs {
@@ -251,7 +261,9 @@ impl ServeActor {
             },
         );
         if node == self.me {
-            self.run_local(model, items, ctx, move |act, out, ctx| act.done(id, out, ctx));
+            self.run_local(model, items, ctx, move |act, out, ctx| {
+                act.done(id, out, ctx)
+            });
             return;
         }
         let msg = Body::Serve(Msg::Run { id, model, items });
@@ -279,13 +291,18 @@ impl ServeActor {
                 Err(e) => Err(format!("model {model}: {e}")),
             }
         };
-        ctx.spawn(fut.into_actor(self).map(move |out, act, ctx| then(act, out, ctx)));
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |out, act, ctx| then(act, out, ctx)),
+        );
     }
 
     /// Puts a batch whose node is gone back at the head of its queue (or fails requests
     /// that have had their tries).
     fn retry(&mut self, id: u64, ctx: &mut Context<Self>) {
-        let Some(f) = self.flights.remove(&id) else { return };
+        let Some(f) = self.flights.remove(&id) else {
+            return;
+        };
         let mut back = Vec::new();
         for mut p in f.reqs {
             p.req.tries += 1;
@@ -306,7 +323,9 @@ impl ServeActor {
     }
 
     fn done(&mut self, id: u64, out: Result<RunOutput, String>, ctx: &mut Context<Self>) {
-        let Some(f) = self.flights.remove(&id) else { return };
+        let Some(f) = self.flights.remove(&id) else {
+            return;
+        };
         let now = clock::now();
         match out {
             Ok(out) => {
@@ -315,7 +334,11 @@ impl ServeActor {
                 for p in f.reqs {
                     let mine: Vec<Result<Vec<f32>, String>> = rows.by_ref().take(p.items).collect();
                     let answer = answer_of(mine, out.synthetic, &f.node);
-                    metrics::serve_done(&f.model, answer.is_ok(), now.saturating_sub(p.since) as f64);
+                    metrics::serve_done(
+                        &f.model,
+                        answer.is_ok(),
+                        now.saturating_sub(p.since) as f64,
+                    );
                     let _ = p.req.reply.send(answer);
                 }
             }
@@ -323,7 +346,10 @@ impl ServeActor {
                 warn!(node = %f.node, model = %f.model, "serving batch failed: {e}");
                 for p in f.reqs {
                     metrics::serve_done(&f.model, false, now.saturating_sub(p.since) as f64);
-                    let _ = p.req.reply.send(Err(ServeError::Failed(format!("{}: {e}", f.node))));
+                    let _ = p
+                        .req
+                        .reply
+                        .send(Err(ServeError::Failed(format!("{}: {e}", f.node))));
                 }
             }
         }
@@ -354,7 +380,9 @@ impl ServeActor {
     }
 
     fn ask_sizes(&mut self, ctx: &mut Context<Self>) {
-        let Some(coord) = self.coordinator.clone() else { return };
+        let Some(coord) = self.coordinator.clone() else {
+            return;
+        };
         let (tx, rx) = oneshot::channel();
         coord.do_send(coordinator_actor::Exec {
             cmd: Command::C5,
@@ -413,7 +441,10 @@ impl Actor for ServeActor {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         for q in self.queues.values_mut() {
             for p in q.drain() {
-                let _ = p.req.reply.send(Err(ServeError::Failed("the node is shutting down".into())));
+                let _ = p
+                    .req
+                    .reply
+                    .send(Err(ServeError::Failed("the node is shutting down".into())));
             }
         }
     }
@@ -422,7 +453,11 @@ impl Actor for ServeActor {
 impl Handler<Infer> for ServeActor {
     type Result = ();
     fn handle(&mut self, m: Infer, ctx: &mut Context<Self>) {
-        let Infer { model, items, reply } = m;
+        let Infer {
+            model,
+            items,
+            reply,
+        } = m;
         if !self.models.contains_key(&model) {
             let _ = reply.send(Err(ServeError::BadInput(format!("unknown model {model}"))));
             return;
@@ -438,7 +473,10 @@ impl Handler<Infer> for ServeActor {
             },
         };
         let cap = self.settings.max_queue;
-        let q = self.queues.entry(model.clone()).or_insert_with(|| Queue::new(cap));
+        let q = self
+            .queues
+            .entry(model.clone())
+            .or_insert_with(|| Queue::new(cap));
         if let Err((_, p)) = q.push(p) {
             metrics::serve_failure(&model);
             let _ = p.req.reply.send(Err(ServeError::Busy(format!(
@@ -455,7 +493,11 @@ impl Handler<View> for ServeActor {
     fn handle(&mut self, v: View, ctx: &mut Context<Self>) {
         metrics::members(&v);
         self.ready.store(v.joined, Ordering::Relaxed);
-        self.live = if v.joined { v.live() } else { vec![self.me.clone()] };
+        self.live = if v.joined {
+            v.live()
+        } else {
+            vec![self.me.clone()]
+        };
         let gone: Vec<u64> = self
             .flights
             .iter()
@@ -510,7 +552,11 @@ mod tests {
         let node = NodeAddr::new("127.0.0.1", 1);
         let ok = answer_of(vec![Ok(vec![1.0]), Ok(vec![2.0])], false, &node).expect("ok");
         assert_eq!(ok.logits.len(), 2);
-        let bad = answer_of(vec![Ok(vec![1.0]), Err("not an image".into())], false, &node);
+        let bad = answer_of(
+            vec![Ok(vec![1.0]), Err("not an image".into())],
+            false,
+            &node,
+        );
         assert_eq!(
             bad.err(),
             Some(ServeError::BadInput("input element 1: not an image".into()))
