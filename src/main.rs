@@ -214,6 +214,12 @@ enum BenchCmd {
         #[command(flatten)]
         args: dml_bench::chaos::Args,
     },
+    /// Online inference through the KServe v2 endpoint of a local cluster: requests/s and
+    /// p50/p99 latency at 1, 8 and 32 concurrent clients, next to `dml bench models`.
+    Serve {
+        #[command(flatten)]
+        args: dml_bench::serve::Args,
+    },
     /// Jobs of 10k, 100k and 1M queries (inputs in tar archives) on a local cluster whose
     /// models return fixed logits: scheduling throughput, coordinator memory per query,
     /// result objects, results export rate and the exporting client's memory.
@@ -439,6 +445,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCmd::Pings { args } => dml_bench::pings::run(&args)?,
             BenchCmd::Chaos { args } => dml_bench::chaos::run(&args)?,
             BenchCmd::Scale { args } => dml_bench::scale::run(&args)?,
+            BenchCmd::Serve { args } => dml_bench::serve::run(&args)?,
         },
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
