@@ -13,8 +13,10 @@ use thiserror::Error;
 
 use crate::types::NodeAddr;
 
+mod http;
 mod keys;
 mod load;
+pub use http::HttpConfig;
 pub use load::load;
 
 /// A configuration error; `key` is the dotted config key at fault.
@@ -185,25 +187,6 @@ pub struct NodeSpec {
     pub http: Option<std::net::SocketAddr>,
 }
 
-/// `[http]`, validated.
-#[derive(Clone, Default)]
-pub struct HttpConfig {
-    /// The bearer token (`None`: the endpoints are open, and nodes say so at start).
-    pub token: Option<String>,
-    pub max_body: usize,
-    pub max_queue_delay_ms: u64,
-}
-
-impl std::fmt::Debug for HttpConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpConfig")
-            .field("token", &self.token.as_ref().map(|_| Redacted))
-            .field("max_body", &self.max_body)
-            .field("max_queue_delay_ms", &self.max_queue_delay_ms)
-            .finish()
-    }
-}
-
 /// Failure-detector timings and completeness.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailureDetectorConfig {
@@ -351,50 +334,6 @@ fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     Some(digits.chunks(2).map(|p| p[0] << 4 | p[1]).collect())
-}
-
-/// Validates `[http]`; the token file must be private unless it is one of the shipped
-/// samples (`[security] sample_keys`).
-fn http_config(raw: &RawHttp, base: &Path, sample_keys: bool) -> Result<HttpConfig, ConfigError> {
-    let token = match raw.token_file.as_deref() {
-        None => None,
-        Some(p) => {
-            let path = resolve(base, p);
-            if !sample_keys {
-                check_private("http.token_file", &path)?;
-            }
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                err(
-                    "http.token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let token = text.trim().to_string();
-            if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
-                return Err(err(
-                    "http.token_file",
-                    format!(
-                        "{}: the token must be one line of at least 16 printable characters",
-                        path.display()
-                    ),
-                ));
-            }
-            Some(token)
-        }
-    };
-    let max_body = raw.max_body_bytes.unwrap_or(64 << 20);
-    if !(1024..=(1 << 30)).contains(&max_body) {
-        return Err(err("http.max_body_bytes", "must be in 1024..=1073741824"));
-    }
-    let delay = raw.max_queue_delay_ms.unwrap_or(5);
-    if !(0..=10_000).contains(&delay) {
-        return Err(err("http.max_queue_delay_ms", "must be in 0..=10000"));
-    }
-    Ok(HttpConfig {
-        token,
-        max_body: max_body as usize,
-        max_queue_delay_ms: delay as u64,
-    })
 }
 
 impl Config {
@@ -626,7 +565,7 @@ impl RawConfig {
         }
 
         let keys = keys::load(&self, base)?;
-        let http = http_config(&self.http, base, keys.sample_keys)?;
+        let http = http::validate(&self.http, base, keys.sample_keys)?;
         Ok(Config {
             accept_secrets: keys.accept_secrets,
             operators: keys.operators,
@@ -725,6 +664,9 @@ mod tests {
         let mut r = raw();
         r.inference.threads = Some(0);
         assert_eq!(key_of(r), "inference.threads");
+        let mut r = raw();
+        r.nodes[0].http = Some("localhost:9001".into());
+        assert_eq!(key_of(r), "nodes[0].http");
     }
 
     #[test]
