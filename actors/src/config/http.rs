@@ -71,7 +71,6 @@ pub(super) fn validate(
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,7 +99,10 @@ mod tests {
         // The shipped sample is public anyway: its mode is not checked.
         let c = validate(&raw(Some("t")), d.path(), true).expect("sample");
         assert_eq!(c.token.as_deref(), Some("a-long-enough-token-123"));
-        assert!(!format!("{c:?}").contains("a-long"), "Debug shows the token");
+        assert!(
+            !format!("{c:?}").contains("a-long"),
+            "Debug shows the token"
+        );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert!(validate(&raw(Some("t")), d.path(), false).is_ok());
         std::fs::write(&p, "short\n").expect("write");
@@ -115,11 +117,20 @@ mod tests {
         let d = dir();
         let mut r = raw(None);
         r.max_body_bytes = Some(10);
-        assert_eq!(validate(&r, d.path(), false).expect_err("tiny").key, "http.max_body_bytes");
+        assert_eq!(
+            validate(&r, d.path(), false).expect_err("tiny").key,
+            "http.max_body_bytes"
+        );
         let mut r = raw(None);
         r.max_queue_delay_ms = Some(-1);
-        assert_eq!(validate(&r, d.path(), false).expect_err("negative").key, "http.max_queue_delay_ms");
+        assert_eq!(
+            validate(&r, d.path(), false).expect_err("negative").key,
+            "http.max_queue_delay_ms"
+        );
         let c = validate(&raw(None), d.path(), false).expect("defaults");
-        assert_eq!((c.token, c.max_body, c.max_queue_delay_ms), (None, 64 << 20, 5));
+        assert_eq!(
+            (c.token, c.max_body, c.max_queue_delay_ms),
+            (None, 64 << 20, 5)
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -50,7 +51,14 @@ pub struct Submit {
     input: String,
 }
 
-pub async fn submit(State(ctx): State<HttpContext>, body: Bytes) -> Response {
+pub async fn submit(
+    State(ctx): State<HttpContext>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     let s: Submit = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => {
