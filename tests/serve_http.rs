@@ -28,11 +28,16 @@ struct Serving {
     nodes: Vec<(String, String, String)>,
 }
 
-fn start(name: &str, n: usize) -> Serving {
+/// Starts `n` nodes, each with an HTTP endpoint; HTTPS with a fresh self-signed
+/// certificate (`cert.pem`, for 127.0.0.1) when `tls`.
+fn start(name: &str, n: usize, tls: bool) -> Serving {
     let dir = std::env::temp_dir().join(format!("dml-test-{name}-{}", std::process::id()));
-    let extra = format!(
+    let mut extra = format!(
         "[inference]\nthreads = 1\n\n[http]\ntoken_file = \"http.token\"\nmax_body_bytes = {MAX_BODY}\n"
     );
+    if tls {
+        extra.push_str("cert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n");
+    }
     let layout = TestConfig {
         secret: SECRET,
         nodes: n,
@@ -55,6 +60,33 @@ fn start(name: &str, n: usize) -> Serving {
         "{}",
         String::from_utf8_lossy(&synth.stderr)
     );
+    if tls {
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.join("key.pem"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     let token = dir.join("http.token");
     fs::write(&token, format!("{TOKEN}\n")).expect("token");
     use std::os::unix::fs::PermissionsExt;
@@ -207,7 +239,7 @@ fn image_request(images: &[&Path]) -> Value {
 
 #[test]
 fn kserve_v2_over_the_cluster() {
-    let s = start("serve-http", 3);
+    let s = start("serve-http", 3, false);
     let (photo_dir, files) = photos(&s.dir);
     assert!(files.len() >= 4, "{files:?}");
     let want = classify(&s, &photo_dir, "resnet50");
@@ -597,4 +629,40 @@ fn metrics_pass_promtool_and_prometheus_scrapes_every_node(s: &Serving) {
         scraped.is_ok(),
         "Prometheus did not scrape every node: {last}"
     );
+}
+
+#[test]
+fn https_with_a_configured_certificate() {
+    let s = start("serve-https", 1, true);
+    let (_, files) = photos(&s.dir);
+    let cert = s.dir.join("cert.pem");
+    let cert = cert.to_str().expect("path");
+    let https = format!("https://{}", s.nodes[0].2);
+    let (code, body) = curl(&format!("{https}/v2/health/ready"), &["--cacert", cert]);
+    assert_eq!(code, 200, "{body}");
+    // Plain HTTP to the HTTPS port gets no answer, and a client that does not trust
+    // the certificate refuses it.
+    assert_eq!(
+        curl(&format!("http://{}/v2/health/live", s.nodes[0].2), &[]).0,
+        0
+    );
+    assert_eq!(curl(&format!("{https}/v2/health/live"), &[]).0, 0);
+    let req = s.dir.join("req.json");
+    fs::write(&req, image_request(&[&files[0]]).to_string()).expect("write");
+    let (code, body) = curl(
+        &format!("{https}/v2/models/resnet50/infer"),
+        &[
+            "--cacert",
+            cert,
+            "-H",
+            &auth(),
+            "--data-binary",
+            &format!("@{}", req.display()),
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["outputs"][0]["shape"], json!([1, 5]));
+    let (code, _) = curl(&format!("{https}/v2"), &["--cacert", cert]);
+    assert_eq!(code, 401);
 }

@@ -71,6 +71,10 @@ pub struct RawHttp {
     pub max_body_bytes: Option<i64>,
     /// The longest a request waits in the dynamic batcher for others, ms (default 5).
     pub max_queue_delay_ms: Option<i64>,
+    /// TLS: the certificate chain (PEM); with `key_file`, the endpoints speak HTTPS only.
+    pub cert_file: Option<String>,
+    /// TLS: the certificate's private key (PEM; private like every key file).
+    pub key_file: Option<String>,
 }
 
 /// `[security]`: who may connect besides the nodes.

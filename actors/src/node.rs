@@ -192,6 +192,7 @@ fn start_serving(
             token: config.http.token.clone().map(Arc::new),
             max_body: config.http.max_body,
             timeout,
+            tls: config.http.tls.clone(),
         };
         crate::serve::http::spawn(addr, ctx).map_err(NodeError::Http)?;
     }

@@ -10,6 +10,7 @@
 //! - [`serve_actor`]: the actix shell: queues requests, picks a node, sends the batch,
 //!   runs batches other nodes send here, and answers.
 //! - [`exec`]: the ModelActor's handler for a batch of raw inputs (logits out).
+//! - [`tls`]: HTTPS (rustls) when a certificate is configured.
 //! - [`msg`]: what nodes say to each other about it (`Body::Serve`, bulk lane).
 
 pub mod batcher;
@@ -19,5 +20,6 @@ pub mod jobs_http;
 pub mod kserve;
 pub mod msg;
 pub mod serve_actor;
+pub mod tls;
 
 pub use msg::Msg;

@@ -1,6 +1,6 @@
 //! `[http]`: the nodes' HTTP endpoints (token, body limit, batching delay), validated.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{check_private, err, resolve, ConfigError, RawHttp, Redacted};
 
@@ -11,6 +11,8 @@ pub struct HttpConfig {
     pub token: Option<String>,
     pub max_body: usize,
     pub max_queue_delay_ms: u64,
+    /// (certificate chain, private key) PEM files: HTTPS instead of HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -19,6 +21,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("token", &self.token.as_ref().map(|_| Redacted))
             .field("max_body", &self.max_body)
             .field("max_queue_delay_ms", &self.max_queue_delay_ms)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -64,10 +67,28 @@ pub(super) fn validate(
     if !(0..=10_000).contains(&delay) {
         return Err(err("http.max_queue_delay_ms", "must be in 0..=10000"));
     }
+    let tls = match (raw.cert_file.as_deref(), raw.key_file.as_deref()) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (resolve(base, cert), resolve(base, key));
+            if !sample_keys {
+                check_private("http.key_file", &key)?;
+            }
+            for (k, p) in [("http.cert_file", &cert), ("http.key_file", &key)] {
+                if !p.is_file() {
+                    return Err(err(k, format!("{} is not a readable file", p.display())));
+                }
+            }
+            Some((cert, key))
+        }
+        (Some(_), None) => return Err(err("http.key_file", "cert_file needs key_file")),
+        (None, Some(_)) => return Err(err("http.cert_file", "key_file needs cert_file")),
+    };
     Ok(HttpConfig {
         token,
         max_body: max_body as usize,
         max_queue_delay_ms: delay as u64,
+        tls,
     })
 }
 
@@ -131,6 +152,13 @@ mod tests {
         assert_eq!(
             (c.token, c.max_body, c.max_queue_delay_ms),
             (None, 64 << 20, 5)
+        );
+        assert!(c.tls.is_none());
+        let mut r = raw(None);
+        r.cert_file = Some("cert.pem".into());
+        assert_eq!(
+            validate(&r, d.path(), false).expect_err("no key").key,
+            "http.key_file"
         );
     }
 }

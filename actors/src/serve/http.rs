@@ -49,6 +49,8 @@ pub struct HttpContext {
     pub max_body: usize,
     /// The longest a request waits for its answer (504 beyond).
     pub timeout: Duration,
+    /// (certificate chain, key) PEM files: HTTPS only.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Binds `addr` (an error stops the node) and serves on a thread of its own.
@@ -57,6 +59,11 @@ pub fn spawn(addr: SocketAddr, ctx: HttpContext) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot listen on {addr} (http): {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let tls = match &ctx.tls {
+        Some((cert, key)) => Some(crate::serve::tls::server_config(cert, key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("dml-http")
@@ -71,13 +78,20 @@ pub fn spawn(addr: SocketAddr, ctx: HttpContext) -> Result<SocketAddr, String> {
                     Ok(l) => l,
                     Err(e) => return warn!("http endpoint stopped: {e}"),
                 };
-                if let Err(e) = axum::serve(listener, router(ctx)).await {
+                let served = match tls {
+                    None => axum::serve(listener, router(ctx)).await,
+                    Some(config) => match crate::serve::tls::TlsListener::start(listener, config) {
+                        Ok(l) => axum::serve(l, router(ctx)).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Err(e) = served {
                     warn!("http endpoint stopped: {e}");
                 }
             })
         })
         .map_err(|e| format!("http thread: {e}"))?;
-    info!(http = %local, "http endpoint listening (KServe v2, /metrics)");
+    info!(http = %local, scheme, "http endpoint listening (KServe v2, /metrics)");
     Ok(local)
 }
 
