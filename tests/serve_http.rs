@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
 use base64::Engine as _;
 use dml_cluster::{Options, Stop, TestConfig};
 use serde_json::{json, Value};
@@ -50,16 +52,7 @@ fn start(name: &str, n: usize, tls: bool) -> Serving {
     .write(&dir)
     .expect("config");
     // Synthetic weight files, which the nodes and `dml classify` both load.
-    let synth = Command::new(env!("CARGO_BIN_EXE_dml"))
-        .args(["weights", "synth", "--dir"])
-        .arg(dir.join("weights"))
-        .output()
-        .expect("dml weights synth");
-    assert!(
-        synth.status.success(),
-        "{}",
-        String::from_utf8_lossy(&synth.stderr)
-    );
+    common::synth_weights(&dir.join("weights"));
     if tls {
         let out = Command::new("openssl")
             .args([
