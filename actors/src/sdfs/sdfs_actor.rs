@@ -651,10 +651,24 @@ impl Actor for SdfsActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.feed(Input::Start, ctx);
         ctx.run_interval(Duration::from_secs(5), |act, ctx| act.expire_sessions(ctx));
-        // For `/metrics`: a listing of the store, so not at every change.
-        let count = |act: &mut Self| {
-            if let Ok(names) = act.core.store().names() {
-                crate::metrics::sdfs_stored(names.len());
+        // For `/metrics`: a listing of the whole store, so every 15 s and on a thread of
+        // its own (the store is shared by its clones), never on this actor's.
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = move |act: &mut Self| {
+            if busy.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return;
+            }
+            let (store, done) = (act.core.store().clone(), busy.clone());
+            let spawned = std::thread::Builder::new()
+                .name("dml-sdfs-count".into())
+                .spawn(move || {
+                    if let Ok(names) = store.names() {
+                        crate::metrics::sdfs_stored(names.len());
+                    }
+                    done.store(false, std::sync::atomic::Ordering::Release);
+                });
+            if spawned.is_err() {
+                busy.store(false, std::sync::atomic::Ordering::Release);
             }
         };
         count(self);
