@@ -17,6 +17,11 @@ pub fn start(config_path: &Path, overrides: &[String], config: &Config) -> anyho
     let opts = Options {
         overrides: overrides.to_vec(),
         per_node_args: http_args(config)?,
+        // `dml --log-format json up`: the nodes' log files too.
+        node_args: match crate::LOG_FORMAT.get() {
+            Some(crate::LogFormat::Json) => vec!["--log-format".into(), "json".into()],
+            _ => Vec::new(),
+        },
         ..Options::default()
     };
     Cluster::start(&exe, Layout::of(config_path, config)?, opts)
