@@ -22,8 +22,28 @@ use dml_models::Precision;
     about = "Distributed ML inference cluster (ResNet50, InceptionV3)"
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `dml --version`: the crate's version and the wire protocol it speaks (nodes of
+/// different protocol versions refuse each other's handshakes).
+fn version() -> &'static str {
+    let v = format!(
+        "{} (wire protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        dml_actors::net::wire::PROTOCOL_VERSION
+    );
+    Box::leak(v.into_boxed_str())
 }
 
 #[derive(clap::Args, Clone)]
@@ -54,6 +74,10 @@ enum Cmd {
         /// Never start the interactive console.
         #[arg(long)]
         no_console: bool,
+        /// Serve HTTP (KServe v2 inference, /metrics) on IP:PORT; wins over the node's
+        /// `http` in the config.
+        #[arg(long, value_name = "IP:PORT")]
+        http: Option<std::net::SocketAddr>,
         /// Benchmark only (`dml bench scale`): fixed logits instead of the networks.
         #[arg(long, hide = true)]
         bench_fixed_logits: bool,
@@ -129,6 +153,12 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         what: BenchCmd,
+    },
+    /// Print a shell completion script (e.g. `dml completions bash >
+    /// /etc/bash_completion.d/dml`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -240,6 +270,12 @@ enum BenchCmd {
         #[command(flatten)]
         args: dml_bench::chaos::Args,
     },
+    /// Online inference through the KServe v2 endpoint of a local cluster: requests/s and
+    /// p50/p99 latency at 1, 8 and 32 concurrent clients, next to `dml bench models`.
+    Serve {
+        #[command(flatten)]
+        args: dml_bench::serve::Args,
+    },
     /// Jobs of 10k, 100k and 1M queries (inputs in tar archives) on a local cluster whose
     /// models return fixed logits: scheduling throughput, coordinator memory per query,
     /// result objects, results export rate and the exporting client's memory.
@@ -268,7 +304,13 @@ fn restore_sigpipe() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().version(version()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    LOG_FORMAT.get_or_init(|| cli.log_format);
     if matches!(cli.cmd, Cmd::Ctl { .. }) {
         restore_sigpipe();
     }
@@ -301,14 +343,21 @@ fn one_line(e: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
+/// `--log-format`, for [`init_logs`].
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
 fn init_logs() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match LOG_FORMAT.get() {
+        Some(LogFormat::Json) => builder.json().try_init(),
+        _ => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 /// `--precision` values: the one-line error lists the choices.
@@ -370,6 +419,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hostname,
             port,
             no_console,
+            http,
             bench_fixed_logits,
             synthetic_weights,
         } => {
@@ -385,6 +435,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ),
                 }
                 .into());
+            }
+            if let Some(http) = http {
+                for n in config.nodes.iter_mut().filter(|n| n.addr == addr) {
+                    n.http = Some(http);
+                }
             }
             init_logs();
             let interactive = !no_console && console::stdin_is_terminal();
@@ -509,7 +564,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCmd::Chaos { args } => dml_bench::chaos::run(&args)?,
             BenchCmd::Scale { args } => dml_bench::scale::run(&args)?,
             BenchCmd::Weights { args } => dml_bench::weights::run(&args)?,
+            BenchCmd::Serve { args } => dml_bench::serve::run(&args)?,
         },
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "dml", &mut std::io::stdout());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

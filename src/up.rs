@@ -2,6 +2,7 @@
 //! processes with their logs in files, waits until the cluster has formed, and stops
 //! them all on Ctrl-C (or SIGTERM).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,9 +23,53 @@ pub fn start(
     let opts = Options {
         overrides: overrides.to_vec(),
         synthetic_weights,
+        args_of: http_args(config)?,
+        // `dml --log-format json up`: the nodes' log files too.
+        node_args: match crate::LOG_FORMAT.get() {
+            Some(crate::LogFormat::Json) => vec!["--log-format".into(), "json".into()],
+            _ => Vec::new(),
+        },
         ..Options::default()
     };
     Cluster::start(&exe, Layout::of(config_path, config)?, opts)
+}
+
+/// `--http 127.0.0.1:PORT` on a free port for each node whose config names no `http`
+/// address, so every local node serves HTTP.
+fn http_args(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let missing: Vec<&str> = config
+        .nodes
+        .iter()
+        .filter(|n| n.http.is_none())
+        .map(|n| n.name.as_str())
+        .collect();
+    let ports =
+        dml_cluster::free_ports(missing.len()).context("cannot find free ports for http")?;
+    Ok(missing
+        .into_iter()
+        .zip(ports)
+        .map(|(name, port)| {
+            (
+                name.to_string(),
+                vec!["--http".to_string(), format!("127.0.0.1:{port}")],
+            )
+        })
+        .collect())
+}
+
+/// Each node's HTTP address: the config's, or the one [`http_args`] gave it.
+fn http_addrs(config: &Config, cluster: &Cluster) -> Vec<(String, String)> {
+    config
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let addr = match n.http {
+                Some(a) => a.to_string(),
+                None => cluster.opts().args_of.get(&n.name)?.get(1)?.clone(),
+            };
+            Some((n.name.clone(), addr))
+        })
+        .collect()
 }
 
 /// Waits until the first node lists every configured node as alive; their number.
@@ -43,6 +88,11 @@ pub fn run(config_path: &Path, overrides: &[String], config: &Config) -> anyhow:
         config.introducer,
         config.log_dir.display()
     );
+    for (name, addr) in http_addrs(config, &cluster) {
+        println!(
+            "dml: {name} serves http://{addr} (KServe v2 /v2/models/resnet50/infer, /metrics)"
+        );
+    }
     println!("dml: try `dml ctl --node {first} list_mem`; Ctrl-C stops the cluster");
     if !config.synthetic_weights {
         println!(

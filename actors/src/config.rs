@@ -13,8 +13,10 @@ use thiserror::Error;
 
 use crate::types::NodeAddr;
 
+mod http;
 mod keys;
 mod load;
+pub use http::HttpConfig;
 pub use load::load;
 
 /// A configuration error; `key` is the dotted config key at fault.
@@ -55,6 +57,24 @@ pub struct RawConfig {
     pub security: RawSecurity,
     #[serde(default)]
     pub ctl: RawCtl,
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// `[http]`: the nodes' HTTP endpoints (each node's address is its `[[nodes]]` `http`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// The bearer token clients must send (one line; private like every key file).
+    pub token_file: Option<String>,
+    /// Largest request body accepted, bytes (default 64 MiB).
+    pub max_body_bytes: Option<i64>,
+    /// The longest a request waits in the dynamic batcher for others, ms (default 5).
+    pub max_queue_delay_ms: Option<i64>,
+    /// TLS: the certificate chain (PEM); with `key_file`, the endpoints speak HTTPS only.
+    pub cert_file: Option<String>,
+    /// TLS: the certificate's private key (PEM; private like every key file).
+    pub key_file: Option<String>,
 }
 
 /// `[security]`: who may connect besides the nodes.
@@ -124,6 +144,8 @@ pub struct RawNode {
     pub name: String,
     pub host: String,
     pub port: i64,
+    /// `HOST:PORT` of the node's HTTP endpoint (KServe v2, metrics); none: no endpoint.
+    pub http: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -168,6 +190,8 @@ pub struct RawSdfs {
 pub struct NodeSpec {
     pub name: String,
     pub addr: NodeAddr,
+    /// Its HTTP endpoint, if it has one.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Failure-detector timings and completeness.
@@ -240,6 +264,8 @@ pub struct Config {
     /// The operator credential `dml ctl` proves, read when a tool needs it (nodes do
     /// not need the operator's key file).
     pub credential_file: Option<PathBuf>,
+    /// `[http]`.
+    pub http: HttpConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -259,6 +285,7 @@ impl std::fmt::Debug for Config {
             .field("weights_dir", &self.weights_dir)
             .field("synthetic_weights", &self.synthetic_weights)
             .field("sdfs", &self.sdfs)
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -448,7 +475,16 @@ impl RawConfig {
                     format!("address {addr} is used twice"),
                 ));
             }
-            nodes.push(NodeSpec { name, addr });
+            let http = match &n.http {
+                None => None,
+                Some(a) => Some(a.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+                    err(
+                        format!("nodes[{i}].http"),
+                        format!("{a:?} is not an IP:PORT address"),
+                    )
+                })?),
+            };
+            nodes.push(NodeSpec { name, addr, http });
         }
 
         let fd = &self.failure_detector;
@@ -550,12 +586,14 @@ impl RawConfig {
         }
 
         let keys = keys::load(&self, base)?;
+        let http = http::validate(&self.http, base, keys.sample_keys)?;
         Ok(Config {
             accept_secrets: keys.accept_secrets,
             operators: keys.operators,
             allow_secret_for_tools: keys.allow_secret_for_tools,
             sample_keys: keys.sample_keys,
             credential_file: keys.credential_file,
+            http,
             secret,
             data_dir: resolve(base, self.cluster.data_dir.as_deref().unwrap_or("data")),
             log_dir: resolve(base, self.cluster.log_dir.as_deref().unwrap_or("logs")),
@@ -597,6 +635,7 @@ mod tests {
                     name: format!("H{i}"),
                     host: "127.0.0.1".into(),
                     port: 8000 + i,
+                    http: None,
                 })
                 .collect(),
             ..Default::default()
@@ -651,6 +690,9 @@ mod tests {
         let mut r = raw();
         r.inference.precision = Some("fp16".into());
         assert_eq!(key_of(r), "inference.precision");
+        let mut r = raw();
+        r.nodes[0].http = Some("localhost:9001".into());
+        assert_eq!(key_of(r), "nodes[0].http");
     }
 
     #[test]

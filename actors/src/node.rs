@@ -2,6 +2,7 @@
 //! actix system, and runs until Ctrl-C or SIGTERM (a node leaves the cluster first).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ use crate::net::transport::{Transport, TransportConfig};
 use crate::net::transport_actor::{Routes, TransportActor};
 use crate::sdfs::client::SdfsClient;
 use crate::sdfs::sdfs_actor::SdfsActor;
+use crate::serve::http::HttpContext;
+use crate::serve::serve_actor::{ServeActor, ServeSettings};
 use crate::types::NodeAddr;
 use crate::weights::Serving;
 
@@ -48,6 +51,8 @@ pub enum NodeError {
     Model(String),
     #[error("sdfs: {0}")]
     Sdfs(String),
+    #[error("{0}")]
+    Http(String),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -202,6 +207,58 @@ fn model_for(config: &Config, network: Network) -> Result<(ModelActor, Serving),
     ))
 }
 
+/// Starts the node's ServeActor (every node runs the batches other nodes' endpoints send)
+/// and, when the node has an `http` address, its HTTP endpoint.
+fn start_serving(
+    config: &Config,
+    me: &NodeAddr,
+    transport: &Transport<Body>,
+    models: &HashMap<String, Addr<ModelActor>>,
+    coordinator: Addr<CoordinatorActor>,
+) -> Result<Addr<ServeActor>, NodeError> {
+    let coordinator_for_http = coordinator.clone();
+    let jobs = JobsConfig::default();
+    let sizes = jobs
+        .models
+        .iter()
+        .map(|m| (m.name.clone(), m.batch_size as usize))
+        .collect();
+    let settings = ServeSettings {
+        max_delay_ms: config.http.max_queue_delay_ms,
+        ..ServeSettings::default()
+    };
+    let timeout = Duration::from_millis(settings.run_timeout_ms + 5_000);
+    let ready = Arc::new(AtomicBool::new(false));
+    let serve = ServeActor::new(
+        me.clone(),
+        transport.clone(),
+        models.clone(),
+        Some(coordinator),
+        sizes,
+        settings,
+        ready.clone(),
+    )
+    .start();
+    if let Some(addr) = config.node(me).and_then(|n| n.http) {
+        if config.http.token.is_none() {
+            warn!(http = %addr, "the http endpoint has no token ([http] token_file): anyone who can reach it can run inference");
+        }
+        let ctx = HttpContext {
+            node: me.clone(),
+            serve: serve.clone(),
+            coordinator: coordinator_for_http,
+            transport: transport.clone(),
+            ready,
+            token: config.http.token.clone().map(Arc::new),
+            max_body: config.http.max_body,
+            timeout,
+            tls: config.http.tls.clone(),
+        };
+        crate::serve::http::spawn(addr, ctx).map_err(NodeError::Http)?;
+    }
+    Ok(serve)
+}
+
 /// Runs the node `me` until a shutdown signal.
 pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeError> {
     if config.sample_keys {
@@ -211,6 +268,8 @@ pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeE
              deployment (README, Security)"
         );
     }
+    // Before any actor records a metric.
+    crate::metrics::install();
     let system = System::new();
     system.block_on(async move {
         let listener = bind(&me).await?;
@@ -249,6 +308,7 @@ pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeE
             coordinator.clone().recipient(),
         );
         let sdfs_client = SdfsClient::new(sdfs.clone());
+        let serve = start_serving(&config, &me, &transport, &models, coordinator.clone())?;
         let worker = worker_ctx.run(WorkerActor::new(
             outbox.clone(),
             sdfs_client.clone(),
@@ -266,11 +326,13 @@ pub fn run_node(config: Config, me: NodeAddr, which: Models) -> Result<(), NodeE
         let membership = Supervisor::start(move |_| MembershipActor::new(core, t, probe, true));
         membership.do_send(Subscribe(sdfs.clone().recipient()));
         membership.do_send(Subscribe(coordinator.clone().recipient()));
+        membership.do_send(Subscribe(serve.clone().recipient()));
         let routes = Routes {
             membership: membership.clone(),
             sdfs: sdfs.clone(),
             coordinator,
             worker,
+            serve,
         };
         TransportActor::new(inbound, routes).start();
         info!(node = %me, "node started");

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod models;
 pub mod pings;
 pub mod scale;
+pub mod serve;
 pub mod session;
 pub mod stats;
 pub mod weights;

@@ -85,6 +85,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// How this cluster was started.
+    pub fn opts(&self) -> &Options {
+        &self.opts
+    }
+
     /// Starts the introducer, waits until it listens, then starts every node (unless
     /// `opts.spawn_nodes` is off). Logs start empty.
     pub fn start(bin: &Path, layout: Layout, opts: Options) -> anyhow::Result<Cluster> {

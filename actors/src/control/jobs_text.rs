@@ -211,6 +211,7 @@ pub fn format_report(report: StatusReport) -> Reply {
             nodes,
             shares,
             weights,
+            batch_sizes,
         } => {
             let mut text = String::from(
                 "node                   job      model          precision batch queries",
@@ -242,9 +243,21 @@ pub fn format_report(report: StatusReport) -> Reply {
             for w in &weights {
                 text.push_str(&format!("\nweights: {w}"));
             }
+            if !batch_sizes.is_empty() {
+                let sizes: Vec<String> = batch_sizes
+                    .iter()
+                    .map(|(m, b)| format!("{m} {b}"))
+                    .collect();
+                text.push_str(&format!("\nbatch sizes: {}", sizes.join(", ")));
+            }
             Reply::new(
                 text,
-                serde_json::json!({"nodes": nodes, "shares": shares, "weights": weights}),
+                serde_json::json!({
+                    "nodes": nodes,
+                    "shares": shares,
+                    "weights": weights,
+                    "batch_sizes": batch_sizes,
+                }),
             )
         }
     }

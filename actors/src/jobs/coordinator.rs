@@ -445,6 +445,12 @@ impl Coordinator {
                     .filter(|(n, _)| self.members.contains(*n))
                     .flat_map(|(n, r)| r.notes.iter().map(move |note| format!("{n}: {note}")))
                     .collect(),
+                batch_sizes: self
+                    .cfg
+                    .models
+                    .iter()
+                    .map(|m| (m.name.clone(), self.state.batch_size(&m.name, &self.cfg)))
+                    .collect(),
             },
             StatusKind::Results { job, from, limit } => {
                 StatusReport::Results(self.results_page(job, from, limit)?)

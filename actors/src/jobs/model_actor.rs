@@ -167,6 +167,26 @@ impl ModelActor {
             engine: Engine::Fixed,
         }
     }
+
+    /// The classifier online inference (`serve::exec`) runs raw inputs through: the
+    /// node's own weights, else the published version used last. `Ok(None)` for the
+    /// benchmark's fixed-logits stand-in; an error when no weights are loaded yet.
+    pub(crate) fn classifier(&self) -> Result<Option<Arc<Classifier>>, String> {
+        match &self.engine {
+            Engine::Net(slots) => {
+                let s = slots
+                    .lock()
+                    .map_err(|_| "model state poisoned".to_string())?;
+                s.own
+                    .as_ref()
+                    .map(|(c, _)| c.clone())
+                    .or_else(|| s.fetched.last().map(|(_, c)| c.clone()))
+                    .map(Some)
+                    .ok_or_else(|| format!("{}: no weights loaded yet", s.network))
+            }
+            Engine::Fixed => Ok(None),
+        }
+    }
 }
 
 impl Actor for ModelActor {

@@ -131,6 +131,10 @@ pub enum StatusReport {
         /// Why nodes do not serve a model's active weights (`node: reason`).
         #[serde(default)]
         weights: Vec<String>,
+        /// The batch size (C3) of every model: what new batches are cut with, and what
+        /// online inference batches up to.
+        #[serde(default)]
+        batch_sizes: std::collections::BTreeMap<String, u32>,
     },
 }
 

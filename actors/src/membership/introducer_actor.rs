@@ -115,7 +115,7 @@ impl StreamHandler<Inbound<Body>> for IntroducerActor {
                     let _ = r.respond(Body::Outcome(outcome));
                 }
             }
-            Body::Outcome(_) | Body::Sdfs(_) | Body::Jobs(_) => {}
+            Body::Outcome(_) | Body::Sdfs(_) | Body::Jobs(_) | Body::Serve(_) => {}
         }
     }
 

@@ -193,6 +193,7 @@ impl MembershipActor {
     /// Logs every membership event with a timestamp (detection and spreading times are
     /// computed from these lines) and reconciles the probers.
     fn on_event(&mut self, ev: Event, ctx: &mut Context<Self>) {
+        crate::metrics::membership_event(&ev);
         let wall = clock::wall_ms();
         match ev {
             Event::SelfJoined {

@@ -19,6 +19,8 @@ pub enum Body {
     Sdfs(crate::sdfs::Msg),
     /// Inference jobs: coordinator, standby, workers, clients (control lane).
     Jobs(crate::jobs::Msg),
+    /// Online inference: batches and their answers between nodes (bulk lane).
+    Serve(crate::serve::Msg),
 }
 
 impl Body {
@@ -30,6 +32,7 @@ impl Body {
             Body::Outcome(_) => "outcome",
             Body::Sdfs(_) => "sdfs",
             Body::Jobs(_) => "jobs",
+            Body::Serve(_) => "serve",
         }
     }
 }

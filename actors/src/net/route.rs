@@ -20,6 +20,8 @@ pub enum To {
     JobClient,
     /// A console command: see [`command_route`] for which subsystem executes it.
     Console,
+    /// Online inference (the ServeActor).
+    Serve,
     /// Nothing on a node takes it (an `Outcome` arriving as a request).
     Nobody,
 }
@@ -32,6 +34,7 @@ pub fn route(body: &Body) -> &'static [To] {
         Body::Sdfs(_) => &[To::Sdfs],
         Body::Command(_) => &[To::Console],
         Body::Outcome(_) => &[To::Nobody],
+        Body::Serve(_) => &[To::Serve],
         Body::Jobs(msg) => match (msg.is_for_worker(), msg.is_for_coordinator()) {
             (true, true) => &[To::Worker, To::Coordinator],
             (true, false) => &[To::Worker],

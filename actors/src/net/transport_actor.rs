@@ -25,6 +25,7 @@ pub struct Routes {
     pub sdfs: Addr<SdfsActor>,
     pub coordinator: Addr<CoordinatorActor>,
     pub worker: Addr<WorkerActor>,
+    pub serve: Addr<crate::serve::serve_actor::ServeActor>,
 }
 
 pub struct TransportActor {
@@ -107,6 +108,10 @@ impl StreamHandler<Inbound<Body>> for TransportActor {
         match (route(&body), body) {
             (_, Body::Membership(msg)) => self.routes.membership.do_send(FromPeer { from, msg }),
             (_, Body::Sdfs(msg)) => self.routes.sdfs.do_send(sdfs_actor::FromPeer { from, msg }),
+            (_, Body::Serve(msg)) => self
+                .routes
+                .serve
+                .do_send(crate::serve::serve_actor::FromPeer { from, msg }),
             (targets, Body::Jobs(msg)) => {
                 for to in targets {
                     match to {

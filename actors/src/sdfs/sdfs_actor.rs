@@ -255,6 +255,7 @@ impl SdfsActor {
                     });
                     return;
                 }
+                crate::metrics::sdfs_msg(false, &msg);
                 let lane = match msg.lane() {
                     crate::sdfs::Lane::Control => Lane::Control,
                     crate::sdfs::Lane::Bulk => Lane::Bulk,
@@ -632,6 +633,7 @@ fn piece(item: crate::sdfs::Delivery) -> control::Piece {
 }
 
 fn log_event(ev: &Event) {
+    crate::metrics::sdfs_event(ev);
     let wall = clock::wall_ms();
     match ev {
         Event::ChecksumMismatch { .. }
@@ -653,12 +655,35 @@ impl Actor for SdfsActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.feed(Input::Start, ctx);
         ctx.run_interval(Duration::from_secs(5), |act, ctx| act.expire_sessions(ctx));
+        // For `/metrics`: a listing of the whole store, so every 15 s and on a thread of
+        // its own (the store is shared by its clones), never on this actor's.
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = move |act: &mut Self| {
+            if busy.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return;
+            }
+            let (store, done) = (act.core.store().clone(), busy.clone());
+            let spawned = std::thread::Builder::new()
+                .name("dml-sdfs-count".into())
+                .spawn(move || {
+                    if let Ok(names) = store.names() {
+                        crate::metrics::sdfs_stored(names.len());
+                    }
+                    done.store(false, std::sync::atomic::Ordering::Release);
+                });
+            if spawned.is_err() {
+                busy.store(false, std::sync::atomic::Ordering::Release);
+            }
+        };
+        count(self);
+        ctx.run_interval(Duration::from_secs(15), move |act, _| count(act));
     }
 }
 
 impl Handler<FromPeer> for SdfsActor {
     type Result = ();
     fn handle(&mut self, m: FromPeer, ctx: &mut Context<Self>) {
+        crate::metrics::sdfs_msg(true, &m.msg);
         self.feed(
             Input::Peer {
                 from: m.from,
