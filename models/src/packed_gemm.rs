@@ -235,18 +235,7 @@ unsafe fn tile<const M: usize>(
     finish: Option<Finish>,
 ) {
     // Columns past `cols` (the padding of the last panel) are neither read nor written.
-    let m_lo: __mmask16 = if cols >= 16 {
-        0xffff
-    } else {
-        ((1u32 << cols) - 1) as __mmask16
-    };
-    let m_hi: __mmask16 = if cols >= 32 {
-        0xffff
-    } else if cols > 16 {
-        ((1u32 << (cols - 16)) - 1) as __mmask16
-    } else {
-        0
-    };
+    let (m_lo, m_hi) = crate::qgemm::panel_masks(cols);
     let mut lo = [_mm512_setzero_ps(); M];
     let mut hi = [_mm512_setzero_ps(); M];
     if !first {
