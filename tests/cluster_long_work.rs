@@ -15,24 +15,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, Timings};
+use common::{temp, Cluster, Timings};
 use dml_actors::control::Command as Cmd;
-
-/// Removes a directory when the test ends, however it ends.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp(what: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("dml-test-{what}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    TempDir(d)
-}
 
 /// `dml ctl --node ADDR ARGS..`, stdout and stderr captured (neither is a terminal).
 fn ctl(c: &Cluster, addr: &str, args: &[&str]) -> Output {

@@ -12,24 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, Timings};
+use common::{temp, Cluster, Timings};
 use dml_models::Precision;
-
-/// Removes a directory when the test ends, however it ends.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp(what: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("dml-test-{what}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    TempDir(d)
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()

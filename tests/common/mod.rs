@@ -579,3 +579,20 @@ pub fn wait_for<T>(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A directory removed when the test ends, however it ends.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh `TempDir` under the system temp dir, unique per test process and `what`.
+pub fn temp(what: &str) -> TempDir {
+    let d = std::env::temp_dir().join(format!("dml-test-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    TempDir(d)
+}
